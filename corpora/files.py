@@ -1,0 +1,223 @@
+"""Ingestion sources on disk: text/Markdown files, folders of them, JSON-lines, BEIR folders.
+
+:func:`iter_path` picks the reader from what the path is and streams
+:data:`~corpora.base.LoadItem` values: a :class:`Document` per usable item and an
+:class:`~corpora.base.ItemError` per unusable one (bad encoding, empty, binary, too large,
+malformed JSON line), so one bad file never aborts an ingest.
+
+Documents read from files get their path relative to the ingested root (POSIX form) as id
+and as ``metadata["source"]``, so re-ingesting an edited file replaces its old version.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from heterag.documents import DEFAULT_MAX_DOCUMENT_BYTES, Document, Section
+from heterag.errors import InvalidInputError
+
+from .base import ItemError, LoadItem, item_error, iter_jsonl, utf8_error_message
+from .beir import is_beir_dir, iter_beir_corpus
+from .markdown import parse_markdown
+
+logger = logging.getLogger(__name__)
+
+#: File suffixes read as Markdown and as plain text.
+MARKDOWN_SUFFIXES = frozenset({".md", ".markdown"})
+TEXT_SUFFIXES = frozenset({".txt"})
+JSONL_SUFFIXES = frozenset({".jsonl"})
+
+
+def iter_path(path: str | Path, max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES) -> Iterator[LoadItem]:
+    """Stream documents from ``path``, auto-detecting its kind.
+
+    - a directory with ``corpus.jsonl``: a BEIR corpus (:func:`~corpora.beir.iter_beir_corpus`);
+    - any other directory: its ``.txt``/``.md`` files, recursively, sorted, hidden ones skipped;
+    - a ``.jsonl`` file: one document per line (see :func:`iter_jsonl_documents`);
+    - a ``.txt``/``.md`` file: one document.
+
+    Raises :class:`InvalidInputError` at once (not on first iteration) if ``path`` does not
+    exist or is a file of an unsupported type.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InvalidInputError(f"{path} does not exist")
+    if path.is_dir():
+        if is_beir_dir(path):
+            return iter_beir_corpus(path, max_document_bytes)
+        return iter_text_dir(path, max_document_bytes)
+    suffix = path.suffix.lower()
+    if suffix in JSONL_SUFFIXES:
+        return iter_jsonl_documents(path, max_document_bytes)
+    if suffix in MARKDOWN_SUFFIXES | TEXT_SUFFIXES:
+        return iter([load_text_file(path, path.name, max_document_bytes)])
+    raise InvalidInputError(
+        f"{path}: unsupported file type {suffix or '(no extension)'}; "
+        "give a .txt, .md or .jsonl file, or a directory"
+    )
+
+
+def iter_text_dir(root: Path, max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES) -> Iterator[LoadItem]:
+    """Load every ``.txt``/``.md`` file under ``root`` in sorted relative-path order."""
+    for rel in _text_files(root):
+        yield load_text_file(root / rel, rel, max_document_bytes)
+
+
+def _text_files(root: Path) -> list[str]:
+    """Relative POSIX paths of the supported, non-hidden files under ``root``, sorted."""
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if name.startswith("."):
+                continue
+            rel = Path(dirpath, name).relative_to(root).as_posix()
+            if Path(name).suffix.lower() in MARKDOWN_SUFFIXES | TEXT_SUFFIXES:
+                found.append(rel)
+            else:
+                logger.debug("ignoring %s: not a .txt or .md file", rel)
+    return sorted(found)
+
+
+def load_text_file(path: Path, rel: str, max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES) -> LoadItem:
+    """Load one ``.txt``/``.md`` file as a document with id and source ``rel``.
+
+    The size is checked with ``stat`` before reading, so an oversized file is never read.
+    Markdown is split into sections on its headings; plain text is one section titled by
+    the file stem.
+    """
+    text = _read_text(path, rel, max_document_bytes)
+    if isinstance(text, ItemError):
+        return text
+    stem = Path(rel).stem
+    if path.suffix.lower() in MARKDOWN_SUFFIXES:
+        title, sections = parse_markdown(text, default_title=stem)
+    else:
+        title, sections = stem, [Section(text=text)]
+    try:
+        return Document.create(
+            sections=sections, title=title, id=rel, metadata={"source": rel}, source=rel, max_bytes=max_document_bytes
+        )
+    except InvalidInputError as exc:
+        return item_error(rel, exc)
+
+
+def _read_text(path: Path, rel: str, max_document_bytes: int) -> str | ItemError:
+    """The decoded text of ``path``, or an :class:`ItemError` saying why it is unusable."""
+    try:
+        size = path.stat().st_size
+        if size > max_document_bytes:
+            return ItemError(
+                rel,
+                f"file is {_human_size(size)}, over the {_human_size(max_document_bytes)} limit per document "
+                "(split it, or raise max_document_bytes)",
+            )
+        data = path.read_bytes()
+    except OSError as exc:
+        return ItemError(rel, f"cannot read file ({exc.strerror or exc})")
+    if b"\x00" in data:
+        return ItemError(rel, "contains NUL bytes (binary file?)")
+    offset = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        text = data[offset:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return ItemError(rel, utf8_error_message(exc, offset_base=offset))
+    if not text.strip():
+        return ItemError(rel, "file is empty or whitespace only")
+    return text
+
+
+def _human_size(n_bytes: int) -> str:
+    """``"512 bytes"``, ``"3.2 KiB"``, ``"50.0 MiB"``."""
+    if n_bytes < 1024:
+        return f"{n_bytes} bytes"
+    if n_bytes < 2**20:
+        return f"{n_bytes / 1024:.1f} KiB"
+    return f"{n_bytes / 2**20:.1f} MiB"
+
+
+def iter_jsonl_documents(path: Path, max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES) -> Iterator[LoadItem]:
+    """One document per line of a JSON-lines file.
+
+    Each line is an object with ``"text"`` or ``"sections"`` (a list of
+    ``{"heading": [...] | "str", "text": "..."}``), and optional ``"id"``, ``"title"`` and
+    flat ``"metadata"``. Without an id a line's document id is ``"<file name>:<line>"``.
+    Bad lines (not JSON, wrong shape, duplicate id) become :class:`ItemError` naming
+    ``<file name>:<line>``.
+    """
+    label = path.name
+    seen: set[str] = set()
+    for source, record in iter_jsonl(path, label=label):
+        if isinstance(record, ItemError):
+            yield record
+            continue
+        item = _jsonl_record_to_document(record, source, label, max_document_bytes)
+        if isinstance(item, Document):
+            if item.id in seen:
+                item = ItemError(source, f"duplicate id {item.id!r}; the first one is kept")
+            else:
+                seen.add(item.id)
+        yield item
+
+
+def _jsonl_record_to_document(record: Any, source: str, label: str, max_document_bytes: int) -> LoadItem:
+    """Validate one JSON-lines record and build its document."""
+    try:
+        if not isinstance(record, dict):
+            raise InvalidInputError(f"expected a JSON object, got {type(record).__name__}")
+        doc_id = _record_id(record.get("id"), default=source)
+        title = record.get("title") or ""
+        if not isinstance(title, str):
+            raise InvalidInputError("'title' must be a string")
+        metadata = record.get("metadata") or {}
+        if not isinstance(metadata, Mapping):
+            raise InvalidInputError("'metadata' must be an object")
+        if "sections" in record:
+            if "text" in record:
+                raise InvalidInputError("give either 'text' or 'sections', not both")
+            content: dict[str, Any] = {"sections": _parse_sections(record["sections"])}
+        else:
+            content = {"text": record.get("text")}
+            if content["text"] is None:
+                raise InvalidInputError("missing 'text' (or 'sections')")
+        return Document.create(
+            **content,
+            title=title,
+            id=doc_id,
+            metadata={"source": label, **metadata},
+            source=source,
+            max_bytes=max_document_bytes,
+        )
+    except InvalidInputError as exc:
+        return item_error(source, exc)
+
+
+def _record_id(raw: Any, default: str) -> str:
+    """A record's explicit id (string or integer) or ``default`` when it has none."""
+    if raw is None:
+        return default
+    if isinstance(raw, bool) or not isinstance(raw, str | int) or not str(raw).strip():
+        raise InvalidInputError(f"'id' must be a non-empty string or integer, got {raw!r}")
+    return str(raw).strip()
+
+
+def _parse_sections(raw: Any) -> list[Section]:
+    """Sections from ``[{"heading": [...] | "str", "text": "..."}]``."""
+    if not isinstance(raw, list):
+        raise InvalidInputError("'sections' must be a list")
+    sections: list[Section] = []
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, dict) or not isinstance(entry.get("text"), str):
+            raise InvalidInputError(f"sections[{i}] must be an object with a string 'text'")
+        heading = entry.get("heading") or ()
+        if isinstance(heading, str):
+            heading = (heading,)
+        if not isinstance(heading, list | tuple) or not all(isinstance(h, str) for h in heading):
+            raise InvalidInputError(f"sections[{i}].heading must be a string or a list of strings")
+        sections.append(Section(text=entry["text"], heading=tuple(heading)))
+    return sections

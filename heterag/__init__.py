@@ -1,0 +1,43 @@
+"""HeteRAG: retrieval-augmented generation with heterogeneous chunk representations.
+
+Short *generation chunks* go to the generator; each chunk is retrieved through a
+richer *retrieval view* (neighbours, section path, title, or late-chunked context).
+
+Public API (the sandbox and the UI use only these names)::
+
+    from heterag import open_collection, Document
+    rag = open_collection("notes")
+    rag.ingest([Document.create("...", title="...")])
+    answer = rag.answer("question?")
+"""
+
+from .chunking import DEFAULT_CHUNK_TOKENS, ChunkedDocument, chunk_document
+from .collections import heterag_home, list_collections, load_text_encoder, open_collection
+from .documents import Chunk, Document, Section, content_hash
+from .errors import (
+    CollectionNotFoundError,
+    DimensionMismatchError,
+    FingerprintMismatchError,
+    GeneratorError,
+    HeteragError,
+    InvalidInputError,
+    UnknownNameError,
+)
+from .evaluation import evaluate, rank_documents
+from .generators import ExtractiveGenerator, Generator, OpenAIGenerator, make_generator
+from .pipeline import IngestReport, Pipeline
+from .results import Answer, Citation, Hit
+from .stores import STORES, Fingerprint, Record, ScoredRecord, VectorStore, open_store
+from .views import VIEWS, HeteragView, LateView, NaiveView, RetrievalView, make_view
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_CHUNK_TOKENS", "STORES", "VIEWS", "Answer", "Chunk", "ChunkedDocument", "Citation",
+    "CollectionNotFoundError", "DimensionMismatchError", "Document", "ExtractiveGenerator", "Fingerprint",
+    "FingerprintMismatchError", "Generator", "GeneratorError", "HeteragError", "HeteragView", "Hit",
+    "IngestReport", "InvalidInputError", "LateView", "NaiveView", "OpenAIGenerator", "Pipeline", "Record",
+    "RetrievalView", "ScoredRecord", "Section", "UnknownNameError", "VectorStore", "chunk_document",
+    "content_hash", "evaluate", "heterag_home", "list_collections", "load_text_encoder", "make_generator",
+    "make_view", "open_collection", "open_store", "rank_documents",
+]

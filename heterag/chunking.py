@@ -1,0 +1,130 @@
+"""Token-based generation chunks.
+
+Each section of a document is tokenised with the encoder's own tokenizer and cut
+into consecutive runs of at most ``chunk_tokens`` tokens, so every token of the
+document lands in exactly one chunk. Sections are never merged: a chunk belongs to
+one heading path. Cuts prefer sentence starts, then word starts, so chunks read as
+whole sentences and words are never split where avoidable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .documents import Chunk, Document
+from .encoders import TokenSpan
+from .errors import InvalidInputError
+
+#: Default generation-chunk size in tokens (chosen on PubMedQA, see eval/pubmedqa_retrieval.py).
+DEFAULT_CHUNK_TOKENS = 64
+
+Tokenize = Callable[[str], TokenSpan]
+
+
+@dataclass(frozen=True)
+class ChunkedSection:
+    """Token ids of one section with the chunk boundaries that cut it."""
+
+    tokens: TokenSpan
+    bounds: list[tuple[int, int]]  # token index ranges [start, end)
+
+
+def _is_word_start(text: str, tokens: TokenSpan, i: int) -> bool:
+    """True if token i begins a new word (whitespace or a punctuation boundary before it)."""
+    if i <= 0 or i >= len(tokens):
+        return True
+    start = tokens.offsets[i][0]
+    prev_end = tokens.offsets[i - 1][1]
+    if start > prev_end:  # whitespace between the tokens
+        return True
+    ch, prev = text[start : start + 1], text[prev_end - 1 : prev_end]
+    return not (ch.isalnum() and prev.isalnum())
+
+
+def _is_sentence_start(text: str, tokens: TokenSpan, i: int) -> bool:
+    """True if token i begins a sentence (after ``.!?:;`` and whitespace) or a paragraph (after a blank line)."""
+    if i <= 0 or i >= len(tokens):
+        return True
+    start = tokens.offsets[i][0]
+    prev_end = tokens.offsets[i - 1][1]
+    gap = text[prev_end:start]
+    if gap.count("\n") >= 2:
+        return True
+    return bool(gap) and text[prev_end - 1 : prev_end] in ".!?:;" and not text[start : start + 1].islower()
+
+
+def _snap(text: str, tokens: TokenSpan, start: int, target: int, chunk_tokens: int) -> int:
+    """Best cut at or before ``target``: a sentence start within half a chunk, else a word start."""
+    for test, reach in ((_is_sentence_start, chunk_tokens // 2), (_is_word_start, chunk_tokens // 4)):
+        for cand in range(target, max(start, target - reach), -1):
+            if test(text, tokens, cand):
+                return cand
+    return target
+
+
+def split_bounds(text: str, tokens: TokenSpan, chunk_tokens: int) -> list[tuple[int, int]]:
+    """Token ranges that cover ``tokens`` exactly, each at most ``chunk_tokens`` long.
+
+    Each cut is placed as late as the limit allows, then moved back to the nearest
+    sentence start (up to half a chunk) or word start (up to a quarter), so chunks read
+    as whole sentences. A cut never leaves a final chunk shorter than a quarter chunk
+    when that can be avoided.
+    """
+    n = len(tokens)
+    bounds: list[tuple[int, int]] = []
+    start = 0
+    while n - start > chunk_tokens:
+        hi = start + chunk_tokens
+        if n - hi < chunk_tokens // 4:  # the tail would be tiny: leave it a quarter chunk
+            hi = n - chunk_tokens // 4
+        cut = _snap(text, tokens, start, hi, chunk_tokens)
+        bounds.append((start, cut))
+        start = cut
+    if start < n:
+        bounds.append((start, n))
+    return bounds
+
+
+@dataclass(frozen=True)
+class ChunkedDocument:
+    """A document with its generation chunks and the per-section token cuts behind them."""
+
+    doc: Document
+    chunks: list[Chunk]
+    sections: list[ChunkedSection]
+
+
+def chunk_document(doc: Document, tokenize: Tokenize, chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> ChunkedDocument:
+    """Cut ``doc`` into generation chunks of at most ``chunk_tokens`` tokens."""
+    if not isinstance(chunk_tokens, int) or chunk_tokens < 8:
+        raise InvalidInputError(f"chunk size must be an integer of at least 8 tokens, got {chunk_tokens!r}")
+    chunks: list[Chunk] = []
+    sections: list[ChunkedSection] = []
+    for s_idx, section in enumerate(doc.sections):
+        tokens = tokenize(section.text)
+        bounds = split_bounds(section.text, tokens, chunk_tokens)
+        sections.append(ChunkedSection(tokens=tokens, bounds=bounds))
+        for t0, t1 in bounds:
+            c0, c1 = tokens.offsets[t0][0], tokens.offsets[t1 - 1][1]
+            text = section.text[c0:c1]
+            index = len(chunks)
+            chunks.append(
+                Chunk(
+                    id=Chunk.make_id(doc.id, index, text, doc.title, section.heading, doc.metadata),
+                    doc_id=doc.id,
+                    index=index,
+                    text=text,
+                    title=doc.title,
+                    heading=section.heading,
+                    section_index=s_idx,
+                    start=c0,
+                    end=c1,
+                    token_start=t0,
+                    token_end=t1,
+                    metadata=doc.metadata,
+                )
+            )
+    if not chunks:
+        raise InvalidInputError(f"document {doc.id!r} has no tokens to index")
+    return ChunkedDocument(doc=doc, chunks=chunks, sections=sections)

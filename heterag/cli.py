@@ -1,0 +1,216 @@
+"""``heterag`` command line: ingest, ask, eval, collections.
+
+A thin shell over the library: every subcommand parses arguments, calls the public
+API and prints. Errors a user can cause print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import HeteragError
+
+log = logging.getLogger("heterag")
+
+EXIT_USAGE = 2
+EXIT_PARTIAL = 1  # ran, but some input items failed
+
+
+def _add_collection_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", help="vector store for a new collection: chroma (default) or faiss")
+    p.add_argument("--encoder", help="text encoder: sentence-transformers name or local path (default: packaged all-MiniLM-L6-v2)")
+    p.add_argument("--view", help="retrieval view for a new collection: naive, heterag (default) or late")
+    p.add_argument("--neighbours", type=int, help="heterag view: neighbouring chunks on each side (default 1)")
+    p.add_argument("--chunk-tokens", type=int, help="generation chunk size in tokens (default 64)")
+
+
+def _view_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    if getattr(args, "neighbours", None) is None:
+        return None
+    if (args.view or "heterag") != "heterag":
+        raise HeteragError("--neighbours applies to the heterag view only")
+    return {"neighbours": args.neighbours}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="heterag", description="HeteRAG: retrieval views for short generation chunks.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ingest", help="index a BEIR directory, a JSONL file, or a folder of .txt/.md files")
+    p.add_argument("path")
+    p.add_argument("--collection", required=True)
+    p.add_argument("--max-doc-mb", type=float, default=10.0, help="reject documents larger than this (default 10)")
+    _add_collection_options(p)
+
+    p = sub.add_parser("ask", help="answer a question from a collection, with sources")
+    p.add_argument("question")
+    p.add_argument("--collection", default=None, help="collection to ask (default: the built-in demo collection)")
+    p.add_argument("-k", "--top-k", type=int, default=5)
+    p.add_argument("--generator", default="extractive", help="extractive (offline default) or openai")
+    p.add_argument("--model", help="openai: model name")
+    p.add_argument("--base-url", help="openai: endpoint base URL (default $OPENAI_BASE_URL)")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--json", action="store_true", help="print the answer and sources as JSON")
+    _add_collection_options(p)
+
+    p = sub.add_parser("eval", help="retrieval benchmarks")
+    esub = p.add_subparsers(dest="benchmark", required=True)
+    b = esub.add_parser("beir", help="index a BEIR dataset and score its test queries")
+    b.add_argument("path")
+    b.add_argument("--views", default="heterag", help="naive, heterag or late (comma-separate several)")
+    b.add_argument("--chunk-tokens", type=int, default=None)
+    b.add_argument("--neighbours", type=int, default=None)
+    b.add_argument("--encoder", default=None)
+    b.add_argument("--store", default="faiss", help="store used for the temporary index (default faiss)")
+    b.add_argument("--split", default="test")
+    b.add_argument("--json", action="store_true")
+
+    sub.add_parser("collections", help="list collections")
+    return parser
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from corpora.files import iter_path
+
+    from .collections import open_collection
+
+    pipe = open_collection(
+        args.collection, store=args.store, encoder=args.encoder, view=args.view,
+        view_options=_view_options(args), chunk_tokens=args.chunk_tokens,
+    )
+    try:
+        items = iter_path(args.path, max_document_bytes=int(args.max_doc_mb * 2**20))
+        report = pipe.ingest(items, progress=None if sys.stderr.isatty() else False)
+        for f in report.failures:
+            print(f"skipped {f}", file=sys.stderr)
+        print(f"{args.collection}: {report.summary()}; collection now holds {pipe.count()} chunks")
+    finally:
+        pipe.close()
+    return EXIT_PARTIAL if report.failures else 0
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from .collections import open_collection
+    from .generators import make_generator
+
+    gen_kwargs: dict[str, Any] = {}
+    if args.generator == "openai":
+        if not args.model:
+            raise HeteragError("--generator openai needs --model")
+        gen_kwargs = {"model": args.model, "base_url": args.base_url, "temperature": args.temperature}
+    options = dict(store=args.store, encoder=args.encoder, view=args.view,
+                   view_options=_view_options(args), chunk_tokens=args.chunk_tokens)
+    if args.collection is None:
+        from corpora.demo import open_demo
+
+        pipe = open_demo(**options)
+    else:
+        pipe = open_collection(args.collection, create=False, **options)
+    try:
+        if args.generator == "extractive":
+            gen_kwargs = {"embedder": pipe.encoder, "temperature": args.temperature}
+        pipe._generator = make_generator(args.generator, **gen_kwargs)
+        streaming = args.generator != "extractive" and not args.json
+        answer = pipe.answer(
+            args.question, k=args.top_k,
+            on_token=(lambda s: print(s, end="", flush=True)) if streaming else None,
+        )
+    finally:
+        pipe.close()
+    if args.json:
+        print(json.dumps(_answer_json(answer), ensure_ascii=False, indent=2))
+    elif streaming:
+        print()
+        print(answer.format()[len(answer.text.strip()):].strip("\n"))
+    else:
+        print(answer.format())
+    return 0
+
+
+def _answer_json(answer) -> dict[str, Any]:
+    return {
+        "answer": answer.text,
+        "sources": [
+            {"n": c.number, "doc_id": c.doc_id, "chunk_id": c.chunk_id, "title": c.title, "score": c.score, "text": c.text}
+            for c in answer.citations
+        ],
+        "retrieved": [
+            {"doc_id": h.doc_id, "chunk_id": h.chunk_id, "score": h.score, "text": h.text, "view": h.view} for h in answer.hits
+        ],
+        "context_tokens": answer.context_tokens,
+    }
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from corpora.beir import load_beir
+
+    from .chunking import DEFAULT_CHUNK_TOKENS
+    from .collections import load_text_encoder
+    from .evaluation import evaluate
+    from .views import make_view
+
+    views = [v.strip() for v in args.views.replace("|", ",").split(",") if v.strip()]
+    built = {}
+    for v in views:  # validate every name before the expensive part
+        opts = {"neighbours": args.neighbours} if (args.neighbours is not None and v == "heterag") else {}
+        built[v] = make_view(v, **opts)
+    data = load_beir(args.path, split=args.split)
+    encoder = load_text_encoder(args.encoder)
+    results = {}
+    for name, view in built.items():
+        res = evaluate(
+            data.documents, data.queries, data.qrels, encoder=encoder, view=view,
+            chunk_tokens=args.chunk_tokens or DEFAULT_CHUNK_TOKENS, store=args.store,
+        )
+        res = {"view": name, "chunk_tokens": args.chunk_tokens or DEFAULT_CHUNK_TOKENS, **res}
+        results[name] = res
+        if not args.json:
+            print(
+                f"{name:8s} nDCG@1 {res['ndcg@1']:.4f}  nDCG@10 {res['ndcg@10']:.4f}  R@100 {res['recall@100']:.4f}  "
+                f"MRR@10 {res['mrr@10']:.4f}  units {res['units']}  encode {res['encode_seconds']:.1f}s"
+            )
+    if args.json:
+        print(json.dumps(results[views[0]] if len(views) == 1 else results, indent=2))
+    return 0
+
+
+def cmd_collections(args: argparse.Namespace) -> int:
+    from .collections import heterag_home, list_collections
+
+    names = list_collections()
+    if not names:
+        print(f"no collections under {heterag_home()}")
+    for n in names:
+        print(n)
+    return 0
+
+
+COMMANDS = {"ingest": cmd_ingest, "ask": cmd_ask, "eval": cmd_eval, "collections": cmd_collections}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "chromadb", "sentence_transformers", "transformers"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return COMMANDS[args.command](args)
+    except HeteragError as exc:
+        print(f"heterag: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("heterag: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Named collections on disk: a store, the settings that built it, and a way to reopen it.
+
+Layout: ``$HETERAG_HOME/collections/<name>/`` holds ``collection.json`` (store kind,
+encoder load target) and the store's own files. The store keeps the fingerprint
+(encoder identity, dimension, view kind and settings, chunk size); reopening with
+different settings is a :class:`FingerprintMismatchError`, never silent garbage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .chunking import DEFAULT_CHUNK_TOKENS
+from .errors import CollectionNotFoundError, InvalidInputError, UnknownNameError
+from .generators.base import Generator
+from .pipeline import Pipeline
+from .stores import STORES, open_store
+from .views import make_view
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STORE = "chroma"
+DEFAULT_VIEW = "heterag"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_ENCODERS: dict[str, Any] = {}
+
+
+def heterag_home() -> Path:
+    """Where collections live: ``$HETERAG_HOME`` or ``~/.local/share/heterag``."""
+    env = os.environ.get("HETERAG_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".local" / "share" / "heterag"
+
+
+def collection_dir(name: str, home: Path | None = None) -> Path:
+    if not _NAME.match(name or ""):
+        raise InvalidInputError(
+            f"bad collection name {name!r}: use 1-63 letters, digits, '_', '-' or '.', starting with a letter or digit"
+        )
+    return (home or heterag_home()) / "collections" / name
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    name: str
+    store: str
+    encoder: str | None  # what to load (name or path); None = the offline default
+    path: Path
+
+
+def read_info(name: str, home: Path | None = None) -> CollectionInfo | None:
+    path = collection_dir(name, home)
+    meta = path / "collection.json"
+    if not meta.exists():
+        return None
+    try:
+        data = json.loads(meta.read_text())
+        return CollectionInfo(name=name, store=data["store"], encoder=data.get("encoder"), path=path)
+    except (ValueError, KeyError) as exc:
+        raise InvalidInputError(f"{meta} is corrupt: {exc}") from None
+
+
+def _write_info(info: CollectionInfo) -> None:
+    info.path.mkdir(parents=True, exist_ok=True)
+    tmp = info.path / "collection.json.tmp"
+    tmp.write_text(json.dumps({"store": info.store, "encoder": info.encoder}, indent=2))
+    os.replace(tmp, info.path / "collection.json")
+
+
+def load_text_encoder(name: str | None):
+    """Load (once per process) the text encoder ``name``; None is the offline default."""
+    from .encoders import TextEncoder
+
+    key = name or "default"
+    if key not in _ENCODERS:
+        _ENCODERS[key] = TextEncoder(name)
+    return _ENCODERS[key]
+
+
+def list_collections(home: Path | None = None) -> list[str]:
+    root = (home or heterag_home()) / "collections"
+    return sorted(p.name for p in root.iterdir() if (p / "collection.json").exists()) if root.exists() else []
+
+
+def open_collection(
+    name: str,
+    *,
+    store: str | None = None,
+    encoder: str | None = None,
+    view: str | None = None,
+    view_options: dict[str, Any] | None = None,
+    chunk_tokens: int | None = None,
+    generator: Generator | None = None,
+    create: bool = True,
+    home: Path | None = None,
+) -> Pipeline:
+    """Open collection ``name`` as a :class:`Pipeline`, creating it if ``create``.
+
+    For an existing collection, omitted settings come from how it was built; given
+    ones must match (else :class:`FingerprintMismatchError`). The store kind of an
+    existing collection cannot change.
+    """
+    if store is not None and store not in STORES:
+        raise UnknownNameError("store", store, STORES)
+    info = read_info(name, home)
+    if info is None:
+        if not create:
+            raise CollectionNotFoundError(f"no collection named {name!r} under {heterag_home()}; ingest into it first")
+        info = CollectionInfo(name=name, store=store or DEFAULT_STORE, encoder=encoder, path=collection_dir(name, home))
+    elif store is not None and store != info.store:
+        raise InvalidInputError(f"collection {name!r} lives in a {info.store} store, not {store}")
+    vs = open_store(info.store, info.path / "store", collection="heterag")  # one collection per folder
+    try:
+        fp = vs.fingerprint()
+        stored_settings = dict(fp.extra.get("view_settings", {})) if fp else {}
+        view_kind = view or (fp.view if fp else DEFAULT_VIEW)
+        if view_options is None and fp is not None and view_kind == fp.view:
+            view_options = stored_settings
+        rview = make_view(view_kind, **(view_options or {}))
+        tokens = chunk_tokens or (int(fp.extra.get("chunk_tokens", DEFAULT_CHUNK_TOKENS)) if fp else DEFAULT_CHUNK_TOKENS)
+        enc = load_text_encoder(encoder if encoder is not None else info.encoder)
+        pipeline = Pipeline(vs, enc, rview, generator, chunk_tokens=tokens)
+    except BaseException:
+        vs.close()
+        raise
+    if read_info(name, home) is None:
+        _write_info(info)
+    return pipeline

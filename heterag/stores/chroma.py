@@ -1,0 +1,391 @@
+"""Chroma vector store (``chromadb.PersistentClient`` on disk, cosine space).
+
+Notes on the chromadb (1.5.x) behaviour this adapter works around:
+
+* ``$ne``/``$nin`` in Chroma also match records that lack the key, while the
+  heterag filter language only matches records that have it. Each record therefore
+  carries a reserved metadata entry :data:`KEYS_FIELD` (the list of its metadata
+  keys; needs chromadb's array metadata) and negative conditions are rewritten to
+  ``$and: [{KEYS_FIELD: {$contains: key}}, <negative condition>]``.
+* ``$in``/``$nin`` lists must hold values of one type; mixed lists are split.
+* Empty metadata must be passed as ``None``; NaN metadata is silently dropped, so
+  non-finite floats are rejected here; keys starting with ``#`` or ``$`` are refused.
+* A collection keeps its dimension after all records are deleted; an empty
+  collection without fingerprint is recreated to accept another dimension.
+* ``delete`` reports no reliable count, so matching ids are resolved first.
+* Batches larger than ``client.get_max_batch_size()`` are split; atomicity then
+  only holds per sub-batch (all validation happens before the first write).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import chromadb
+import numpy as np
+from chromadb.config import Settings
+from chromadb.errors import InvalidArgumentError, NotFoundError
+
+from ..documents import validate_metadata
+from ..errors import DimensionMismatchError, HeteragError, InvalidInputError
+from ..filters import normalize
+from .base import Fingerprint, Record, ScoredRecord, as_matrix, check_query_vector
+
+logger = logging.getLogger(__name__)
+
+#: Reserved metadata key holding the list of a record's own metadata keys.
+KEYS_FIELD = "_heterag_keys"
+#: Collection-metadata key holding the fingerprint JSON.
+FINGERPRINT_FIELD = "heterag:fingerprint"
+
+_NEVER = object()  # translated filter that no record can match
+
+
+def _chunks(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(seq), size):
+        yield seq[start:start + size]
+
+
+def _fractional(value: Any) -> bool:
+    return isinstance(value, float) and not value.is_integer()
+
+
+def _group_by_type(values: Sequence[Any]) -> list[list[Any]]:
+    """Split a value list into single-type lists (Chroma's $in/$nin requirement).
+
+    Fractional floats get a group of their own (see :func:`_compare`).
+    """
+    groups: dict[Any, list[Any]] = {}
+    for v in values:
+        groups.setdefault("fraction" if _fractional(v) else type(v), []).append(v)
+    return list(groups.values())
+
+
+def _present(key: str) -> dict[str, Any]:
+    return {KEYS_FIELD: {"$contains": key}}
+
+
+def _and(parts: list[Any]) -> Any:
+    if any(p is _NEVER for p in parts):
+        return _NEVER
+    return parts[0] if len(parts) == 1 else {"$and": parts}
+
+
+def _or(parts: list[Any]) -> Any:
+    parts = [p for p in parts if p is not _NEVER]
+    if not parts:
+        return _NEVER
+    return parts[0] if len(parts) == 1 else {"$or": parts}
+
+
+def _compare(key: str, op: str, x: Any) -> Any:
+    """``{key: {op: x}}``, corrected for Chroma truncating fractional operands on int metadata.
+
+    chromadb 1.5 compares an int value with ``int(x)`` when ``x`` is a fractional float
+    (so ``{"n": {"$eq": 1.5}}`` matches ``n=1`` and ``{"n": {"$lt": 1.5}}`` misses it).
+    The fix-up terms are exact whatever Chroma does, so they stay correct once it is fixed.
+    """
+    base = {key: {op: x}}
+    if not _fractional(x):
+        return base
+    t, f, c = int(x), math.floor(x), math.ceil(x)
+    if op == "$eq":
+        return _and([base, {key: {"$ne": t}}])
+    if op == "$ne":
+        return _or([base, {key: {"$eq": t}}])
+    if op == "$lt" and t == f:
+        return _or([base, {key: {"$eq": f}}])
+    if op == "$lte" and t == c:
+        return _and([base, {key: {"$ne": c}}])
+    if op == "$gt" and t == c:
+        return _or([base, {key: {"$eq": c}}])
+    if op == "$gte" and t == f:
+        return _and([base, {key: {"$ne": f}}])
+    return base
+
+
+def _member(key: str, op: str, group: list[Any]) -> Any:
+    """``{key: {"$in"|"$nin": group}}`` for a single-type group, with the fractional fix-up."""
+    base = {key: {op: group}}
+    if not _fractional(group[0]):
+        return base
+    truncs = sorted({int(v) for v in group})
+    if op == "$in":
+        return _and([base, {key: {"$nin": truncs}}])
+    return _or([base, {key: {"$in": truncs}}])
+
+
+def _leaf_where(key: str, op: str, value: Any) -> Any:
+    if key.startswith("#") or key == KEYS_FIELD:  # keys no stored record can have
+        return _NEVER
+    if op == "$in":
+        return _or([_member(key, op, g) for g in _group_by_type(value)])
+    if op == "$nin":
+        return _and([_present(key)] + [_member(key, op, g) for g in _group_by_type(value)])
+    if op == "$ne":
+        return _and([_present(key), _compare(key, op, value)])
+    return _compare(key, op, value)
+
+
+def to_chroma_where(node: Mapping[str, Any]) -> Any:
+    """Translate a canonical filter tree to Chroma ``where`` syntax (or the ``_NEVER`` marker)."""
+    (key, cond), = node.items()
+    if key == "$and":
+        return _and([to_chroma_where(c) for c in cond])
+    if key == "$or":
+        return _or([to_chroma_where(c) for c in cond])
+    (op, value), = cond.items()
+    return _leaf_where(key, op, value)
+
+
+def _chroma_metadata(record: Record, store: str) -> dict[str, Any] | None:
+    """Validated metadata plus the reserved key list; None when empty (Chroma rejects {})."""
+    if not isinstance(record.text, str):
+        raise InvalidInputError(f"{store}: record {record.id!r} text must be a string")
+    meta = validate_metadata(record.metadata or {}, where=f"{store}: record {record.id!r} metadata")
+    for key, value in meta.items():
+        if key == KEYS_FIELD or key.startswith(("#", "$")):
+            raise InvalidInputError(f"{store}: record {record.id!r} metadata key {key!r} is reserved")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidInputError(f"{store}: record {record.id!r} metadata[{key!r}] is not a finite number")
+    return {**meta, KEYS_FIELD: list(meta)} if meta else None
+
+
+def _check_same_length(records: Sequence[Record], store: str) -> None:
+    """Mixed vector lengths in one batch are a dimension error (``as_matrix`` would hit np.stack first)."""
+    lengths = {np.shape(r.vector) for r in records if r.vector is not None and np.ndim(r.vector) == 1}
+    if len(lengths) > 1:
+        raise DimensionMismatchError(f"{store}: vectors in one batch have different dimensions")
+
+
+def _user_metadata(meta: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (meta or {}).items() if k != KEYS_FIELD}
+
+
+class ChromaStore:
+    """Vector store backed by a persistent Chroma collection (HNSW, cosine space)."""
+
+    name = "chroma"
+
+    def __init__(self, path: str | Path, collection: str = "default") -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.collection = collection
+        self._client: Any = chromadb.PersistentClient(
+            path=str(self.path), settings=Settings(anonymized_telemetry=False, allow_reset=False)
+        )
+        self._max_batch = int(self._client.get_max_batch_size())
+        self._col: Any = self._open_collection()
+        self._data_dim: int | None = None  # cached dimension of stored vectors
+        self._fp: Fingerprint | None = None  # cached once set (a fingerprint never changes)
+
+    # ------------------------------------------------------------------ internals
+
+    def _open_collection(self) -> Any:
+        try:
+            return self._client.get_collection(self.collection, embedding_function=None)
+        except NotFoundError:
+            pass
+        except (ValueError, InvalidArgumentError) as exc:
+            raise InvalidInputError(f"chroma: invalid collection name {self.collection!r}: {exc}") from None
+        try:
+            return self._client.get_or_create_collection(
+                self.collection, configuration={"hnsw": {"space": "cosine"}}, embedding_function=None
+            )
+        except (ValueError, InvalidArgumentError) as exc:
+            raise InvalidInputError(f"chroma: invalid collection name {self.collection!r}: {exc}") from None
+
+    @property
+    def _c(self) -> Any:
+        if self._col is None:
+            raise HeteragError(f"chroma collection {self.collection!r} is closed")
+        return self._col
+
+    def _where(self, where: Mapping[str, Any] | None) -> Any:
+        canon = normalize(where)
+        return None if canon is None else to_chroma_where(canon)
+
+    def _stored_dim(self) -> int | None:
+        if self._data_dim is None:
+            got = self._c.get(limit=1, include=["embeddings"])
+            emb = got.get("embeddings")
+            if emb is not None and len(emb):
+                self._data_dim = len(emb[0])
+        return self._data_dim
+
+    def _recreate_empty(self) -> None:
+        """Drop and recreate an empty collection (Chroma pins the dimension of the first vector)."""
+        meta = self._current_metadata()
+        logger.info("chroma: recreating empty collection %r to change its dimension", self.collection)
+        self._client.delete_collection(self.collection)
+        self._col = self._client.create_collection(
+            self.collection, configuration={"hnsw": {"space": "cosine"}}, metadata=meta or None,
+            embedding_function=None,
+        )
+
+    def _current_metadata(self) -> dict[str, Any]:
+        return dict(self._client.get_collection(self.collection, embedding_function=None).metadata or {})
+
+    def _matching_ids(self, ids: Sequence[str] | None, where: Mapping[str, Any] | None) -> list[str]:
+        got = self._raw_get(ids, where, include=[])
+        return list(got["ids"]) if got else []
+
+    def _raw_get(self, ids: Sequence[str] | None, where: Mapping[str, Any] | None, include: list[str]) -> Any:
+        """``collection.get`` with our filter; None when nothing can match."""
+        cw = self._where(where)
+        if cw is _NEVER or (ids is not None and not ids):
+            return None
+        kwargs: dict[str, Any] = {"include": include}
+        if ids is not None:
+            kwargs["ids"] = list(dict.fromkeys(ids))
+        if cw is not None:
+            kwargs["where"] = cw
+        return self._c.get(**kwargs)
+
+    # ------------------------------------------------------------------ protocol
+
+    @property
+    def dim(self) -> int | None:
+        fp = self.fingerprint()
+        if fp is not None:
+            return fp.dim
+        return self._stored_dim() if self.count() else None
+
+    def fingerprint(self) -> Fingerprint | None:
+        if self._fp is None:
+            self._c  # noqa: B018 - raises if closed
+            text = self._current_metadata().get(FINGERPRINT_FIELD)
+            self._fp = Fingerprint.from_json(text) if text else None
+        return self._fp
+
+    def set_fingerprint(self, fp: Fingerprint) -> None:
+        current = self.fingerprint()
+        if current is not None:
+            current.check(fp, where=f"chroma collection {self.collection!r}")
+            return
+        stored = self._stored_dim() if self.count() else None
+        if stored is not None and stored != fp.dim:
+            raise DimensionMismatchError(
+                f"chroma: collection {self.collection!r} holds dimension {stored}, fingerprint says {fp.dim}"
+            )
+        meta = {k: v for k, v in self._current_metadata().items() if not k.startswith("hnsw:")}
+        self._c.modify(metadata={**meta, FINGERPRINT_FIELD: fp.to_json()})
+        self._fp = fp
+
+    def upsert(self, records: Sequence[Record]) -> None:
+        """Insert or replace records; split into Chroma's maximum batch size."""
+        records = list(records)
+        _check_same_length(records, self.name)
+        mat = as_matrix(records, self.dim, self.name)
+        if not records:
+            return
+        metas = [_chroma_metadata(r, self.name) for r in records]
+        if self.count() == 0:
+            self._data_dim = None
+        for start in range(0, len(records), self._max_batch):
+            stop = start + self._max_batch
+            self._upsert_batch(records[start:stop], mat[start:stop], metas[start:stop])
+        self._data_dim = mat.shape[1]
+
+    def _replacing(self, records: Sequence[Record], metas: list[dict[str, Any] | None]) -> list[dict[str, Any] | None]:
+        """Metadata that *replaces* existing records' metadata (Chroma's upsert merges it).
+
+        Keys an existing record has but the new metadata lacks are set to None, which
+        makes Chroma drop them.
+        """
+        old = self._c.get(ids=[r.id for r in records], include=["metadatas"])
+        old_keys = {rid: set(m or {}) for rid, m in zip(old["ids"], old["metadatas"], strict=True)}
+        out: list[dict[str, Any] | None] = []
+        for rec, meta in zip(records, metas, strict=True):
+            stale = old_keys.get(rec.id, set()) - set(meta or {})
+            merged = {**{k: None for k in stale}, **(meta or {})}
+            out.append(merged or None)
+        return out
+
+    def _upsert_batch(self, records: Sequence[Record], mat: np.ndarray, metas: list[dict[str, Any] | None]) -> None:
+        metas = self._replacing(records, metas)
+        kwargs = {
+            "ids": [r.id for r in records], "embeddings": mat,
+            "documents": [r.text for r in records], "metadatas": metas,
+        }
+        try:
+            self._c.upsert(**kwargs)
+        except InvalidArgumentError as exc:
+            if "dimension" not in str(exc):
+                raise InvalidInputError(f"chroma: {exc}") from None
+            if self.count():
+                raise DimensionMismatchError(f"chroma: {exc}") from None
+            self._recreate_empty()
+            self._c.upsert(**kwargs)
+
+    def query(self, vector: np.ndarray, k: int = 10, where: Mapping[str, Any] | None = None) -> list[ScoredRecord]:
+        """Top-``k`` records by cosine similarity (1 - Chroma cosine distance), best first."""
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise InvalidInputError(f"chroma: k must be a positive integer, got {k!r}")
+        q = check_query_vector(vector, self.dim, self.name)
+        cw = self._where(where)
+        n = self.count()
+        if cw is _NEVER or n == 0:
+            return []
+        kwargs: dict[str, Any] = {"query_embeddings": [q], "n_results": min(int(k), n),
+                                  "include": ["documents", "metadatas", "distances"]}
+        if cw is not None:
+            kwargs["where"] = cw
+        res = self._c.query(**kwargs)
+        out = []
+        for rid, doc, meta, dist in zip(
+            res["ids"][0], res["documents"][0], res["metadatas"][0], res["distances"][0], strict=True
+        ):
+            rec = Record(id=rid, vector=None, text=doc or "", metadata=_user_metadata(meta))
+            out.append(ScoredRecord(rec, 1.0 - float(dist)))
+        return out
+
+    def get(
+        self, ids: Sequence[str] | None = None, where: Mapping[str, Any] | None = None, include_vectors: bool = False
+    ) -> list[Record]:
+        """Records by id (order of ``ids``, missing skipped) and/or filter."""
+        include = ["documents", "metadatas"] + (["embeddings"] if include_vectors else [])
+        got = self._raw_get(ids, where, include)
+        if not got:
+            return []
+        embs = got.get("embeddings") if include_vectors else None
+        recs = {}
+        for i, rid in enumerate(got["ids"]):
+            vec = np.asarray(embs[i], dtype=np.float32) if embs is not None else None
+            recs[rid] = Record(id=rid, vector=vec, text=got["documents"][i] or "",
+                               metadata=_user_metadata(got["metadatas"][i]))
+        if ids is None:
+            return list(recs.values())
+        return [recs[i] for i in dict.fromkeys(ids) if i in recs]
+
+    def delete(self, ids: Sequence[str] | None = None, where: Mapping[str, Any] | None = None) -> int:
+        """Delete records matching ``ids`` and/or ``where``; returns how many were removed."""
+        if ids is None and where is None:
+            raise InvalidInputError("chroma: delete needs ids and/or a filter (refusing to delete everything)")
+        matched = self._matching_ids(ids, where)
+        for part in _chunks(matched, self._max_batch):
+            self._c.delete(ids=list(part))
+        if matched and self.count() == 0:
+            self._data_dim = None
+        return len(matched)
+
+    def count(self) -> int:
+        return int(self._c.count())
+
+    def close(self) -> None:
+        """Release the collection handle (Chroma persists every write itself). Idempotent."""
+        self._col = None
+        self._client = None
+
+    def __enter__(self) -> ChromaStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ChromaStore(path={str(self.path)!r}, collection={self.collection!r})"

@@ -1,0 +1,613 @@
+"""Conformance suite every vector-store backend must pass.
+
+Parametrised over :data:`heterag.stores.STORES`, so a new backend only has to
+register itself there to be tested. Contract pinned here:
+
+* scores are cosine similarities, best first, for any (also non-unit) vectors;
+  stored vectors come back as given;
+* filters behave exactly like :func:`heterag.filters.matches` (the reference);
+* every failed call (bad dimension, NaN, duplicate ids...) leaves the store unchanged;
+* query results carry no vectors (``record.vector is None``).
+
+Backend-specific crash/rebuild tests for FAISS are at the end of the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from heterag.errors import (
+    DimensionMismatchError,
+    FingerprintMismatchError,
+    HeteragError,
+    InvalidInputError,
+    UnknownNameError,
+)
+from heterag.filters import matches
+from heterag.stores import STORES, Fingerprint, Record, VectorStore, open_store
+
+logger = logging.getLogger(__name__)
+
+DIM = 16
+COLLECTION = "conformance"
+LARGE_BATCH = 6000  # more than chroma's max batch size (5461 in chromadb 1.5)
+FP = Fingerprint(model="test-encoder", dim=DIM, view="chunk")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def unit_vectors(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    mat = rng.normal(size=(n, dim)).astype(np.float32)
+    return mat / np.linalg.norm(mat, axis=1, keepdims=True)
+
+
+def make_records(n: int, dim: int = DIM, seed: int = 0, prefix: str = "r") -> list[Record]:
+    vecs = unit_vectors(n, dim, seed)
+    return [
+        Record(id=f"{prefix}{i}", vector=vecs[i], text=f"text {i}", metadata={"i": i, "even": i % 2 == 0})
+        for i in range(n)
+    ]
+
+
+def cosine(query: np.ndarray, mat: np.ndarray) -> np.ndarray:
+    q = query / np.linalg.norm(query)
+    return (mat @ q) / np.linalg.norm(mat, axis=1)
+
+
+def ids_of(records: list[Record]) -> set[str]:
+    return {r.id for r in records}
+
+
+@pytest.fixture(params=sorted(STORES))
+def store_name(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path) -> Path:
+    return tmp_path / "store"
+
+
+@pytest.fixture
+def store(store_name: str, store_dir: Path) -> Iterator[VectorStore]:
+    s = open_store(store_name, store_dir, COLLECTION)
+    yield s
+    s.close()
+
+
+# --------------------------------------------------------------------------- basics
+
+
+def test_registry_and_protocol(store: VectorStore, store_name: str) -> None:
+    assert isinstance(store, VectorStore)
+    assert store.name == store_name
+
+
+def test_unknown_store_name_lists_choices(tmp_path: Path) -> None:
+    with pytest.raises(UnknownNameError) as info:
+        open_store("no-such-store", tmp_path)
+    assert isinstance(info.value, HeteragError)
+    for name in STORES:
+        assert name in str(info.value)
+
+
+def test_invalid_collection_name(store_name: str, tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError):
+        open_store(store_name, tmp_path, "../escape")
+
+
+def test_empty_store(store: VectorStore) -> None:
+    assert store.count() == 0
+    assert store.dim is None
+    assert store.fingerprint() is None
+    assert store.get() == []
+    assert store.query(unit_vectors(1)[0], k=3) == []
+
+
+def test_empty_upsert_is_noop(store: VectorStore) -> None:
+    store.upsert([])
+    assert store.count() == 0 and store.dim is None
+
+
+def test_upsert_get_roundtrip_keeps_types(store: VectorStore) -> None:
+    vecs = unit_vectors(3)
+    meta = {"int": 1, "float": 1.0, "neg": -2.5, "bool": True, "false": False, "str": "x", "zero": 0}
+    recs = [
+        Record("a", vecs[0], "alpha", meta),
+        Record("b", vecs[1], "beta", {}),
+        Record("c", vecs[2], "", {"k": "v"}),
+    ]
+    store.upsert(recs)
+    assert store.count() == 3 and store.dim == DIM
+    got = store.get(["a", "b", "c"], include_vectors=True)
+    assert [r.id for r in got] == ["a", "b", "c"]
+    for want, have in zip(recs, got, strict=True):
+        assert have.text == want.text
+        assert dict(have.metadata) == dict(want.metadata)
+        assert {k: type(v) for k, v in have.metadata.items()} == {k: type(v) for k, v in want.metadata.items()}
+        assert have.vector is not None and have.vector.dtype == np.float32
+        np.testing.assert_allclose(have.vector, want.vector, atol=1e-5)
+    assert all(r.vector is None for r in store.get(["a"]))
+
+
+def test_get_preserves_order_and_skips_missing(store: VectorStore) -> None:
+    store.upsert(make_records(5))
+    got = store.get(["r3", "missing", "r0", "r4"])
+    assert [r.id for r in got] == ["r3", "r0", "r4"]
+    assert store.get([]) == []
+    assert ids_of(store.get()) == {f"r{i}" for i in range(5)}
+
+
+def test_reupsert_is_idempotent(store: VectorStore) -> None:
+    recs = make_records(10)
+    store.upsert(recs)
+    store.upsert(recs)
+    assert store.count() == 10
+    assert [h.record.id for h in store.query(recs[4].vector, k=1)] == ["r4"]
+
+
+def test_upsert_replaces_existing(store: VectorStore) -> None:
+    recs = make_records(10)
+    store.upsert(recs)
+    new_vec = unit_vectors(1, seed=99)[0]
+    store.upsert([Record("r2", new_vec, "replaced", {"tag": "new"})])
+    assert store.count() == 10
+    (got,) = store.get(["r2"], include_vectors=True)
+    assert got.text == "replaced" and dict(got.metadata) == {"tag": "new"}
+    np.testing.assert_allclose(got.vector, new_vec, atol=1e-5)
+    top = store.query(new_vec, k=1)[0]
+    assert top.record.id == "r2" and top.score == pytest.approx(1.0, abs=1e-4)
+    assert store.get(where={"i": 2}) == []
+    assert [r.id for r in store.get(where={"tag": "new"})] == ["r2"]
+    store.upsert([Record("r3", recs[3].vector, "no metadata now", {})])
+    assert dict(store.get(["r3"])[0].metadata) == {}
+    assert store.get(where={"i": 3}) == [] and store.get(where={"i": {"$ne": 0}, "even": False}) != []
+
+
+def test_unicode_text_and_metadata(store: VectorStore) -> None:
+    text = "Ünïcödé — 日本語テキスト 🚀 \u200b mixed\nlines"
+    store.upsert([Record("ü-id-🙂", unit_vectors(1)[0], text, {"größe": "groß 🌍", "日本": 3})])
+    (got,) = store.get(["ü-id-🙂"])
+    assert got.text == text and dict(got.metadata) == {"größe": "groß 🌍", "日本": 3}
+    assert ids_of(store.get(where={"größe": "groß 🌍"})) == {"ü-id-🙂"}
+
+
+def test_odd_metadata_keys(store: VectorStore) -> None:
+    keys = ["it's", 'quo"te', "back\\slash", "dotted.key", "[0]", "sp ace"]
+    vecs = unit_vectors(len(keys))
+    store.upsert([Record(f"k{i}", vecs[i], "", {key: i, "other": "v"}) for i, key in enumerate(keys)])
+    for i, key in enumerate(keys):
+        assert ids_of(store.get(where={key: i})) == {f"k{i}"}, key
+        assert ids_of(store.get(where={key: {"$ne": -1}})) == {f"k{i}"}, key
+        assert dict(store.get([f"k{i}"])[0].metadata) == {key: i, "other": "v"}
+
+
+# --------------------------------------------------------------------------- query
+
+
+def test_query_scores_are_cosine_best_first(store: VectorStore) -> None:
+    recs = make_records(60)
+    store.upsert(recs)
+    mat = np.stack([r.vector for r in recs])
+    q = unit_vectors(1, seed=7)[0]
+    res = store.query(q, k=10)
+    expected = np.argsort(-cosine(q, mat))[:10]
+    assert [r.record.id for r in res] == [f"r{i}" for i in expected]
+    np.testing.assert_allclose([r.score for r in res], cosine(q, mat)[expected], atol=1e-4)
+    assert all(a.score >= b.score for a, b in zip(res, res[1:]))
+    assert all(r.record.vector is None for r in res)
+    assert res[0].record.text == f"text {expected[0]}"
+
+
+def test_scores_are_cosine_for_non_unit_vectors(store: VectorStore) -> None:
+    scales = np.linspace(0.1, 10.0, 20, dtype=np.float32)[:, None]
+    mat = unit_vectors(20) * scales
+    store.upsert([Record(f"s{i}", mat[i], "t") for i in range(20)])
+    q = unit_vectors(1, seed=3)[0] * 5.0
+    res = store.query(q, k=20)
+    want = cosine(q, mat)
+    np.testing.assert_allclose([r.score for r in res], [want[int(r.record.id[1:])] for r in res], atol=1e-4)
+    np.testing.assert_allclose(store.get(["s0"], include_vectors=True)[0].vector, mat[0], rtol=1e-5)
+
+
+def test_query_k_larger_than_count(store: VectorStore) -> None:
+    store.upsert(make_records(4))
+    assert len(store.query(unit_vectors(1, seed=5)[0], k=50)) == 4
+
+
+@pytest.mark.parametrize("k", [0, -3])
+def test_query_k_below_one_rejected(store: VectorStore, k: int) -> None:
+    store.upsert(make_records(3))
+    with pytest.raises(InvalidInputError):
+        store.query(unit_vectors(1)[0], k=k)
+
+
+# --------------------------------------------------------------------------- filters
+
+# values of mixed types per key so that bool/int/float/str distinctions are exercised
+FILTER_VALUES: list[Any] = [0, 1, 2, 1.0, 2.5, -1, True, False, "x", "y", "1"]
+FILTER_KEYS = ["a", "b", "c", "n"]
+
+
+def random_metadata(rng: random.Random) -> dict[str, Any]:
+    return {k: rng.choice(FILTER_VALUES) for k in FILTER_KEYS if rng.random() > 0.25}
+
+
+def random_leaf(rng: random.Random) -> dict[str, Any]:
+    key = rng.choice(FILTER_KEYS + ["absent"])
+    op = rng.choice(["plain", "$eq", "$ne", "$in", "$nin", "$gt", "$gte", "$lt", "$lte"])
+    if op == "plain":
+        return {key: rng.choice(FILTER_VALUES)}
+    if op in ("$in", "$nin"):
+        return {key: {op: rng.sample(FILTER_VALUES, rng.randint(1, 4))}}
+    if op in ("$gt", "$gte", "$lt", "$lte"):
+        return {key: {op: rng.choice([-1, -0.5, 0, 1, 1.5, 2, 2.5])}}
+    return {key: {op: rng.choice(FILTER_VALUES)}}
+
+
+def random_filter(rng: random.Random, depth: int = 2) -> dict[str, Any]:
+    roll = rng.random()
+    if depth == 0 or roll < 0.4:
+        return random_leaf(rng)
+    if roll < 0.55:  # several keys in one mapping mean $and
+        merged: dict[str, Any] = {}
+        for _ in range(3):
+            merged.update(random_leaf(rng))
+        return merged
+    return {rng.choice(["$and", "$or"]): [random_filter(rng, depth - 1) for _ in range(rng.randint(2, 3))]}
+
+
+FIXED_FILTERS: list[dict[str, Any]] = [
+    {"a": 1}, {"a": True}, {"a": "1"}, {"a": {"$eq": 1.0}}, {"a": {"$ne": 1}}, {"a": {"$ne": True}},
+    {"a": {"$in": [1, "x", True]}}, {"a": {"$nin": [0, False, "y"]}}, {"n": {"$gt": 0}}, {"n": {"$gte": 1}},
+    {"n": {"$lt": 1.5}}, {"n": {"$lte": 0}}, {"a": 1, "b": "x"}, {"$or": [{"a": True}, {"b": {"$ne": "x"}}]},
+    {"$and": [{"n": {"$gte": 0}}, {"n": {"$lt": 2.5}}]}, {"absent": {"$ne": 1}}, {"absent": {"$nin": ["x"]}},
+    {"a": 2.5}, {"a": {"$ne": 2.5}}, {"n": {"$in": [2.5, 1]}}, {"n": {"$nin": [2.5, "x"]}}, {"n": {"$gt": -0.5}},
+    {"n": {"$lte": -0.5}},
+]
+
+
+@pytest.fixture
+def filter_corpus(store: VectorStore) -> tuple[VectorStore, list[Record]]:
+    rng = random.Random(1234)
+    vecs = unit_vectors(150, seed=11)
+    recs = [Record(f"m{i}", vecs[i], f"doc {i}", random_metadata(rng)) for i in range(150)]
+    store.upsert(recs)
+    return store, recs
+
+
+def check_filter(store: VectorStore, recs: list[Record], where: Mapping[str, Any]) -> None:
+    expected = {r.id for r in recs if matches(r.metadata, where)}
+    assert ids_of(store.get(where=where)) == expected, where
+    q = unit_vectors(1, seed=len(repr(where)))[0]
+    hits = store.query(q, k=len(recs), where=where)
+    assert {h.record.id for h in hits} == expected, where
+    scores = {r.id: float(s) for r, s in zip(recs, cosine(q, np.stack([r.vector for r in recs])), strict=True)}
+    top = sorted(expected, key=lambda i: -scores[i])[:5]
+    assert [h.record.id for h in store.query(q, k=5, where=where)] == top, where
+
+
+@pytest.mark.parametrize("where", FIXED_FILTERS, ids=repr)
+def test_fixed_filters_match_reference(filter_corpus: tuple[VectorStore, list[Record]], where: dict) -> None:
+    check_filter(*filter_corpus, where)
+
+
+def test_random_filters_match_reference(filter_corpus: tuple[VectorStore, list[Record]]) -> None:
+    rng = random.Random(99)
+    for _ in range(60):
+        check_filter(*filter_corpus, random_filter(rng))
+
+
+def test_bool_int_float_semantics(store: VectorStore) -> None:
+    metas = {"t": {"x": True}, "i1": {"x": 1}, "f1": {"x": 1.0}, "f0": {"x": False}, "i0": {"x": 0},
+             "s1": {"x": "1"}, "none": {}, "other": {"y": 1}}
+    vecs = unit_vectors(len(metas))
+    store.upsert([Record(k, vecs[n], k, m) for n, (k, m) in enumerate(metas.items())])
+    cases = {
+        repr({"x": 1}): ({"x": 1}, {"i1", "f1"}),
+        repr({"x": True}): ({"x": True}, {"t"}),
+        repr({"x": False}): ({"x": False}, {"f0"}),
+        repr({"x": 0}): ({"x": 0}, {"i0"}),
+        "ne-true": ({"x": {"$ne": True}}, {"i1", "f1", "f0", "i0", "s1"}),
+        "ne-1": ({"x": {"$ne": 1}}, {"t", "f0", "i0", "s1"}),
+        "nin": ({"x": {"$nin": [True, "1"]}}, {"i1", "f1", "f0", "i0"}),
+        "in-mixed": ({"x": {"$in": [True, 0, "1"]}}, {"t", "i0", "s1"}),
+        "gt0": ({"x": {"$gt": 0}}, {"i1", "f1"}),
+        "lte1": ({"x": {"$lte": 1}}, {"i1", "f1", "i0"}),
+    }
+    for label, (where, want) in cases.items():
+        assert {k for k, m in metas.items() if matches(m, where)} == want, f"reference disagrees: {label}"
+        assert ids_of(store.get(where=where)) == want, label
+
+
+def test_fractional_operands_against_ints(store: VectorStore) -> None:
+    values: list[Any] = [-3, -2, -1, 0, 1, 2, 3, -1.5, -0.5, 0.5, 1.0, 1.5, 2.5, 10**15, 1e15 + 0.5]
+    vecs = unit_vectors(len(values))
+    recs = [Record(f"v{i}", vecs[i], "", {"n": v}) for i, v in enumerate(values)]
+    store.upsert(recs)
+    for x in (-1.5, -0.5, 0.5, 1.5, 2.0, 1e15 + 0.5):
+        for op in ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin"):
+            where = {"n": {op: [x, 3] if op in ("$in", "$nin") else x}}
+            want = {r.id for r in recs if matches(r.metadata, where)}
+            assert ids_of(store.get(where=where)) == want, where
+
+
+def test_negative_filters_need_the_key(store: VectorStore) -> None:
+    vecs = unit_vectors(3)
+    store.upsert([Record("has", vecs[0], "", {"k": "a"}), Record("other", vecs[1], "", {"k": "b"}),
+                  Record("lacks", vecs[2], "", {"z": 1})])
+    assert ids_of(store.get(where={"k": {"$ne": "a"}})) == {"other"}
+    assert ids_of(store.get(where={"k": {"$nin": ["a"]}})) == {"other"}
+    assert store.get(where={"missing": {"$ne": 1}}) == []
+
+
+def test_invalid_filter_rejected(store: VectorStore) -> None:
+    store.upsert(make_records(2))
+    for bad in ({}, {"$xor": []}, {"i": {"$regex": "x"}}, {"i": {"$gt": "a"}}, {"i": [1, 2]}):
+        with pytest.raises(InvalidInputError):
+            store.get(where=bad)
+
+
+def test_get_by_ids_and_filter(store: VectorStore) -> None:
+    store.upsert(make_records(10))
+    got = store.get(["r1", "r2", "r3", "r4"], where={"even": True})
+    assert [r.id for r in got] == ["r2", "r4"]
+
+
+# --------------------------------------------------------------------------- delete
+
+
+def test_delete_by_ids_and_filter(store: VectorStore) -> None:
+    store.upsert(make_records(20))
+    assert store.delete(ids=["r0", "r1", "nope"]) == 2
+    assert store.delete(ids=["r0"]) == 0
+    assert store.delete(ids=[]) == 0
+    assert store.count() == 18
+    assert store.delete(where={"i": {"$gte": 15}}) == 5
+    assert store.count() == 13
+    assert store.delete(ids=["r2", "r3", "r4"], where={"even": True}) == 2
+    assert ids_of(store.get()) == {f"r{i}" for i in (3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14)}
+    assert store.delete(where={"i": 1000}) == 0
+    with pytest.raises(InvalidInputError):
+        store.delete()
+    assert all(h.record.id not in {"r0", "r1", "r2", "r4"} for h in store.query(unit_vectors(1)[0], k=100))
+
+
+def test_delete_everything_then_new_dimension(store: VectorStore) -> None:
+    store.upsert(make_records(5, dim=8))
+    assert store.delete(where={"i": {"$gte": 0}}) == 5
+    assert store.count() == 0 and store.dim is None
+    store.upsert(make_records(3, dim=12))
+    assert store.dim == 12 and len(store.query(unit_vectors(1, dim=12)[0], k=5)) == 3
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def test_wrong_dimension_leaves_data_intact(store: VectorStore) -> None:
+    store.upsert(make_records(5))
+    with pytest.raises(DimensionMismatchError):
+        store.upsert(make_records(2, dim=DIM + 1, prefix="bad"))
+    mixed = make_records(2, prefix="ok") + make_records(1, dim=DIM - 1, prefix="bad")
+    with pytest.raises(DimensionMismatchError):
+        store.upsert(mixed)
+    with pytest.raises(DimensionMismatchError):
+        store.query(unit_vectors(1, dim=DIM + 1)[0])
+    assert store.count() == 5 and store.get(["ok0"]) == []
+
+
+def test_nan_rejected(store: VectorStore) -> None:
+    store.upsert(make_records(2))
+    bad = unit_vectors(1)[0].copy()
+    bad[3] = np.nan
+    with pytest.raises(InvalidInputError):
+        store.upsert([Record("fine", unit_vectors(1)[0], "x"), Record("nan", bad, "x")])
+    with pytest.raises(InvalidInputError):
+        store.query(bad)
+    inf_vec = unit_vectors(1)[0].copy()
+    inf_vec[0] = np.inf
+    with pytest.raises(InvalidInputError):
+        store.upsert([Record("inf", inf_vec, "x")])
+    assert store.count() == 2
+
+
+def test_duplicate_ids_in_batch_rejected(store: VectorStore) -> None:
+    vecs = unit_vectors(2)
+    with pytest.raises(InvalidInputError):
+        store.upsert([Record("same", vecs[0], "a"), Record("same", vecs[1], "b")])
+    assert store.count() == 0
+
+
+def test_bad_metadata_rejected(store: VectorStore) -> None:
+    vec = unit_vectors(1)[0]
+    for meta in ({"list": [1, 2]}, {"nan": float("nan")}, {"none": None}):
+        with pytest.raises(InvalidInputError):
+            store.upsert([Record("ok", vec, "x"), Record("bad", vec, "x", meta)])
+    assert store.count() == 0
+
+
+def test_batch_larger_than_backend_limit(store: VectorStore) -> None:
+    recs = make_records(LARGE_BATCH, dim=8, seed=5)
+    store.upsert(recs)
+    assert store.count() == LARGE_BATCH
+    assert [h.record.id for h in store.query(recs[-1].vector, k=1)] == [recs[-1].id]
+    assert store.delete(where={"even": True}) == LARGE_BATCH // 2
+
+
+def test_chroma_large_batch_exceeds_client_limit(tmp_path: Path) -> None:
+    chroma = pytest.importorskip("chromadb")
+    from chromadb.config import Settings
+
+    client = chroma.PersistentClient(path=str(tmp_path), settings=Settings(anonymized_telemetry=False))
+    assert LARGE_BATCH > client.get_max_batch_size()
+
+
+# --------------------------------------------------------------------------- fingerprint & persistence
+
+
+def test_fingerprint_set_check_and_mismatch(store: VectorStore) -> None:
+    store.set_fingerprint(FP)
+    assert store.fingerprint() == FP and store.dim == DIM
+    store.set_fingerprint(FP)  # same one again is fine
+    with pytest.raises(FingerprintMismatchError):
+        store.set_fingerprint(Fingerprint(model="other", dim=DIM, view="chunk"))
+    with pytest.raises(DimensionMismatchError):
+        store.upsert(make_records(1, dim=DIM + 2))
+
+
+def test_fingerprint_dimension_must_match_data(store: VectorStore) -> None:
+    store.upsert(make_records(2, dim=8))
+    with pytest.raises(DimensionMismatchError):
+        store.set_fingerprint(Fingerprint(model="m", dim=9, view="v"))
+    assert store.fingerprint() is None
+
+
+def test_persistence_across_reopen(store_name: str, store_dir: Path) -> None:
+    recs = make_records(30)
+    fp = Fingerprint(model="m", dim=DIM, view="v", adapter="a", extra={"norm": True})
+    first = open_store(store_name, store_dir, COLLECTION)
+    first.set_fingerprint(fp)
+    first.upsert(recs)
+    first.delete(ids=["r0"])
+    first.close()
+    second = open_store(store_name, store_dir, COLLECTION)
+    try:
+        assert second.count() == 29 and second.fingerprint() == fp and second.dim == DIM
+        (got,) = second.get(["r5"], include_vectors=True)
+        assert got.text == "text 5" and dict(got.metadata) == {"i": 5, "even": False}
+        np.testing.assert_allclose(got.vector, recs[5].vector, atol=1e-5)
+        assert [h.record.id for h in second.query(recs[7].vector, k=1)] == ["r7"]
+        with pytest.raises(FingerprintMismatchError):
+            second.set_fingerprint(Fingerprint(model="m", dim=DIM, view="other"))
+    finally:
+        second.close()
+
+
+def test_collections_are_independent(store_name: str, store_dir: Path) -> None:
+    one = open_store(store_name, store_dir, "first")
+    two = open_store(store_name, store_dir, "second")
+    try:
+        one.upsert(make_records(4, dim=8))
+        two.upsert(make_records(2, dim=12, prefix="x"))
+        one.set_fingerprint(Fingerprint(model="m1", dim=8, view="v"))
+        assert (one.count(), two.count()) == (4, 2)
+        assert (one.dim, two.dim) == (8, 12)
+        assert two.fingerprint() is None
+        assert one.delete(where={"i": {"$gte": 0}}) == 4
+        assert two.count() == 2 and ids_of(two.get()) == {"x0", "x1"}
+    finally:
+        one.close()
+        two.close()
+
+
+# --------------------------------------------------------------------------- FAISS crash safety
+
+
+@pytest.fixture
+def faiss_dir(tmp_path: Path) -> Path:
+    pytest.importorskip("faiss")
+    return tmp_path / "faiss"
+
+
+def _check_faiss_queries(path: Path, recs: list[Record]) -> None:
+    store = open_store("faiss", path, COLLECTION)
+    try:
+        assert store.count() == len(recs)
+        mat = np.stack([r.vector for r in recs])
+        for n in (0, len(recs) // 2, len(recs) - 1):
+            res = store.query(recs[n].vector, k=5)
+            want = np.argsort(-cosine(recs[n].vector, mat))[:5]
+            assert [h.record.id for h in res] == [recs[i].id for i in want]
+    finally:
+        store.close()
+
+
+def test_faiss_rebuilds_missing_index(faiss_dir: Path) -> None:
+    recs = make_records(40)
+    with open_store("faiss", faiss_dir, COLLECTION) as store:
+        store.upsert(recs)
+    index_file = faiss_dir / f"{COLLECTION}.faiss"
+    assert index_file.exists()
+    index_file.unlink()
+    _check_faiss_queries(faiss_dir, recs)
+    assert index_file.exists()  # saved again on close
+
+
+def test_faiss_rebuilds_stale_index_after_crash(faiss_dir: Path) -> None:
+    recs = make_records(40)
+    with open_store("faiss", faiss_dir, COLLECTION) as store:
+        store.upsert(recs[:20])
+    crashed = open_store("faiss", faiss_dir, COLLECTION)
+    crashed.upsert(recs[20:])  # committed to SQLite, index file not saved
+    crashed.delete(ids=["r3"])
+    del crashed  # "crash": never closed, never flushed
+    _check_faiss_queries(faiss_dir, [r for r in recs if r.id != "r3"])
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncate"])
+def test_faiss_rebuilds_corrupt_index(faiss_dir: Path, damage: str) -> None:
+    recs = make_records(30)
+    with open_store("faiss", faiss_dir, COLLECTION) as store:
+        store.upsert(recs)
+    index_file = faiss_dir / f"{COLLECTION}.faiss"
+    data = index_file.read_bytes()
+    index_file.write_bytes(b"\x00garbage" * 40 if damage == "garbage" else data[: len(data) // 2])
+    _check_faiss_queries(faiss_dir, recs)
+
+
+def test_faiss_sees_writes_of_another_handle(faiss_dir: Path) -> None:
+    recs = make_records(10)
+    writer = open_store("faiss", faiss_dir, COLLECTION)
+    reader = open_store("faiss", faiss_dir, COLLECTION)
+    try:
+        writer.upsert(recs)
+        assert [h.record.id for h in reader.query(recs[6].vector, k=1)] == ["r6"]
+        writer.delete(ids=["r6"])
+        assert reader.count() == 9
+        assert "r6" not in {h.record.id for h in reader.query(recs[6].vector, k=10)}
+    finally:
+        writer.close()
+        reader.close()
+
+
+def test_faiss_flush_is_lazy(faiss_dir: Path) -> None:
+    store = open_store("faiss", faiss_dir, COLLECTION)
+    try:
+        store.upsert(make_records(5))
+        index_file = faiss_dir / f"{COLLECTION}.faiss"
+        assert not index_file.exists()
+        store.flush()  # type: ignore[attr-defined]
+        assert index_file.exists()
+    finally:
+        store.close()
+
+
+def test_faiss_failed_write_rolls_back_sqlite_and_index(faiss_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    recs = make_records(20)
+    store = open_store("faiss", faiss_dir, COLLECTION)
+    try:
+        store.upsert(recs[:10])
+        original = store._apply_to_index  # type: ignore[attr-defined]
+
+        def apply_then_fail(*args: Any) -> None:
+            original(*args)  # the in-memory index already holds the new vectors...
+            raise RuntimeError("simulated failure before COMMIT")
+
+        monkeypatch.setattr(store, "_apply_to_index", apply_then_fail)
+        with pytest.raises(RuntimeError):
+            store.upsert(recs[10:])
+        monkeypatch.undo()
+        assert store.count() == 10  # ...but SQLite rolled back, and so must queries
+        assert {h.record.id for h in store.query(recs[15].vector, k=20)} == {f"r{i}" for i in range(10)}
+    finally:
+        store.close()
+    _check_faiss_queries(faiss_dir, recs[:10])
