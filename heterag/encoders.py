@@ -55,6 +55,16 @@ def resolve_text_model(name: str | None) -> tuple[str, str]:
     return name, name
 
 
+def _quiet_hub_loading() -> None:
+    """Silence the per-load weight progress bars of transformers (they are noise on a CLI's stderr)."""
+    try:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+    except (ImportError, AttributeError):  # pragma: no cover - older/newer transformers
+        pass
+
+
 @dataclass(frozen=True)
 class TokenSpan:
     """Token ids of a text (no special tokens) with each token's character span."""
@@ -84,6 +94,7 @@ class TextEncoder:
         self.batch_size = batch_size
         from sentence_transformers import SentenceTransformer
 
+        _quiet_hub_loading()
         local = Path(target).exists()
         try:
             self.model = SentenceTransformer(target, device=device, local_files_only=local)

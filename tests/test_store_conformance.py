@@ -429,7 +429,7 @@ def test_duplicate_ids_in_batch_rejected(store: VectorStore) -> None:
 
 def test_bad_metadata_rejected(store: VectorStore) -> None:
     vec = unit_vectors(1)[0]
-    for meta in ({"list": [1, 2]}, {"nan": float("nan")}, {"none": None}):
+    for meta in ({"list": [1, 2]}, {"nan": float("nan")}, {"inf": float("-inf")}, {"none": None}, {"big": 2**63}):
         with pytest.raises(InvalidInputError):
             store.upsert([Record("ok", vec, "x"), Record("bad", vec, "x", meta)])
     assert store.count() == 0

@@ -111,9 +111,9 @@ def as_matrix(records: Sequence[Record], dim: int | None, store: str) -> np.ndar
         if v.ndim != 1:
             raise DimensionMismatchError(f"{store}: record {r.id!r} vector must be 1-D, got shape {v.shape}")
         rows.append(v)
-    mat = np.stack(rows) if rows else np.zeros((0, dim or 0), dtype=np.float32)
-    if rows and len({v.shape[0] for v in rows}) > 1:
+    if len({v.shape[0] for v in rows}) > 1:
         raise DimensionMismatchError(f"{store}: vectors in one batch have different dimensions")
+    mat = np.stack(rows) if rows else np.zeros((0, dim or 0), dtype=np.float32)
     if dim is not None and rows and mat.shape[1] != dim:
         raise DimensionMismatchError(f"{store}: vectors have dimension {mat.shape[1]}, this store holds dimension {dim}")
     if rows and not np.isfinite(mat).all():

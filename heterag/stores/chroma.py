@@ -9,7 +9,12 @@ Notes on the chromadb (1.5.x) behaviour this adapter works around:
   ``$and: [{KEYS_FIELD: {$contains: key}}, <negative condition>]``.
 * ``$in``/``$nin`` lists must hold values of one type; mixed lists are split.
 * Empty metadata must be passed as ``None``; NaN metadata is silently dropped, so
-  non-finite floats are rejected here; keys starting with ``#`` or ``$`` are refused.
+  non-finite floats are rejected here (as are ints beyond 64 bits, which Chroma turns
+  into floats); keys starting with ``#`` or ``$`` are refused.
+* ``upsert`` *merges* metadata into an existing record's; keys the new metadata
+  lacks are explicitly set to None so that a replaced record keeps only its new keys.
+* Fractional float operands are truncated when compared with int metadata; see
+  :func:`_compare` for the exact rewrite.
 * A collection keeps its dimension after all records are deleted; an empty
   collection without fingerprint is recreated to accept another dimension.
 * ``delete`` reports no reliable count, so matching ids are resolved first.
@@ -152,14 +157,9 @@ def _chroma_metadata(record: Record, store: str) -> dict[str, Any] | None:
             raise InvalidInputError(f"{store}: record {record.id!r} metadata key {key!r} is reserved")
         if isinstance(value, float) and not math.isfinite(value):
             raise InvalidInputError(f"{store}: record {record.id!r} metadata[{key!r}] is not a finite number")
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:
+            raise InvalidInputError(f"{store}: record {record.id!r} metadata[{key!r}] does not fit in 64 bits")
     return {**meta, KEYS_FIELD: list(meta)} if meta else None
-
-
-def _check_same_length(records: Sequence[Record], store: str) -> None:
-    """Mixed vector lengths in one batch are a dimension error (``as_matrix`` would hit np.stack first)."""
-    lengths = {np.shape(r.vector) for r in records if r.vector is not None and np.ndim(r.vector) == 1}
-    if len(lengths) > 1:
-        raise DimensionMismatchError(f"{store}: vectors in one batch have different dimensions")
 
 
 def _user_metadata(meta: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -279,7 +279,6 @@ class ChromaStore:
     def upsert(self, records: Sequence[Record]) -> None:
         """Insert or replace records; split into Chroma's maximum batch size."""
         records = list(records)
-        _check_same_length(records, self.name)
         mat = as_matrix(records, self.dim, self.name)
         if not records:
             return

@@ -18,7 +18,10 @@ on open, a missing, corrupt or stale index file is rebuilt from SQLite. A crash
 therefore never leaves the store inconsistent, it only costs a rebuild.
 
 Other processes' writes are picked up: every operation compares the SQLite
-generation with the one the in-memory index reflects and reloads when they differ.
+generation with the one the in-memory index reflects and reloads when they differ
+(SQLite serialises writers). Metadata keys that filters test with ``$eq``/``$in``/
+comparisons get an SQLite expression index on first use (at most 16 per collection),
+so lookups such as ``{"doc_id": {"$in": [...]}}`` do not scan the table.
 Nothing is pickled.
 """
 
@@ -77,13 +80,6 @@ def _unit(mat: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(mat / np.where(norms > 0, norms, 1.0), dtype=np.float32)
 
 
-def _check_same_length(records: Sequence[Record], store: str) -> None:
-    """Mixed vector lengths in one batch are a dimension error (``as_matrix`` would hit np.stack first)."""
-    lengths = {np.shape(r.vector) for r in records if r.vector is not None and np.ndim(r.vector) == 1}
-    if len(lengths) > 1:
-        raise DimensionMismatchError(f"{store}: vectors in one batch have different dimensions")
-
-
 def _metadata_json(record: Record, store: str) -> str:
     """Validate a record's text and metadata and serialise the metadata (finite numbers only)."""
     if not isinstance(record.text, str):
@@ -92,6 +88,8 @@ def _metadata_json(record: Record, store: str) -> str:
     for key, value in meta.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise InvalidInputError(f"{store}: record {record.id!r} metadata[{key!r}] is not a finite number")
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:
+            raise InvalidInputError(f"{store}: record {record.id!r} metadata[{key!r}] does not fit in 64 bits")
     return json.dumps(meta, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
@@ -143,6 +141,11 @@ def positive_keys(node: Mapping[str, Any]) -> set[str]:
     return {key} if op not in ("$ne", "$nin") and _indexable(key) else set()
 
 
+def _sql_number(x: int | float) -> int | float:
+    """Ints beyond SQLite's int64 cannot be bound; JSON stores them as reals anyway."""
+    return float(x) if isinstance(x, int) and not -(2**63) <= x < 2**63 else x
+
+
 def _equals_any(key: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
     """SQL true when metadata[key] equals one of ``values`` (type-aware)."""
     t, v, p = _key_exprs(key)
@@ -154,6 +157,7 @@ def _equals_any(key: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
     for b in sorted(bools):  # json_extract gives 1/0 for true/false: the value index applies, the type decides
         parts.append(f"({v} = {int(b)} AND {t} = '{'true' if b else 'false'}')")
         params += p + p
+    nums = [_sql_number(x) for x in nums]
     for group, types in ((nums, _NUMERIC_TYPES), (strs, "('text')")):
         if group:
             # value test first: SQLite short-circuits AND, and it rejects most rows
@@ -170,7 +174,7 @@ def _leaf_sql(key: str, op: str, value: Any) -> tuple[str, list[Any]]:
         eq, eq_params = _equals_any(key, value if op == "$nin" else [value])
         return f"({t} IS NOT NULL AND NOT COALESCE({eq}, 0))", p + eq_params
     sym = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}[op]
-    return f"({v} {sym} ? AND {t} IN {_NUMERIC_TYPES})", p + [value] + p
+    return f"({v} {sym} ? AND {t} IN {_NUMERIC_TYPES})", p + [_sql_number(value)] + p
 
 
 def filter_sql(node: Mapping[str, Any]) -> tuple[str, list[Any]]:
@@ -405,7 +409,6 @@ class FaissStore:
     def upsert(self, records: Sequence[Record]) -> None:
         """Insert or replace records (atomically: all of the batch or none)."""
         records = list(records)
-        _check_same_length(records, self.name)
         mat = as_matrix(records, self.dim, self.name)
         if not records:
             return
