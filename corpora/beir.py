@@ -21,7 +21,14 @@ from typing import Any
 from heterag.documents import DEFAULT_MAX_DOCUMENT_BYTES, Document
 from heterag.errors import InvalidInputError
 
-from .base import ItemError, LoadItem, RetrievalDataset, item_error, iter_jsonl, require_dir
+from .base import (
+    ItemError,
+    LoadItem,
+    RetrievalDataset,
+    item_error,
+    iter_jsonl,
+    require_dir,
+)
 
 logger = logging.getLogger(__name__)
 

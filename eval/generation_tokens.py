@@ -18,7 +18,13 @@ import numpy as np
 from _common import bootstrap_ci, require_data, write_report
 
 from corpora import default_data_dir, load_pubmedqa
-from heterag import DEFAULT_CHUNK_TOKENS, Pipeline, load_text_encoder, make_view, open_store
+from heterag import (
+    DEFAULT_CHUNK_TOKENS,
+    Pipeline,
+    load_text_encoder,
+    make_view,
+    open_store,
+)
 
 
 def main() -> None:

@@ -22,7 +22,13 @@ import numpy as np
 from _common import bootstrap_ci, require_data, write_report
 
 from corpora import default_data_dir, load_pubmedqa
-from heterag import DEFAULT_CHUNK_TOKENS, chunk_document, load_text_encoder, make_view, rank_documents
+from heterag import (
+    DEFAULT_CHUNK_TOKENS,
+    chunk_document,
+    load_text_encoder,
+    make_view,
+    rank_documents,
+)
 from heterag.metrics import ndcg_at_k, recall_at_k
 
 VIEWS = ("naive", "heterag", "late")
@@ -96,8 +102,8 @@ def main() -> None:
             )
         lines.append("")
         results[str(size)] = per_view
+        print("\n".join(lines[-(len(per_view) + 4):]), flush=True)
     md = "\n".join(lines)
-    print(md)
     report = write_report(f"pubmedqa_retrieval_{args.split}", {"split": args.split, "encoder": encoder.identity, "results": results}, md)
     print(f"\nwritten {report} and .json")
 

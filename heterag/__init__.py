@@ -12,7 +12,12 @@ Public API (the sandbox and the UI use only these names)::
 """
 
 from .chunking import DEFAULT_CHUNK_TOKENS, ChunkedDocument, chunk_document
-from .collections import heterag_home, list_collections, load_text_encoder, open_collection
+from .collections import (
+    heterag_home,
+    list_collections,
+    load_text_encoder,
+    open_collection,
+)
 from .documents import Chunk, Document, Section, content_hash
 from .errors import (
     CollectionNotFoundError,

@@ -21,6 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from .chunking import ChunkedDocument
+from .documents import Chunk
 from .errors import InvalidInputError, UnknownNameError
 
 DEFAULT_TEMPLATE = "{title}\n{heading}\n{before} {chunk} {after}"
@@ -102,25 +103,24 @@ class HeteragView:
         d.pop("kind")
         return d
 
+    def _neighbours(self, chunks: Sequence[Chunk], i: int, positions: range) -> str:
+        section = chunks[i].section_index
+        return " ".join(
+            chunks[j].text
+            for j in positions
+            if 0 <= j < len(chunks) and (not self.same_section or chunks[j].section_index == section)
+        )
+
     def texts(self, cd: ChunkedDocument) -> list[str]:
-        chunks = cd.chunks
+        chunks, k = cd.chunks, self.neighbours
         out = []
         for i, c in enumerate(chunks):
-            def near(rng: range) -> str:
-                picked = [
-                    chunks[j].text
-                    for j in rng
-                    if 0 <= j < len(chunks) and (not self.same_section or chunks[j].section_index == c.section_index)
-                ]
-                return " ".join(picked)
-
-            k = self.neighbours
             text = self.template.format(
                 title=c.title if self.include_title else "",
                 heading=" > ".join(c.heading) if self.include_heading else "",
-                before=near(range(i - k, i)),
+                before=self._neighbours(chunks, i, range(i - k, i)),
                 chunk=c.text,
-                after=near(range(i + 1, i + 1 + k)),
+                after=self._neighbours(chunks, i, range(i + 1, i + 1 + k)),
             )
             lines = [" ".join(line.split()) for line in text.splitlines()]
             out.append("\n".join(line for line in lines if line))
@@ -139,11 +139,14 @@ class LateView:
     ``include_title`` prefixes every window with the document title, ``include_heading``
     puts each section's heading path before its first chunk. Neither prefix is pooled
     into any chunk: they shape the chunk vectors only through attention.
+    ``doc_weight`` adds that multiple of the whole window's mean token embedding to each
+    chunk's own mean before normalising (0 = pure late chunking).
     """
 
     window_tokens: int | None = None
     include_title: bool = True
     include_heading: bool = True
+    doc_weight: float = 0.0
     kind: str = "late"
 
     def settings(self) -> dict[str, Any]:
@@ -182,7 +185,10 @@ class LateView:
         limit = min(self.window_tokens or encoder.max_window_tokens, encoder.max_window_tokens)
         plans = [w for cd in docs for w in self._windows(cd, encoder, limit)]
         hidden = encoder.token_embeddings([ids for ids, _ in plans])
-        rows = [h[a:b].mean(axis=0) for h, (_, spans) in zip(hidden, plans, strict=True) for a, b in spans]
+        rows = []
+        for h, (_, spans) in zip(hidden, plans, strict=True):
+            context = h.mean(axis=0) * self.doc_weight if self.doc_weight else 0.0
+            rows.extend(h[a:b].mean(axis=0) + context for a, b in spans)
         n = sum(len(cd.chunks) for cd in docs)
         vectors = _normalize_rows(np.stack(rows)) if rows else np.zeros((0, encoder.dim), dtype=np.float32)
         assert len(vectors) == n

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from chat_server import ChatHandler, ChatServer, ServerConfig
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HETERAG_NO_PROGRESS", "1")
@@ -77,3 +80,21 @@ def tiny_encoder_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     st = SentenceTransformer(modules=[word, models.Pooling(word.get_embedding_dimension(), "mean")])
     st.save(str(out / "st"))
     return out / "st"
+
+
+@pytest.fixture(scope="module")
+def chat_server() -> Iterator[ChatServer]:
+    server = ChatServer(("127.0.0.1", 0), ChatHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture()
+def server(chat_server: ChatServer, monkeypatch: pytest.MonkeyPatch) -> ChatServer:
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    chat_server.config = ServerConfig()
+    return chat_server

@@ -20,7 +20,7 @@ def _section_token_cover(encoder, doc, cd):
         tokens = encoder.tokenize(section.text)
         spans = [(c.token_start, c.token_end) for c in cd.chunks if c.section_index == s_idx]
         assert spans[0][0] == 0 and spans[-1][1] == len(tokens)
-        for (a0, a1), (b0, b1) in zip(spans, spans[1:]):
+        for (_a0, a1), (b0, _b1) in zip(spans, spans[1:], strict=False):
             assert a1 == b0, "chunks must be contiguous and non-overlapping"
         for c in cd.chunks:
             if c.section_index == s_idx:

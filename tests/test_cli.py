@@ -138,3 +138,25 @@ def test_eval_beir_without_qrels_is_a_clear_error(capsys, tmp_path):
 def test_eval_rejects_unknown_view_before_work(capsys, tmp_path):
     code, _, err = run(capsys, "eval", "beir", str(tmp_path), "--views", "naive,bogus")
     assert code == 2 and "unknown view 'bogus'" in err
+
+
+def test_ask_through_an_openai_compatible_endpoint(capsys, notes, server):
+    """--generator openai streams the endpoint's answer and lists the sources it cited."""
+    assert run(capsys, "ingest", str(notes), "--collection", "remote")[0] == 0
+    server.config.api_key = None  # loopback endpoints need no key
+    server.config.reply = "The Moon's gravity causes tides [1]."
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    code, out, err = run(capsys, "ask", "What causes tides?", "--collection", "remote",
+                         "--generator", "openai", "--model", "local-model", "--base-url", url)
+    assert code == 0, err
+    assert out.startswith("The Moon's gravity causes tides [1].")
+    assert "Sources:" in out and "[1] Tides" in out
+    body = server.config.requests[-1]["body"]
+    assert body["model"] == "local-model" and body["stream"] is True
+    assert "Tides are caused mainly by the gravitational pull of the Moon" in body["messages"][1]["content"]
+
+
+def test_openai_generator_needs_a_model(capsys, notes):
+    assert run(capsys, "ingest", str(notes), "--collection", "nomodel")[0] == 0
+    code, _, err = run(capsys, "ask", "q?", "--collection", "nomodel", "--generator", "openai")
+    assert code == 2 and "--model" in err

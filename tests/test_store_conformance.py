@@ -203,7 +203,7 @@ def test_query_scores_are_cosine_best_first(store: VectorStore) -> None:
     expected = np.argsort(-cosine(q, mat))[:10]
     assert [r.record.id for r in res] == [f"r{i}" for i in expected]
     np.testing.assert_allclose([r.score for r in res], cosine(q, mat)[expected], atol=1e-4)
-    assert all(a.score >= b.score for a, b in zip(res, res[1:]))
+    assert all(a.score >= b.score for a, b in zip(res, res[1:], strict=False))
     assert all(r.record.vector is None for r in res)
     assert res[0].record.text == f"text {expected[0]}"
 

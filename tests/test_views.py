@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from heterag import Document, InvalidInputError, Section, UnknownNameError, chunk_document, make_view
+from heterag import (
+    Document,
+    InvalidInputError,
+    Section,
+    UnknownNameError,
+    chunk_document,
+    make_view,
+)
 
 SENTENCES = [f"Sentence number {i} talks about topic {i % 7} in some detail." for i in range(60)]
 
