@@ -1,9 +1,9 @@
 """Choose the late-chunking defaults on PubMedQA's *train* questions (never on the reported test split).
 
-Sweeps the window size and the document-context weight of the ``late`` view at the
-default generation-chunk size and prints nDCG@10 / Recall@1 against ``naive``.
+Sweeps the window size of the ``late`` view at the default generation-chunk size and
+prints nDCG@10 / Recall@1 against ``naive``.
 
-    python eval/tune_late.py [--windows 128,256,510] [--doc-weights 0,0.5,1]
+    python eval/tune_late.py [--windows 128,254,510]
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from heterag.metrics import ndcg_at_k, recall_at_k
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--windows", default="128,256,510")
-    ap.add_argument("--doc-weights", default="0,0.5,1")
+    ap.add_argument("--windows", default="128,254,510")
     ap.add_argument("--chunk-tokens", type=int, default=DEFAULT_CHUNK_TOKENS)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -37,15 +36,14 @@ def main() -> None:
         return (float(np.mean([ndcg_at_k(run.rankings[q], gold[q], 10) for q in queries])),
                 float(np.mean([recall_at_k(run.rankings[q], gold[q], 1) for q in queries])))
 
-    rows = [("naive", "-", "-", *score(make_view("naive")))]
+    rows = [("naive", "-", *score(make_view("naive")))]
     print(rows[-1], flush=True)
     for w in [int(x) for x in args.windows.split(",")]:
-        for a in [float(x) for x in args.doc_weights.split(",")]:
-            rows.append(("late", w, a, *score(LateView(window_tokens=w, doc_weight=a))))
-            print(rows[-1], flush=True)
+        rows.append(("late", w, *score(LateView(window_tokens=w))))
+        print(rows[-1], flush=True)
     md = "\n".join([f"# late view tuning (PubMedQA train, {len(queries)} questions, {args.chunk_tokens}-token chunks)", "",
-                    "| view | window | doc_weight | nDCG@10 | Recall@1 |", "|---|---|---|---|---|",
-                    *[f"| {v} | {w} | {a} | {n:.4f} | {r:.4f} |" for v, w, a, n, r in rows], ""])
+                    "| view | window tokens | nDCG@10 | Recall@1 |", "|---|---|---|---|",
+                    *[f"| {v} | {w} | {n:.4f} | {r:.4f} |" for v, w, n, r in rows], ""])
     print(md)
     write_report("tune_late_train", {"rows": rows}, md)
 

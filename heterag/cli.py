@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import HeteragError
+from .errors import HeteragError, UnknownNameError
 
 log = logging.getLogger("heterag")
 
@@ -154,8 +154,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .chunking import DEFAULT_CHUNK_TOKENS
     from .collections import load_text_encoder
     from .evaluation import evaluate
+    from .stores import STORES
     from .views import make_view
 
+    if args.store not in STORES:
+        raise UnknownNameError("store", args.store, STORES)
     views = [v.strip() for v in args.views.replace("|", ",").split(",") if v.strip()]
     built = {}
     for v in views:  # validate every name before the expensive part

@@ -124,7 +124,7 @@ def open_collection(
         rview = make_view(view_kind, **(view_options or {}))
         tokens = chunk_tokens or (int(fp.extra.get("chunk_tokens", DEFAULT_CHUNK_TOKENS)) if fp else DEFAULT_CHUNK_TOKENS)
         enc = load_text_encoder(encoder if encoder is not None else info.encoder)
-        pipeline = Pipeline(vs, enc, rview, generator, chunk_tokens=tokens)
+        pipeline = Pipeline(vs, enc, rview, generator, chunk_tokens=tokens, name=name)
     except BaseException:
         vs.close()
         raise

@@ -155,6 +155,12 @@ class TextEncoder:
         prefix, suffix = self._special_template
         return self.max_positions - len(prefix) - len(suffix)
 
+    @property
+    def default_window_tokens(self) -> int:
+        """Late-chunking window: the sequence length the model was trained for, less special tokens."""
+        prefix, suffix = self._special_template
+        return min(self.max_seq_length, self.max_positions) - len(prefix) - len(suffix)
+
     # ---- embeddings -----------------------------------------------------------------
     def encode(self, texts: Sequence[str], *, show_progress: bool | None = None) -> np.ndarray:
         """Embed texts; returns float32 (n, dim) with unit-norm rows."""

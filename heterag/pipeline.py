@@ -7,6 +7,7 @@ the chunk text; a query retrieves views and hands their chunks to the generator.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -49,11 +50,13 @@ class IngestReport:
     encode_seconds: float = 0.0
 
     def summary(self) -> str:
-        s = (
-            f"{self.documents_written} documents written ({self.chunks_written} chunks), "
+        def n(count: int, noun: str) -> str:
+            return f"{count} {noun}{'' if count == 1 else 's'}"
+
+        return (
+            f"{n(self.documents_written, 'document')} written ({n(self.chunks_written, 'chunk')}), "
             f"{self.documents_unchanged} unchanged, {len(self.failures)} failed, in {self.seconds:.1f}s"
         )
-        return s
 
 
 class Pipeline:
@@ -68,6 +71,7 @@ class Pipeline:
         *,
         chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
         encoder_identity: str | None = None,
+        name: str | None = None,
     ):
         self.store = store
         self.encoder = encoder
@@ -79,9 +83,12 @@ class Pipeline:
             model=identity,
             dim=int(encoder.dim),
             view=view.kind,
-            extra={"chunk_tokens": chunk_tokens, "view_settings": view.settings()},
+            # JSON round trip: what the store persists is what we compare against
+            extra=json.loads(json.dumps({"chunk_tokens": chunk_tokens, "view_settings": view.settings()})),
         )
-        # raises FingerprintMismatchError when the store was built differently
+        existing = store.fingerprint()
+        if existing is not None:  # refuse to mix vectors made differently
+            existing.check(self.fingerprint, where=f"collection {name!r}" if name else f"{store.name} store")
         store.set_fingerprint(self.fingerprint)
 
     @property

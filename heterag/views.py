@@ -33,6 +33,7 @@ class ViewEncoder(Protocol):
 
     dim: int
     max_window_tokens: int
+    default_window_tokens: int
 
     def encode(self, texts: Sequence[str], *, show_progress: bool | None = None) -> np.ndarray: ...
 
@@ -135,18 +136,16 @@ class HeteragView:
 class LateView:
     """Late chunking: one forward pass per window of consecutive chunks, pooled per chunk.
 
-    ``window_tokens`` caps a window's content (default: the encoder's position limit);
+    ``window_tokens`` caps a window's content (default: the longest input the encoder was
+    trained on, ``max_seq_length``; at most its position limit);
     ``include_title`` prefixes every window with the document title, ``include_heading``
     puts each section's heading path before its first chunk. Neither prefix is pooled
     into any chunk: they shape the chunk vectors only through attention.
-    ``doc_weight`` adds that multiple of the whole window's mean token embedding to each
-    chunk's own mean before normalising (0 = pure late chunking).
     """
 
     window_tokens: int | None = None
     include_title: bool = True
     include_heading: bool = True
-    doc_weight: float = 0.0
     kind: str = "late"
 
     def settings(self) -> dict[str, Any]:
@@ -182,13 +181,10 @@ class LateView:
         return windows
 
     def embed(self, docs: Sequence[ChunkedDocument], encoder: ViewEncoder) -> tuple[list[str], np.ndarray]:
-        limit = min(self.window_tokens or encoder.max_window_tokens, encoder.max_window_tokens)
+        limit = min(self.window_tokens or encoder.default_window_tokens, encoder.max_window_tokens)
         plans = [w for cd in docs for w in self._windows(cd, encoder, limit)]
         hidden = encoder.token_embeddings([ids for ids, _ in plans])
-        rows = []
-        for h, (_, spans) in zip(hidden, plans, strict=True):
-            context = h.mean(axis=0) * self.doc_weight if self.doc_weight else 0.0
-            rows.extend(h[a:b].mean(axis=0) + context for a, b in spans)
+        rows = [h[a:b].mean(axis=0) for h, (_, spans) in zip(hidden, plans, strict=True) for a, b in spans]
         n = sum(len(cd.chunks) for cd in docs)
         vectors = _normalize_rows(np.stack(rows)) if rows else np.zeros((0, encoder.dim), dtype=np.float32)
         assert len(vectors) == n

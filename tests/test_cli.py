@@ -65,10 +65,17 @@ def test_ingest_and_ask_with_sources(capsys, notes):
 
 
 def test_bad_files_are_reported_and_the_rest_ingested(capsys, notes):
+    assert run(capsys, "ingest", str(notes), "--collection", "mixed")[0] == 0
+    from heterag import open_collection
+
+    rag = open_collection("mixed")
+    before = sorted(r.id for r in rag.store.get())
+    rag.close()
     (notes / "empty.txt").write_text("   \n")
     (notes / "latin1.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
     with open(notes / "huge.txt", "wb") as f:  # 50 MB, sparse: never read
         f.truncate(50 * 2**20)
+    (notes / "new.md").write_text("# Bread\n\nSourdough rises because of wild yeast.\n")
     code, out, err = run(capsys, "ingest", str(notes), "--collection", "mixed")
     assert code == 1
     lines = [line for line in err.splitlines() if line.startswith("skipped")]
@@ -76,7 +83,12 @@ def test_bad_files_are_reported_and_the_rest_ingested(capsys, notes):
     assert any("empty.txt" in line and "empty" in line for line in lines)
     assert any("latin1.txt" in line and "UTF-8" in line for line in lines)
     assert any("huge.txt" in line and "MiB" in line for line in lines)
-    assert "2 documents written" in out
+    assert "1 document written" in out and "2 unchanged" in out
+    rag = open_collection("mixed")
+    after = sorted(r.id for r in rag.store.get())
+    assert set(before) < set(after)  # everything that was there is still there, plus the good new file
+    assert {r.metadata["doc_id"] for r in rag.store.get()} == {"bees.txt", "tides.md", "new.md"}
+    rag.close()
 
 
 @pytest.mark.parametrize(
@@ -88,6 +100,7 @@ def test_bad_files_are_reported_and_the_rest_ingested(capsys, notes):
         (["ask", "   ", "--collection", "x3"], "error"),
         (["ingest", "/no/such/path", "--collection", "x4"], "/no/such/path"),
         (["ask", "q", "--collection", "x5", "--generator", "oracle"], "unknown generator"),
+        (["eval", "beir", "{notes}", "--store", "mongo"], "unknown store 'mongo'"),
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(capsys, notes, argv, message):

@@ -136,8 +136,10 @@ def test_collection_reopens_with_its_settings_and_rejects_others(encoder, tiny_e
     again.close()
     with pytest.raises(FingerprintMismatchError, match="view=late"):
         open_collection("notes", view="heterag")
-    with pytest.raises(FingerprintMismatchError, match="all-MiniLM-L6-v2"):
+    with pytest.raises(FingerprintMismatchError, match="collection 'notes' was built with .*all-MiniLM-L6-v2"):
         open_collection("notes", encoder=str(tiny_encoder_path))
+    with pytest.raises(FingerprintMismatchError, match=r"extra.chunk_tokens: 32 != 64"):
+        open_collection("notes", chunk_tokens=64)
     check = open_collection("notes")
     assert check.count() == n  # nothing lost
     check.close()

@@ -44,13 +44,28 @@ class Fingerprint:
     def describe(self) -> str:
         return f"model={self.model} dim={self.dim} view={self.view} adapter={self.adapter}"
 
+    def differences(self, other: Fingerprint) -> list[str]:
+        """Human-readable ``field: mine != theirs`` for every setting that differs."""
+        mine, theirs = _flat(asdict(self)), _flat(asdict(other))
+        return [f"{k}: {mine.get(k)!r} != {theirs.get(k)!r}" for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)]
+
     def check(self, other: Fingerprint, where: str = "collection") -> None:
         """Raise :class:`FingerprintMismatchError` if ``other`` differs from this one."""
         if self != other:
             raise FingerprintMismatchError(
-                f"{where} was built with [{self.describe()}] but is being opened with [{other.describe()}]; "
-                "use the same encoder and view settings, or a new collection"
+                f"{where} was built with [{self.describe()}] but is being opened with [{other.describe()}] "
+                f"({'; '.join(self.differences(other))}); use the same encoder and view settings, or a new collection"
             )
+
+
+def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 @dataclass(frozen=True)
