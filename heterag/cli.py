@@ -127,8 +127,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(_answer_json(answer), ensure_ascii=False, indent=2))
     elif streaming:
-        print()
-        print(answer.format()[len(answer.text.strip()):].strip("\n"))
+        print("\n\n" + answer.format_sources() if answer.citations else "")
     else:
         print(answer.format())
     return 0

@@ -43,15 +43,18 @@ class Answer:
     context_tokens: int = 0  # tokens of generation context sent to the generator
     generator: str = ""
 
+    def format_sources(self) -> str:
+        """The cited sources, one line each (empty when nothing was cited)."""
+        if not self.citations:
+            return ""
+        lines = ["Sources:"]
+        for c in self.citations:
+            snippet = " ".join(c.text.split())
+            if len(snippet) > 160:
+                snippet = snippet[:157] + "..."
+            lines.append(f"  [{c.number}] {c.title or c.doc_id} (score {c.score:.3f}): {snippet}")
+        return "\n".join(lines)
+
     def format(self) -> str:
         """Human-readable answer with its sources listed below it."""
-        lines = [self.text.strip(), ""]
-        if self.citations:
-            lines.append("Sources:")
-            for c in self.citations:
-                where = c.title or c.doc_id
-                snippet = " ".join(c.text.split())
-                if len(snippet) > 160:
-                    snippet = snippet[:157] + "..."
-                lines.append(f"  [{c.number}] {where} (score {c.score:.3f}): {snippet}")
-        return "\n".join(lines).rstrip()
+        return "\n\n".join(part for part in (self.text.strip(), self.format_sources()) if part)
