@@ -87,7 +87,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     )
     try:
         items = iter_path(args.path, max_document_bytes=int(args.max_doc_mb * 2**20))
-        report = pipe.ingest(items, progress=sys.stderr.isatty() and not os.environ.get("HETERAG_NO_PROGRESS"))
+        report = pipe.ingest(items, progress=sys.stderr.isatty())
         for f in report.failures:
             print(f"skipped {f}", file=sys.stderr)
         print(f"{args.collection}: {report.summary()}; collection now holds {pipe.count()} chunks")

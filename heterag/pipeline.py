@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -121,6 +122,8 @@ class Pipeline:
         """
         report = IngestReport()
         t0 = time.perf_counter()
+        if os.environ.get("HETERAG_NO_PROGRESS"):
+            progress = False
         bar = tqdm(total=total, unit="doc", desc="ingest", disable=progress is False or (progress is None and (total or 0) < 50))
         try:
             for batch in _batched(items, batch_documents):
