@@ -9,26 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from heterag.documents import Document
+from heterag.documents import Document, ItemError
 from heterag.errors import InvalidInputError
 
 #: Environment variable that overrides where the shared real data lives.
 DATA_DIR_ENV = "HETERAG_DATA_DIR"
-
-
-@dataclass(frozen=True)
-class ItemError:
-    """One input item (file, JSON line, record) that could not be loaded.
-
-    Loaders yield these instead of raising so that one bad file does not abort a
-    whole ingest; ``str()`` gives ``"source: message"``.
-    """
-
-    source: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.source}: {self.message}"
 
 
 #: What ingestion iterators yield: a loaded document or the reason an item was skipped.

@@ -18,7 +18,7 @@ from .collections import (
     load_text_encoder,
     open_collection,
 )
-from .documents import Chunk, Document, Section, content_hash
+from .documents import Chunk, Document, ItemError, Section, content_hash
 from .errors import (
     CollectionNotFoundError,
     DimensionMismatchError,
@@ -41,7 +41,7 @@ __all__ = [
     "DEFAULT_CHUNK_TOKENS", "STORES", "VIEWS", "Answer", "Chunk", "ChunkedDocument", "Citation",
     "CollectionNotFoundError", "DimensionMismatchError", "Document", "ExtractiveGenerator", "Fingerprint",
     "FingerprintMismatchError", "Generator", "GeneratorError", "HeteragError", "HeteragView", "Hit",
-    "IngestReport", "InvalidInputError", "LateView", "NaiveView", "OpenAIGenerator", "Pipeline", "Record",
+    "IngestReport", "InvalidInputError", "ItemError", "LateView", "NaiveView", "OpenAIGenerator", "Pipeline", "Record",
     "RetrievalView", "ScoredRecord", "Section", "UnknownNameError", "VectorStore", "chunk_document",
     "content_hash", "evaluate", "heterag_home", "list_collections", "load_text_encoder", "make_generator",
     "make_view", "open_collection", "open_store", "rank_documents",

@@ -116,7 +116,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     try:
         if args.generator == "extractive":
             gen_kwargs = {"embedder": pipe.encoder, "temperature": args.temperature}
-        pipe._generator = make_generator(args.generator, **gen_kwargs)
+        pipe.generator = make_generator(args.generator, **gen_kwargs)
         streaming = args.generator != "extractive" and not args.json
         answer = pipe.answer(
             args.question, k=args.top_k,

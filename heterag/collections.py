@@ -108,6 +108,7 @@ def open_collection(
     if store is not None and store not in STORES:
         raise UnknownNameError("store", store, STORES)
     info = read_info(name, home)
+    is_new = info is None
     if info is None:
         if not create:
             raise CollectionNotFoundError(f"no collection named {name!r} under {heterag_home()}; ingest into it first")
@@ -128,6 +129,6 @@ def open_collection(
     except BaseException:
         vs.close()
         raise
-    if read_info(name, home) is None:
+    if is_new:
         _write_info(info)
     return pipeline

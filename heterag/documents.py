@@ -122,6 +122,21 @@ class Document:
 
 
 @dataclass(frozen=True)
+class ItemError:
+    """One input item (file, JSON line, record, document) that could not be used, and why.
+
+    Loaders yield these instead of raising and the pipeline reports them, so one bad
+    item never aborts a whole ingest; ``str()`` gives ``"source: message"``.
+    """
+
+    source: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.message}"
+
+
+@dataclass(frozen=True)
 class Chunk:
     """A short generation chunk: the text the generator receives.
 

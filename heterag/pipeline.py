@@ -18,7 +18,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .chunking import DEFAULT_CHUNK_TOKENS, ChunkedDocument, chunk_document
-from .documents import Document
+from .documents import Document, ItemError
 from .errors import HeteragError, InvalidInputError
 from .generators.base import Generator, StreamCallback
 from .results import Answer, Hit
@@ -28,17 +28,6 @@ from .views import RetrievalView, ViewEncoder
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ItemFailure:
-    """One input item that could not be ingested, and why."""
-
-    source: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.source}: {self.message}"
-
-
 @dataclass
 class IngestReport:
     documents_seen: int = 0
@@ -46,7 +35,7 @@ class IngestReport:
     documents_unchanged: int = 0
     chunks_written: int = 0
     stale_chunks_removed: int = 0
-    failures: list[ItemFailure] = field(default_factory=list)
+    failures: list[ItemError] = field(default_factory=list)
     seconds: float = 0.0
     encode_seconds: float = 0.0
 
@@ -94,11 +83,16 @@ class Pipeline:
 
     @property
     def generator(self) -> Generator:
+        """The answer generator (default: extractive, over this pipeline's encoder)."""
         if self._generator is None:
             from .generators import ExtractiveGenerator
 
             self._generator = ExtractiveGenerator(self.encoder)
         return self._generator
+
+    @generator.setter
+    def generator(self, generator: Generator) -> None:
+        self._generator = generator
 
     # ---- ingest -----------------------------------------------------------------------
     def chunk(self, doc: Document) -> ChunkedDocument:
@@ -114,9 +108,8 @@ class Pipeline:
     ) -> IngestReport:
         """Write documents into the store, idempotently and resumably.
 
-        ``items`` may mix :class:`Document` s with failure objects from loaders (anything
-        with ``source`` and ``message``); failures are reported, never raised, so one
-        bad file does not stop a batch. Documents whose chunks are all stored already
+        ``items`` may mix :class:`Document` s with :class:`ItemError` s from loaders;
+        failures are reported, never raised, so one bad file does not stop a batch. Documents whose chunks are all stored already
         are skipped, so re-running an interrupted or repeated ingest only does the
         missing work. A changed document replaces its old chunks.
         """
@@ -146,9 +139,9 @@ class Pipeline:
                 try:
                     chunked[item.id] = self.chunk(item)  # a later duplicate id wins
                 except HeteragError as exc:
-                    report.failures.append(ItemFailure(item.id, str(exc)))
-            elif hasattr(item, "source") and hasattr(item, "message"):
-                report.failures.append(ItemFailure(str(item.source), str(item.message)))
+                    report.failures.append(ItemError(item.id, str(exc)))
+            elif isinstance(item, ItemError):
+                report.failures.append(item)
             else:
                 raise InvalidInputError(f"ingest expects Documents, got {type(item).__name__}")
         return list(chunked.values())
@@ -191,7 +184,7 @@ class Pipeline:
         """Top-``k`` generation chunks for ``query``, best first, with the view that matched."""
         if not isinstance(k, int) or k < 1:
             raise InvalidInputError(f"k must be a positive integer, got {k!r}")
-        qvec = self.encoder.encode_query(query) if hasattr(self.encoder, "encode_query") else self.encoder.encode([query])[0]
+        qvec = self.encoder.encode_query(query)
         return [hit_from_record(sr.record, sr.score) for sr in self.store.query(qvec, k=k, where=where)]
 
     def answer(
