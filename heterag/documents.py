@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,17 +33,24 @@ def content_hash(*parts: Any, length: int = 32) -> str:
 
 
 def validate_metadata(metadata: Mapping[str, Any], where: str = "metadata") -> dict[str, MetadataValue]:
-    """Check that metadata is a flat mapping of str -> str/int/float/bool."""
+    """Check that metadata is a flat mapping of str -> str/int/float/bool that every store can hold.
+
+    Floats must be finite and ints must fit in 64 bits (stores would otherwise drop or
+    silently convert them).
+    """
     out: dict[str, MetadataValue] = {}
     for key, value in metadata.items():
         if not isinstance(key, str) or not key:
             raise InvalidInputError(f"{where}: keys must be non-empty strings, got {key!r}")
-        if isinstance(value, bool | int | float | str):
-            out[key] = value
-        else:
+        if not isinstance(value, bool | int | float | str):
             raise InvalidInputError(
                 f"{where}[{key!r}]: values must be str, int, float or bool, got {type(value).__name__}"
             )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidInputError(f"{where}[{key!r}] is not a finite number")
+        if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+            raise InvalidInputError(f"{where}[{key!r}] does not fit in 64 bits")
+        out[key] = value
     return out
 
 

@@ -109,9 +109,10 @@ class Pipeline:
         """Write documents into the store, idempotently and resumably.
 
         ``items`` may mix :class:`Document` s with :class:`ItemError` s from loaders;
-        failures are reported, never raised, so one bad file does not stop a batch. Documents whose chunks are all stored already
-        are skipped, so re-running an interrupted or repeated ingest only does the
-        missing work. A changed document replaces its old chunks.
+        failures are reported, never raised, so one bad file does not stop a batch.
+        Documents whose chunks are all stored already are skipped, so re-running an
+        interrupted or repeated ingest only does the missing work. A changed document
+        replaces its old chunks.
         """
         report = IngestReport()
         t0 = time.perf_counter()

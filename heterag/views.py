@@ -162,7 +162,6 @@ class LateView:
         windows: list[tuple[list[int], list[tuple[int, int]]]] = []
         ids: list[int] = list(title_ids)
         spans: list[tuple[int, int]] = []
-        chunk_i = 0
         for s_idx, sec in enumerate(cd.sections):
             heading = cd.doc.sections[s_idx].heading
             head_ids = list(encoder.tokenize(" > ".join(heading)).ids)[: limit // 4] if self.include_heading and heading else []
@@ -176,10 +175,8 @@ class LateView:
                 ids.extend(lead)
                 spans.append((len(ids), len(ids) + len(piece)))
                 ids.extend(piece)
-                chunk_i += 1
         if spans:
             windows.append((ids, spans))
-        assert chunk_i == len(cd.chunks)
         return windows
 
     def embed(self, docs: Sequence[ChunkedDocument], encoder: ViewEncoder) -> tuple[list[str], np.ndarray]:

@@ -152,13 +152,9 @@ def _chroma_metadata(record: Record, store: str) -> dict[str, Any] | None:
     if not isinstance(record.text, str):
         raise InvalidInputError(f"{store}: record {record.id!r} text must be a string")
     meta = validate_metadata(record.metadata or {}, where=f"{store}: record {record.id!r} metadata")
-    for key, value in meta.items():
+    for key in meta:
         if key == KEYS_FIELD or key.startswith(("#", "$")):
             raise InvalidInputError(f"{store}: record {record.id!r} metadata key {key!r} is reserved")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise InvalidInputError(f"{store}: record {record.id!r} metadata[{key!r}] is not a finite number")
-        if isinstance(value, int) and not -(2**63) <= value < 2**63:
-            raise InvalidInputError(f"{store}: record {record.id!r} metadata[{key!r}] does not fit in 64 bits")
     return {**meta, KEYS_FIELD: list(meta)} if meta else None
 
 

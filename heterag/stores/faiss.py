@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import sqlite3
@@ -81,15 +80,10 @@ def _unit(mat: np.ndarray) -> np.ndarray:
 
 
 def _metadata_json(record: Record, store: str) -> str:
-    """Validate a record's text and metadata and serialise the metadata (finite numbers only)."""
+    """Validate a record's text and metadata and serialise the metadata."""
     if not isinstance(record.text, str):
         raise InvalidInputError(f"{store}: record {record.id!r} text must be a string")
     meta = validate_metadata(record.metadata or {}, where=f"{store}: record {record.id!r} metadata")
-    for key, value in meta.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise InvalidInputError(f"{store}: record {record.id!r} metadata[{key!r}] is not a finite number")
-        if isinstance(value, int) and not -(2**63) <= value < 2**63:
-            raise InvalidInputError(f"{store}: record {record.id!r} metadata[{key!r}] does not fit in 64 bits")
     return json.dumps(meta, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
