@@ -12,6 +12,7 @@ and as ``metadata["source"]``, so re-ingesting an edited file replaces its old v
 from __future__ import annotations
 
 import codecs
+import itertools
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -33,10 +34,16 @@ TEXT_SUFFIXES = frozenset({".txt"})
 JSONL_SUFFIXES = frozenset({".jsonl"})
 
 
-def iter_path(path: str | Path, max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES) -> Iterator[LoadItem]:
+def iter_path(
+    path: str | Path, max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES, *, split: str | None = None
+) -> Iterator[LoadItem]:
     """Stream documents from ``path``, auto-detecting its kind.
 
     - a directory with ``corpus.jsonl``: a BEIR corpus (:func:`~corpora.beir.iter_beir_corpus`);
+    - an image layout (:func:`~corpora.image_layouts.detect_image_layout`: captions folder, COCO,
+      VQA-RAD, MedMNIST ``.npz``, folder of images): one image item per image (``split`` picks the
+      COCO/MedMNIST split); a plain folder holding both images and ``.txt``/``.md`` files gives both;
+    - a single image file: one image item without text;
     - any other directory: its ``.txt``/``.md`` files, recursively, sorted, hidden ones skipped;
     - a ``.jsonl`` file: one document per line (see :func:`iter_jsonl_documents`);
     - a ``.txt``/``.md`` file: one document.
@@ -44,9 +51,21 @@ def iter_path(path: str | Path, max_document_bytes: int = DEFAULT_MAX_DOCUMENT_B
     Raises :class:`InvalidInputError` at once (not on first iteration) if ``path`` does not
     exist or is a file of an unsupported type.
     """
+    from .image_layouts import IMAGE_SUFFIXES, LAYOUT_IMAGE_FOLDER, detect_image_layout, iter_image_layout
+
     path = Path(path)
     if not path.exists():
         raise InvalidInputError(f"{path} does not exist")
+    layout = detect_image_layout(path)
+    if layout is not None:
+        images = _documents(iter_image_layout(path, split=split))
+        if layout == LAYOUT_IMAGE_FOLDER and _text_files(path):
+            return itertools.chain(iter_text_dir(path, max_document_bytes), images)
+        return images
+    if split is not None:
+        raise InvalidInputError(f"{path}: --split applies to COCO and MedMNIST layouts only")
+    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+        return iter([_image_file(path)])
     if path.is_dir():
         if is_beir_dir(path):
             return iter_beir_corpus(path, max_document_bytes)
@@ -60,6 +79,25 @@ def iter_path(path: str | Path, max_document_bytes: int = DEFAULT_MAX_DOCUMENT_B
         f"{path}: unsupported file type {suffix or '(no extension)'}; "
         "give a .txt, .md or .jsonl file, or a directory"
     )
+
+
+def _documents(items: Iterator[Any]) -> Iterator[LoadItem]:
+    """Annotated image items as documents (errors pass through)."""
+    for item in items:
+        if isinstance(item, ItemError):
+            yield item
+            continue
+        try:
+            yield item.to_document()
+        except InvalidInputError as exc:
+            yield item_error(item.image.source or item.id, exc)
+
+
+def _image_file(path: Path) -> LoadItem:
+    try:
+        return Document.create(image=path, id=path.name, metadata={"source": path.name}, source=str(path))
+    except InvalidInputError as exc:
+        return item_error(str(path), exc)
 
 
 def iter_text_dir(root: Path, max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES) -> Iterator[LoadItem]:

@@ -36,3 +36,19 @@ def write_report(name: str, data: dict[str, Any], markdown: str, out_dir: Path |
 def require_data(path: Path, what: str) -> None:
     if not path.exists():
         sys.exit(f"{what} not found at {path}: put the shared data beside the checkout or set HETERAG_DATA_DIR")
+
+
+def wilson_ci(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``p`` measured on ``n`` trials."""
+    if n <= 0:
+        return 0.0, 1.0
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return float(centre - half), float(centre + half)
+
+
+def percentiles_ms(seconds: Sequence[float]) -> tuple[float, float]:
+    """p50 and p95 of latencies given in seconds, in milliseconds."""
+    a = np.asarray(seconds, dtype=float) * 1000
+    return float(np.percentile(a, 50)), float(np.percentile(a, 95))

@@ -125,6 +125,6 @@ def chunk_document(doc: Document, tokenize: Tokenize, chunk_tokens: int = DEFAUL
                     metadata=doc.metadata,
                 )
             )
-    if not chunks:
+    if not chunks and doc.image is None:  # an image item may have no text at all
         raise InvalidInputError(f"document {doc.id!r} has no tokens to index")
     return ChunkedDocument(doc=doc, chunks=chunks, sections=sections)

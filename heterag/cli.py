@@ -1,4 +1,4 @@
-"""``heterag`` command line: ingest, ask, eval, collections.
+"""``heterag`` command line: ingest, ask, eval, collections, train-image-encoder.
 
 A thin shell over the library: every subcommand parses arguments, calls the public
 API and prints. Errors a user can cause print one line and exit with status 2.
@@ -28,6 +28,8 @@ def _add_collection_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--view", help="retrieval view for a new collection: naive, heterag (default) or late")
     p.add_argument("--neighbours", type=int, help="heterag view: neighbouring chunks on each side (default 1)")
     p.add_argument("--chunk-tokens", type=int, help="generation chunk size in tokens (default 64)")
+    p.add_argument("--image-encoder", help="image encoder for a new collection: default (offline), "
+                   "open_clip:ARCH[:PRETRAINED], open_clip:hf-hub:ORG/NAME or open_clip:ARCH:/path/to/checkpoint")
 
 
 def _view_options(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -43,18 +45,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("ingest", help="index a BEIR directory, a JSONL file, or a folder of .txt/.md files")
+    p = sub.add_parser("ingest", help="index text (BEIR, JSONL, .txt/.md folders) or images (captions folder, COCO, "
+                       "VQA-RAD, MedMNIST .npz, image folder, one image)")
     p.add_argument("path")
     p.add_argument("--collection", required=True)
+    p.add_argument("--split", help="COCO split (e.g. val2017) or MedMNIST split (train/val/test)")
     p.add_argument("--max-doc-mb", type=float, default=10.0, help="reject documents larger than this (default 10)")
     _add_collection_options(p)
 
-    p = sub.add_parser("ask", help="answer a question from a collection, with sources")
-    p.add_argument("question")
+    p = sub.add_parser("ask", help="answer a question (and/or an image) from a collection, with sources")
+    p.add_argument("question", nargs="?", default="", help="the question (optional with --image)")
+    p.add_argument("--image", help="a query image file")
     p.add_argument("--collection", default=None, help="collection to ask (default: the built-in demo collection)")
     p.add_argument("-k", "--top-k", type=int, default=5)
-    p.add_argument("--generator", default="extractive", help="extractive (offline default) or openai")
-    p.add_argument("--model", help="openai: model name")
+    p.add_argument("--fusion", help="score fusion: weighted (default) or rrf, optionally with weights, e.g. "
+                   "weighted:text=1,image=1,cross=0.5")
+    p.add_argument("--generator", default="extractive", help="extractive (offline default), openai or transformers")
+    p.add_argument("--model", help="openai: model name; transformers: local model folder")
     p.add_argument("--base-url", help="openai: endpoint base URL (default $OPENAI_BASE_URL)")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--json", action="store_true", help="print the answer and sources as JSON")
@@ -71,6 +78,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--store", default="faiss", help="store used for the temporary index (default faiss)")
     b.add_argument("--split", default="test")
     b.add_argument("--json", action="store_true")
+    i = esub.add_parser("images", help="near-duplicate robustness and text-to-image recall on an image layout")
+    i.add_argument("path", help="any image layout (captions folder, COCO, VQA-RAD, MedMNIST .npz, image folder) or "
+                   "synthetic:N[:SEED] for N built-in synthetic scenes")
+    i.add_argument("--encoder", default="default", help="image encoder: default or open_clip:ARCH[:PRETRAINED]")
+    i.add_argument("--split", default=None, help="COCO/MedMNIST split")
+    i.add_argument("--limit", type=int, default=None, help="use the first N images only")
+    i.add_argument("--variants", default="mask,jpeg50,crop90")
+    i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--store", default="faiss")
+    i.add_argument("--json", action="store_true")
+
+    from .training import add_train_arguments
+
+    t = sub.add_parser("train-image-encoder", help="train the offline default image encoder (LiT-style, into the "
+                       "default text encoder's space) on synthetic scenes and captioned image folders")
+    add_train_arguments(t)
 
     sub.add_parser("collections", help="list collections")
     return parser
@@ -81,16 +104,18 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     from .collections import open_collection
 
+    items = iter_path(args.path, max_document_bytes=int(args.max_doc_mb * 2**20), split=args.split)  # checks the path first
     pipe = open_collection(
         args.collection, store=args.store, encoder=args.encoder, view=args.view,
-        view_options=_view_options(args), chunk_tokens=args.chunk_tokens,
+        view_options=_view_options(args), chunk_tokens=args.chunk_tokens, image_encoder=args.image_encoder,
     )
     try:
-        items = iter_path(args.path, max_document_bytes=int(args.max_doc_mb * 2**20))
         report = pipe.ingest(items, progress=sys.stderr.isatty())
         for f in report.failures:
             print(f"skipped {f}", file=sys.stderr)
-        print(f"{args.collection}: {report.summary()}; collection now holds {pipe.count()} chunks")
+        images = pipe.image_store.count() if pipe.image_store is not None else 0
+        print(f"{args.collection}: {report.summary()}; collection now holds {pipe.count()} chunks"
+              + (f" and {images} images" if images else ""))
     finally:
         pipe.close()
     return EXIT_PARTIAL if report.failures else 0
@@ -105,8 +130,23 @@ def cmd_ask(args: argparse.Namespace) -> int:
         if not args.model:
             raise HeteragError("--generator openai needs --model")
         gen_kwargs = {"model": args.model, "base_url": args.base_url, "temperature": args.temperature}
+    elif args.generator == "transformers":
+        if not args.model:
+            raise HeteragError("--generator transformers needs --model PATH (a local model folder)")
+        gen_kwargs = {"model_path": args.model, "temperature": args.temperature}
+    if not args.question.strip() and not args.image:
+        raise HeteragError("give a question, an --image, or both")
+    image = None
+    if args.image:
+        from .images import ImageRef
+
+        image = ImageRef.from_path(args.image)  # a bad image fails here, before any model loads
     options = dict(store=args.store, encoder=args.encoder, view=args.view,
                    view_options=_view_options(args), chunk_tokens=args.chunk_tokens)
+    if args.image_encoder:
+        options["image_encoder"] = args.image_encoder
+    if args.fusion:
+        options["fusion"] = args.fusion
     if args.collection is None:
         from corpora.demo import open_demo
 
@@ -119,7 +159,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         pipe.generator = make_generator(args.generator, **gen_kwargs)
         streaming = args.generator != "extractive" and not args.json
         answer = pipe.answer(
-            args.question, k=args.top_k,
+            args.question, k=args.top_k, image=image,
             on_token=(lambda s: print(s, end="", flush=True)) if streaming else None,
         )
     finally:
@@ -137,17 +177,22 @@ def _answer_json(answer) -> dict[str, Any]:
     return {
         "answer": answer.text,
         "sources": [
-            {"n": c.number, "doc_id": c.doc_id, "chunk_id": c.chunk_id, "title": c.title, "score": c.score, "text": c.text}
+            {"n": c.number, "doc_id": c.doc_id, "chunk_id": c.chunk_id, "title": c.title, "score": c.score, "text": c.text,
+             "image": c.image}
             for c in answer.citations
         ],
         "retrieved": [
-            {"doc_id": h.doc_id, "chunk_id": h.chunk_id, "score": h.score, "text": h.text, "view": h.view} for h in answer.hits
+            {"doc_id": h.doc_id, "chunk_id": h.chunk_id, "score": h.score, "text": h.text, "view": h.view,
+             "image": h.image, "scores": dict(h.scores)}
+            for h in answer.hits
         ],
         "context_tokens": answer.context_tokens,
     }
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.benchmark == "images":
+        return cmd_eval_images(args)
     from corpora.beir import load_beir
 
     from .chunking import DEFAULT_CHUNK_TOKENS
@@ -183,6 +228,62 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_images(args: argparse.Namespace) -> int:
+    from corpora.image_layouts import LAYOUT_CAPTIONS, LAYOUT_COCO, detect_image_layout, iter_image_layout
+
+    from .documents import ItemError
+    from .image_encoders import load_image_encoder
+    from .image_eval import VARIANTS, evaluate_images
+    from .stores import STORES
+
+    if args.store not in STORES:
+        raise UnknownNameError("store", args.store, STORES)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for v in variants:
+        if v not in VARIANTS:
+            raise UnknownNameError("variant", v, VARIANTS)
+    if args.limit is not None and args.limit < 1:
+        raise HeteragError("--limit must be a positive number of images")
+    if args.path.startswith("synthetic:"):
+        from corpora.synthetic_scenes import generate_scenes
+
+        parts = args.path.split(":")
+        try:
+            n, seed = int(parts[1]), int(parts[2]) if len(parts) > 2 else 1
+        except (IndexError, ValueError):
+            raise HeteragError(f"{args.path!r}: write synthetic:N[:SEED], e.g. synthetic:1000:1") from None
+        items = [s.to_annotated() for s in generate_scenes(min(n, args.limit or n), seed=seed)]
+        captions, layout, bad = True, "synthetic_scenes", []
+    else:
+        layout = detect_image_layout(args.path)
+        loaded = iter_image_layout(args.path, split=args.split)
+        encoder = load_image_encoder(args.encoder)  # validate the spec before reading every image
+        items, bad = [], []
+        for it in loaded:
+            (bad if isinstance(it, ItemError) else items).append(it)
+            if args.limit and len(items) >= args.limit:
+                break
+        for b in bad:
+            print(f"skipped {b}", file=sys.stderr)
+        captions = layout in (LAYOUT_CAPTIONS, LAYOUT_COCO)
+    encoder = load_image_encoder(args.encoder)
+    result = {"path": args.path, "layout": layout, "skipped": len(bad),
+              **evaluate_images(items, image_encoder=encoder, variants=variants, captions=captions, store=args.store,
+                                seed=args.seed)}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for key, value in result.items():
+            print(f"{key:28s} {value:.4f}" if isinstance(value, float) else f"{key:28s} {value}")
+    return 0
+
+
+def cmd_train_image_encoder(args: argparse.Namespace) -> int:
+    from .training import run_train
+
+    return run_train(args)
+
+
 def cmd_collections(args: argparse.Namespace) -> int:
     from .collections import heterag_home, list_collections
 
@@ -194,7 +295,8 @@ def cmd_collections(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"ingest": cmd_ingest, "ask": cmd_ask, "eval": cmd_eval, "collections": cmd_collections}
+COMMANDS = {"ingest": cmd_ingest, "ask": cmd_ask, "eval": cmd_eval, "collections": cmd_collections,
+            "train-image-encoder": cmd_train_image_encoder}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

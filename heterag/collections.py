@@ -1,9 +1,12 @@
 """Named collections on disk: a store, the settings that built it, and a way to reopen it.
 
 Layout: ``$HETERAG_HOME/collections/<name>/`` holds ``collection.json`` (store kind,
-encoder load target) and the store's own files. The store keeps the fingerprint
-(encoder identity, dimension, view kind and settings, chunk size); reopening with
-different settings is a :class:`FingerprintMismatchError`, never silent garbage.
+text encoder load target, image encoder spec), the store's own files under ``store/``
+(two store collections: ``heterag`` for text chunks, ``heterag_images`` for image items)
+and the collection's image files under ``images/`` (content-addressed). Each store keeps
+its fingerprint (encoder identity, dimension, view kind and settings, chunk size; for
+images the image encoder); reopening with different settings is a
+:class:`FingerprintMismatchError`, never silent garbage.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from .chunking import DEFAULT_CHUNK_TOKENS
-from .errors import CollectionNotFoundError, InvalidInputError, UnknownNameError
+from .errors import CollectionNotFoundError, FingerprintMismatchError, InvalidInputError, UnknownNameError
+from .fusion import Fusion
 from .generators.base import Generator
 from .pipeline import Pipeline
 from .stores import STORES, open_store
@@ -27,6 +31,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STORE = "chroma"
 DEFAULT_VIEW = "heterag"
+DEFAULT_IMAGE_ENCODER = "default"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _ENCODERS: dict[str, Any] = {}
 
@@ -51,6 +56,7 @@ class CollectionInfo:
     store: str
     encoder: str | None  # what to load (name or path); None = the offline default
     path: Path
+    image_encoder: str = DEFAULT_IMAGE_ENCODER  # spec for heterag.image_encoders.load_image_encoder
 
 
 def read_info(name: str, home: Path | None = None) -> CollectionInfo | None:
@@ -60,7 +66,8 @@ def read_info(name: str, home: Path | None = None) -> CollectionInfo | None:
         return None
     try:
         data = json.loads(meta.read_text())
-        return CollectionInfo(name=name, store=data["store"], encoder=data.get("encoder"), path=path)
+        return CollectionInfo(name=name, store=data["store"], encoder=data.get("encoder"), path=path,
+                              image_encoder=data.get("image_encoder") or DEFAULT_IMAGE_ENCODER)
     except (ValueError, KeyError) as exc:
         raise InvalidInputError(f"{meta} is corrupt: {exc}") from None
 
@@ -68,7 +75,7 @@ def read_info(name: str, home: Path | None = None) -> CollectionInfo | None:
 def _write_info(info: CollectionInfo) -> None:
     info.path.mkdir(parents=True, exist_ok=True)
     tmp = info.path / "collection.json.tmp"
-    tmp.write_text(json.dumps({"store": info.store, "encoder": info.encoder}, indent=2))
+    tmp.write_text(json.dumps({"store": info.store, "encoder": info.encoder, "image_encoder": info.image_encoder}, indent=2))
     os.replace(tmp, info.path / "collection.json")
 
 
@@ -98,12 +105,15 @@ def open_collection(
     generator: Generator | None = None,
     create: bool = True,
     home: Path | None = None,
+    image_encoder: str | None = None,
+    fusion: Fusion | str | None = None,
 ) -> Pipeline:
     """Open collection ``name`` as a :class:`Pipeline`, creating it if ``create``.
 
     For an existing collection, omitted settings come from how it was built; given
     ones must match (else :class:`FingerprintMismatchError`). The store kind of an
-    existing collection cannot change.
+    existing collection cannot change. ``image_encoder`` (default ``"default"``) is only
+    loaded when image items are ingested or queried.
     """
     if store is not None and store not in STORES:
         raise UnknownNameError("store", store, STORES)
@@ -112,11 +122,19 @@ def open_collection(
     if info is None:
         if not create:
             raise CollectionNotFoundError(f"no collection named {name!r} under {heterag_home()}; ingest into it first")
-        info = CollectionInfo(name=name, store=store or DEFAULT_STORE, encoder=encoder, path=collection_dir(name, home))
+        info = CollectionInfo(name=name, store=store or DEFAULT_STORE, encoder=encoder, path=collection_dir(name, home),
+                              image_encoder=image_encoder or DEFAULT_IMAGE_ENCODER)
     elif store is not None and store != info.store:
         raise InvalidInputError(f"collection {name!r} lives in a {info.store} store, not {store}")
+    elif image_encoder is not None and image_encoder != info.image_encoder:
+        raise FingerprintMismatchError(
+            f"collection {name!r} was built with image encoder {info.image_encoder!r} but is being opened with "
+            f"{image_encoder!r}; use the same image encoder, or a new collection"
+        )
     vs = open_store(info.store, info.path / "store", collection="heterag")  # one collection per folder
+    image_vs = None
     try:
+        image_vs = open_store(info.store, info.path / "store", collection="heterag_images")
         fp = vs.fingerprint()
         stored_settings = dict(fp.extra.get("view_settings", {})) if fp else {}
         view_kind = view or (fp.view if fp else DEFAULT_VIEW)
@@ -125,9 +143,12 @@ def open_collection(
         rview = make_view(view_kind, **(view_options or {}))
         tokens = chunk_tokens or (int(fp.extra.get("chunk_tokens", DEFAULT_CHUNK_TOKENS)) if fp else DEFAULT_CHUNK_TOKENS)
         enc = load_text_encoder(encoder if encoder is not None else info.encoder)
-        pipeline = Pipeline(vs, enc, rview, generator, chunk_tokens=tokens, name=name)
+        pipeline = Pipeline(vs, enc, rview, generator, chunk_tokens=tokens, name=name, image_store=image_vs,
+                            image_encoder=info.image_encoder, image_files=info.path / "images", fusion=Fusion.parse(fusion))
     except BaseException:
         vs.close()
+        if image_vs is not None:
+            image_vs.close()
         raise
     if is_new:
         _write_info(info)

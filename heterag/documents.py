@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InvalidInputError
+from .images import ImageRef, load_image
 
 #: Metadata values every store can hold and filter on.
 MetadataValue = str | int | float | bool
@@ -23,7 +24,10 @@ MetadataValue = str | int | float | bool
 DEFAULT_MAX_DOCUMENT_BYTES = 10 * 1024 * 1024
 
 #: Metadata keys the pipeline writes on every stored chunk (filterable, e.g. ``{"doc_id": ...}``).
-RESERVED_METADATA_KEYS = frozenset({"doc_id", "chunk_index", "section_index", "title", "heading", "view"})
+RESERVED_METADATA_KEYS = frozenset({
+    "doc_id", "chunk_index", "section_index", "title", "heading", "view",
+    "image_sha256", "image_path", "image_width", "image_height", "n_chunks",
+})
 
 
 def content_hash(*parts: Any, length: int = 32) -> str:
@@ -64,16 +68,18 @@ class Section:
 
 @dataclass(frozen=True)
 class Document:
-    """A unit of knowledge: a title and one or more sections of text.
+    """A unit of knowledge: a title, sections of text and optionally an image.
 
-    Build with :meth:`Document.create`, which validates input and derives the id
-    from the content when none is given.
+    An image item (a radiograph and its report, a photo and its caption) has ``image``;
+    its text may then be empty. Build with :meth:`Document.create`, which validates input
+    and derives the id from the content (image bytes included) when none is given.
     """
 
     id: str
     title: str
     sections: tuple[Section, ...]
     metadata: Mapping[str, MetadataValue] = field(default_factory=dict)
+    image: ImageRef | None = None
 
     @property
     def text(self) -> str:
@@ -90,14 +96,22 @@ class Document:
         metadata: Mapping[str, Any] | None = None,
         source: str | None = None,
         max_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES,
+        image: Any = None,
     ) -> Document:
-        """Validate and build a document from plain ``text`` or from ``sections``.
+        """Validate and build a document from plain ``text`` or from ``sections``, and/or an ``image``.
 
+        ``image`` is an :class:`~heterag.images.ImageRef` or anything :func:`~heterag.images.load_image`
+        accepts (path, bytes, PIL image, array); with an image, text is optional.
         ``source`` names where the document came from and is used in error messages.
         """
         label = source or (f"document {id!r}" if id else "document")
-        if (text is None) == (sections is None):
+        ref = load_image(image, source=label) if image is not None else None
+        if text is not None and sections is not None:
             raise InvalidInputError(f"{label}: give exactly one of text or sections")
+        if text is None and sections is None:
+            if ref is None:
+                raise InvalidInputError(f"{label}: give text, sections or an image")
+            sections = ()
         if sections is None:
             if not isinstance(text, str):
                 raise InvalidInputError(f"{label}: text must be a string, got {type(text).__name__}")
@@ -108,7 +122,7 @@ class Document:
                 raise InvalidInputError(f"{label}: section text must be a string")
             if s.text.strip():
                 secs.append(Section(text=s.text.strip(), heading=tuple(h.strip() for h in s.heading if h.strip())))
-        if not secs:
+        if not secs and ref is None:
             raise InvalidInputError(f"{label}: text is empty or whitespace only")
         size = sum(len(s.text.encode("utf-8")) for s in secs)
         if size > max_bytes:
@@ -123,10 +137,13 @@ class Document:
         clash = RESERVED_METADATA_KEYS.intersection(meta)
         if clash:
             raise InvalidInputError(f"{label}: metadata keys {sorted(clash)} are reserved for heterag; rename them")
-        doc_id = id if id else content_hash("doc", title, [[list(s.heading), s.text] for s in secs])
+        parts: list[Any] = ["doc", title, [[list(s.heading), s.text] for s in secs]]
+        if ref is not None:
+            parts.append(ref.sha256)
+        doc_id = id if id else content_hash(*parts)
         if not isinstance(doc_id, str) or not doc_id.strip():
             raise InvalidInputError(f"{label}: id must be a non-empty string")
-        return cls(id=doc_id, title=title, sections=tuple(secs), metadata=meta)
+        return cls(id=doc_id, title=title, sections=tuple(secs), metadata=meta, image=ref)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,17 @@
-"""The HeteRAG pipeline: ingest -> retrieve -> answer over one vector store.
+"""The HeteRAG pipeline: ingest -> retrieve -> answer over a text store and an image store.
 
 Data flows one way: documents are cut into short generation chunks, each chunk is
 embedded through its retrieval view, the vectors go to the store together with
 the chunk text; a query retrieves views and hands their chunks to the generator.
+
+Image items (documents with an image) additionally get one record in the *image store*
+(the image encoder's embedding, keyed by document) and their image file is kept,
+content-addressed, under the pipeline's :class:`~heterag.images.ImageFiles` folder. Their
+text chunks go through the same views as any text. Queries carry text, an image or both;
+:mod:`heterag.fusion` documents how the similarities combine.
+
+Write order for an item: image file, text chunks, image record. An item counts as stored
+only when all of its records are, so an interrupted ingest is completed by re-running it.
 """
 
 from __future__ import annotations
@@ -15,15 +24,21 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from .chunking import DEFAULT_CHUNK_TOKENS, ChunkedDocument, chunk_document
-from .documents import Document, ItemError
+from .documents import Document, ItemError, content_hash
 from .errors import HeteragError, InvalidInputError
+from .fusion import Fusion
 from .generators.base import Generator, StreamCallback
+from .images import ImageFiles, ImageRef, load_image
 from .results import Answer, Hit
 from .stores.base import Fingerprint, Record, VectorStore
 from .views import RetrievalView, ViewEncoder
+
+#: Metadata keys written on image records and on the chunks of image items.
+IMAGE_KEYS = ("image_sha256", "image_path", "image_width", "image_height")
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +47,7 @@ log = logging.getLogger(__name__)
 class IngestReport:
     documents_seen: int = 0
     documents_written: int = 0
+    images_written: int = 0
     documents_unchanged: int = 0
     chunks_written: int = 0
     stale_chunks_removed: int = 0
@@ -43,14 +59,21 @@ class IngestReport:
         def n(count: int, noun: str) -> str:
             return f"{count} {noun}{'' if count == 1 else 's'}"
 
+        images = f", {n(self.images_written, 'image')}" if self.images_written else ""
         return (
-            f"{n(self.documents_written, 'document')} written ({n(self.chunks_written, 'chunk')}), "
+            f"{n(self.documents_written, 'document')} written ({n(self.chunks_written, 'chunk')}{images}), "
             f"{self.documents_unchanged} unchanged, {len(self.failures)} failed, in {self.seconds:.1f}s"
         )
 
 
 class Pipeline:
-    """Ingest, retrieve and answer over one store with one encoder and one view kind."""
+    """Ingest, retrieve and answer over one text store (and optionally one image store)
+    with one text encoder, one view kind and one image encoder.
+
+    ``image_encoder`` is an image encoder object or a spec for
+    :func:`heterag.image_encoders.load_image_encoder` (loaded on first use, so text-only
+    work never loads it). Image items need ``image_store`` and ``image_files``.
+    """
 
     def __init__(
         self,
@@ -62,11 +85,21 @@ class Pipeline:
         chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
         encoder_identity: str | None = None,
         name: str | None = None,
+        image_store: VectorStore | None = None,
+        image_encoder: Any = "default",
+        image_files: ImageFiles | str | os.PathLike[str] | None = None,
+        fusion: Fusion | None = None,
     ):
         self.store = store
         self.encoder = encoder
         self.view = view
         self.chunk_tokens = chunk_tokens
+        self.name = name
+        self.image_store = image_store
+        self._image_encoder = image_encoder
+        self._image_encoder_checked = False
+        self.image_files = ImageFiles(image_files) if isinstance(image_files, str | os.PathLike) else image_files
+        self.fusion = fusion or Fusion()
         self._generator = generator
         identity = encoder_identity or getattr(encoder, "identity", type(encoder).__name__)
         self.fingerprint = Fingerprint(
@@ -80,6 +113,29 @@ class Pipeline:
         if existing is not None:  # refuse to mix vectors made differently
             existing.check(self.fingerprint, where=f"collection {name!r}" if name else f"{store.name} store")
         store.set_fingerprint(self.fingerprint)
+
+    @property
+    def image_encoder(self):
+        """The image encoder (loaded on first use), checked against the image store's fingerprint."""
+        enc = self._image_encoder
+        if enc is None:
+            raise InvalidInputError("this pipeline has no image encoder")
+        if isinstance(enc, str):
+            from .image_encoders import load_image_encoder
+
+            enc = self._image_encoder = load_image_encoder(enc)
+        if not self._image_encoder_checked and self.image_store is not None:
+            fp = image_fingerprint(enc)
+            existing = self.image_store.fingerprint()
+            if existing is not None:
+                existing.check(fp, where=f"collection {self.name!r} (images)" if self.name else "image store")
+            self.image_store.set_fingerprint(fp)
+            self._image_encoder_checked = True
+        return enc
+
+    def has_images(self) -> bool:
+        """Whether any image item is stored."""
+        return self.image_store is not None and self.image_store.count() > 0
 
     @property
     def generator(self) -> Generator:
@@ -150,66 +206,267 @@ class Pipeline:
     def _write_batch(self, docs: list[ChunkedDocument], report: IngestReport) -> None:
         if not docs:
             return
+        if any(cd.doc.image is not None for cd in docs) and (self.image_store is None or self.image_files is None):
+            for cd in [cd for cd in docs if cd.doc.image is not None]:
+                report.failures.append(ItemError(cd.doc.image.source or cd.doc.id, "this pipeline stores no images "
+                                                 "(open it with an image store and image folder)"))
+            docs = [cd for cd in docs if cd.doc.image is None]
+            if not docs:
+                return
         wanted = [c.id for cd in docs for c in cd.chunks]
-        present = {r.id for r in self.store.get(ids=wanted)}
-        todo = [cd for cd in docs if any(c.id not in present for c in cd.chunks)]
+        present = {r.id for r in self.store.get(ids=wanted)} if wanted else set()
+        image_ids = [image_record_id(cd.doc) for cd in docs if cd.doc.image is not None]
+        if image_ids:
+            present |= {r.id for r in self.image_store.get(ids=image_ids)}
+        todo = [cd for cd in docs if any(i not in present for i in _record_ids(cd))]
         report.documents_unchanged += len(docs) - len(todo)
         if not todo:
             return
+        image_vectors: dict[str, np.ndarray] = {}
+        if any(cd.doc.image is not None for cd in todo):
+            t = time.perf_counter()
+            image_vectors = self._encode_images([cd for cd in todo if cd.doc.image is not None], report)
+            report.encode_seconds += time.perf_counter() - t
+            todo = [cd for cd in todo if cd.doc.image is None or cd.doc.id in image_vectors]
+        text_docs = [cd for cd in todo if cd.chunks]
         t = time.perf_counter()
-        view_texts, vectors = self.view.embed(todo, self.encoder)
+        view_texts, vectors = self.view.embed(text_docs, self.encoder) if text_docs else ([], None)
         report.encode_seconds += time.perf_counter() - t
-        records = []
+        records, image_records = [], []
         row = 0
         for cd in todo:
+            image_meta: dict[str, Any] = {}
+            if cd.doc.image is not None:
+                ref = cd.doc.image
+                path = self.image_files.put(ref)
+                image_meta = {"image_sha256": ref.sha256, "image_path": path.relative_to(self.image_files.root).as_posix(),
+                              "image_width": ref.width, "image_height": ref.height}
+                meta = {**cd.doc.metadata, "doc_id": cd.doc.id, "title": cd.doc.title, "n_chunks": len(cd.chunks),
+                        **image_meta}
+                image_records.append(Record(id=image_record_id(cd.doc), vector=image_vectors[cd.doc.id],
+                                            text=cd.chunks[0].text if cd.chunks else "", metadata=meta))
             for c in cd.chunks:
                 meta = dict(c.metadata)
                 meta.update(
                     doc_id=c.doc_id, chunk_index=c.index, section_index=c.section_index,
-                    title=c.title, heading=" > ".join(c.heading), view=view_texts[row],
+                    title=c.title, heading=" > ".join(c.heading), view=view_texts[row], **image_meta,
                 )
                 records.append(Record(id=c.id, vector=vectors[row], text=c.text, metadata=meta))
                 row += 1
-        self.store.upsert(records)
-        # drop chunks of earlier versions of these documents (after the new ones are safely in)
-        new_ids = {r.id for r in records}
+        if records:
+            self.store.upsert(records)
+        if image_records:
+            self.image_store.upsert(image_records)
+        # drop records of earlier versions of these documents (after the new ones are safely in)
+        new_ids = {r.id for r in records} | {r.id for r in image_records}
         doc_ids = [cd.doc.id for cd in todo]
         stale = [r.id for r in self.store.get(where={"doc_id": {"$in": doc_ids}}) if r.id not in new_ids]
         if stale:
             report.stale_chunks_removed += self.store.delete(ids=stale)
+        if self.image_store is not None and self.image_store.count():
+            old = [r for r in self.image_store.get(where={"doc_id": {"$in": doc_ids}}) if r.id not in new_ids]
+            if old:
+                self.image_store.delete(ids=[r.id for r in old])
+                self._remove_orphan_files({str(r.metadata.get("image_sha256", "")) for r in old})
         report.documents_written += len(todo)
         report.chunks_written += len(records)
+        report.images_written += len(image_records)
+
+    def _encode_images(self, docs: list[ChunkedDocument], report: IngestReport) -> dict[str, np.ndarray]:
+        """Image vectors by document id; an image the encoder cannot take becomes a failure, not an abort."""
+        encoder = self.image_encoder
+        try:
+            vecs = encoder.encode_images([cd.doc.image for cd in docs])
+            return {cd.doc.id: vecs[i] for i, cd in enumerate(docs)}
+        except HeteragError:
+            pass
+        out = {}
+        for cd in docs:  # find the culprit(s)
+            try:
+                out[cd.doc.id] = encoder.encode_images([cd.doc.image])[0]
+            except HeteragError as exc:
+                report.failures.append(ItemError(cd.doc.image.source or cd.doc.id, str(exc)))
+        return out
+
+    def _remove_orphan_files(self, shas: set[str]) -> None:
+        if self.image_files is None:
+            return
+        for sha in filter(None, shas):
+            if not self.image_store.get(where={"image_sha256": sha}):
+                self.image_files.remove(sha)
+
+    def delete_documents(self, doc_ids: Sequence[str]) -> int:
+        """Remove documents (their chunks, image records and unreferenced image files); returns records removed."""
+        ids = [d for d in doc_ids if isinstance(d, str) and d]
+        if not ids:
+            return 0
+        removed = self.store.delete(where={"doc_id": {"$in": ids}})
+        if self.image_store is not None:
+            old = self.image_store.get(where={"doc_id": {"$in": ids}})
+            if old:
+                removed += self.image_store.delete(ids=[r.id for r in old])
+                self._remove_orphan_files({str(r.metadata.get("image_sha256", "")) for r in old})
+        for s in (self.store, self.image_store):
+            if s is not None and hasattr(s, "flush"):
+                s.flush()
+        return removed
 
     # ---- retrieval ----------------------------------------------------------------------
-    def retrieve(self, query: str, k: int = 5, where: Mapping[str, Any] | None = None) -> list[Hit]:
-        """Top-``k`` generation chunks for ``query``, best first, with the view that matched."""
-        if not isinstance(k, int) or k < 1:
-            raise InvalidInputError(f"k must be a positive integer, got {k!r}")
-        qvec = self.encoder.encode_query(query)
-        return [hit_from_record(sr.record, sr.score) for sr in self.store.query(qvec, k=k, where=where)]
-
-    def answer(
+    def retrieve(
         self,
-        question: str,
+        query: str | None = None,
         k: int = 5,
         where: Mapping[str, Any] | None = None,
         *,
+        image: Any = None,
+        fusion: Fusion | None = None,
+    ) -> list[Hit]:
+        """Top-``k`` generation chunks for a text ``query``, a query ``image``, or both, best first.
+
+        ``image`` is anything :func:`heterag.images.load_image` takes. Scores fuse the available
+        similarities by ``fusion`` (default: this pipeline's); see :mod:`heterag.fusion`. Image items
+        without text come back as hits with empty text and their ``image`` path.
+        """
+        if not isinstance(k, int) or k < 1:
+            raise InvalidInputError(f"k must be a positive integer, got {k!r}")
+        text = query if isinstance(query, str) and query.strip() else None
+        if query is not None and not isinstance(query, str):
+            raise InvalidInputError(f"query must be a string, got {type(query).__name__}")
+        if text is None and image is None:
+            raise InvalidInputError("a query needs text, an image, or both (the question is empty)")
+        rule = fusion or self.fusion
+        images_on = self.has_images()
+        if text is not None and image is None and (not images_on or rule.weight("cross") == 0):
+            qvec = self.encoder.encode_query(text)  # the plain text path: one store query, exact cosine scores
+            return [hit_from_record(sr.record, sr.score, self.image_files, {"text": sr.score})
+                    for sr in self.store.query(qvec, k=k, where=where)]
+        ref = load_image(image, source="query image") if image is not None else None
+        return self._retrieve_fused(text, ref, k, where, rule, images_on)
+
+    def _retrieve_fused(
+        self, text: str | None, ref: ImageRef | None, k: int, where: Mapping[str, Any] | None, rule: Fusion, images_on: bool
+    ) -> list[Hit]:
+        n = max(rule.candidates, k)
+        queries: dict[str, np.ndarray] = {}
+        if text is not None and rule.weight("text") > 0:
+            queries["text"] = self.encoder.encode_query(text)
+        if images_on:
+            if ref is not None and rule.weight("image") > 0:
+                queries["image"] = self.image_encoder.encode_images([ref])[0]
+            if text is not None and rule.weight("cross") > 0:
+                queries["cross"] = self.image_encoder.encode_texts([text])[0]
+        if not queries:
+            if ref is not None and not images_on:
+                return []  # an image query against a collection without images finds nothing
+            raise InvalidInputError("every signal this query could use has fusion weight 0")
+        chunk_ids: list[str] = []
+        if "text" in queries:
+            chunk_ids = [sr.record.id for sr in self.store.query(queries["text"], k=n, where=where)]
+        image_docs: list[str] = []
+        for signal in ("image", "cross"):
+            if signal in queries:
+                image_docs += [str(sr.record.metadata.get("doc_id")) for sr in self.image_store.query(queries[signal], k=n, where=where)]
+        # gather every candidate's vectors: chunks found by text, all chunks of image-matched documents
+        chunks = {r.id: r for r in self.store.get(ids=chunk_ids, include_vectors=True)} if chunk_ids else {}
+        if image_docs:
+            for r in self.store.get(where=_and_where({"doc_id": {"$in": sorted(set(image_docs))}}, where), include_vectors=True):
+                chunks.setdefault(r.id, r)
+        doc_ids = sorted({str(r.metadata.get("doc_id")) for r in chunks.values()} | set(image_docs))
+        images: dict[str, Record] = {}
+        if images_on and doc_ids and ({"image", "cross"} & set(queries)):
+            for r in self.image_store.get(where={"doc_id": {"$in": doc_ids}}, include_vectors=True):
+                images[str(r.metadata.get("doc_id"))] = r
+        # candidates: every chunk, plus image items that have no chunks
+        units: list[tuple[Record, str]] = [(r, "chunk") for r in chunks.values()]
+        docs_with_chunks = {str(r.metadata.get("doc_id")) for r in chunks.values()}
+        units += [(r, "image") for d, r in images.items() if d not in docs_with_chunks and int(r.metadata.get("n_chunks", 0)) == 0]
+        sims: list[dict[str, float]] = []
+        for rec, kind in units:
+            s: dict[str, float] = {}
+            if kind == "chunk" and "text" in queries:
+                s["text"] = _cos(queries["text"], rec.vector)
+            img = images.get(str(rec.metadata.get("doc_id")))
+            if img is not None:
+                for signal in ("image", "cross"):
+                    if signal in queries:
+                        s[signal] = _cos(queries[signal], img.vector)
+            sims.append(s)
+        fused = rule.fuse(sims)
+        order = sorted(range(len(units)), key=lambda i: (-fused[i], str(units[i][0].metadata.get("doc_id")),
+                                                          int(units[i][0].metadata.get("chunk_index", 0))))
+        hits = []
+        for i in order[:k]:
+            rec, kind = units[i]
+            if not sims[i]:
+                continue
+            hits.append(hit_from_record(rec, fused[i], self.image_files, sims[i]))
+        return hits
+
+    def answer(
+        self,
+        question: str | None = None,
+        k: int = 5,
+        where: Mapping[str, Any] | None = None,
+        *,
+        image: Any = None,
         on_token: StreamCallback | None = None,
     ) -> Answer:
-        """Retrieve ``k`` chunks and generate a cited answer from them."""
-        hits = self.retrieve(question, k=k, where=where)
-        return self.generator.generate(question, hits, on_token=on_token)
+        """Retrieve ``k`` chunks for the question and/or image and generate a cited answer from them."""
+        ref = load_image(image, source="query image") if image is not None else None
+        hits = self.retrieve(question, k=k, where=where, image=ref)
+        if ref is None:  # generators written before images keep working for text questions
+            return self.generator.generate(question or "", hits, on_token=on_token)
+        return self.generator.generate(question or "", hits, on_token=on_token, image=ref)
 
     def count(self) -> int:
         return self.store.count()
 
     def close(self) -> None:
         self.store.close()
+        if self.image_store is not None:
+            self.image_store.close()
 
 
-def hit_from_record(record: Record, score: float) -> Hit:
+def image_fingerprint(encoder: Any) -> Fingerprint:
+    """How an image store's vectors were made: the image encoder and its text side."""
+    return Fingerprint(model=str(encoder.identity), dim=int(encoder.dim), view="image",
+                       extra={"text_side": str(getattr(encoder, "text_identity", "")),
+                              "image_size": int(getattr(encoder, "image_size", 0))})
+
+
+def image_record_id(doc: Document) -> str:
+    """Id of a document's image record (changes when its image does)."""
+    assert doc.image is not None
+    return content_hash("image", doc.id, doc.image.sha256)
+
+
+def _record_ids(cd: ChunkedDocument) -> list[str]:
+    ids = [c.id for c in cd.chunks]
+    if cd.doc.image is not None:
+        ids.append(image_record_id(cd.doc))
+    return ids
+
+
+def _cos(q: np.ndarray, v: np.ndarray | None) -> float:
+    if v is None:
+        return 0.0
+    v = np.asarray(v, dtype=np.float32)
+    return float(np.dot(q, v) / max(float(np.linalg.norm(q)) * float(np.linalg.norm(v)), 1e-12))
+
+
+def _and_where(a: Mapping[str, Any], b: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return {"$and": [dict(a), dict(b)]} if b else a
+
+
+def hit_from_record(
+    record: Record, score: float, image_files: ImageFiles | None = None, scores: Mapping[str, float] | None = None
+) -> Hit:
     meta = dict(record.metadata)
     heading = str(meta.pop("heading", ""))
+    rel = meta.pop("image_path", None)
+    for key in ("image_sha256", "image_width", "image_height", "n_chunks", "section_index"):
+        meta.pop(key, None)
+    image = str(image_files.root / str(rel)) if (rel and image_files is not None) else None
     return Hit(
         chunk_id=record.id,
         doc_id=str(meta.pop("doc_id", "")),
@@ -219,7 +476,9 @@ def hit_from_record(record: Record, score: float) -> Hit:
         title=str(meta.pop("title", "")),
         heading=tuple(h for h in heading.split(" > ") if h),
         index=int(meta.pop("chunk_index", 0)),
-        metadata={k: v for k, v in meta.items() if k != "section_index"},
+        metadata=meta,
+        image=image,
+        scores=dict(scores or {}),
     )
 
 

@@ -21,6 +21,10 @@ class Hit:
     heading: tuple[str, ...] = ()
     index: int = 0
     metadata: Mapping[str, MetadataValue] = field(default_factory=dict)
+    #: Path of the item's stored image file (under the collection's folder), None for text-only items.
+    image: str | None = None
+    #: Per-signal similarities that were fused into ``score`` (``text``, ``image``, ``cross``).
+    scores: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class Citation:
     title: str
     text: str
     score: float
+    image: str | None = None
 
 
 @dataclass(frozen=True)

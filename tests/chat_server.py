@@ -23,6 +23,29 @@ class ServerConfig:
         return re.findall(r"\S+\s*", self.reply)
 
 
+_DATA_URL = re.compile(r"data:image/(png|jpeg|gif|webp);base64,[A-Za-z0-9+/]+={0,2}")
+
+
+def _parts_problem(parts: list[Any]) -> str | None:
+    """Why a list of user content parts is not valid OpenAI vision input, or None."""
+    for part in parts:
+        if not isinstance(part, dict) or part.get("type") not in ("text", "image_url"):
+            return f"bad content part {str(part)[:80]!r}"
+        if part["type"] == "text" and not isinstance(part.get("text"), str):
+            return "text parts need a text string"
+        if part["type"] == "image_url":
+            url = (part.get("image_url") or {}).get("url")
+            if not isinstance(url, str) or not _DATA_URL.fullmatch(url):
+                return f"image_url.url must be a base64 data URL, got {str(url)[:60]!r}"
+    return None
+
+
+def image_urls(body: dict[str, Any]) -> list[str]:
+    """The ``image_url`` URLs of the user message of a recorded request body, in order."""
+    content = body["messages"][1]["content"]
+    return [p["image_url"]["url"] for p in content if p["type"] == "image_url"] if isinstance(content, list) else []
+
+
 class ChatHandler(BaseHTTPRequestHandler):
     """Speaks enough of POST /v1/chat/completions for the generator."""
 
@@ -49,7 +72,12 @@ class ChatHandler(BaseHTTPRequestHandler):
         messages = body.get("messages")
         if not isinstance(messages, list) or [m.get("role") for m in messages] != ["system", "user"]:
             return "expected a system and a user message"
-        if "<sources>\n[1] " not in messages[1]["content"] or "\n[1] " in messages[0]["content"]:
+        user = messages[1]["content"]
+        if isinstance(user, list):  # vision request: text and image_url parts
+            if problem := _parts_problem(user):
+                return problem
+            user = "".join(part["text"] for part in user if part["type"] == "text")
+        if not isinstance(user, str) or "<sources>\n[1] " not in user or "\n[1] " in messages[0]["content"]:
             return "sources must be in the user message only"
         if not isinstance(body.get("stream"), bool):
             return "stream must be a boolean"

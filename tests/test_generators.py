@@ -6,15 +6,20 @@ a real HTTP server on 127.0.0.1 that speaks the chat-completions wire protocol.
 
 from __future__ import annotations
 
+import base64
+import io
+import logging
 import re
 import socket
 import zlib
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from chat_server import ChatServer
+from chat_server import ChatServer, image_urls
+from PIL import Image
 
 from heterag.embedding import Embedder
 from heterag.errors import GeneratorError, InvalidInputError, UnknownNameError
@@ -26,11 +31,17 @@ from heterag.generators import (
     make_generator,
 )
 from heterag.generators.extractive import NO_ANSWER_IN_SOURCES, split_sentences
+from heterag.images import ImageRef
 from heterag.prompting import (
+    DEFAULT_IMAGE_QUESTION,
     DEFAULT_SYSTEM_PROMPT,
     NO_SOURCES_ANSWER,
+    PromptImage,
     build_messages,
+    build_user_message,
+    build_user_parts,
     cited_numbers,
+    collect_images,
     format_context,
     number_hits,
     parse_citations,
@@ -65,8 +76,11 @@ class HashingEmbedder:
         return len(re.findall(r"\w+|[^\w\s]", text))
 
 
-def hit(n: int, text: str, score: float = 0.5, title: str = "", heading: tuple[str, ...] = ()) -> Hit:
-    return Hit(chunk_id=f"c{n}", doc_id=f"d{n}", text=text, view=text, score=score, title=title, heading=heading)
+def hit(
+    n: int, text: str, score: float = 0.5, title: str = "", heading: tuple[str, ...] = (), image: str | None = None
+) -> Hit:
+    return Hit(chunk_id=f"c{n}", doc_id=f"d{n}", text=text, view=text, score=score, title=title, heading=heading,
+               image=image)
 
 
 WATER_HITS = (
@@ -299,12 +313,12 @@ def test_extractive_does_not_pad_with_weak_sentences(embedder: HashingEmbedder) 
 
 
 def test_registry(embedder: HashingEmbedder) -> None:
-    assert set(GENERATORS) == {"extractive", "openai"}
+    assert set(GENERATORS) == {"extractive", "openai", "transformers"}
     gen = make_generator("extractive", embedder=embedder, max_sentences=1)
     assert isinstance(gen, ExtractiveGenerator) and isinstance(gen, Generator) and gen.name == "extractive"
     remote = make_generator("openai", model="m", base_url="http://localhost:1/v1")
     assert isinstance(remote, OpenAIGenerator) and isinstance(remote, Generator)
-    with pytest.raises(UnknownNameError, match="extractive, openai"):
+    with pytest.raises(UnknownNameError, match="extractive, openai, transformers"):
         make_generator("gpt-magic")
 
 
@@ -436,3 +450,220 @@ def test_openai_rejects_bad_arguments() -> None:
         OpenAIGenerator("", base_url="http://localhost/v1")
     with pytest.raises(InvalidInputError):
         OpenAIGenerator("m", base_url="http://localhost/v1", max_tokens=0)
+
+
+# --------------------------------------------------------------------------- images
+
+
+def png_file(folder: Path, name: str, size: tuple[int, int], colour: tuple[int, int, int]) -> Path:
+    """A PNG file with a solid ``colour`` and one black pixel at (0, 0) (so resizing and flips show)."""
+    img = Image.new("RGB", size, colour)
+    img.putpixel((0, 0), (0, 0, 0))
+    path = folder / name
+    img.save(path)
+    return path
+
+
+def decode_data_url(url: str) -> tuple[str, Image.Image]:
+    """(mime type, image) of a ``data:<mime>;base64,...`` URL."""
+    match = re.fullmatch(r"data:(image/[a-z]+);base64,(.+)", url, re.S)
+    assert match, url[:60]
+    img = Image.open(io.BytesIO(base64.b64decode(match.group(2), validate=True)))
+    img.load()
+    return match.group(1), img
+
+
+@pytest.fixture()
+def picture_hits(tmp_path: Path) -> tuple[Hit, ...]:
+    """Text hits and image-item hits: [2] a red 40x30 image with a caption, [4] a blue 20x50 image without text."""
+    red = png_file(tmp_path, "red.png", (40, 30), (255, 0, 0))
+    blue = png_file(tmp_path, "blue.png", (20, 50), (0, 0, 255))
+    return (
+        WATER_HITS[0],
+        hit(2, "A red square marks the boiling point on the chart.", 0.5, "Chart", image=str(red)),
+        WATER_HITS[1],
+        hit(4, "", 0.4, "Blue picture", image=str(blue)),
+    )
+
+
+def query_ref(size: tuple[int, int] = (24, 16)) -> ImageRef:
+    rng = np.random.default_rng(1)
+    return ImageRef.from_array(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8), source="query.png")
+
+
+def test_citations_carry_the_hit_image(picture_hits: tuple[Hit, ...]) -> None:
+    cites = number_hits(picture_hits)
+    assert cites[1].image == picture_hits[1].image and cites[0].image is None
+    assert parse_citations("see [2]", picture_hits)[0].image == picture_hits[1].image
+
+
+def test_format_context_notes_image_sources(picture_hits: tuple[Hit, ...]) -> None:
+    assert format_context(picture_hits[:1]) == format_context(WATER_HITS[:1])  # text hits unchanged
+    context = format_context(picture_hits, shown={4})
+    assert "[2] (Chart) A red square marks the boiling point on the chart. [image: not shown]" in context
+    assert "[4] (Blue picture) [image: shown above as Source [4] image]" in context
+
+
+def test_collect_images_order_dedupe_and_limit(picture_hits: tuple[Hit, ...], tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    query = query_ref()
+    again = hit(5, "Another chunk of the red chart.", image=picture_hits[1].image)
+    images = collect_images((*picture_hits, again), query, max_images=4)
+    assert [im.label for im in images] == ["Query image:", "Source [2][5] image:", "Source [4] image:"]
+    assert images[0].image == query and (images[1].image.width, images[1].image.height) == (40, 30)
+    assert [im.numbers for im in collect_images(picture_hits, None, max_images=1)] == [(2,)]
+    assert [im.label for im in collect_images(picture_hits, query, max_images=0)] == ["Query image:"]
+    (tmp_path / "broken.png").write_text("not an image")
+    broken = (hit(1, "x", image=str(tmp_path / "broken.png")), picture_hits[3])
+    with caplog.at_level(logging.WARNING):
+        assert [im.numbers for im in collect_images(broken, None, max_images=1)] == [(2,)]
+    assert "broken.png" in caplog.text
+
+
+def test_build_user_parts_and_empty_question(picture_hits: tuple[Hit, ...]) -> None:
+    images = [PromptImage(query_ref()), PromptImage(ImageRef.from_path(picture_hits[3].image), (4,))]
+    parts = build_user_parts("", picture_hits, images)
+    assert parts[0] == "Query image:" and parts[1] is images[0]
+    assert parts[2] == "Source [4] image:" and parts[3] is images[1]
+    text = parts[4]
+    assert isinstance(text, str) and text.endswith(f"Question: {DEFAULT_IMAGE_QUESTION}")
+    assert "query image shown above; it is not a source" in text and "belongs to source [n]" in text
+    assert build_user_parts(BOILING_QUESTION, WATER_HITS) == [build_user_message(BOILING_QUESTION, WATER_HITS)]
+    hidden = build_user_parts("", WATER_HITS, [], query_image_given=True)
+    assert "query image that is not shown to you" in hidden[0]
+    with pytest.raises(InvalidInputError):
+        build_user_parts("", WATER_HITS, [])  # no question and no image
+
+
+# --------------------------------------------------------------------------- extractive with images
+
+
+def test_extractive_image_only_query_quotes_the_top_hit(embedder: HashingEmbedder) -> None:
+    tokens: list[str] = []
+    answer = ExtractiveGenerator(embedder, max_sentences=2).generate("", WATER_HITS, image=query_ref(),
+                                                                     on_token=tokens.append)
+    assert answer.text == "Water covers most of the planet. Oceans hold salt water. [1]"
+    assert "".join(tokens) == answer.text and len(tokens) == 2
+    assert [(c.number, c.chunk_id) for c in answer.citations] == [(1, "c1")]
+
+
+def test_extractive_image_only_query_skips_image_hits_without_text(
+    embedder: HashingEmbedder, picture_hits: tuple[Hit, ...]
+) -> None:
+    hits = (picture_hits[3], picture_hits[1], WATER_HITS[0])
+    answer = ExtractiveGenerator(embedder, max_sentences=3).generate("  ", hits, image=query_ref())
+    assert answer.text == "A red square marks the boiling point on the chart. [2]"
+    assert [(c.number, c.image) for c in answer.citations] == [(2, picture_hits[1].image)]
+    nothing = ExtractiveGenerator(embedder).generate("", (picture_hits[3],), image=query_ref())
+    assert nothing.text == NO_ANSWER_IN_SOURCES and nothing.citations == ()
+    assert ExtractiveGenerator(embedder).generate("", (), image=query_ref()).text == NO_SOURCES_ANSWER
+
+
+def test_extractive_question_with_image_answers_from_text(embedder: HashingEmbedder) -> None:
+    gen = ExtractiveGenerator(embedder, max_sentences=1)
+    assert gen.generate(BOILING_QUESTION, WATER_HITS, image=query_ref()) == gen.generate(BOILING_QUESTION, WATER_HITS)
+    with pytest.raises(InvalidInputError):
+        gen.generate(BOILING_QUESTION, WATER_HITS, image="query.png")  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- OpenAI with images
+
+
+def user_content(server: ChatServer) -> Any:
+    (request,) = server.config.requests
+    return request["body"]["messages"][1]["content"]
+
+
+def test_openai_sends_query_and_retrieved_images(server: ChatServer, picture_hits: tuple[Hit, ...]) -> None:
+    query = query_ref()
+    answer = make_openai(server).generate(BOILING_QUESTION, picture_hits, image=query)
+    assert answer.text == server.config.reply
+    assert [(c.number, c.image) for c in answer.citations] == [(1, None), (2, picture_hits[1].image)]
+    content = user_content(server)
+    assert [p["type"] for p in content] == ["text", "image_url", "text", "image_url", "text", "image_url", "text"]
+    assert [p["text"] for p in content if p["type"] == "text"][:3] == [
+        "Query image:", "Source [2] image:", "Source [4] image:"
+    ]
+    text = content[-1]["text"]
+    assert text.startswith("Answer the question using only") and text.endswith(f"Question: {BOILING_QUESTION}")
+    assert "<sources>\n[1] (Water) Water covers" in text
+    assert "[4] (Blue picture) [image: shown above as Source [4] image]" in text
+    decoded = [decode_data_url(url) for url in image_urls(server.config.requests[0]["body"])]
+    assert [(mime, img.size) for mime, img in decoded] == [("image/png", (24, 16)), ("image/png", (40, 30)),
+                                                          ("image/png", (20, 50))]
+    assert np.array_equal(np.asarray(decoded[0][1].convert("RGB")), np.asarray(query.to_pil()))  # lossless
+    red = decoded[1][1].convert("RGB")
+    assert red.getpixel((0, 0)) == (0, 0, 0) and red.getpixel((39, 29)) == (255, 0, 0)
+    assert decoded[2][1].convert("RGB").getpixel((10, 40)) == (0, 0, 255)
+    assert server.config.requests[0]["body"]["messages"][0]["content"] == DEFAULT_SYSTEM_PROMPT
+
+
+def test_openai_max_images(server: ChatServer, picture_hits: tuple[Hit, ...]) -> None:
+    make_openai(server, max_images=1).generate(BOILING_QUESTION, picture_hits, image=query_ref())
+    content = user_content(server)
+    labels = [p["text"] for p in content if p["type"] == "text"]
+    assert labels[:2] == ["Query image:", "Source [2] image:"] and len(image_urls(server.config.requests[0]["body"])) == 2
+    assert "[4] (Blue picture) [image: not shown]" in labels[-1]
+    server.config.requests.clear()
+    make_openai(server, max_images=0).generate(BOILING_QUESTION, picture_hits)  # no query image, no retrieved ones
+    assert isinstance(user_content(server), str) and "[image: not shown]" in user_content(server)
+
+
+def test_openai_text_only_request_is_unchanged(server: ChatServer) -> None:
+    make_openai(server).generate(BOILING_QUESTION, WATER_HITS)
+    content = user_content(server)
+    assert isinstance(content, str) and content == build_user_message(BOILING_QUESTION, WATER_HITS)
+    assert "image" not in content.lower()
+
+
+def test_openai_large_query_image_is_downscaled(server: ChatServer, tmp_path: Path) -> None:
+    big = ImageRef.from_path(png_file(tmp_path, "big.png", (4000, 3000), (10, 200, 30)))
+    make_openai(server).generate(BOILING_QUESTION, WATER_HITS, image=big)
+    (url,) = image_urls(server.config.requests[0]["body"])
+    mime, img = decode_data_url(url)
+    assert mime == "image/png" and img.size == (1024, 768)
+    assert img.convert("RGB").getpixel((512, 384)) == (10, 200, 30)
+    assert len(url) < 100_000
+
+
+def test_openai_large_jpeg_is_sent_as_jpeg(server: ChatServer) -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", (1500, 600), (200, 100, 50)).save(buf, format="JPEG", quality=95)
+    make_openai(server, image_max_side=300).generate(BOILING_QUESTION, WATER_HITS, image=ImageRef.from_bytes(buf.getvalue()))
+    mime, img = decode_data_url(image_urls(server.config.requests[0]["body"])[0])
+    assert mime == "image/jpeg" and img.format == "JPEG" and img.size == (300, 120)
+    assert all(abs(a - b) <= 3 for a, b in zip(img.getpixel((150, 60)), (200, 100, 50), strict=True))
+
+
+def test_openai_query_image_alone_with_empty_question(server: ChatServer) -> None:
+    tokens: list[str] = []
+    answer = make_openai(server).generate("", WATER_HITS, image=query_ref(), on_token=tokens.append)
+    assert answer.text == server.config.reply == "".join(tokens)
+    content = user_content(server)
+    assert content[0] == {"type": "text", "text": "Query image:"} and content[1]["type"] == "image_url"
+    assert content[-1]["text"].endswith(f"Question: {DEFAULT_IMAGE_QUESTION}")
+    with pytest.raises(InvalidInputError):
+        make_openai(server).generate("", WATER_HITS)  # neither a question nor an image
+
+
+def test_openai_send_images_false_sends_text_only(server: ChatServer, picture_hits: tuple[Hit, ...]) -> None:
+    make_openai(server, send_images=False).generate("", picture_hits, image=query_ref())
+    content = user_content(server)
+    assert isinstance(content, str) and "query image that is not shown to you" in content
+    assert content.endswith(f"Question: {DEFAULT_IMAGE_QUESTION}") and "[image: not shown]" in content
+
+
+def test_openai_unreadable_hit_image_is_left_out(server: ChatServer, picture_hits: tuple[Hit, ...],
+                                                 tmp_path: Path) -> None:
+    Path(picture_hits[1].image or "").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    answer = make_openai(server).generate(BOILING_QUESTION, picture_hits)
+    assert answer.text == server.config.reply
+    labels = [p["text"] for p in user_content(server) if p["type"] == "text"]
+    assert labels[0] == "Source [4] image:" and "[2] (Chart) A red square" in labels[-1]
+
+
+def test_openai_rejects_bad_image_options() -> None:
+    with pytest.raises(InvalidInputError):
+        OpenAIGenerator("m", base_url="http://localhost/v1", max_images=-1)
+    with pytest.raises(InvalidInputError):
+        OpenAIGenerator("m", base_url="http://localhost/v1", image_max_side=0)

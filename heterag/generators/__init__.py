@@ -3,7 +3,12 @@
 * ``extractive`` (:class:`ExtractiveGenerator`): offline, quotes the best-matching retrieved
   sentences; needs ``embedder=``.
 * ``openai`` (:class:`OpenAIGenerator`): any OpenAI-compatible chat-completions endpoint;
-  needs ``model=``.
+  needs ``model=``. Sends the query image and retrieved images to vision endpoints.
+* ``transformers`` (:class:`TransformersGenerator`): a local Hugging Face model folder, a
+  causal LM or an image-text-to-text model (which also sees the images); needs ``model_path=``.
+
+Every generator implements ``generate(question, hits, *, on_token=None, image=None)``; the
+question may be empty when a query image is given.
 """
 
 from __future__ import annotations
@@ -14,12 +19,14 @@ from typing import Any
 from ..errors import UnknownNameError
 from .base import Generator, StreamCallback
 from .extractive import ExtractiveGenerator
+from .hf import TransformersGenerator
 from .openai import OpenAIGenerator
 
 #: Generator factories by name; each takes the generator's keyword arguments.
 GENERATORS: dict[str, Callable[..., Generator]] = {
     ExtractiveGenerator.name: ExtractiveGenerator,
     OpenAIGenerator.name: OpenAIGenerator,
+    TransformersGenerator.name: TransformersGenerator,
 }
 
 
@@ -35,4 +42,12 @@ def make_generator(name: str, **kwargs: Any) -> Generator:
     return factory(**kwargs)
 
 
-__all__ = ["GENERATORS", "ExtractiveGenerator", "Generator", "OpenAIGenerator", "StreamCallback", "make_generator"]
+__all__ = [
+    "GENERATORS",
+    "ExtractiveGenerator",
+    "Generator",
+    "OpenAIGenerator",
+    "StreamCallback",
+    "TransformersGenerator",
+    "make_generator",
+]

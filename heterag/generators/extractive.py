@@ -13,6 +13,10 @@ At ``temperature == 0`` the best ``max_sentences`` are taken greedily; above it 
 sampled without replacement with probabilities ``softmax(score / temperature)``. Near
 duplicates of a chosen sentence are skipped either way. The chosen sentences are returned
 in reading order (hit rank, then position in the hit), each followed by ``[n]``.
+
+A query image only influences retrieval. With an image and an empty question (what do the
+sources say about this image?) the answer is the first ``max_sentences`` sentences of the
+best hit that has text, cited once at the end; hits of images without text are skipped.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ import numpy as np
 
 from ..embedding import Embedder
 from ..errors import GeneratorError, InvalidInputError
-from ..prompting import NO_SOURCES_ANSWER, citation_for, validate_question
+from ..images import ImageRef
+from ..prompting import NO_SOURCES_ANSWER, citation_for, validate_query_image, validate_question
 from ..results import Answer, Citation, Hit
 from .base import StreamCallback
 
@@ -317,12 +322,21 @@ class ExtractiveGenerator:
         )
         return sorted((candidates[i] for i in picks), key=lambda c: (c.hit_index, c.position))
 
-    def generate(self, question: str, hits: Sequence[Hit], *, on_token: StreamCallback | None = None) -> Answer:
-        """Answer ``question`` with up to ``max_sentences`` cited sentences taken from ``hits``."""
-        question = validate_question(question)
+    def generate(
+        self, question: str, hits: Sequence[Hit], *, on_token: StreamCallback | None = None, image: ImageRef | None = None
+    ) -> Answer:
+        """Answer ``question`` with up to ``max_sentences`` cited sentences taken from ``hits``.
+
+        ``question`` may be empty when a query ``image`` is given: the answer is then the
+        opening sentences of the best hit with text (see the module docstring).
+        """
+        image = validate_query_image(image)
+        question = validate_question(question, allow_empty=image is not None)
         hits = tuple(hits)
         if not hits:
             return self._finish([NO_SOURCES_ANSWER], (), hits, on_token)
+        if not question:
+            return self._describe(hits, on_token)
         chosen = self._choose(question, hits)
         if not chosen:
             return self._finish([NO_ANSWER_IN_SOURCES], (), hits, on_token)
@@ -330,6 +344,16 @@ class ExtractiveGenerator:
         cited = sorted({c.hit_index for c in chosen})
         citations = tuple(citation_for(i + 1, hits[i]) for i in cited)
         return self._finish(pieces, citations, hits, on_token)
+
+    def _describe(self, hits: tuple[Hit, ...], on_token: StreamCallback | None) -> Answer:
+        """The image-only answer: the first sentences of the best hit that has text, cited once."""
+        for number, hit in enumerate(hits, start=1):
+            sentences = split_sentences(hit.text)[: self.max_sentences]
+            if sentences:
+                pieces = [("" if i == 0 else " ") + s for i, s in enumerate(sentences)]
+                pieces[-1] += f" [{number}]"
+                return self._finish(pieces, (citation_for(number, hit),), hits, on_token)
+        return self._finish([NO_ANSWER_IN_SOURCES], (), hits, on_token)
 
     def _finish(
         self,

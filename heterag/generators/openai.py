@@ -2,7 +2,17 @@
 
 The request is ``POST {base_url}/chat/completions`` with the messages of
 :func:`heterag.prompting.build_messages`: the system prompt, then a user message holding
-the retrieved text inside a delimited ``<sources>`` block and the question. With
+the retrieved text inside a delimited ``<sources>`` block and the question.
+
+With a query image and/or hits of image items (and ``send_images``), the user message
+``content`` becomes a list of parts for vision endpoints: ``{"type": "text", "text":
+"Query image:"}`` and the query image as ``{"type": "image_url", "image_url": {"url":
+"data:image/...;base64,..."}}``, then each retrieved image (at most ``max_images``) after a
+``"Source [n] image:"`` text part, then the text with the sources block and the question.
+Images larger than ``image_max_side`` are downscaled (aspect kept; JPEG sources re-encoded
+as JPEG quality 90, others as PNG). Requests without images keep the plain string content.
+
+With
 ``stream=True`` the server-sent-event stream is parsed and every content delta goes to
 ``on_token``; otherwise the whole completion is read at once (and given to ``on_token``
 in one piece).
@@ -26,12 +36,17 @@ from urllib.parse import urlsplit
 import httpx
 
 from ..errors import GeneratorError, InvalidInputError
+from ..images import ImageRef
 from ..prompting import (
     DEFAULT_SYSTEM_PROMPT,
     NO_SOURCES_ANSWER,
+    PromptImage,
     build_messages,
+    build_user_parts,
+    collect_images,
     estimate_tokens,
     parse_citations,
+    validate_query_image,
     validate_question,
 )
 from ..results import Answer, Hit
@@ -128,6 +143,10 @@ class OpenAIGenerator:
     bearer key is ``api_key``, else ``$<api_key_env>``; it may be missing only for loopback
     endpoints (a local server). ``count_tokens`` (e.g. an embedder's) counts context tokens;
     without it they are estimated as ``round(words * 4 / 3)``.
+
+    Images (the query image, and the images of retrieved image items) are sent as
+    ``image_url`` content parts when ``send_images`` is true: the query image always, at most
+    ``max_images`` retrieved ones, each downscaled to ``image_max_side`` pixels on its longer side.
     """
 
     name = "openai"
@@ -144,6 +163,9 @@ class OpenAIGenerator:
         stream: bool = True,
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         count_tokens: Callable[[str], int] | None = None,
+        send_images: bool = True,
+        max_images: int = 4,
+        image_max_side: int = 1024,
     ) -> None:
         if not isinstance(model, str) or not model.strip():
             raise InvalidInputError("model must be a non-empty model name")
@@ -153,6 +175,10 @@ class OpenAIGenerator:
             raise InvalidInputError(f"max_tokens must be a positive integer, got {max_tokens!r}")
         if not timeout or timeout <= 0:
             raise InvalidInputError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 0:
+            raise InvalidInputError(f"max_images must be an integer >= 0, got {max_images!r}")
+        if isinstance(image_max_side, bool) or not isinstance(image_max_side, int) or image_max_side < 16:
+            raise InvalidInputError(f"image_max_side must be an integer >= 16, got {image_max_side!r}")
         self.model = model.strip()
         self.base_url = _resolve_base_url(base_url)
         self.url = f"{self.base_url}/chat/completions"
@@ -164,6 +190,9 @@ class OpenAIGenerator:
         self.stream = bool(stream)
         self.system_prompt = system_prompt
         self.count_tokens = count_tokens
+        self.send_images = bool(send_images)
+        self.max_images = max_images
+        self.image_max_side = image_max_side
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAIGenerator(model={self.model!r}, base_url={self.base_url!r}, stream={self.stream})"
@@ -177,11 +206,33 @@ class OpenAIGenerator:
             headers["Authorization"] = f"Bearer {self._api_key}"
         return headers
 
-    def request_body(self, question: str, hits: Sequence[Hit]) -> dict[str, Any]:
-        """The JSON body sent to ``/chat/completions`` for ``question`` and ``hits``."""
+    def _image_part(self, image: PromptImage) -> dict[str, Any]:
+        return {"type": "image_url", "image_url": {"url": image.image.data_url(max_side=self.image_max_side)}}
+
+    def messages(self, question: str, hits: Sequence[Hit], image: ImageRef | None = None) -> list[dict[str, Any]]:
+        """The chat messages for ``question`` about the query ``image`` and ``hits``.
+
+        The user content is a plain string when no image is sent, else a list of text and
+        ``image_url`` parts (see the module docstring).
+        """
+        images = collect_images(hits, image, max_images=self.max_images) if self.send_images else []
+        if not images and image is None:
+            return build_messages(question, hits, self.system_prompt)
+        parts = build_user_parts(question, hits, images, query_image_given=image is not None)
+        if not images:  # a query image the endpoint is not shown: text only
+            content: str | list[dict[str, Any]] = "".join(p for p in parts if isinstance(p, str))
+        else:
+            content = [
+                {"type": "text", "text": p} if isinstance(p, str) else self._image_part(p) for p in parts
+            ]
+        logger.debug("sending %d image(s) to %s", len(images), self.url)
+        return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": content}]
+
+    def request_body(self, question: str, hits: Sequence[Hit], image: ImageRef | None = None) -> dict[str, Any]:
+        """The JSON body sent to ``/chat/completions`` for ``question`` (about ``image``) and ``hits``."""
         return {
             "model": self.model,
-            "messages": build_messages(question, hits, self.system_prompt),
+            "messages": self.messages(question, hits, image),
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
             "stream": self.stream,
@@ -260,16 +311,23 @@ class OpenAIGenerator:
         count = self.count_tokens or estimate_tokens
         return sum(int(count(hit.text)) for hit in hits)
 
-    def generate(self, question: str, hits: Sequence[Hit], *, on_token: StreamCallback | None = None) -> Answer:
-        """Ask the model ``question`` about ``hits``; the endpoint is not called when there are no hits."""
-        question = validate_question(question)
+    def generate(
+        self, question: str, hits: Sequence[Hit], *, on_token: StreamCallback | None = None, image: ImageRef | None = None
+    ) -> Answer:
+        """Ask the model ``question`` (about the query ``image``) using ``hits``.
+
+        ``question`` may be empty when ``image`` is given. The endpoint is not called when
+        there are no hits.
+        """
+        image = validate_query_image(image)
+        question = validate_question(question, allow_empty=image is not None)
         hits = tuple(hits)
         if not hits:
             if on_token is not None:
                 on_token(NO_SOURCES_ANSWER)
             return Answer(text=NO_SOURCES_ANSWER, citations=(), hits=(), context_tokens=0, generator=self.name)
         logger.debug("asking %s (model %s) with %d hits", self.url, self.model, len(hits))
-        text = self._post(self.request_body(question, hits), on_token)
+        text = self._post(self.request_body(question, hits, image), on_token)
         if not text.strip():
             logger.warning("%s returned an empty answer", self.url)
         return Answer(
