@@ -2,6 +2,8 @@
 
     python app.py                      # ask questions about Python, answers cite their sources
     python app.py --collection NAME    # chat with one of your own collections
+
+Ask about an image with ``/image PATH [question]`` (the question is optional).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def main() -> int:
     except HeteragError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"heterag chat: {rag.count()} chunks. Empty line or Ctrl-D to quit.")
+    print(f"heterag chat: {rag.count()} chunks. /image PATH [question] asks about an image. Empty line or Ctrl-D to quit.")
     try:
         while True:
             try:
@@ -38,8 +40,19 @@ def main() -> int:
                 break
             if not question:
                 break
+            image = None
+            if question.startswith("/image"):
+                parts = question.split(maxsplit=2)
+                if len(parts) < 2:
+                    print("usage: /image PATH [question]")
+                    continue
+                image, question = parts[1], parts[2] if len(parts) > 2 else ""
             try:
-                print(rag.answer(question, k=args.top_k).format())
+                if image is not None:
+                    from heterag import ImageRef
+
+                    image = ImageRef.from_path(image)
+                print(rag.answer(question, k=args.top_k, image=image).format())
             except HeteragError as exc:
                 print(f"error: {exc}")
     finally:

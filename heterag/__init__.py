@@ -9,6 +9,8 @@ Public API (the sandbox and the UI use only these names)::
     rag = open_collection("notes")
     rag.ingest([Document.create("...", title="...")])
     answer = rag.answer("question?")
+    rag.ingest([Document.create("a chest X-ray, left lower lobe opacity", image="xray.png")])
+    hits = rag.retrieve("pneumonia?", image="query.png")   # text, image, or both
 """
 
 from .chunking import DEFAULT_CHUNK_TOKENS, ChunkedDocument, chunk_document
@@ -29,7 +31,9 @@ from .errors import (
     UnknownNameError,
 )
 from .evaluation import evaluate, rank_documents
+from .fusion import Fusion
 from .generators import ExtractiveGenerator, Generator, OpenAIGenerator, make_generator
+from .images import ImageFiles, ImageRef, load_image
 from .pipeline import IngestReport, Pipeline
 from .results import Answer, Citation, Hit
 from .stores import STORES, Fingerprint, Record, ScoredRecord, VectorStore, open_store
@@ -38,7 +42,7 @@ from .views import VIEWS, HeteragView, LateView, NaiveView, RetrievalView, make_
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEFAULT_CHUNK_TOKENS", "STORES", "VIEWS", "Answer", "Chunk", "ChunkedDocument", "Citation",
+    "DEFAULT_CHUNK_TOKENS", "Fusion", "ImageFiles", "ImageRef", "load_image", "STORES", "VIEWS", "Answer", "Chunk", "ChunkedDocument", "Citation",
     "CollectionNotFoundError", "DimensionMismatchError", "Document", "ExtractiveGenerator", "Fingerprint",
     "FingerprintMismatchError", "Generator", "GeneratorError", "HeteragError", "HeteragView", "Hit",
     "IngestReport", "InvalidInputError", "ItemError", "LateView", "NaiveView", "OpenAIGenerator", "Pipeline", "Record",

@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ask", help="answer a question (and/or an image) from a collection, with sources")
     p.add_argument("question", nargs="?", default="", help="the question (optional with --image)")
     p.add_argument("--image", help="a query image file")
-    p.add_argument("--collection", default=None, help="collection to ask (default: the built-in demo collection)")
+    p.add_argument("--collection", default=None, help="collection to ask (default: the built-in demo collection: Python "
+                   "reference topics, or 300 synthetic scenes when --image is given)")
     p.add_argument("-k", "--top-k", type=int, default=5)
     p.add_argument("--fusion", help="score fusion: weighted (default) or rrf, optionally with weights, e.g. "
                    "weighted:text=1,image=1,cross=0.5")
@@ -89,11 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--store", default="faiss")
     i.add_argument("--json", action="store_true")
 
-    from .training import add_train_arguments
-
-    t = sub.add_parser("train-image-encoder", help="train the offline default image encoder (LiT-style, into the "
-                       "default text encoder's space) on synthetic scenes and captioned image folders")
-    add_train_arguments(t)
+    # its options live in heterag.training (which imports torch): parsed there, so other commands start fast
+    t = sub.add_parser("train-image-encoder", add_help=False, help="train the offline default image encoder (LiT-style, "
+                       "into the default text encoder's space) on synthetic scenes and captioned image folders")
+    t.add_argument("train_args", nargs=argparse.REMAINDER)
 
     sub.add_parser("collections", help="list collections")
     return parser
@@ -147,7 +147,11 @@ def cmd_ask(args: argparse.Namespace) -> int:
         options["image_encoder"] = args.image_encoder
     if args.fusion:
         options["fusion"] = args.fusion
-    if args.collection is None:
+    if args.collection is None and image is not None:
+        from corpora.demo import open_scenes_demo
+
+        pipe = open_scenes_demo(**options)
+    elif args.collection is None:
         from corpora.demo import open_demo
 
         pipe = open_demo(**options)
@@ -279,9 +283,12 @@ def cmd_eval_images(args: argparse.Namespace) -> int:
 
 
 def cmd_train_image_encoder(args: argparse.Namespace) -> int:
-    from .training import run_train
+    from .training import add_train_arguments, run_train
 
-    return run_train(args)
+    parser = argparse.ArgumentParser(prog="heterag train-image-encoder", description="Train the offline default image "
+                                     "encoder (LiT-style, into the default text encoder's space).")
+    add_train_arguments(parser)
+    return run_train(parser.parse_args(args.train_args))
 
 
 def cmd_collections(args: argparse.Namespace) -> int:
@@ -300,7 +307,15 @@ COMMANDS = {"ingest": cmd_ingest, "ask": cmd_ask, "eval": cmd_eval, "collections
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    words = [a for a in argv if not a.startswith("-")]
+    if words and words[0] == "train-image-encoder":  # all of its options, --help included, are training's own
+        at = argv.index("train-image-encoder")
+        args = parser.parse_args(argv[:at] + ["train-image-encoder"])
+        args.train_args = argv[at + 1 :]
+    else:
+        args = parser.parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "chromadb", "sentence_transformers", "transformers"):

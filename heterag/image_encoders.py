@@ -362,6 +362,9 @@ class DefaultImageEncoder(_TorchImageEncoder):
             interpolation=pp.get("interpolation", "bilinear"), resize_mode=pp.get("resize_mode", "shortest"),
         )
         self.identity = str(self.config.get("identity", DEFAULT_IDENTITY))
+        folder = Path(weights_dir).resolve() if weights_dir is not None else WEIGHTS_DIR
+        if folder != WEIGHTS_DIR:  # retrained weights must not pass for the shipped ones in a fingerprint
+            self.identity += f":sha256-{_sha256_file(folder / DEFAULT_WEIGHTS)[:16]}"
         self.dim = self.model.arch.embed_dim
         self.text_identity = str(self.config["text_encoder"])
         self._text_spec: str | None = self.config.get("text_encoder_spec")

@@ -1,0 +1,226 @@
+"""Image items end to end: ingest (library and CLI), fused retrieval, image questions, bad images, recovery."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_images import write_bomb
+
+from corpora.synthetic_scenes import generate_scenes, render_scene, write_caption_folder
+from heterag import STORES, Document, FingerprintMismatchError, open_collection
+from heterag.cli import main
+from heterag.errors import InvalidInputError
+from heterag.fusion import Fusion
+from heterag.images import ImageRef
+
+N = 12
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return list(generate_scenes(N, seed=7, size=96))
+
+
+@pytest.fixture()
+def captions_dir(tmp_path: Path) -> Path:
+    return write_caption_folder(tmp_path / "scenes", N, seed=7, size=96)
+
+
+def add_bad_items(folder: Path, good: Path) -> list[str]:
+    """Append one bad item of each kind to a captions folder; returns the file names that must be reported."""
+    images = folder / "images"
+    (images / "corrupt.jpg").write_bytes(good.read_bytes()[:200])
+    (images / "empty.png").write_bytes(b"")
+    (images / "notes.png").write_text("not an image")
+    write_bomb(images / "bomb.png")
+    lines = [json.dumps({"image": f"images/{n}", "caption": f"bad {n}"}) for n in
+             ("corrupt.jpg", "empty.png", "notes.png", "bomb.png", "missing.png")]
+    with (folder / "captions.jsonl").open("a") as f:
+        f.write("\n".join(lines) + "\n")
+    return ["corrupt.jpg", "empty.png", "notes.png", "bomb.png", "missing.png"]
+
+
+def test_cli_ingests_image_layout_reports_each_bad_item_and_keeps_the_rest(captions_dir: Path, capsys):
+    assert main(["ingest", str(captions_dir), "--collection", "scenes"]) == 0
+    first = capsys.readouterr().out
+    chunks = int(first.split("collection now holds ")[1].split()[0])
+    assert chunks >= N and f"{chunks} chunks and {N} images" in first  # long captions take two chunks
+    bad = add_bad_items(captions_dir, next((captions_dir / "images").glob("*.png")))
+    assert main(["ingest", str(captions_dir), "--collection", "scenes"]) == 1
+    out, err = capsys.readouterr()
+    for name in bad:
+        assert sum(name in line for line in err.splitlines()) == 1, (name, err)
+    assert "0 documents written" in out and f"{N} unchanged, 5 failed" in out
+    assert f"{chunks} chunks and {N} images" in out  # nothing stored was lost
+    pipe = open_collection("scenes", create=False)
+    try:
+        files = list((pipe.image_files.root).rglob("*.png"))
+        assert len(files) == N and not list(pipe.image_files.root.rglob(".tmp*"))
+    finally:
+        pipe.close()
+
+
+@pytest.mark.parametrize("store", sorted(STORES))
+def test_image_query_finds_the_item_and_text_query_fuses_signals(store: str, scenes):
+    pipe = open_collection(f"mm-{store}", store=store)
+    try:
+        report = pipe.ingest([s.to_document() for s in scenes])
+        assert report.images_written == N and not report.failures
+        assert pipe.ingest([s.to_document() for s in scenes]).documents_unchanged == N  # idempotent
+        target = scenes[3]
+        hits = pipe.retrieve(image=target.image, k=3)
+        assert hits[0].doc_id == target.id and set(hits[0].scores) == {"image"}
+        assert hits[0].scores["image"] == pytest.approx(1.0, abs=1e-3)
+        assert hits[0].image and Path(hits[0].image).read_bytes() == target.to_document().image.data
+        assert hits[0].text and hits[0].text in target.caption and hits[0].index == 0
+        both = pipe.retrieve(target.caption, image=target.image, k=3)
+        assert both[0].doc_id == target.id and set(both[0].scores) == {"text", "image", "cross"}
+        w = both[0].scores
+        assert both[0].score == pytest.approx((w["text"] + w["image"] + w["cross"]) / 3, abs=1e-5)
+        text_only = pipe.retrieve(target.caption, k=3)
+        assert text_only[0].doc_id == target.id and set(text_only[0].scores) == {"text", "cross"}
+        rrf = pipe.retrieve(target.caption, image=target.image, k=3, fusion=Fusion(method="rrf"))
+        assert rrf[0].doc_id == target.id and 0 < rrf[0].score <= 3 / 61
+        filtered = pipe.retrieve(image=target.image, k=3, where={"doc_id": {"$ne": target.id}})
+        assert filtered and target.id not in {h.doc_id for h in filtered}
+    finally:
+        pipe.close()
+
+
+def test_image_only_items_and_image_queries_on_text_collections(tmp_path: Path, scenes):
+    pipe = open_collection("plain")
+    try:
+        pipe.ingest([Document.create("Tides follow the Moon.", title="Tides")])
+        assert pipe.retrieve(image=scenes[0].image) == []  # nothing to match an image against
+        hits = pipe.retrieve("What causes tides?")
+        assert hits[0].scores.keys() == {"text"} and hits[0].image is None
+        pipe.ingest([Document.create(image=s.image, id=f"img-{i}") for i, s in enumerate(scenes[:4])])
+        hits = pipe.retrieve(image=scenes[2].image, k=2)
+        assert hits[0].doc_id == "img-2" and hits[0].text == "" and Path(hits[0].image).exists()
+        assert pipe.count() == 1 and pipe.image_store.count() == 4
+    finally:
+        pipe.close()
+
+
+def test_changed_image_replaces_record_and_file_delete_cleans_up(scenes):
+    pipe = open_collection("edit")
+    try:
+        pipe.ingest([Document.create("a scene", image=scenes[0].image, id="item")])
+        assert pipe.count() == 1 and pipe.image_store.count() == 1
+        old_sha = ImageRef.from_pil(scenes[0].image).sha256
+        pipe.ingest([Document.create("a scene", image=scenes[1].image, id="item")])
+        assert pipe.image_store.count() == 1 and pipe.count() == 1
+        assert old_sha not in pipe.image_files.shas()
+        assert pipe.retrieve(image=scenes[1].image, k=1)[0].doc_id == "item"
+        assert pipe.delete_documents(["item"]) == 2
+        assert pipe.image_store.count() == 0 and pipe.count() == 0 and pipe.image_files.shas() == set()
+    finally:
+        pipe.close()
+
+
+def test_crash_between_text_and_image_writes_is_completed_by_rerun(scenes, monkeypatch):
+    pipe = open_collection("crash", store="faiss")
+    docs = [s.to_document() for s in scenes[:6]]
+    try:
+        real = pipe.image_store.upsert
+
+        def boom(records):
+            raise RuntimeError("power cut")
+
+        monkeypatch.setattr(pipe.image_store, "upsert", boom)
+        with pytest.raises(RuntimeError):
+            pipe.ingest(docs)
+        chunks = pipe.count()
+        assert chunks >= 6 and pipe.image_store.count() == 0  # text in, images not
+        monkeypatch.setattr(pipe.image_store, "upsert", real)
+        report = pipe.ingest(docs)
+        assert report.documents_written == 6 and pipe.count() == chunks and pipe.image_store.count() == 6
+        assert pipe.retrieve(image=scenes[4].image, k=1)[0].doc_id == scenes[4].id
+    finally:
+        pipe.close()
+
+
+def test_other_image_encoder_is_refused_and_data_survives(scenes):
+    pipe = open_collection("fp")
+    pipe.ingest([scenes[0].to_document()])
+    pipe.close()
+    with pytest.raises(FingerprintMismatchError, match="image encoder"):
+        open_collection("fp", image_encoder="open_clip:RN50")
+    pipe = open_collection("fp")
+    try:
+        assert pipe.image_store.count() == 1
+    finally:
+        pipe.close()
+
+
+def test_cli_ask_with_image_with_and_without_question(captions_dir: Path, tmp_path: Path, capsys):
+    assert main(["ingest", str(captions_dir), "--collection", "ask"]) == 0
+    capsys.readouterr()
+    scene = render_scene(5, seed=7, size=96)
+    query = tmp_path / "query.jpg"
+    scene.image.save(query, quality=60)
+    assert main(["ask", "--image", str(query), "--collection", "ask", "--json", "-k", "3"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["retrieved"][0]["doc_id"] == "images/synthetic-7-5.png"
+    assert out["answer"] and out["sources"][0]["image"].endswith(".png")
+    assert scene.caption.split(",")[0] in out["answer"]
+    assert main(["ask", "How many objects are there?", "--image", str(query), "--collection", "ask", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["retrieved"][0]["doc_id"] == "images/synthetic-7-5.png"
+    assert set(out["retrieved"][0]["scores"]) == {"text", "image", "cross"}
+    (tmp_path / "bad.png").write_text("nope")
+    assert main(["ask", "--image", str(tmp_path / "bad.png"), "--collection", "ask"]) == 2
+    assert "bad.png: not a recognised image" in capsys.readouterr().err
+    assert main(["ask", "--collection", "ask"]) == 2
+
+
+def test_cli_eval_images_prints_the_documented_keys(captions_dir: Path, capsys):
+    assert main(["eval", "images", str(captions_dir), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    for key in ("recall@1[mask]", "recall@1[jpeg50]", "recall@1[crop90]", "text_to_image_recall@5"):
+        assert 0.0 <= res[key] <= 1.0
+    assert res["images"] == N and res["layout"] == "captions"
+    assert res["recall@1[jpeg50]"] >= 0.9
+    assert res["text_to_image_recall@5"] > 5 / N  # better than chance
+    assert main(["eval", "images", str(captions_dir), "--encoder", "nope"]) == 2
+    assert main(["eval", "images", str(captions_dir), "--variants", "blur"]) == 2
+
+
+def test_fusion_rule_validation():
+    assert Fusion.parse("rrf").method == "rrf"
+    f = Fusion.parse("weighted:image=2,cross=0")
+    assert f.weight("image") == 2 and f.weight("cross") == 0 and f.weight("text") == 1
+    assert f.fuse([{"text": 0.5, "image": 0.8}]) == [pytest.approx((0.5 + 1.6) / 3)]
+    # rrf: ranks per signal among the candidates that have it; a missing signal adds nothing
+    rrf = Fusion(method="rrf", rrf_k=10, weights={"text": 1.0, "image": 2.0, "cross": 1.0})
+    got = rrf.fuse([{"text": 0.9, "image": 0.1}, {"text": 0.5, "image": 0.7}, {"image": 0.9}])
+    assert got == [pytest.approx(1 / 11 + 2 / 13), pytest.approx(1 / 12 + 2 / 12), pytest.approx(2 / 11)]
+    for bad in ("mean", "weighted:colour=1", "weighted:text=-1", "weighted:text"):
+        with pytest.raises(InvalidInputError):
+            Fusion.parse(bad)
+
+
+def test_sixteen_bit_cmyk_palette_alpha_images_ingest(tmp_path: Path):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    Image.fromarray(np.full((40, 40), 30000, np.uint16), mode="I;16").save(folder / "g16.png")
+    Image.new("CMYK", (40, 40), (0, 255, 0, 0)).save(folder / "cmyk.jpg")
+    pal = Image.new("P", (40, 40), 0)
+    pal.putpalette([10, 200, 10] * 256)
+    pal.save(folder / "pal.png", transparency=0)
+    rgba = np.zeros((40, 40, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 255, 128
+    Image.fromarray(rgba, "RGBA").save(folder / "alpha.png")
+    pipe = open_collection("odd")
+    try:
+        from corpora.files import iter_path
+
+        report = pipe.ingest(iter_path(folder))
+        assert not report.failures and pipe.image_store.count() == 4
+        assert pipe.retrieve(image=folder / "cmyk.jpg", k=1)[0].doc_id == "cmyk.jpg"
+    finally:
+        pipe.close()
