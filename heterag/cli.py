@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "reference topics, or 300 synthetic scenes when --image is given)")
     p.add_argument("-k", "--top-k", type=int, default=5)
     p.add_argument("--fusion", help="score fusion: weighted (default) or rrf, optionally with weights, e.g. "
-                   "weighted:text=1,image=1,cross=0.5")
+                   "weighted:text=1,image=2,cross=0.5 (the default)")
     p.add_argument("--generator", default="extractive", help="extractive (offline default), openai or transformers")
     p.add_argument("--model", help="openai: model name; transformers: local model folder")
     p.add_argument("--base-url", help="openai: endpoint base URL (default $OPENAI_BASE_URL)")

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from .encoders import few_threads
 from .errors import HeteragError, InvalidInputError, UnknownNameError
 from .images import ImageRef, load_image, pil_to_tensor, to_rgb
 
@@ -240,7 +241,7 @@ class _TorchImageEncoder:
 
         bar = tqdm(total=len(images), unit="img", desc="encode images", disable=not _show_progress(len(images), progress))
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), few_threads(len(images)):
                 for start in range(0, len(images), batch_size):
                     batch = images[start : start + batch_size]
                     inputs = torch.cat([self.preprocess(self.pixels(img)) for img in batch])
@@ -535,7 +536,7 @@ class OpenClipImageEncoder(_TorchImageEncoder):
     def encode_texts(self, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
         texts = _check_texts(texts)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        with torch.inference_mode():
+        with torch.inference_mode(), few_threads(len(texts)):
             for start in range(0, len(texts), batch_size):
                 tokens = self.tokenizer(texts[start : start + batch_size])
                 vecs = F.normalize(self.model.encode_text(tokens).float(), dim=-1)

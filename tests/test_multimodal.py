@@ -80,11 +80,11 @@ def test_image_query_finds_the_item_and_text_query_fuses_signals(store: str, sce
         both = pipe.retrieve(target.caption, image=target.image, k=3)
         assert both[0].doc_id == target.id and set(both[0].scores) == {"text", "image", "cross"}
         w = both[0].scores
-        assert both[0].score == pytest.approx((w["text"] + w["image"] + w["cross"]) / 3, abs=1e-5)
+        assert both[0].score == pytest.approx((w["text"] + 2 * w["image"] + 0.5 * w["cross"]) / 3.5, abs=1e-5)
         text_only = pipe.retrieve(target.caption, k=3)
         assert text_only[0].doc_id == target.id and set(text_only[0].scores) == {"text", "cross"}
         rrf = pipe.retrieve(target.caption, image=target.image, k=3, fusion=Fusion(method="rrf"))
-        assert rrf[0].doc_id == target.id and 0 < rrf[0].score <= 3 / 61
+        assert rrf[0].doc_id == target.id and 0 < rrf[0].score <= 3.5 / 61  # weights 1 + 2 + 0.5, best rank 1
         filtered = pipe.retrieve(image=target.image, k=3, where={"doc_id": {"$ne": target.id}})
         assert filtered and target.id not in {h.doc_id for h in filtered}
     finally:
@@ -192,6 +192,7 @@ def test_cli_eval_images_prints_the_documented_keys(captions_dir: Path, capsys):
 
 def test_fusion_rule_validation():
     assert Fusion.parse("rrf").method == "rrf"
+    assert Fusion().weights == {"text": 1.0, "image": 2.0, "cross": 0.5}
     f = Fusion.parse("weighted:image=2,cross=0")
     assert f.weight("image") == 2 and f.weight("cross") == 0 and f.weight("text") == 1
     assert f.fuse([{"text": 0.5, "image": 0.8}]) == [pytest.approx((0.5 + 1.6) / 3)]
