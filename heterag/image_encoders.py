@@ -362,10 +362,10 @@ class DefaultImageEncoder(_TorchImageEncoder):
             image_size=int(pp["image_size"]), mean=tuple(pp["mean"]), std=tuple(pp["std"]),
             interpolation=pp.get("interpolation", "bilinear"), resize_mode=pp.get("resize_mode", "shortest"),
         )
-        self.identity = str(self.config.get("identity", DEFAULT_IDENTITY))
         folder = Path(weights_dir).resolve() if weights_dir is not None else WEIGHTS_DIR
-        if folder != WEIGHTS_DIR:  # retrained weights must not pass for the shipped ones in a fingerprint
-            self.identity += f":sha256-{_sha256_file(folder / DEFAULT_WEIGHTS)[:16]}"
+        # the weights' hash is part of the identity: retrained weights (shipped or not) never pass for
+        # others in a collection's fingerprint
+        self.identity = f"{self.config.get('identity', DEFAULT_IDENTITY)}:sha256-{_sha256_file(folder / DEFAULT_WEIGHTS)[:16]}"
         self.dim = self.model.arch.embed_dim
         self.text_identity = str(self.config["text_encoder"])
         self._text_spec: str | None = self.config.get("text_encoder_spec")

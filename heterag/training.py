@@ -78,6 +78,11 @@ DEFAULT_MEAN = (0.48145466, 0.4578275, 0.40821073)
 DEFAULT_STD = (0.26862954, 0.26130258, 0.27577711)
 #: Share of augmented views with a filled box (the masking the near-duplicate benchmark applies).
 MASK_PROBABILITY = 0.7
+#: Of the masked views of images with annotated objects, the share that zero a whole object's box
+#: (as MrM does) rather than a random box.
+OBJECT_MASK_SHARE = 0.6
+#: Object sizes (share of the image) eligible for object masking.
+OBJECT_MASK_RANGE = (0.02, 0.25)
 #: Scene seed of the held-out checks written into the config (training uses ``scene_seed``).
 VALIDATION_SCENE_SEED = 1_000_003
 
@@ -223,6 +228,12 @@ class TrainingData:
     images: np.ndarray
     captions: list[str | None]
     sources: dict[str, int]
+    #: Per image, boxes ``(x0, y0, x1, y1)`` of annotated objects covering 2–25% of it (the objects MrM
+    #: masks and the near-duplicate ``mask`` variant zeroes); empty where there are none.
+    object_boxes: list[tuple[tuple[int, int, int, int], ...]] = field(default_factory=list)
+
+    def boxes(self, i: int) -> tuple[tuple[int, int, int, int], ...]:
+        return self.object_boxes[i] if i < len(self.object_boxes) else ()
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -244,12 +255,15 @@ def build_training_data(
     s = config.store_size
     arrays: list[np.ndarray] = []
     captions: list[str | None] = []
+    boxes: list[tuple[tuple[int, int, int, int], ...]] = []
     sources: dict[str, int] = {}
     if config.synthetic:
         with _bar(config.synthetic, "render scenes", config.progress) as bar:
             for scene in generate_scenes(config.synthetic, seed=config.scene_seed, size=s):
                 arrays.append(np.asarray(scene.image, dtype=np.uint8))
                 captions.append(scene.caption)
+                boxes.append(tuple(tuple(int(v) for v in o.box) for o in scene.objects
+                                   if OBJECT_MASK_RANGE[0] <= float(np.count_nonzero(o.mask)) / (s * s) <= OBJECT_MASK_RANGE[1]))
                 bar.update()
         sources["synthetic_scenes"] = config.synthetic
     if config.procedural:
@@ -284,7 +298,8 @@ def build_training_data(
         sources["extra"] = n_extra
     if len(arrays) < 2:
         raise InvalidInputError("training data: need at least 2 images (use --synthetic, --procedural or --folder)")
-    return TrainingData(np.stack(arrays), captions, sources)
+    boxes += [()] * (len(arrays) - len(boxes))
+    return TrainingData(np.stack(arrays), captions, sources, boxes)
 
 
 # --------------------------------------------------------------------------- augmentation
@@ -297,8 +312,12 @@ def jpeg(img: np.ndarray, quality: int) -> np.ndarray:
     return np.array(Image.open(buf).convert("RGB"), dtype=np.uint8)
 
 
-def augment(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One random view of a uint8 ``HxWx3`` image (crop, colour, greyscale, box, JPEG); uint8, cropped size."""
+def augment(img: np.ndarray, rng: np.random.Generator, boxes: Sequence[tuple[int, int, int, int]] = ()) -> np.ndarray:
+    """One random view of a uint8 ``HxWx3`` image (crop, colour, greyscale, box, JPEG); uint8, cropped size.
+
+    ``boxes`` are annotated objects' boxes in ``img`` coordinates; a masked view zeroes one of them
+    (share :data:`OBJECT_MASK_SHARE`) instead of a random box.
+    """
     h, w = img.shape[:2]
     fy, fx = rng.uniform(0.8, 1.0), rng.uniform(0.8, 1.0)
     ch, cw = max(8, round(h * fy)), max(8, round(w * fx))
@@ -314,19 +333,28 @@ def augment(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if rng.random() < 0.25:
         x = np.repeat((x @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[:, :, None], 3, axis=2)
     x = np.clip(x, 0, 255)
-    if rng.random() < MASK_PROBABILITY:  # a box of 2-25% of the area
-        area = rng.uniform(0.02, 0.25) * ch * cw
-        aspect = math.exp(rng.uniform(math.log(0.5), math.log(2.0)))
-        bh = int(min(ch, max(1, round(math.sqrt(area / aspect)))))
-        bw = int(min(cw, max(1, round(math.sqrt(area * aspect)))))
-        y0, x0 = int(rng.integers(0, ch - bh + 1)), int(rng.integers(0, cw - bw + 1))
-        r = rng.random()
-        if r < 0.8:
-            x[y0 : y0 + bh, x0 : x0 + bw] = 0
-        elif r < 0.9:
-            x[y0 : y0 + bh, x0 : x0 + bw] = rng.uniform(0, 255)
-        else:
-            x[y0 : y0 + bh, x0 : x0 + bw] = rng.uniform(0, 255, size=(bh, bw, 1))
+    if rng.random() < MASK_PROBABILITY:
+        masked_object = False
+        if boxes and rng.random() < OBJECT_MASK_SHARE:  # zero a whole annotated object, as MrM does
+            bx0, by0, bx1, by1 = boxes[int(rng.integers(len(boxes)))]
+            bx0, bx1 = max(0, bx0 - left), min(cw, bx1 - left)
+            by0, by1 = max(0, by0 - top), min(ch, by1 - top)
+            if bx1 > bx0 and by1 > by0:
+                x[by0:by1, bx0:bx1] = 0
+                masked_object = True
+        if not masked_object:  # a random box of 2-25% of the area
+            area = rng.uniform(0.02, 0.25) * ch * cw
+            aspect = math.exp(rng.uniform(math.log(0.5), math.log(2.0)))
+            bh = int(min(ch, max(1, round(math.sqrt(area / aspect)))))
+            bw = int(min(cw, max(1, round(math.sqrt(area * aspect)))))
+            y0, x0 = int(rng.integers(0, ch - bh + 1)), int(rng.integers(0, cw - bw + 1))
+            r = rng.random()
+            if r < 0.8:
+                x[y0 : y0 + bh, x0 : x0 + bw] = 0
+            elif r < 0.9:
+                x[y0 : y0 + bh, x0 : x0 + bw] = rng.uniform(0, 255)
+            else:
+                x[y0 : y0 + bh, x0 : x0 + bw] = rng.uniform(0, 255, size=(bh, bw, 1))
     out = np.round(x).astype(np.uint8)
     if rng.random() < 0.5:
         out = jpeg(out, int(rng.integers(30, 96)))
@@ -339,7 +367,7 @@ def _views(data: TrainingData, idx: Sequence[int], epoch: int, seed: int, pp: Pr
     for i in idx:
         rng = np.random.default_rng([seed, epoch, int(i)])
         for bucket in (a, b):
-            view = torch.from_numpy(augment(data.images[i], rng)).permute(2, 0, 1).float().div_(255.0)
+            view = torch.from_numpy(augment(data.images[i], rng, data.boxes(int(i)))).permute(2, 0, 1).float().div_(255.0)
             bucket.append(preprocess_pixels(view, pp))
     return torch.cat(a + b)
 

@@ -487,3 +487,22 @@ def test_bad_arguments(causal: Path) -> None:
         gen.generate("   ", HITS)
     with pytest.raises(InvalidInputError):
         gen.generate(QUESTION, HITS, image="query.png")  # type: ignore[arg-type]
+
+
+def test_cli_ask_with_image_through_a_local_vlm(vlm_forced: Path, tmp_path: Path, capsys) -> None:
+    """`heterag ask --image ... --generator transformers --model PATH` end to end, offline."""
+    import json
+
+    from corpora.synthetic_scenes import render_scene, write_caption_folder
+    from heterag.cli import main
+
+    folder = write_caption_folder(tmp_path / "scenes", 6, seed=3, size=64)
+    assert main(["ingest", str(folder), "--collection", "vlm-scenes"]) == 0
+    query = tmp_path / "q.png"
+    render_scene(2, seed=3, size=64).image.save(query)
+    capsys.readouterr()
+    assert main(["ask", "What is shown?", "--image", str(query), "--collection", "vlm-scenes", "-k", "2",
+                 "--generator", "transformers", "--model", str(vlm_forced), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["retrieved"][0]["doc_id"] == "images/synthetic-3-2.png"
+    assert out["answer"].strip() and out["sources"]

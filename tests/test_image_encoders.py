@@ -65,7 +65,9 @@ def _unit_rows(x: np.ndarray) -> bool:
 def test_registry_and_identities(default_encoder, clip_encoder):
     assert set(IMAGE_ENCODERS) == {"default", "open_clip"}
     assert load_image_encoder("default") is default_encoder is load_image_encoder(None)
-    assert default_encoder.identity == "heterag-default-image-v1"
+    from heterag.image_encoders import DEFAULT_WEIGHTS, WEIGHTS_DIR, _sha256_file
+
+    assert default_encoder.identity == f"heterag-default-image-v1:sha256-{_sha256_file(WEIGHTS_DIR / DEFAULT_WEIGHTS)[:16]}"
     assert default_encoder.text_identity == "sentence-transformers/all-MiniLM-L6-v2"
     assert (default_encoder.dim, default_encoder.image_size) == (384, 96)
     assert clip_encoder.identity == f"open_clip:{SMALL_ARCH}:random-init-seed0"

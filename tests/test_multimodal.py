@@ -225,3 +225,40 @@ def test_sixteen_bit_cmyk_palette_alpha_images_ingest(tmp_path: Path):
         assert pipe.retrieve(image=folder / "cmyk.jpg", k=1)[0].doc_id == "cmyk.jpg"
     finally:
         pipe.close()
+
+
+def make_coco_from_scenes(root: Path, n: int = 8, split: str = "val2017") -> Path:
+    """A real COCO 2017 layout (captions + instances with polygon segmentations) built from synthetic scenes."""
+    (root / "annotations").mkdir(parents=True)
+    (root / split).mkdir()
+    images, captions, instances = [], [], []
+    shapes = sorted({o.shape for s in generate_scenes(n, seed=11, size=96) for o in s.objects})
+    for i, s in enumerate(generate_scenes(n, seed=11, size=96)):
+        name = f"{i + 1:012d}.png"
+        s.image.save(root / split / name)
+        images.append({"id": i + 1, "file_name": name, "width": 96, "height": 96})
+        captions.append({"id": 100 + i, "image_id": i + 1, "caption": s.caption})
+        for j, o in enumerate(s.objects):
+            x0, y0, x1, y1 = o.box
+            instances.append({"id": 1000 + 10 * i + j, "image_id": i + 1, "category_id": shapes.index(o.shape) + 1,
+                              "bbox": [x0, y0, x1 - x0, y1 - y0], "area": float(o.mask.sum()), "iscrowd": 0,
+                              "segmentation": [[x0, y0, x1, y0, x1, y1, x0, y1]]})
+    cats = [{"id": k + 1, "name": name, "supercategory": "shape"} for k, name in enumerate(shapes)]
+    (root / "annotations" / f"captions_{split}.json").write_text(json.dumps({"images": images, "annotations": captions}))
+    (root / "annotations" / f"instances_{split}.json").write_text(
+        json.dumps({"images": images, "annotations": instances, "categories": cats}))
+    return root
+
+
+def test_coco_layout_ingests_and_evaluates_with_object_masks(tmp_path: Path, capsys):
+    root = make_coco_from_scenes(tmp_path / "coco")
+    assert main(["eval", "images", str(root), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["layout"] == "coco" and res["images"] == 8 and "text_to_image_recall@5" in res
+    assert res["mask_object_share"] > 0.5  # the mask variant hid annotated objects, not random boxes
+    assert main(["ingest", str(root), "--collection", "coco"]) == 0
+    assert "8 images" in capsys.readouterr().out
+    first = render_scene(0, seed=11, size=96)
+    assert main(["ask", "--image", str(root / "val2017" / "000000000001.png"), "--collection", "coco", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["retrieved"][0]["doc_id"] == "coco-val2017-1" and first.caption.split(",")[0] in out["answer"]

@@ -13,7 +13,7 @@ from PIL import Image
 
 from corpora.synthetic_scenes import generate_scenes, write_caption_folder
 from heterag.errors import InvalidInputError
-from heterag.image_encoders import DEFAULT_CONFIG, DEFAULT_WEIGHTS, DefaultImageEncoder
+from heterag.image_encoders import DEFAULT_CONFIG, DEFAULT_WEIGHTS, DefaultImageEncoder, load_image_encoder
 from heterag.training import (
     TrainConfig,
     add_train_arguments,
@@ -51,7 +51,8 @@ def test_tiny_training_run_writes_loadable_weights(tmp_path):
 
     enc = DefaultImageEncoder(tmp_path)
     assert (enc.dim, enc.image_size) == (384, 48)
-    assert enc.identity.startswith("heterag-default-image-v1:sha256-")  # not the shipped weights' identity
+    assert enc.identity.startswith("heterag-default-image-v1:sha256-")
+    assert enc.identity != load_image_encoder("default").identity  # not the shipped weights' identity
     vecs = enc.encode_images([s.image for s in generate_scenes(3, seed=5, size=64)])
     assert vecs.shape == (3, 384) and np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-4)
 
