@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from .errors import InvalidInputError
 from .images import ImageRef
-from .results import Citation, Hit
+from .results import Answer, Citation, Hit
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,21 @@ def validate_query_image(image: object) -> ImageRef | None:
     if image is not None and not isinstance(image, ImageRef):
         raise InvalidInputError(f"image must be a heterag.images.ImageRef or None, got {type(image).__name__}")
     return image
+
+
+def start_generation(
+    question: str, hits: Sequence[Hit], image: object, on_token: Callable[[str], None] | None, generator: str
+) -> tuple[str, tuple[Hit, ...], ImageRef | None, Answer | None]:
+    """Validate a generation request; returns ``(question, hits, image, answer)`` where ``answer`` is the
+    no-sources reply (already streamed to ``on_token``) when there are no hits, else None (go on)."""
+    image = validate_query_image(image)
+    question = validate_question(question, allow_empty=image is not None)
+    hits = tuple(hits)
+    if hits:
+        return question, hits, image, None
+    if on_token is not None:
+        on_token(NO_SOURCES_ANSWER)
+    return question, hits, image, Answer(text=NO_SOURCES_ANSWER, citations=(), hits=(), context_tokens=0, generator=generator)
 
 
 def citation_for(number: int, hit: Hit) -> Citation:

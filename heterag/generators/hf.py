@@ -39,15 +39,13 @@ from ..errors import GeneratorError, InvalidInputError
 from ..images import ImageRef
 from ..prompting import (
     DEFAULT_SYSTEM_PROMPT,
-    NO_SOURCES_ANSWER,
     PromptImage,
     build_plain_prompt,
     build_user_message,
     build_user_parts,
     collect_images,
     parse_citations,
-    validate_query_image,
-    validate_question,
+    start_generation,
 )
 from ..results import Answer, Hit
 from .base import StreamCallback
@@ -469,13 +467,9 @@ class TransformersGenerator:
         ``question`` may be empty when ``image`` is given. Without hits the model is not run.
         Raises :class:`GeneratorError` when generation fails or produces no text.
         """
-        image = validate_query_image(image)
-        question = validate_question(question, allow_empty=image is not None)
-        hits = tuple(hits)
-        if not hits:
-            if on_token is not None:
-                on_token(NO_SOURCES_ANSWER)
-            return Answer(text=NO_SOURCES_ANSWER, citations=(), hits=(), context_tokens=0, generator=self.name)
+        question, hits, image, no_sources = start_generation(question, hits, image, on_token, self.name)
+        if no_sources is not None:
+            return no_sources
         text = self._run(self.model_inputs(question, hits, image), on_token)
         return Answer(
             text=text,

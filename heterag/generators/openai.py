@@ -39,15 +39,13 @@ from ..errors import GeneratorError, InvalidInputError
 from ..images import ImageRef
 from ..prompting import (
     DEFAULT_SYSTEM_PROMPT,
-    NO_SOURCES_ANSWER,
     PromptImage,
     build_messages,
     build_user_parts,
     collect_images,
     estimate_tokens,
     parse_citations,
-    validate_query_image,
-    validate_question,
+    start_generation,
 )
 from ..results import Answer, Hit
 from .base import StreamCallback
@@ -319,13 +317,9 @@ class OpenAIGenerator:
         ``question`` may be empty when ``image`` is given. The endpoint is not called when
         there are no hits.
         """
-        image = validate_query_image(image)
-        question = validate_question(question, allow_empty=image is not None)
-        hits = tuple(hits)
-        if not hits:
-            if on_token is not None:
-                on_token(NO_SOURCES_ANSWER)
-            return Answer(text=NO_SOURCES_ANSWER, citations=(), hits=(), context_tokens=0, generator=self.name)
+        question, hits, image, no_sources = start_generation(question, hits, image, on_token, self.name)
+        if no_sources is not None:
+            return no_sources
         logger.debug("asking %s (model %s) with %d hits", self.url, self.model, len(hits))
         text = self._post(self.request_body(question, hits, image), on_token)
         if not text.strip():
