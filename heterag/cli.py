@@ -28,7 +28,7 @@ def _add_collection_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--view", help="retrieval view for a new collection: naive, heterag (default) or late")
     p.add_argument("--neighbours", type=int, help="heterag view: neighbouring chunks on each side (default 1)")
     p.add_argument("--chunk-tokens", type=int, help="generation chunk size in tokens (default 64)")
-    p.add_argument("--image-encoder", help="image encoder for a new collection: default (offline), "
+    p.add_argument("--image-encoder", help="image encoder for a new collection: default (offline), default:DIR (retrained), "
                    "open_clip:ARCH[:PRETRAINED], open_clip:hf-hub:ORG/NAME or open_clip:ARCH:/path/to/checkpoint")
 
 

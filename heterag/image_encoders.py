@@ -552,7 +552,11 @@ _LOCK = threading.Lock()
 
 
 def load_image_encoder(spec: str | None = None) -> ImageEncoder:
-    """Load (once per process) the image encoder ``spec``; None or ``"default"`` is the shipped CNN."""
+    """Load (once per process) the image encoder ``spec``.
+
+    ``None`` or ``"default"`` is the shipped CNN; ``"default:DIR"`` the same architecture with weights
+    retrained by ``heterag train-image-encoder --out DIR``; ``"open_clip:..."`` a CLIP model.
+    """
     if spec is not None and not isinstance(spec, str):
         raise InvalidInputError(f"image encoder spec must be a string, got {type(spec).__name__}")
     key = (spec or "default").strip()
@@ -560,6 +564,12 @@ def load_image_encoder(spec: str | None = None) -> ImageEncoder:
         if key not in _CACHE:
             if key == "default":
                 _CACHE[key] = DefaultImageEncoder()
+            elif key.startswith("default:"):
+                folder = Path(key.split(":", 1)[1]).expanduser()
+                if not (folder / DEFAULT_WEIGHTS).is_file():
+                    raise InvalidInputError(f"image encoder {key!r}: no {DEFAULT_WEIGHTS} in {folder} "
+                                            "(write one with heterag train-image-encoder --out DIR)")
+                _CACHE[key] = DefaultImageEncoder(folder)
             elif key == "open_clip" or key.startswith("open_clip:"):
                 _CACHE[key] = OpenClipImageEncoder(key)
             else:

@@ -262,3 +262,26 @@ def test_coco_layout_ingests_and_evaluates_with_object_masks(tmp_path: Path, cap
     assert main(["ask", "--image", str(root / "val2017" / "000000000001.png"), "--collection", "coco", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["retrieved"][0]["doc_id"] == "coco-val2017-1" and first.caption.split(",")[0] in out["answer"]
+
+
+def test_cli_ingests_a_medmnist_split_and_a_single_image(tmp_path: Path, capsys):
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "toymnist.npz"
+    np.savez(npz, train_images=rng.integers(0, 256, (5, 28, 28), dtype=np.uint8), train_labels=np.array([[0], [1], [0], [1], [1]]),
+             val_images=rng.integers(0, 256, (3, 28, 28), dtype=np.uint8), val_labels=np.array([[1], [0], [1]]))
+    assert main(["ingest", str(npz), "--collection", "toy", "--split", "val"]) == 0
+    assert "3 images" in capsys.readouterr().out
+    single = tmp_path / "one.png"
+    render_scene(1, seed=5, size=64).image.save(single)
+    assert main(["ingest", str(single), "--collection", "toy"]) == 0
+    assert "4 images" in capsys.readouterr().out
+    assert main(["ingest", str(tmp_path / "missing.png"), "--collection", "toy"]) == 2
+    assert main(["ingest", str(npz), "--collection", "toy", "--split", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "missing.png" in err and "nope" in err
+    pipe = open_collection("toy", create=False)
+    try:
+        assert pipe.image_store.count() == 4
+        assert pipe.retrieve(image=single, k=1)[0].doc_id == "one.png"
+    finally:
+        pipe.close()

@@ -53,6 +53,9 @@ def test_tiny_training_run_writes_loadable_weights(tmp_path):
     assert (enc.dim, enc.image_size) == (384, 48)
     assert enc.identity.startswith("heterag-default-image-v1:sha256-")
     assert enc.identity != load_image_encoder("default").identity  # not the shipped weights' identity
+    assert load_image_encoder(f"default:{tmp_path}").identity == enc.identity  # usable as a spec, e.g. --image-encoder
+    with pytest.raises(InvalidInputError, match="no default_image_encoder.safetensors"):
+        load_image_encoder(f"default:{tmp_path / 'nowhere'}")
     vecs = enc.encode_images([s.image for s in generate_scenes(3, seed=5, size=64)])
     assert vecs.shape == (3, 384) and np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-4)
 
