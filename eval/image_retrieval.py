@@ -15,27 +15,18 @@
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import tempfile
 import time
 
 from _common import percentiles_ms, require_data, wilson_ci, write_report
-from PIL import Image
 
 from corpora import default_data_dir, generate_scenes, load_vqa_rad
 from heterag import open_collection
 from heterag.image_encoders import load_image_encoder
-from heterag.image_eval import VARIANTS, evaluate_images
+from heterag.image_eval import VARIANTS, evaluate_images, perturb
 
 log = logging.getLogger("image_retrieval")
-
-
-def jpeg50(img: Image.Image) -> Image.Image:
-    buf = io.BytesIO()
-    img.convert("RGB").save(buf, format="JPEG", quality=50)
-    buf.seek(0)
-    return Image.open(buf).convert("RGB")
 
 
 def throughput(items, stores: list[str], queries: int) -> dict[str, dict[str, float]]:
@@ -53,7 +44,7 @@ def throughput(items, stores: list[str], queries: int) -> dict[str, dict[str, fl
                 report = pipe.ingest(docs, progress=True, total=len(docs))
                 ingest_s = time.perf_counter() - t
                 assert report.images_written == len(docs), report.summary()
-                qs = [jpeg50(it.image.to_pil()) for it in items[:queries]]
+                qs = [perturb(it.image.to_pil(), "jpeg50") for it in items[:queries]]
                 lat, hits = [], 0
                 for it, q in zip(items, qs, strict=False):
                     t = time.perf_counter()

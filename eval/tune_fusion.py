@@ -13,16 +13,15 @@ rule that helps one case at the expense of the others shows.
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import os
 import tempfile
 
 from _common import write_report
-from PIL import Image
 
 from corpora import generate_scenes
 from heterag import Fusion, open_collection
+from heterag.image_eval import perturb
 
 RULES = {
     "weighted text=1 image=1 cross=1": "weighted:text=1,image=1,cross=1",
@@ -32,13 +31,6 @@ RULES = {
     "rrf equal": "rrf",
     "rrf image=2": "rrf:image=2",
 }
-
-
-def jpeg50(img: Image.Image) -> Image.Image:
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=50)
-    buf.seek(0)
-    return Image.open(buf).convert("RGB")
 
 
 def main() -> None:
@@ -53,7 +45,7 @@ def main() -> None:
         pipe = open_collection("dev", store="faiss")
         try:
             pipe.ingest([s.to_document() for s in scenes], progress=True, total=len(scenes))
-            queries = [(s, jpeg50(s.image), s.qa[i % len(s.qa)].question) for i, s in enumerate(scenes)]
+            queries = [(s, perturb(s.image, "jpeg50"), s.qa[i % len(s.qa)].question) for i, s in enumerate(scenes)]
             for name, spec in RULES.items():
                 rule = Fusion.parse(spec)
                 both = sum(pipe.retrieve(q, image=img, k=1, fusion=rule)[0].doc_id == s.id for s, img, q in queries)

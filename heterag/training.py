@@ -70,6 +70,7 @@ from .image_encoders import (
     PreprocessConfig,
     preprocess_pixels,
 )
+from .image_eval import perturb
 
 log = logging.getLogger(__name__)
 
@@ -396,25 +397,6 @@ def instance_loss(z: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- evaluation
 
 
-def perturb(img: Image.Image, kind: str, rng: np.random.Generator) -> Image.Image:
-    """A near-duplicate of ``img``: ``mask`` (a zeroed box of 20% of the area at a random place),
-    ``jpeg50`` (JPEG quality 50) or ``crop90`` (the centre 90% of each side)."""
-    a = np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
-    h, w = a.shape[:2]
-    if kind == "mask":
-        bh, bw = max(1, round(h * math.sqrt(0.2))), max(1, round(w * math.sqrt(0.2)))
-        y0, x0 = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
-        a[y0 : y0 + bh, x0 : x0 + bw] = 0
-        return Image.fromarray(a)
-    if kind == "jpeg50":
-        return Image.fromarray(jpeg(a, 50))
-    if kind == "crop90":
-        ch, cw = round(h * 0.9), round(w * 0.9)
-        top, left = (h - ch) // 2, (w - cw) // 2
-        return Image.fromarray(a[top : top + ch, left : left + cw])
-    raise InvalidInputError(f"unknown perturbation {kind!r} (mask, jpeg50 or crop90)")
-
-
 def recall_at(queries: np.ndarray, keys: np.ndarray, k: int) -> float:
     """Share of queries ``i`` whose key ``i`` is among the ``k`` most similar keys (ties count against)."""
     sims = queries @ keys.T
@@ -425,12 +407,13 @@ def recall_at(queries: np.ndarray, keys: np.ndarray, k: int) -> float:
 
 def near_duplicate_recall(encoder: Any, images: Sequence[Image.Image], *, seed: int = 0,
                           kinds: Sequence[str] = ("mask", "jpeg50", "crop90")) -> dict[str, float]:
-    """Recall@1 of finding each image among all of them from a perturbed copy (see :func:`perturb`)."""
+    """Recall@1 of finding each image among all of them from a perturbed copy
+    (:func:`heterag.image_eval.perturb`, random boxes for ``mask``)."""
     keys = encoder.encode_images(images, progress=False)
     out = {}
     for kind in kinds:
         rng = np.random.default_rng([seed, len(kind)])
-        queries = encoder.encode_images([perturb(im, kind, rng) for im in images], progress=False)
+        queries = encoder.encode_images([perturb(im, kind, rng=rng) for im in images], progress=False)
         out[kind] = recall_at(queries, keys, 1)
     return out
 

@@ -21,7 +21,6 @@ from heterag.training import (
     build_training_data,
     instance_loss,
     lit_loss,
-    perturb,
     procedural_image,
     recall_at,
     run_train,
@@ -113,12 +112,14 @@ def test_augment_is_seeded_and_covers_the_near_duplicate_perturbations():
 
 def test_perturbations_and_recall():
     img = Image.fromarray(np.random.default_rng(0).integers(1, 256, size=(50, 80, 3), dtype=np.uint8))
-    masked = np.asarray(perturb(img, "mask", np.random.default_rng(0)))
+    from heterag.image_eval import perturb  # the benchmark's perturbations, shared with training's validation
+
+    masked = np.asarray(perturb(img, "mask", rng=np.random.default_rng(0)))
     assert masked.shape == (50, 80, 3) and abs((masked == 0).all(axis=2).mean() - 0.2) < 0.02
-    assert perturb(img, "crop90", np.random.default_rng(0)).size == (72, 45)
-    assert perturb(img, "jpeg50", np.random.default_rng(0)).size == (80, 50)
+    assert perturb(img, "crop90", rng=np.random.default_rng(0)).size == (72, 45)
+    assert perturb(img, "jpeg50", rng=np.random.default_rng(0)).size == (80, 50)
     with pytest.raises(InvalidInputError):
-        perturb(img, "blur", np.random.default_rng(0))
+        perturb(img, "blur", rng=np.random.default_rng(0))
     keys = np.eye(3, dtype=np.float32)
     queries = np.array([[1, 0, 0], [1, 0.5, 0], [0, 0.1, 1]], dtype=np.float32)
     assert recall_at(queries, keys, 1) == pytest.approx(2 / 3)
