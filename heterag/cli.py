@@ -248,6 +248,7 @@ def cmd_eval_images(args: argparse.Namespace) -> int:
             raise UnknownNameError("variant", v, VARIANTS)
     if args.limit is not None and args.limit < 1:
         raise HeteragError("--limit must be a positive number of images")
+    encoder = load_image_encoder(args.encoder)  # validate the spec before reading every image
     if args.path.startswith("synthetic:"):
         from corpora.synthetic_scenes import generate_scenes
 
@@ -261,7 +262,6 @@ def cmd_eval_images(args: argparse.Namespace) -> int:
     else:
         layout = detect_image_layout(args.path)
         loaded = iter_image_layout(args.path, split=args.split)
-        encoder = load_image_encoder(args.encoder)  # validate the spec before reading every image
         items, bad = [], []
         for it in loaded:
             (bad if isinstance(it, ItemError) else items).append(it)
@@ -270,7 +270,6 @@ def cmd_eval_images(args: argparse.Namespace) -> int:
         for b in bad:
             print(f"skipped {b}", file=sys.stderr)
         captions = layout in (LAYOUT_CAPTIONS, LAYOUT_COCO)
-    encoder = load_image_encoder(args.encoder)
     result = {"path": args.path, "layout": layout, "skipped": len(bad),
               **evaluate_images(items, image_encoder=encoder, variants=variants, captions=captions, store=args.store,
                                 seed=args.seed)}

@@ -60,14 +60,19 @@ def mask_box(image: Image.Image, objects: Sequence[Any], rng: np.random.Generato
     return random_box(w, h, RANDOM_MASK_AREA, rng), "random 20%"
 
 
+def zero_box(image: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
+    """A copy of ``image`` (RGB) with ``box`` (x0, y0, x1, y1; x1/y1 exclusive) set to black."""
+    x0, y0, x1, y1 = box
+    a = np.array(image.convert("RGB"))
+    a[y0:y1, x0:x1] = 0
+    return Image.fromarray(a)
+
+
 def perturb(image: Image.Image, variant: str, *, objects: Sequence[Any] = (), rng: np.random.Generator | None = None) -> Image.Image:
     """``image`` (RGB) after the near-duplicate ``variant`` (see the module docs)."""
     image = image.convert("RGB")
     if variant == "mask":
-        x0, y0, x1, y1 = mask_box(image, objects, rng if rng is not None else np.random.default_rng(0))[0]
-        a = np.array(image)
-        a[y0:y1, x0:x1] = 0
-        return Image.fromarray(a)
+        return zero_box(image, mask_box(image, objects, rng if rng is not None else np.random.default_rng(0))[0])
     if variant == "jpeg50":
         buf = io.BytesIO()
         image.save(buf, format="JPEG", quality=50)
@@ -137,8 +142,11 @@ def evaluate_images(
                     img = it.image.to_pil()
                     rng = np.random.default_rng([seed, hash_index(it.id)])  # the same box whatever else is run
                     if variant == "mask":
-                        n_objects_masked += mask_box(img, it.objects, np.random.default_rng([seed, hash_index(it.id)]))[1] != "random 20%"
-                    queries.append(perturb(img, variant, objects=it.objects, rng=rng))
+                        box, what = mask_box(img, it.objects, rng)
+                        n_objects_masked += what != "random 20%"
+                        queries.append(zero_box(img, box))
+                    else:
+                        queries.append(perturb(img, variant, rng=rng))
                 vecs = enc.encode_images(queries)
                 hits = 0
                 for doc, q in zip(docs, vecs, strict=True):
