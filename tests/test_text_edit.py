@@ -156,6 +156,8 @@ def test_generic_label_fallback_and_errors() -> None:
     ("What is seen in the brain?", "acute hemorrhage", "OPEN", "acute calcification"),
     ("How severe is the stenosis?", "severe", "OPEN", "mild"),
     ("Where is the lesion?", "right upper lobe", "OPEN", "left upper lobe"),
+    ("In what plane is this image?", "Axial", "OPEN", "Coronal"),
+    ("Which MRI sequence is this?", "T2 weighted", "OPEN", "T1 weighted"),
     ("Is there a red star?", "yes", "presence", "no"),
     ("Where is the red star?", "top left", "position", "top right"),
     ("Where is the red star?", "bottom", "position", "top"),

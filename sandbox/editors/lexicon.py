@@ -122,6 +122,10 @@ OPPOSITES: dict[str, str] = {
     "bilateral": "unilateral", "unilateral": "bilateral",
     "male": "female", "female": "male",
     "true": "false", "false": "true",
+    # acquisition: plane, projection and MR weighting (answers to "which plane/view/sequence?")
+    "axial": "coronal", "coronal": "axial", "sagittal": "coronal",
+    "pa": "ap", "ap": "pa",
+    "t1": "t2", "t2": "t1",
 }
 
 #: Closed yes/no answers and their flip.
