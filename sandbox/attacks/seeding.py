@@ -40,6 +40,7 @@ def seed_candidates(
     batch_size: int | None = None,
     progress: bool = False,
     seed: int = 0,
+    threads: int | None = None,
 ) -> np.ndarray:
     """Seed candidate per target: indices (K,) int64 into ``candidate_images``, all distinct.
 
@@ -49,7 +50,8 @@ def seed_candidates(
     (``eps``, ``alpha``; all (target, candidate) pairs batched per image size; 0 steps ranks by
     plain similarity). Assignment is greedy over the pairs by warmed-up similarity, best
     first, each candidate used once; a target whose shortlist was taken by better pairs gets
-    the most similar free candidate (no warm-up). Deterministic.
+    the most similar free candidate (no warm-up). Deterministic. ``batch_size``, ``progress``,
+    ``seed`` and ``threads`` go to the warm-up PGD.
 
     Raises :class:`InvalidInputError` "poison budget K larger than candidate pool c" when
     ``K > c``, and on shape mismatches or NaN.
@@ -71,7 +73,8 @@ def seed_candidates(
     if warmup_steps > 0:
         warmed = np.empty(pair_t.size, dtype=np.float32)
         runs = pgd_by_size(encoder, [images[j] for j in pair_c], tgt[pair_t], eps=eps, alpha=alpha,
-                           steps=warmup_steps, batch_size=batch_size, progress=progress, seed=seed)
+                           steps=warmup_steps, batch_size=batch_size, progress=progress, seed=seed,
+                           threads=threads)
         for idx, res in runs:
             warmed[idx] = res.similarity
     else:

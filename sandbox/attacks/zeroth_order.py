@@ -31,6 +31,7 @@ from heterag.errors import InvalidInputError
 from heterag.image_encoders import ImageEncoder
 
 from ._checks import as_matrix, pixel_batch, positive_float, positive_int
+from ._threads import torch_threads
 from .pgd import PGDResult, quantise, uint8_to_pixels
 
 #: x [B,3,H,W] -> [B], or x [B,M,3,H,W] -> [B,M]: similarity of each image to its row's target.
@@ -102,6 +103,7 @@ def zeroth_order_pgd(
     oracle_batch: int | None = None,
     progress: bool = True,
     seed: int = 0,
+    threads: int | None = None,
 ) -> ZerothOrderResult:
     """Black-box L-inf PGD of ``images`` [B,3,H,W] in [0, 1] using only ``similarity_oracle`` scores.
 
@@ -111,7 +113,8 @@ def zeroth_order_pgd(
     generator seeded by ``seed``: deterministic for a deterministic oracle. Each step is one
     oracle call of ``B x (2 * directions + 1)`` images, or several of at most ``oracle_batch``
     probes per image. Best iterate per image kept; quantised and re-measured as in PGD. The
-    oracle query count is exact (see :class:`ZerothOrderResult`). Raises
+    oracle query count is exact (see :class:`ZerothOrderResult`). ``threads``: torch threads
+    for the run (None: current setting), as in :func:`~sandbox.attacks.pgd.pgd`. Raises
     :class:`InvalidInputError` on bad inputs or an oracle answer of the wrong shape.
     """
     x0 = pixel_batch("images", images)
@@ -125,51 +128,52 @@ def zeroth_order_pgd(
     chunk = m if oracle_batch is None else positive_int("oracle_batch", oracle_batch)
     from tqdm.auto import tqdm
 
-    start = time.perf_counter()
-    gen = torch.Generator().manual_seed(int(seed))
-    lo, hi = (x0 - eps).clamp(0, 1), (x0 + eps).clamp(0, 1)
-    x = x0.clone()
-    best, best_s = x.clone(), torch.full((b,), -torch.inf)
-    hist = np.zeros(steps + 1, dtype=np.float32)
-    queries = 0
-    bar = tqdm(total=steps, unit="step", desc="zeroth-order pgd",
-               disable=not (progress and not os.environ.get("HETERAG_NO_PROGRESS")))
-    try:
+    with torch_threads(threads):
+        start = time.perf_counter()
+        gen = torch.Generator().manual_seed(int(seed))
+        lo, hi = (x0 - eps).clamp(0, 1), (x0 + eps).clamp(0, 1)
+        x = x0.clone()
+        best, best_s = x.clone(), torch.full((b,), -torch.inf)
+        hist = np.zeros(steps + 1, dtype=np.float32)
+        queries = 0
+        bar = tqdm(total=steps, unit="step", desc="zeroth-order pgd",
+                   disable=not (progress and not os.environ.get("HETERAG_NO_PROGRESS")))
+        try:
+            with torch.no_grad():
+                for s in range(steps + 1):
+                    if s == steps:
+                        score = _ask(similarity_oracle, x.unsqueeze(1), 1)[:, 0]
+                        queries += b
+                    else:
+                        u = torch.randn((b, directions, *x.shape[1:]), generator=gen)
+                        probes = torch.cat([x.unsqueeze(1), (x.unsqueeze(1) + sigma * u).clamp(0, 1),
+                                            (x.unsqueeze(1) - sigma * u).clamp(0, 1)], dim=1)
+                        out = _ask(similarity_oracle, probes, chunk)
+                        queries += b * m
+                        score = out[:, 0]
+                        diff = (out[:, 1:1 + directions] - out[:, 1 + directions:]) / (2 * sigma * directions)
+                        grad = (diff.view(b, directions, 1, 1, 1) * u).sum(dim=1)
+                    better = score > best_s
+                    best[better] = x[better]
+                    best_s = torch.where(better, score, best_s)
+                    hist[s] = float(score.mean())
+                    if s < steps:
+                        x = torch.minimum(torch.maximum(x + alpha * grad.sign(), lo), hi)
+                        bar.update(1)
+        finally:
+            bar.close()
+        seconds = time.perf_counter() - start
+        q = quantise(best, x0, eps)
         with torch.no_grad():
-            for s in range(steps + 1):
-                if s == steps:
-                    score = _ask(similarity_oracle, x.unsqueeze(1), 1)[:, 0]
-                    queries += b
-                else:
-                    u = torch.randn((b, directions, *x.shape[1:]), generator=gen)
-                    probes = torch.cat([x.unsqueeze(1), (x.unsqueeze(1) + sigma * u).clamp(0, 1),
-                                        (x.unsqueeze(1) - sigma * u).clamp(0, 1)], dim=1)
-                    out = _ask(similarity_oracle, probes, chunk)
-                    queries += b * m
-                    score = out[:, 0]
-                    diff = (out[:, 1:1 + directions] - out[:, 1 + directions:]) / (2 * sigma * directions)
-                    grad = (diff.view(b, directions, 1, 1, 1) * u).sum(dim=1)
-                better = score > best_s
-                best[better] = x[better]
-                best_s = torch.where(better, score, best_s)
-                hist[s] = float(score.mean())
-                if s < steps:
-                    x = torch.minimum(torch.maximum(x + alpha * grad.sign(), lo), hi)
-                    bar.update(1)
-    finally:
-        bar.close()
-    seconds = time.perf_counter() - start
-    q = quantise(best, x0, eps)
-    with torch.no_grad():
-        sq = _ask(similarity_oracle, uint8_to_pixels(q).unsqueeze(1), 1)[:, 0]
-    queries += b
-    return ZerothOrderResult(
-        images_uint8=q,
-        adv=best,
-        similarity=best_s.numpy().astype(np.float32),
-        similarity_quantised=sq.numpy().astype(np.float32),
-        history=hist,
-        seconds=seconds,
-        steps_per_second_per_image=steps * b / seconds if seconds > 0 else float("inf"),
-        oracle_queries=queries,
-    )
+            sq = _ask(similarity_oracle, uint8_to_pixels(q).unsqueeze(1), 1)[:, 0]
+        queries += b
+        return ZerothOrderResult(
+            images_uint8=q,
+            adv=best,
+            similarity=best_s.numpy().astype(np.float32),
+            similarity_quantised=sq.numpy().astype(np.float32),
+            history=hist,
+            seconds=seconds,
+            steps_per_second_per_image=steps * b / seconds if seconds > 0 else float("inf"),
+            oracle_queries=queries,
+        )
