@@ -288,3 +288,17 @@ def test_seeding_budget_larger_than_pool(enc):
     emb = embed(enc, images)
     with pytest.raises(InvalidInputError, match="poison budget K larger than candidate pool c"):
         seed_candidates(enc, images, emb, np.concatenate([emb, emb]), warmup_steps=1)
+
+
+def test_pgd_on_an_open_clip_encoder_and_cross_encoder_measure(enc):
+    """Another architecture and preprocessing (random-init ViT-S-32-alt: 224 px bicubic, 256-d): PGD
+    still climbs, and a poison optimised on one encoder is measured on the other with its own targets."""
+    vit = load_image_encoder("open_clip:ViT-S-32-alt")
+    x, target_images = scenes([20, 21], size=32), scenes([120, 121], size=32)
+    targets = embed(vit, target_images)
+    res = pgd(vit, x, targets, steps=4, alpha=2 / 255, progress=False)
+    assert res.similarity.mean() > res.history[0] + 0.01 and res.images_uint8.shape == (2, 32, 32, 3)
+    other = measure_similarity(enc, res.images_uint8, embed(enc, target_images))
+    assert other.shape == (2,) and np.isfinite(other).all()
+    with pytest.raises(InvalidInputError, match="dimension"):
+        measure_similarity(enc, res.images_uint8, targets)
