@@ -15,13 +15,17 @@ Public API (the sandbox and the UI use only these names)::
 
 from .chunking import DEFAULT_CHUNK_TOKENS, ChunkedDocument, chunk_document
 from .collections import (
+    CollectionInfo,
+    collection_info,
     heterag_home,
     list_collections,
     load_text_encoder,
     open_collection,
 )
+from .content import ContentDiff, ContentFingerprint, content_fingerprint
 from .documents import Chunk, Document, ItemError, Section, content_hash
 from .errors import (
+    CollectionLockedError,
     CollectionNotFoundError,
     DimensionMismatchError,
     FingerprintMismatchError,
@@ -33,7 +37,9 @@ from .errors import (
 from .evaluation import evaluate, rank_documents
 from .fusion import Fusion
 from .generators import ExtractiveGenerator, Generator, OpenAIGenerator, make_generator
+from .guards import DroppedHit, HitFilter, IngestGuard, IngestItem, Retrieval, RetrievalQuery, Verdict
 from .images import ImageFiles, ImageRef, load_image
+from .locking import WriteLock
 from .pipeline import IngestReport, Pipeline
 from .results import Answer, Citation, Hit
 from .stores import STORES, Fingerprint, Record, ScoredRecord, VectorStore, open_store
@@ -49,4 +55,7 @@ __all__ = [
     "RetrievalView", "ScoredRecord", "Section", "UnknownNameError", "VectorStore", "chunk_document",
     "content_hash", "evaluate", "heterag_home", "list_collections", "load_text_encoder", "make_generator",
     "make_view", "open_collection", "open_store", "rank_documents",
+    "CollectionInfo", "collection_info", "ContentDiff", "ContentFingerprint", "content_fingerprint",
+    "CollectionLockedError", "DroppedHit", "HitFilter", "IngestGuard", "IngestItem", "Retrieval", "RetrievalQuery",
+    "Verdict", "WriteLock",
 ]

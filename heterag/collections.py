@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from .chunking import DEFAULT_CHUNK_TOKENS
 from .errors import CollectionNotFoundError, FingerprintMismatchError, InvalidInputError, UnknownNameError
 from .fusion import Fusion
 from .generators.base import Generator
+from .guards import HitFilter, IngestGuard
+from .locking import WriteLock
 from .pipeline import Pipeline
 from .stores import STORES, open_store
 from .views import make_view
@@ -57,6 +60,9 @@ class CollectionInfo:
     encoder: str | None  # what to load (name or path); None = the offline default
     path: Path
     image_encoder: str = DEFAULT_IMAGE_ENCODER  # spec for heterag.image_encoders.load_image_encoder
+    #: What the collection is for: "" (serving knowledge) or "experiment" (made by the attack sandbox;
+    #: it may inject into it without ``allow_live``).
+    purpose: str = ""
 
 
 def read_info(name: str, home: Path | None = None) -> CollectionInfo | None:
@@ -67,7 +73,8 @@ def read_info(name: str, home: Path | None = None) -> CollectionInfo | None:
     try:
         data = json.loads(meta.read_text())
         return CollectionInfo(name=name, store=data["store"], encoder=data.get("encoder"), path=path,
-                              image_encoder=data.get("image_encoder") or DEFAULT_IMAGE_ENCODER)
+                              image_encoder=data.get("image_encoder") or DEFAULT_IMAGE_ENCODER,
+                              purpose=str(data.get("purpose") or ""))
     except (ValueError, KeyError) as exc:
         raise InvalidInputError(f"{meta} is corrupt: {exc}") from None
 
@@ -75,7 +82,10 @@ def read_info(name: str, home: Path | None = None) -> CollectionInfo | None:
 def _write_info(info: CollectionInfo) -> None:
     info.path.mkdir(parents=True, exist_ok=True)
     tmp = info.path / "collection.json.tmp"
-    tmp.write_text(json.dumps({"store": info.store, "encoder": info.encoder, "image_encoder": info.image_encoder}, indent=2))
+    data = {"store": info.store, "encoder": info.encoder, "image_encoder": info.image_encoder}
+    if info.purpose:
+        data["purpose"] = info.purpose
+    tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, info.path / "collection.json")
 
 
@@ -87,6 +97,15 @@ def load_text_encoder(name: str | None):
     if key not in _ENCODERS:
         _ENCODERS[key] = TextEncoder(name)
     return _ENCODERS[key]
+
+
+def collection_info(name: str, home: Path | None = None) -> CollectionInfo:
+    """How collection ``name`` was built (store, encoders, purpose, folder); raises
+    :class:`CollectionNotFoundError` if it does not exist."""
+    info = read_info(name, home)
+    if info is None:
+        raise CollectionNotFoundError(f"no collection named {name!r} under {home or heterag_home()}")
+    return info
 
 
 def list_collections(home: Path | None = None) -> list[str]:
@@ -107,14 +126,23 @@ def open_collection(
     home: Path | None = None,
     image_encoder: str | None = None,
     fusion: Fusion | str | None = None,
+    guards: Sequence[IngestGuard] = (),
+    hit_filters: Sequence[HitFilter] = (),
+    purpose: str | None = None,
 ) -> Pipeline:
     """Open collection ``name`` as a :class:`Pipeline`, creating it if ``create``.
 
     For an existing collection, omitted settings come from how it was built; given
     ones must match (else :class:`FingerprintMismatchError`). The store kind of an
     existing collection cannot change. ``image_encoder`` (default ``"default"``) is only
-    loaded when image items are ingested or queried.
+    loaded when image items are ingested or queried. ``guards`` and ``hit_filters`` are
+    switched on for this pipeline (:mod:`heterag.guards`). ``purpose`` is recorded when the
+    collection is created (``"experiment"`` marks a sandbox-made collection; see
+    :func:`collection_info`). Writes take the collection's cross-process write lock
+    (:mod:`heterag.locking`).
     """
+    if purpose not in (None, "", "experiment"):
+        raise InvalidInputError(f"purpose must be '' or 'experiment', got {purpose!r}")
     if store is not None and store not in STORES:
         raise UnknownNameError("store", store, STORES)
     info = read_info(name, home)
@@ -123,7 +151,7 @@ def open_collection(
         if not create:
             raise CollectionNotFoundError(f"no collection named {name!r} under {heterag_home()}; ingest into it first")
         info = CollectionInfo(name=name, store=store or DEFAULT_STORE, encoder=encoder, path=collection_dir(name, home),
-                              image_encoder=image_encoder or DEFAULT_IMAGE_ENCODER)
+                              image_encoder=image_encoder or DEFAULT_IMAGE_ENCODER, purpose=purpose or "")
     elif store is not None and store != info.store:
         raise InvalidInputError(f"collection {name!r} lives in a {info.store} store, not {store}")
     elif image_encoder is not None and image_encoder != info.image_encoder:
@@ -144,7 +172,8 @@ def open_collection(
         tokens = chunk_tokens or (int(fp.extra.get("chunk_tokens", DEFAULT_CHUNK_TOKENS)) if fp else DEFAULT_CHUNK_TOKENS)
         enc = load_text_encoder(encoder if encoder is not None else info.encoder)
         pipeline = Pipeline(vs, enc, rview, generator, chunk_tokens=tokens, name=name, image_store=image_vs,
-                            image_encoder=info.image_encoder, image_files=info.path / "images", fusion=Fusion.parse(fusion))
+                            image_encoder=info.image_encoder, image_files=info.path / "images", fusion=Fusion.parse(fusion),
+                            guards=guards, hit_filters=hit_filters, write_lock=WriteLock(info.path, name))
     except BaseException:
         vs.close()
         if image_vs is not None:

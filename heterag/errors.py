@@ -42,3 +42,7 @@ class CollectionNotFoundError(HeteragError, LookupError):
 
 class GeneratorError(HeteragError, RuntimeError):
     """A generator backend failed (HTTP error from an endpoint, malformed response...)."""
+
+
+class CollectionLockedError(HeteragError, TimeoutError):
+    """Another process held a collection's write lock for longer than the timeout."""

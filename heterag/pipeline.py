@@ -16,6 +16,8 @@ only when all of its records are, so an interrupted ingest is completed by re-ru
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -32,7 +34,19 @@ from .documents import Document, ItemError, content_hash
 from .errors import HeteragError, InvalidInputError
 from .fusion import Fusion
 from .generators.base import Generator, StreamCallback
+from .guards import (
+    DroppedHit,
+    HitFilter,
+    IngestGuard,
+    IngestItem,
+    Retrieval,
+    RetrievalQuery,
+    Verdict,
+    check_guard,
+    check_hit_filter,
+)
 from .images import ImageFiles, ImageRef, load_image
+from .locking import WriteLock
 from .results import Answer, Hit
 from .stores.base import Fingerprint, Record, VectorStore
 from .views import RetrievalView, ViewEncoder
@@ -52,6 +66,10 @@ class IngestReport:
     chunks_written: int = 0
     stale_chunks_removed: int = 0
     failures: list[ItemError] = field(default_factory=list)
+    #: Documents an ingest guard refused, with the guard's name and reason.
+    rejected: list[ItemError] = field(default_factory=list)
+    #: Documents whose image a guard replaced (purified) before it was stored.
+    images_replaced: int = 0
     seconds: float = 0.0
     encode_seconds: float = 0.0
 
@@ -60,9 +78,10 @@ class IngestReport:
             return f"{count} {noun}{'' if count == 1 else 's'}"
 
         images = f", {n(self.images_written, 'image')}" if self.images_written else ""
+        rejected = f", {len(self.rejected)} rejected by guards" if self.rejected else ""
         return (
             f"{n(self.documents_written, 'document')} written ({n(self.chunks_written, 'chunk')}{images}), "
-            f"{self.documents_unchanged} unchanged, {len(self.failures)} failed, in {self.seconds:.1f}s"
+            f"{self.documents_unchanged} unchanged, {len(self.failures)} failed{rejected}, in {self.seconds:.1f}s"
         )
 
 
@@ -73,6 +92,11 @@ class Pipeline:
     ``image_encoder`` is an image encoder object or a spec for
     :func:`heterag.image_encoders.load_image_encoder` (loaded on first use, so text-only
     work never loads it). Image items need ``image_store`` and ``image_files``.
+
+    ``guards`` (:class:`~heterag.guards.IngestGuard`) check every document before it is
+    written; ``hit_filters`` (:class:`~heterag.guards.HitFilter`) see every query's hits before
+    generation (see :mod:`heterag.guards`). ``write_lock`` serialises writes with other processes
+    (:mod:`heterag.locking`); :func:`heterag.open_collection` gives every collection one.
     """
 
     def __init__(
@@ -89,8 +113,14 @@ class Pipeline:
         image_encoder: Any = "default",
         image_files: ImageFiles | str | os.PathLike[str] | None = None,
         fusion: Fusion | None = None,
+        guards: Sequence[IngestGuard] = (),
+        hit_filters: Sequence[HitFilter] = (),
+        write_lock: WriteLock | None = None,
     ):
         self.store = store
+        self.guards: list[IngestGuard] = [check_guard(g) for g in guards]
+        self.hit_filters: list[HitFilter] = [check_hit_filter(f) for f in hit_filters]
+        self.write_lock = write_lock
         self.encoder = encoder
         self.view = view
         self.chunk_tokens = chunk_tokens
@@ -150,6 +180,21 @@ class Pipeline:
     def generator(self, generator: Generator) -> None:
         self._generator = generator
 
+    @contextlib.contextmanager
+    def defended(self, guards: Sequence[IngestGuard] = (), hit_filters: Sequence[HitFilter] = ()) -> Iterator[Pipeline]:
+        """Switch extra guards and hit filters on for the body of a ``with`` block (appended after
+        the pipeline's own), restoring the previous lists afterwards, even on error."""
+        old = (list(self.guards), list(self.hit_filters))
+        self.guards = old[0] + [check_guard(g) for g in guards]
+        self.hit_filters = old[1] + [check_hit_filter(f) for f in hit_filters]
+        try:
+            yield self
+        finally:
+            self.guards, self.hit_filters = old
+
+    def _writing(self):
+        return self.write_lock() if self.write_lock is not None else contextlib.nullcontext()
+
     # ---- ingest -----------------------------------------------------------------------
     def chunk(self, doc: Document) -> ChunkedDocument:
         return chunk_document(doc, self.encoder.tokenize, self.chunk_tokens)
@@ -178,7 +223,8 @@ class Pipeline:
         try:
             for batch in _batched(items, batch_documents):
                 docs = self._collect(batch, report)
-                self._write_batch(docs, report)
+                with self._writing():
+                    self._write_batch(docs, report)
                 bar.update(len(batch))
         finally:
             bar.close()
@@ -232,6 +278,10 @@ class Pipeline:
         t = time.perf_counter()
         view_texts, vectors = self.view.embed(text_docs, self.encoder) if text_docs else ([], None)
         report.encode_seconds += time.perf_counter() - t
+        if self.guards and todo:
+            todo, view_texts, vectors = self._guard(todo, text_docs, view_texts, vectors, image_vectors, report)
+            if not todo:
+                return
         records, image_records = [], []
         row = 0
         for cd in todo:
@@ -272,6 +322,50 @@ class Pipeline:
         report.chunks_written += len(records)
         report.images_written += len(image_records)
 
+    def _guard(self, todo: list[ChunkedDocument], text_docs: list[ChunkedDocument], view_texts: list[str],
+               vectors: np.ndarray | None, image_vectors: dict[str, np.ndarray], report: IngestReport
+               ) -> tuple[list[ChunkedDocument], list[str], np.ndarray | None]:
+        """Run the ingest guards on each document; drop rejected ones, re-embed replaced images."""
+        dim = int(self.encoder.dim)
+        rows: dict[str, tuple[int, int]] = {}
+        row = 0
+        for cd in text_docs:
+            rows[cd.doc.id] = (row, row + len(cd.chunks))
+            row += len(cd.chunks)
+        kept: list[ChunkedDocument] = []
+        replaced: list[ChunkedDocument] = []
+        for cd in todo:
+            a, b = rows.get(cd.doc.id, (0, 0))
+            tv = vectors[a:b] if vectors is not None and b > a else np.zeros((0, dim), dtype=np.float32)
+            item = IngestItem(cd.doc, tuple(cd.chunks), tv, image_vectors.get(cd.doc.id))
+            verdict: Verdict = Verdict.ok()
+            for guard in self.guards:
+                verdict = guard.check(item, self)
+                if not verdict.accept:
+                    report.rejected.append(ItemError(cd.doc.image.source if cd.doc.image is not None and cd.doc.image.source
+                                                     else cd.doc.id, f"rejected by guard {guard.name}: {verdict.reason}"))
+                    break
+                if verdict.image is not None:
+                    if cd.doc.image is None:
+                        raise InvalidInputError(f"guard {guard.name} returned an image for text-only document {cd.doc.id}")
+                    log.debug("guard %s replaced the image of %s: %s", guard.name, cd.doc.id, verdict.reason)
+                    cd = dataclasses.replace(cd, doc=dataclasses.replace(cd.doc, image=verdict.image))
+                    item = dataclasses.replace(item, document=cd.doc)
+                    replaced.append(cd)
+            if verdict.accept:
+                kept.append(cd)
+        if replaced:
+            ids = {cd.doc.id for cd in replaced}
+            fresh = self._encode_images([cd for cd in kept if cd.doc.id in ids], report)
+            image_vectors.update(fresh)
+            report.images_replaced += len(fresh)
+            kept = [cd for cd in kept if cd.doc.image is None or cd.doc.id in image_vectors]
+        keep_ids = {cd.doc.id for cd in kept}
+        if vectors is not None:
+            sel = [i for cd in text_docs if cd.doc.id in keep_ids for i in range(*rows[cd.doc.id])]
+            view_texts, vectors = [view_texts[i] for i in sel], vectors[sel]
+        return kept, view_texts, vectors
+
     def _encode_images(self, docs: list[ChunkedDocument], report: IngestReport) -> dict[str, np.ndarray]:
         """Image vectors by document id; an image the encoder cannot take becomes a failure, not an abort."""
         encoder = self.image_encoder
@@ -300,6 +394,10 @@ class Pipeline:
         ids = [d for d in doc_ids if isinstance(d, str) and d]
         if not ids:
             return 0
+        with self._writing():
+            return self._delete_documents(ids)
+
+    def _delete_documents(self, ids: list[str]) -> int:
         removed = self.store.delete(where={"doc_id": {"$in": ids}})
         if self.image_store is not None:
             old = self.image_store.get(where={"doc_id": {"$in": ids}})
@@ -325,8 +423,22 @@ class Pipeline:
 
         ``image`` is anything :func:`heterag.images.load_image` takes. Scores fuse the available
         similarities by ``fusion`` (default: this pipeline's); see :mod:`heterag.fusion`. Image items
-        without text come back as hits with empty text and their ``image`` path.
+        without text come back as hits with empty text and their ``image`` path. The pipeline's hit
+        filters have been applied; :meth:`search` also tells what they dropped.
         """
+        return list(self.search(query, k, where, image=image, fusion=fusion).hits)
+
+    def search(
+        self,
+        query: str | None = None,
+        k: int = 5,
+        where: Mapping[str, Any] | None = None,
+        *,
+        image: Any = None,
+        fusion: Fusion | None = None,
+    ) -> Retrieval:
+        """Like :meth:`retrieve`, returning a :class:`~heterag.guards.Retrieval`: the hits after the
+        hit filters, and the candidates the filters dropped (with the filter's name and reason)."""
         if not isinstance(k, int) or k < 1:
             raise InvalidInputError(f"k must be a positive integer, got {k!r}")
         text = query if isinstance(query, str) and query.strip() else None
@@ -336,18 +448,35 @@ class Pipeline:
             raise InvalidInputError("a query needs text, an image, or both (the question is empty)")
         rule = fusion or self.fusion
         images_on = self.has_images()
-        if text is not None and image is None and (not images_on or rule.weight("cross") == 0):
-            qvec = self.encoder.encode_query(text)  # the plain text path: one store query, exact cosine scores
-            return [hit_from_record(sr.record, sr.score, self.image_files, {"text": sr.score})
-                    for sr in self.store.query(qvec, k=k, where=where)]
+        filters = list(self.hit_filters)
+        n = k * max(f.overfetch for f in filters) if filters else k
         ref = load_image(image, source="query image") if image is not None else None
-        return self._retrieve_fused(text, ref, k, where, rule, images_on)
+        queries: dict[str, np.ndarray] = {}
+        if text is not None and image is None and (not images_on or rule.weight("cross") == 0):
+            queries["text"] = self.encoder.encode_query(text)  # the plain text path: one store query, exact cosine scores
+            hits = [hit_from_record(sr.record, sr.score, self.image_files, {"text": sr.score})
+                    for sr in self.store.query(queries["text"], k=n, where=where)]
+        else:
+            hits = self._retrieve_fused(text, ref, n, where, rule, images_on, queries)
+        if not filters:
+            return Retrieval(tuple(hits[:k]))
+        rq = RetrievalQuery(text, ref, k, dict(queries))
+        dropped: list[DroppedHit] = []
+        for f in filters:
+            kept = []
+            for h in f.filter(rq, list(hits), self):
+                if h.dropped:
+                    dropped.append(DroppedHit(h, f.name, h.dropped))
+                else:
+                    kept.append(h)
+            hits = kept
+        return Retrieval(tuple(hits[:k]), tuple(dropped))
 
     def _retrieve_fused(
-        self, text: str | None, ref: ImageRef | None, k: int, where: Mapping[str, Any] | None, rule: Fusion, images_on: bool
+        self, text: str | None, ref: ImageRef | None, k: int, where: Mapping[str, Any] | None, rule: Fusion, images_on: bool,
+        queries: dict[str, np.ndarray],
     ) -> list[Hit]:
         n = max(rule.candidates, k)
-        queries: dict[str, np.ndarray] = {}
         if text is not None and rule.weight("text") > 0:
             queries["text"] = self.encoder.encode_query(text)
         if images_on:

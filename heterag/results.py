@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .documents import MetadataValue
 
@@ -25,6 +25,18 @@ class Hit:
     image: str | None = None
     #: Per-signal similarities that were fused into ``score`` (``text``, ``image``, ``cross``).
     scores: Mapping[str, float] = field(default_factory=dict)
+    #: What hit filters said about this hit (re-ranking reasons, scores they computed).
+    notes: tuple[str, ...] = ()
+    #: Why a hit filter removed this hit ("" while it is kept).
+    dropped: str = ""
+
+    def with_note(self, note: str) -> Hit:
+        """A copy with ``note`` appended to :attr:`notes`."""
+        return replace(self, notes=(*self.notes, note))
+
+    def drop(self, reason: str) -> Hit:
+        """A copy marked as removed by a hit filter, with the reason."""
+        return replace(self, dropped=reason or "dropped")
 
 
 @dataclass(frozen=True)

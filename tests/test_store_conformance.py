@@ -301,6 +301,13 @@ def test_fixed_filters_match_reference(filter_corpus: tuple[VectorStore, list[Re
     check_filter(*filter_corpus, where)
 
 
+def test_ids_match_get(filter_corpus: tuple[VectorStore, list[Record]]) -> None:
+    store, records = filter_corpus
+    assert sorted(store.ids()) == sorted(r.id for r in records)
+    for where in FIXED_FILTERS[:6]:
+        assert sorted(store.ids(where)) == sorted(r.id for r in store.get(where=where)), where
+
+
 def test_random_filters_match_reference(filter_corpus: tuple[VectorStore, list[Record]]) -> None:
     rng = random.Random(99)
     for _ in range(60):

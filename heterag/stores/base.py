@@ -109,6 +109,9 @@ class VectorStore(Protocol):
     def delete(self, ids: Sequence[str] | None = None, where: Mapping[str, Any] | None = None) -> int:
         """Delete by ids and/or filter; returns how many records were removed."""
 
+    def ids(self, where: Mapping[str, Any] | None = None) -> list[str]:
+        """Ids of every record (matching ``where``) without their texts or vectors."""
+
     def count(self) -> int: ...
 
     def close(self) -> None: ...

@@ -20,12 +20,22 @@ Notes on the chromadb (1.5.x) behaviour this adapter works around:
 * ``delete`` reports no reliable count, so matching ids are resolved first.
 * Batches larger than ``client.get_max_batch_size()`` are split; atomicity then
   only holds per sub-batch (all validation happens before the first write).
+* A process's ``PersistentClient`` caches the collection's HNSW index and does not see
+  what other processes write later (queries miss their records, or fail with "Nothing found
+  on disk" on a collection that was empty when opened). Every write therefore stamps a new
+  token into ``<path>/.heterag-generation``; before each operation a store compares the token
+  with the one its client has seen and, if another process wrote since, closes the shared
+  client (stopping chromadb's cached ``System``) and reopens it. Writers of one collection
+  are serialised by :mod:`heterag.locking`, which makes the check-then-write sequence safe.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import threading
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,6 +58,71 @@ KEYS_FIELD = "_heterag_keys"
 FINGERPRINT_FIELD = "heterag:fingerprint"
 
 _NEVER = object()  # translated filter that no record can match
+GENERATION_FILE = ".heterag-generation"
+
+
+class _SharedClient:
+    """One chromadb client per store folder in this process, reopened when another process wrote."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.token_path = path / GENERATION_FILE
+        self.client: Any = None
+        self.token: str | None = None
+        self.version = 0
+        self.users = 0
+        self.lock = threading.RLock()
+
+    def _disk_token(self) -> str:
+        try:
+            return self.token_path.read_text()
+        except FileNotFoundError:
+            return ""
+
+    def get(self) -> tuple[Any, int]:
+        with self.lock:
+            token = self._disk_token()
+            if self.client is None or token != self.token:
+                if self.client is not None:
+                    logger.debug("chroma: %s was written by another process; reopening its client", self.path)
+                    self.client.close()
+                    self.version += 1
+                self.client = chromadb.PersistentClient(
+                    path=str(self.path), settings=Settings(anonymized_telemetry=False, allow_reset=False))
+                self.token = token
+            return self.client, self.version
+
+    def bump(self) -> None:
+        """Record that this process wrote: other processes' clients will reopen."""
+        with self.lock:
+            token = uuid.uuid4().hex
+            tmp = self.token_path.with_name(f"{GENERATION_FILE}.{os.getpid()}.{threading.get_ident()}.tmp")
+            tmp.write_text(token)
+            os.replace(tmp, self.token_path)
+            self.token = token
+
+    def release(self) -> None:
+        with self.lock:
+            self.users -= 1
+            if self.users <= 0 and self.client is not None:
+                self.client.close()
+                self.client = None
+                self.token = None
+                self.version += 1
+
+
+_SHARED: dict[str, _SharedClient] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def _shared_client(path: Path) -> _SharedClient:
+    key = str(path.resolve())
+    with _SHARED_LOCK:
+        shared = _SHARED.get(key)
+        if shared is None:
+            shared = _SHARED[key] = _SharedClient(path)
+        shared.users += 1
+        return shared
 
 
 def _chunks(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -171,13 +246,16 @@ class ChromaStore:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.collection = collection
-        self._client: Any = chromadb.PersistentClient(
-            path=str(self.path), settings=Settings(anonymized_telemetry=False, allow_reset=False)
-        )
-        self._max_batch = int(self._client.get_max_batch_size())
-        self._col: Any = self._open_collection()
+        self._shared: _SharedClient | None = _shared_client(self.path)
         self._data_dim: int | None = None  # cached dimension of stored vectors
         self._fp: Fingerprint | None = None  # cached once set (a fingerprint never changes)
+        try:
+            self._client, self._version = self._shared.get()
+            self._max_batch = int(self._client.get_max_batch_size())
+            self._col: Any = self._open_collection()
+        except BaseException:
+            self.close()
+            raise
 
     # ------------------------------------------------------------------ internals
 
@@ -197,9 +275,19 @@ class ChromaStore:
 
     @property
     def _c(self) -> Any:
-        if self._col is None:
+        if self._shared is None:
             raise HeteragError(f"chroma collection {self.collection!r} is closed")
+        client, version = self._shared.get()
+        if version != self._version:  # another process wrote: fresh handle on the reopened client
+            self._client, self._version = client, version
+            self._col = self._open_collection()
+            self._data_dim = None
+            self._fp = None
         return self._col
+
+    def _wrote(self) -> None:
+        if self._shared is not None:
+            self._shared.bump()
 
     def _where(self, where: Mapping[str, Any] | None) -> Any:
         canon = normalize(where)
@@ -217,6 +305,7 @@ class ChromaStore:
         """Drop and recreate an empty collection (Chroma pins the dimension of the first vector)."""
         meta = self._current_metadata()
         logger.info("chroma: recreating empty collection %r to change its dimension", self.collection)
+        self._c  # noqa: B018 - current client
         self._client.delete_collection(self.collection)
         self._col = self._client.create_collection(
             self.collection, configuration={"hnsw": {"space": "cosine"}}, metadata=meta or None,
@@ -224,6 +313,7 @@ class ChromaStore:
         )
 
     def _current_metadata(self) -> dict[str, Any]:
+        self._c  # noqa: B018 - refreshes the client if another process wrote
         return dict(self._client.get_collection(self.collection, embedding_function=None).metadata or {})
 
     def _matching_ids(self, ids: Sequence[str] | None, where: Mapping[str, Any] | None) -> list[str]:
@@ -270,6 +360,7 @@ class ChromaStore:
             )
         meta = {k: v for k, v in self._current_metadata().items() if not k.startswith("hnsw:")}
         self._c.modify(metadata={**meta, FINGERPRINT_FIELD: fp.to_json()})
+        self._wrote()
         self._fp = fp
 
     def upsert(self, records: Sequence[Record]) -> None:
@@ -281,9 +372,12 @@ class ChromaStore:
         metas = [_chroma_metadata(r, self.name) for r in records]
         if self.count() == 0:
             self._data_dim = None
-        for start in range(0, len(records), self._max_batch):
-            stop = start + self._max_batch
-            self._upsert_batch(records[start:stop], mat[start:stop], metas[start:stop])
+        try:
+            for start in range(0, len(records), self._max_batch):
+                stop = start + self._max_batch
+                self._upsert_batch(records[start:stop], mat[start:stop], metas[start:stop])
+        finally:
+            self._wrote()
         self._data_dim = mat.shape[1]
 
     def _replacing(self, records: Sequence[Record], metas: list[dict[str, Any] | None]) -> list[dict[str, Any] | None]:
@@ -357,13 +451,21 @@ class ChromaStore:
             return list(recs.values())
         return [recs[i] for i in dict.fromkeys(ids) if i in recs]
 
+    def ids(self, where: Mapping[str, Any] | None = None) -> list[str]:
+        """Ids of every record (matching ``where``), without fetching texts or vectors."""
+        return self._matching_ids(None, where)
+
     def delete(self, ids: Sequence[str] | None = None, where: Mapping[str, Any] | None = None) -> int:
         """Delete records matching ``ids`` and/or ``where``; returns how many were removed."""
         if ids is None and where is None:
             raise InvalidInputError("chroma: delete needs ids and/or a filter (refusing to delete everything)")
         matched = self._matching_ids(ids, where)
-        for part in _chunks(matched, self._max_batch):
-            self._c.delete(ids=list(part))
+        try:
+            for part in _chunks(matched, self._max_batch):
+                self._c.delete(ids=list(part))
+        finally:
+            if matched:
+                self._wrote()
         if matched and self.count() == 0:
             self._data_dim = None
         return len(matched)
@@ -372,9 +474,13 @@ class ChromaStore:
         return int(self._c.count())
 
     def close(self) -> None:
-        """Release the collection handle (Chroma persists every write itself). Idempotent."""
+        """Release the collection handle (Chroma persists every write itself); the shared client is
+        closed with its last store, so a reopen reads the collection afresh. Idempotent."""
+        shared, self._shared = self._shared, None
         self._col = None
         self._client = None
+        if shared is not None:
+            shared.release()
 
     def __enter__(self) -> ChromaStore:
         return self

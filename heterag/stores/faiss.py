@@ -491,6 +491,14 @@ class FaissStore:
         by_id = {r.id: r for r in recs.values()}
         return [by_id[i] for i in dict.fromkeys(ids) if i in by_id]
 
+    def ids(self, where: Mapping[str, Any] | None = None) -> list[str]:
+        """Ids of every record (matching ``where``), without fetching texts or vectors."""
+        with self._lock:
+            if where is None:
+                return [row[0] for row in self._db.execute("SELECT id FROM records ORDER BY rowid")]
+            rowids = self._where_rowids(None, where)
+            return [r.id for _, r in sorted(self._fetch(rowids, False).items())]
+
     def delete(self, ids: Sequence[str] | None = None, where: Mapping[str, Any] | None = None) -> int:
         """Delete records matching ``ids`` and/or ``where``; returns how many were removed."""
         if ids is None and where is None:
