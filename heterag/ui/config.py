@@ -1,0 +1,136 @@
+"""Settings of the web app: defaults, a YAML file (``--config``) and the command line, in that order."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidInputError
+
+#: The collection setting that means "the built-in demos": text questions go to ``demo``,
+#: questions with an image to ``demo-scenes``.
+DEMOS = "(demos)"
+GENERATOR_NAMES = ("extractive", "openai", "transformers")
+
+
+@dataclass(frozen=True)
+class ChatSettings:
+    """What one question is answered with (chosen per browser session in the UI)."""
+
+    collection: str = DEMOS
+    top_k: int = 5
+    fusion: str = "weighted"
+    generator: str = "extractive"
+    model: str = ""  # openai: model name
+    base_url: str = ""  # openai: endpoint (default $OPENAI_BASE_URL)
+    model_path: str = ""  # transformers: local model folder
+    temperature: float = 0.0
+
+    def check(self) -> ChatSettings:
+        """These settings, or :class:`InvalidInputError` naming the first bad one."""
+        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or not 1 <= self.top_k <= 50:
+            raise InvalidInputError(f"top-k must be an integer from 1 to 50, got {self.top_k!r}")
+        if self.generator not in GENERATOR_NAMES:
+            raise InvalidInputError(f"unknown generator {self.generator!r}; choose one of {', '.join(GENERATOR_NAMES)}")
+        if self.generator == "openai" and not self.model.strip():
+            raise InvalidInputError("the openai generator needs a model name")
+        if self.generator == "transformers" and not self.model_path.strip():
+            raise InvalidInputError("the transformers generator needs a local model folder")
+        if not 0.0 <= float(self.temperature) <= 2.0:
+            raise InvalidInputError(f"temperature must be between 0 and 2, got {self.temperature!r}")
+        return self
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """How the app is served, plus the chat's initial settings."""
+
+    host: str = "127.0.0.1"
+    port: int = 7860
+    share: bool = False
+    chat: ChatSettings = ChatSettings()
+    max_file_mb: float = 50.0
+    max_request_mb: float = 200.0
+    concurrency: int = 8  # chat requests answered at the same time
+
+    def with_chat(self, **changes: Any) -> AppConfig:
+        return dataclasses.replace(self, chat=dataclasses.replace(self.chat, **changes))
+
+
+_SERVER_KEYS = {f.name for f in dataclasses.fields(AppConfig)} - {"chat"}
+_CHAT_KEYS = {f.name for f in dataclasses.fields(ChatSettings)}
+
+
+def load_config_file(path: str | Path) -> AppConfig:
+    """Read a YAML settings file: server keys (host, port, share, max_file_mb, ...) and chat keys
+    (collection, top_k, fusion, generator, model, base_url, model_path, temperature), flat or under ``chat:``."""
+    import yaml
+
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read config {p}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise InvalidInputError(f"config {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"config {p} must be a mapping of settings")
+    chat = dict(data.pop("chat", None) or {})
+    for key in list(data):
+        if key in _CHAT_KEYS:
+            chat[key] = data.pop(key)
+    unknown = sorted(set(data) - _SERVER_KEYS) + sorted(set(chat) - _CHAT_KEYS)
+    if unknown:
+        raise InvalidInputError(f"config {p}: unknown setting {unknown[0]!r}; known: "
+                                f"{', '.join(sorted(_SERVER_KEYS | _CHAT_KEYS))}")
+    try:
+        cfg = AppConfig(**data, chat=ChatSettings(**chat))
+    except TypeError as exc:
+        raise InvalidInputError(f"config {p}: {exc}") from None
+    cfg.chat.check()
+    return cfg
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="app.py", description="heterag web app: chat with your knowledge base, with sources.")
+    ap.add_argument("--config", help="YAML settings file (command-line options win)")
+    ap.add_argument("--collection", help=f"collection to chat with (default: the built-in demos, {DEMOS})")
+    ap.add_argument("--host", help="interface to listen on (default 127.0.0.1: this machine only)")
+    ap.add_argument("--port", type=int, help="port (default 7860)")
+    ap.add_argument("--share", action="store_true", default=None, help="also open a public share link (off by default)")
+    ap.add_argument("-k", "--top-k", type=int, help="sources per answer (default 5)")
+    ap.add_argument("--fusion", help="weighted (default) or rrf, optionally with weights, e.g. weighted:text=1,image=2")
+    ap.add_argument("--generator", choices=GENERATOR_NAMES, help="answer generator (default extractive, offline)")
+    ap.add_argument("--model", help="openai: model name")
+    ap.add_argument("--base-url", help="openai: endpoint base URL")
+    ap.add_argument("--model-path", help="transformers: local model folder")
+    ap.add_argument("--temperature", type=float)
+    ap.add_argument("--max-file-mb", type=float, help="largest uploaded file (default 50)")
+    ap.add_argument("--max-request-mb", type=float, help="largest upload request, all files together (default 200)")
+    ap.add_argument("--concurrency", type=int, help="questions answered at the same time (default 8)")
+    return ap
+
+
+def parse_args(argv: Sequence[str] | None = None) -> AppConfig:
+    """The app's configuration from ``argv`` (and the ``--config`` file it names)."""
+    args = build_parser().parse_args(argv)
+    cfg = load_config_file(args.config) if args.config else AppConfig()
+    server = {k: getattr(args, k) for k in ("host", "port", "share", "max_file_mb", "max_request_mb", "concurrency")
+              if getattr(args, k) is not None}
+    chat = {k: v for k, v in {"collection": args.collection, "top_k": args.top_k, "fusion": args.fusion,
+                              "generator": args.generator, "model": args.model, "base_url": args.base_url,
+                              "model_path": args.model_path, "temperature": args.temperature}.items() if v is not None}
+    cfg = dataclasses.replace(cfg, **server).with_chat(**chat)
+    if not 0 < cfg.port < 65536:
+        raise InvalidInputError(f"--port must be from 1 to 65535, got {cfg.port}")
+    if cfg.max_file_mb <= 0 or cfg.max_request_mb <= 0 or cfg.concurrency < 1:
+        raise InvalidInputError("size limits and concurrency must be positive")
+    cfg.chat.check()
+    return cfg
+
+
+__all__ = ["DEMOS", "GENERATOR_NAMES", "AppConfig", "ChatSettings", "build_parser", "load_config_file", "parse_args"]

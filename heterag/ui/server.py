@@ -1,0 +1,81 @@
+"""``python app.py``: serve the web app (settings: :mod:`heterag.ui.config`).
+
+Uploads land in a private temporary folder made for this process (Gradio's upload folder),
+each is deleted once ingested or read, and the folder is removed at exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+
+from ..errors import HeteragError
+from .config import DEMOS, AppConfig, parse_args
+
+log = logging.getLogger("heterag.ui")
+
+
+def serve(cfg: AppConfig, *, block: bool = True):
+    """Start the app for ``cfg``; returns ``(app, service, url)`` when ``block`` is False."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    upload_dir = tempfile.mkdtemp(prefix="heterag-ui-")  # mode 0700
+    os.environ["GRADIO_TEMP_DIR"] = upload_dir  # read by gradio at import: set before importing it
+    from .render import CSS
+    from .service import ChatService
+    from .webapp import build_app
+
+    t0 = time.perf_counter()
+    service = ChatService(cfg)
+    try:
+        if cfg.chat.collection == DEMOS:
+            if service.start_demos():
+                log.warning("first start: building the demo collections in the background (progress shows in the app)")
+            else:
+                for name in (service.resolve(DEMOS, False), service.resolve(DEMOS, True)):
+                    service.warm_up(name)
+        else:
+            service.warm_up(cfg.chat.collection)  # a missing collection is an error before anything is served
+        app = build_app(service)
+        app.queue(default_concurrency_limit=cfg.concurrency)
+        _, url, _ = app.launch(server_name=cfg.host, server_port=cfg.port, share=cfg.share, prevent_thread_lock=True,
+                               max_file_size=int(cfg.max_request_mb * 2**20), ssr_mode=False, quiet=True,
+                               enable_monitoring=False, mcp_server=False, css=CSS)
+    except BaseException:
+        service.close()
+        shutil.rmtree(upload_dir, ignore_errors=True)
+        raise
+    log.warning("heterag app ready on %s (started in %.1fs)", url, time.perf_counter() - t0)
+    print(f"heterag app: {url}", flush=True)
+    if not block:
+        return app, service, url
+    try:
+        app.block_thread()
+    finally:
+        service.close()
+        shutil.rmtree(upload_dir, ignore_errors=True)
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "chromadb", "sentence_transformers", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        cfg = parse_args(argv)
+        serve(cfg)
+    except HeteragError as exc:
+        print(f"app.py: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,403 @@
+"""The app's logic, independent of Gradio: open collections once, answer questions as a stream
+of events, prepare the demos, ingest uploads with progress.
+
+One :class:`ChatService` serves every browser session and API client of a process. Collections
+are opened once and shared, so documents ingested (or deleted) in the knowledge tab are what the
+chat retrieves next, without a restart. Reads are not blocked by an ingest: a question to a
+collection that is being written to is answered from what is stored so far, with a notice; a
+question to a collection that is still empty while it is being built gets a one-line message.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..collections import list_collections, open_collection
+from ..documents import ItemError
+from ..errors import CollectionNotFoundError, HeteragError, InvalidInputError
+from ..fusion import Fusion
+from ..generators import make_generator
+from ..generators.base import Generator
+from ..images import ImageRef
+from ..pipeline import IngestReport, Pipeline
+from ..results import Answer
+from .config import DEMOS, AppConfig, ChatSettings
+from .uploads import UploadLimits, stage_uploads
+
+log = logging.getLogger(__name__)
+
+_WORD = re.compile(r"\s*\S+\s*")
+
+
+# ---- events of one answer -------------------------------------------------------------
+@dataclass(frozen=True)
+class Token:
+    """A piece of answer text, in order."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something to tell the user beside the answer (e.g. the collection is being updated)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Done:
+    answer: Answer
+    collection: str
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The question could not be answered; ``message`` is one line for the user."""
+
+    message: str
+
+
+ChatEvent = Token | Notice | Done | Failed
+
+
+@dataclass
+class Progress:
+    """How far an ingest into a collection has got."""
+
+    collection: str
+    what: str
+    done: int = 0
+    total: int | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    def line(self) -> str:
+        if self.total:
+            return f"{self.what}: {self.done}/{self.total} ({100 * self.done // max(self.total, 1)}%)"
+        return f"{self.what}: {self.done} items read"
+
+
+@dataclass(frozen=True)
+class IngestUpdate:
+    """A step of an upload ingest: a status line, and at the end the rejected items and the report."""
+
+    status: str
+    finished: bool = False
+    rejected: tuple[str, ...] = ()
+    report: IngestReport | None = None
+
+
+def one_line(message: object) -> str:
+    return " ".join(str(message).split()) or type(message).__name__
+
+
+class ChatService:
+    """Answers questions and manages collections for the web app (thread-safe)."""
+
+    def __init__(self, config: AppConfig | None = None):
+        self.config = config or AppConfig()
+        self.limits = UploadLimits(max_file_bytes=int(self.config.max_file_mb * 2**20),
+                                   max_request_bytes=int(self.config.max_request_mb * 2**20))
+        self._pipes: dict[str, Pipeline] = {}
+        self._lock = threading.RLock()
+        self._ingest_locks: dict[str, threading.Lock] = {}
+        self._busy: dict[str, Progress] = {}
+        self._generators: dict[tuple, Generator] = {}
+        self._demo_thread: threading.Thread | None = None
+        self.demo_error: str | None = None
+
+    # ---- collections -------------------------------------------------------------------
+    def collections(self) -> list[str]:
+        return list_collections()
+
+    def pipeline(self, name: str) -> Pipeline:
+        """The open pipeline of existing collection ``name`` (opened once, shared)."""
+        with self._lock:
+            pipe = self._pipes.get(name)
+            if pipe is None:
+                pipe = self._pipes[name] = open_collection(name, create=False)
+            return pipe
+
+    def create_collection(self, name: str, *, view: str = "heterag", store: str = "chroma", encoder: str | None = None,
+                          image_encoder: str | None = None, chunk_tokens: int | None = None) -> Pipeline:
+        """Create collection ``name`` with the given view and encoders (an error if it exists)."""
+        name = (name or "").strip()
+        if name == DEMOS:
+            raise InvalidInputError(f"{DEMOS} is reserved for the built-in demos")
+        with self._lock:
+            if name in self.collections():
+                raise InvalidInputError(f"collection {name!r} exists already")
+            pipe = open_collection(name, store=store or None, view=view or None, encoder=encoder or None,
+                                   image_encoder=image_encoder or None, chunk_tokens=chunk_tokens or None, create=True)
+            self._pipes[name] = pipe
+        log.info("created collection %s (view %s, store %s)", name, view, store)
+        return pipe
+
+    def warm_up(self, collection: str) -> None:
+        """Load the models a first question to ``collection`` needs, so that it answers at full speed."""
+        pipe = self.pipeline(collection)
+        pipe.encoder.encode_query("warm up")
+        if pipe.has_images():
+            _ = pipe.image_encoder  # loads and checks it
+
+    def resolve(self, collection: str, has_image: bool) -> str:
+        """The collection a question goes to: the demos route image questions to the scenes demo."""
+        if collection in ("", DEMOS, None):
+            from corpora.demo import DEMO_COLLECTION, SCENES_DEMO_COLLECTION
+
+            return SCENES_DEMO_COLLECTION if has_image else DEMO_COLLECTION
+        return collection
+
+    def progress(self, collection: str | None = None) -> list[Progress]:
+        with self._lock:
+            return [p for name, p in self._busy.items() if collection is None or name == collection]
+
+    # ---- demos -------------------------------------------------------------------------
+    def demos_ready(self) -> bool:
+        from corpora.demo import DEMO_COLLECTION, SCENES_DEMO_COLLECTION, SCENES_DEMO_SIZE
+
+        names = set(self.collections())
+        if DEMO_COLLECTION not in names or SCENES_DEMO_COLLECTION not in names:
+            return False
+        return self.pipeline(DEMO_COLLECTION).count() > 0 and self.pipeline(SCENES_DEMO_COLLECTION).count() >= SCENES_DEMO_SIZE
+
+    def start_demos(self) -> bool:
+        """Build the demo collections in the background if they are missing; True while that runs."""
+        with self._lock:
+            if self._demo_thread is not None and self._demo_thread.is_alive():
+                return True
+            if self.demos_ready():
+                return False
+            self._demo_thread = threading.Thread(target=self._build_demos, name="heterag-demos", daemon=True)
+            self._demo_thread.start()
+            return True
+
+    def wait_demos(self, timeout: float | None = None) -> None:
+        t = self._demo_thread
+        if t is not None:
+            t.join(timeout)
+
+    def _build_demos(self) -> None:
+        from corpora.demo import DEMO_COLLECTION, SCENES_DEMO_COLLECTION, SCENES_DEMO_SIZE
+        from corpora.pydoc_topics import load_pydoc_topics
+        from corpora.synthetic_scenes import iter_synthetic_documents
+
+        try:
+            pipe = self._open_or_create(DEMO_COLLECTION)
+            if pipe.count() == 0:
+                docs = load_pydoc_topics()
+                self._ingest(DEMO_COLLECTION, docs, "indexing the Python reference topics (text demo, once)", len(docs))
+            pipe = self._open_or_create(SCENES_DEMO_COLLECTION)
+            if pipe.count() < SCENES_DEMO_SIZE:
+                self._ingest(SCENES_DEMO_COLLECTION, iter_synthetic_documents(SCENES_DEMO_SIZE, seed=0),
+                             "indexing 300 synthetic scenes (image demo, once)", SCENES_DEMO_SIZE)
+            self.demo_error = None
+        except Exception as exc:  # reported in the UI; the app keeps serving other collections
+            log.exception("building the demo collections failed")
+            self.demo_error = f"building the demo collections failed: {one_line(exc)}"
+
+    def _open_or_create(self, name: str) -> Pipeline:
+        with self._lock:
+            if name not in self._pipes:
+                self._pipes[name] = open_collection(name, create=True)
+            return self._pipes[name]
+
+    def _ingest(self, name: str, items: Iterable[Any], what: str, total: int | None = None) -> IngestReport:
+        """Ingest ``items`` into collection ``name`` with progress visible to :meth:`progress`."""
+        pipe = self.pipeline(name)
+        with self._lock:
+            lock = self._ingest_locks.setdefault(name, threading.Lock())
+        with lock:
+            prog = Progress(name, what, total=total)
+            with self._lock:
+                self._busy[name] = prog
+            log.warning("%s into collection %r", what, name)
+
+            def counted() -> Iterator[Any]:
+                for item in items:
+                    prog.done += 1
+                    yield item
+
+            try:
+                report = pipe.ingest(counted(), batch_documents=16, progress=False, total=total)
+            finally:
+                with self._lock:
+                    self._busy.pop(name, None)
+        log.warning("collection %r: %s", name, report.summary())
+        return report
+
+    # ---- questions ---------------------------------------------------------------------
+    def generator_for(self, settings: ChatSettings, pipe: Pipeline) -> Generator:
+        key: tuple
+        if settings.generator == "extractive":
+            key = ("extractive", id(pipe.encoder), settings.temperature)
+            kwargs: dict[str, Any] = {"embedder": pipe.encoder, "temperature": settings.temperature}
+        elif settings.generator == "openai":
+            key = ("openai", settings.model, settings.base_url, settings.temperature)
+            kwargs = {"model": settings.model.strip(), "base_url": settings.base_url.strip() or None,
+                      "temperature": settings.temperature}
+        else:
+            key = ("transformers", settings.model_path, settings.temperature)
+            kwargs = {"model_path": settings.model_path.strip(), "temperature": settings.temperature}
+        with self._lock:
+            gen = self._generators.get(key)
+            if gen is None:
+                gen = self._generators[key] = make_generator(settings.generator, **kwargs)
+            return gen
+
+    def ask(self, question: str | None, image: str | Path | ImageRef | None, settings: ChatSettings) -> Iterator[ChatEvent]:
+        """Answer ``question`` (and/or ``image``, a file path or :class:`ImageRef`) as a stream of events:
+        :class:`Notice` s, :class:`Token` s word by word, then one :class:`Done` or one :class:`Failed`.
+
+        Raises :class:`InvalidInputError` at once when there is neither a question nor an image.
+        """
+        question = (question or "").strip()
+        if not question and image is None:
+            raise InvalidInputError("type a question or attach an image")
+        try:
+            settings.check()
+            fusion = Fusion.parse(settings.fusion or None)
+            ref = image if isinstance(image, ImageRef) else (ImageRef.from_path(image) if image is not None else None)
+        except (HeteragError, ValueError, TypeError) as exc:
+            yield Failed(one_line(exc))
+            return
+        name = self.resolve(settings.collection, ref is not None)
+        if settings.collection in ("", DEMOS, None) and self.start_demos():
+            busy = self.progress(name)
+            if self.demo_error:
+                yield Failed(self.demo_error)
+                return
+            if self._count(name) == 0:
+                state = busy[0].line() if busy else "waiting for the other demo to finish"
+                yield Failed(f"the demo collection {name!r} is still being built ({state}); ask again when it is ready")
+                return
+        busy = self.progress(name)
+        try:
+            pipe = self.pipeline(name)
+            if busy and pipe.count() == 0:
+                yield Failed(f"collection {name!r} is being ingested into and has nothing yet ({busy[0].line()}); "
+                             "ask again when it is ready")
+                return
+            if busy:
+                yield Notice(f"collection {name!r} is being updated ({busy[0].line()}); the answer uses what is stored so far")
+            generator = self.generator_for(settings, pipe)
+            hits = pipe.retrieve(question or None, k=settings.top_k, image=ref, fusion=fusion)
+        except CollectionNotFoundError:
+            yield Failed(f"no collection named {name!r}; create it in the Knowledge tab or pick another")
+            return
+        except HeteragError as exc:
+            yield Failed(one_line(exc))
+            return
+        yield from self._generate(generator, question, hits, ref, name)
+
+    def _count(self, name: str) -> int:
+        try:
+            return self.pipeline(name).count()
+        except HeteragError:
+            return 0
+
+    def _generate(self, generator: Generator, question: str, hits: Sequence[Any], ref: ImageRef | None,
+                  name: str) -> Iterator[ChatEvent]:
+        """Run the generator in a worker thread and pass its text on word by word as it comes."""
+        q: queue.Queue[object] = queue.Queue()
+        end = object()
+
+        def work() -> None:
+            try:
+                kwargs = {"image": ref} if ref is not None else {}
+                q.put(generator.generate(question, hits, on_token=q.put, **kwargs))
+            except HeteragError as exc:
+                q.put(Failed(f"{generator.name} generator: {one_line(exc)}"))
+            except Exception as exc:  # a bug or a broken model must not take the app down
+                log.exception("generation failed")
+                q.put(Failed(f"{generator.name} generator failed: {one_line(exc)}"))
+            finally:
+                q.put(end)
+
+        threading.Thread(target=work, name="heterag-generate", daemon=True).start()
+        result: Answer | Failed | None = None
+        while (item := q.get()) is not end:
+            if isinstance(item, str):
+                for word in _WORD.findall(item) or ([item] if item else []):
+                    yield Token(word)
+            elif isinstance(item, Answer | Failed):
+                result = item
+        if isinstance(result, Answer):
+            yield Done(result, name)
+        else:
+            yield result or Failed("the generator returned nothing")
+
+    # ---- knowledge ---------------------------------------------------------------------
+    def ingest_uploads(self, collection: str, files: Sequence[tuple[str, str | Path]],
+                       on_cleanup: Callable[[], None] | None = None) -> Iterator[IngestUpdate]:
+        """Stage ``files`` (user name, uploaded path) privately, ingest them into ``collection`` with progress
+        updates, and delete the staged copies (and, through ``on_cleanup``, the uploads) at the end."""
+        try:
+            if not files:
+                yield IngestUpdate("choose one or more files first", finished=True)
+                return
+            try:
+                pipe = self.pipeline(collection)
+            except HeteragError as exc:
+                yield IngestUpdate(one_line(exc), finished=True)
+                return
+            with stage_uploads(files, self.limits) as staged:
+                if not staged.sources:
+                    yield IngestUpdate("nothing to ingest", finished=True, rejected=tuple(staged.rejected))
+                    return
+                failures: list[ItemError] = []
+
+                def items() -> Iterator[Any]:
+                    for item in staged.items():
+                        if isinstance(item, ItemError):
+                            failures.append(item)
+                        else:
+                            yield item
+
+                box: dict[str, Any] = {}
+
+                def work() -> None:
+                    try:
+                        box["report"] = self._ingest(collection, items(), "ingesting uploads")
+                    except Exception as exc:
+                        log.exception("ingest of uploads failed")
+                        box["error"] = one_line(exc)
+
+                worker = threading.Thread(target=work, name="heterag-ingest", daemon=True)
+                worker.start()
+                yield IngestUpdate(f"ingesting {len(staged.sources)} upload(s) into {collection}...")
+                while worker.is_alive():
+                    worker.join(0.5)
+                    busy = self.progress(collection)
+                    if busy and worker.is_alive():
+                        yield IngestUpdate(busy[0].line())
+                rejected = list(staged.rejected)
+                report: IngestReport | None = box.get("report")
+                if report is not None:
+                    rejected += [f"{f.source}: {f.message}" for f in failures + report.failures]
+                    status = f"{collection}: {report.summary()}; now {pipe.count()} chunks"
+                else:
+                    status = f"ingest into {collection} failed: {box.get('error', 'unknown error')}"
+                yield IngestUpdate(status, finished=True, rejected=tuple(rejected), report=report)
+        finally:
+            if on_cleanup is not None:
+                on_cleanup()
+
+    def close(self) -> None:
+        with self._lock:
+            for pipe in self._pipes.values():
+                try:
+                    pipe.close()
+                except Exception:  # closing is best effort at exit
+                    log.debug("close failed", exc_info=True)
+            self._pipes.clear()
+
+
+__all__ = ["ChatEvent", "ChatService", "Done", "Failed", "IngestUpdate", "Notice", "Progress", "Token", "one_line"]

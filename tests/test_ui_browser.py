@@ -1,0 +1,264 @@
+"""The web app in a real browser: ``python app.py`` on a free loopback port, driven by Playwright (PyPI)
+in Debian's Chromium. Screenshots of every step land in each test's tmp directory.
+
+Needs ``pip install -e .[test]`` (playwright) and ``apt-get install -y chromium`` (no browser download).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("HETERAG_CHROMIUM", "/usr/bin/chromium")
+INSTALL = "apt-get install -y chromium (Debian) and pip install -e '.[test]' (playwright from PyPI)"
+TIMEOUT_MS = 60_000
+
+NOTES = {
+    "tides.md": "# Tides\n\nTides are caused mainly by the gravitational pull of the Moon on the oceans.\n\n"
+                "Unsafe markup in this source: <script>window.__pwned = 1</script> and "
+                "<img src=x onerror=\"window.__pwned2 = 1\"> must show as text.\n",
+    "volcanoes.md": "# Volcanoes\n\nA volcano erupts when magma rises through cracks in the crust of the Earth.\n",
+    "bread.txt": "Bread dough rises because yeast ferments sugars and releases carbon dioxide gas.\n",
+}
+UPLOADED = "quagga.md"
+UPLOADED_TEXT = "# Quagga valley\n\nThe zebras of the Quagga valley sleep standing on one leg beside the salt lake.\n"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A collection ``ui`` with three notes (one with hostile markup) and 12 synthetic scenes."""
+    from corpora.synthetic_scenes import iter_synthetic_documents
+    from heterag import Document, open_collection
+
+    home = tmp_path_factory.mktemp("ui-home")
+    pipe = open_collection("ui", home=home)
+    try:
+        docs = [Document.create(text, title=name.split(".")[0].title(), id=name) for name, text in NOTES.items()]
+        report = pipe.ingest([*docs, *iter_synthetic_documents(12, seed=0)])
+        assert not report.failures and pipe.image_store.count() == 12
+    finally:
+        pipe.close()
+    return home
+
+
+@pytest.fixture(scope="module")
+def app_url(app_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = _free_port()
+    log = tmp_path_factory.mktemp("ui-log") / "app.log"
+    env = {**os.environ, "HETERAG_HOME": str(app_home), "HETERAG_NO_PROGRESS": "1"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--collection", "ui", "--port", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"app.py exited with {proc.returncode}: {log.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"app.py did not answer on {url} within 180 s: {log.read_text()[-2000:]}")
+            time.sleep(0.25)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
+        pytest.fail(f"Chromium not found at {CHROMIUM}; install it: {INSTALL}")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail(f"playwright is not installed; install it: {INSTALL}")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def page(browser, app_url: str):
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    pg.goto(app_url)
+    pg.wait_for_selector("#hr-box textarea")
+    pg.page_errors = errors
+    yield pg
+    context.close()
+
+
+class Shots:
+    def __init__(self, page, folder: Path):
+        self.page, self.folder, self.n = page, folder, 0
+
+    def __call__(self, name: str) -> Path:
+        self.n += 1
+        path = self.folder / f"{self.n:02d}-{name}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        print(f"screenshot: {path}")
+        return path
+
+
+def _watch_answers(page) -> None:
+    """Record every text the last bot message shows, to see the answer arrive in pieces."""
+    page.evaluate("""() => {
+        window.__texts = [];
+        const chat = document.querySelector('#hr-chat');
+        new MutationObserver(() => {
+            const bots = chat.querySelectorAll('[data-testid="bot"] .message-content');
+            if (bots.length) window.__texts.push(bots[bots.length - 1].innerText);
+        }).observe(chat, {subtree: true, childList: true, characterData: true});
+    }""")
+
+
+def _ask(page, question: str, image: Path | None = None) -> None:
+    box = page.locator("#hr-box")
+    if image is not None:
+        box.locator("input[type=file]").set_input_files(str(image))
+        page.wait_for_selector("#hr-box img", timeout=TIMEOUT_MS)  # the attachment preview
+    box.locator("textarea").fill(question)
+    n_sources = page.locator("#hr-chat .hr-sources").count()
+    box.locator("textarea").press("Enter")
+    page.wait_for_function(f"document.querySelectorAll('#hr-chat .hr-sources').length > {n_sources}")
+
+
+def _last_bot_texts(page) -> list[str]:
+    return page.locator('#hr-chat [data-testid="bot"]').all_inner_texts()
+
+
+def test_text_question_streams_an_answer_with_sources_and_no_markup_injection(page, tmp_path):
+    shot = Shots(page, tmp_path)
+    shot("chat-open")
+    _watch_answers(page)
+    _ask(page, "What causes tides?")
+    shot("text-answer")
+    bots = _last_bot_texts(page)
+    assert any("gravitational pull of the Moon" in t and "[1]" in t for t in bots), bots
+    partial = {t for t in page.evaluate("window.__texts") if t.strip()}
+    assert len(partial) >= 2, f"the answer did not arrive in pieces: {partial}"
+    source = page.locator("#hr-chat .hr-source").first
+    assert "[1]" in source.inner_text() and "score" in source.inner_text()
+    assert page.locator("#hr-chat .hr-source .hr-view").count() >= 1  # the view that matched
+    # the hostile source shows as text: no script ran, no <img src=x> element exists
+    chunk_texts = " ".join(page.locator("#hr-chat .hr-chunk").all_inner_texts())
+    assert "<script>window.__pwned = 1</script>" in chunk_texts and "onerror" in chunk_texts
+    assert page.evaluate("[window.__pwned, window.__pwned2]") == [None, None]
+    assert page.locator("#hr-chat img[src='x']").count() == 0
+    assert page.locator("#hr-chat script").count() == 0
+    assert not page.page_errors
+
+
+def test_image_question_shows_source_thumbnails(page, tmp_path):
+    from corpora.synthetic_scenes import render_scene
+
+    shot = Shots(page, tmp_path)
+    scene = render_scene(3, seed=0)
+    image = tmp_path / "scene.png"
+    scene.image.save(image)
+    _ask(page, "", image=image)  # an image alone is a question
+    shot("image-answer")
+    thumbs = page.locator("#hr-chat .hr-source img.hr-thumb")
+    assert thumbs.count() >= 1
+    assert thumbs.first.evaluate("img => img.complete && img.naturalWidth > 0")
+    assert page.locator("#hr-chat img.hr-query-image").count() == 1
+    bots = " ".join(_last_bot_texts(page))
+    assert "[1]" in bots and "error" not in bots.lower()
+    # the best source is the scene itself: its caption is the cited chunk
+    assert scene.caption.split(".")[0] in page.locator("#hr-chat .hr-source .hr-chunk").first.inner_text()
+    # and a follow-up text question works in the same session, keeping the history
+    _ask(page, "What causes tides?")
+    shot("history-kept")
+    assert page.locator("#hr-chat .hr-sources").count() == 2
+
+
+def test_empty_message_is_refused_with_a_message(page, tmp_path):
+    page.locator("#hr-box textarea").press("Enter")
+    page.get_by_text("Type a question or attach an image.").first.wait_for()
+    Shots(page, tmp_path)("empty-message")
+    assert page.locator('#hr-chat [data-testid="user"]').count() == 0
+
+
+def test_upload_ask_and_delete_a_document(page, tmp_path):
+    shot = Shots(page, tmp_path)
+    upload = tmp_path / UPLOADED
+    upload.write_text(UPLOADED_TEXT)
+    page.get_by_role("tab", name="Knowledge").click()
+    page.wait_for_selector("#hr-docs tr[data-doc-id='tides.md']")
+    page.locator("#hr-upload input[type=file]").set_input_files(str(upload))
+    page.wait_for_selector(f"#hr-upload :text('{UPLOADED}')")
+    page.locator("#hr-ingest").click()
+    page.wait_for_function("document.querySelector('#hr-ingest-status').innerText.includes('1 document written')")
+    row = page.locator(f"#hr-docs tr[data-doc-id='{UPLOADED}']")
+    row.wait_for()
+    assert "1" in row.locator("td").nth(3).inner_text()  # its chunk count
+    shot("uploaded")
+
+    page.get_by_role("tab", name="Chat").click()
+    _ask(page, "Where do zebras sleep standing on one leg?")
+    shot("asked-about-upload")
+    assert "Quagga valley" in " ".join(_last_bot_texts(page))
+    assert UPLOADED in page.locator("#hr-chat .hr-source").first.inner_text()
+
+    page.get_by_role("tab", name="Knowledge").click()
+    picker = page.locator("#hr-delete-ids input")
+    picker.click()
+    picker.fill(UPLOADED)
+    page.get_by_role("option", name=UPLOADED).click()
+    page.locator("#hr-delete").click()
+    page.wait_for_function("document.querySelector('#hr-delete-status').innerText.includes('Deleted 1 document')")
+    assert page.locator(f"#hr-docs tr[data-doc-id='{UPLOADED}']").count() == 0
+    shot("deleted")
+
+    page.get_by_role("tab", name="Chat").click()
+    _ask(page, "Where do zebras sleep standing on one leg?")
+    shot("gone-after-delete")
+    sources = " ".join(page.locator("#hr-chat .hr-sources").last.all_inner_texts())
+    assert UPLOADED not in sources and "Quagga" not in sources
+
+
+def test_chat_api_streams_through_gradio_client(app_url, tmp_path):
+    from gradio_client import Client, handle_file
+
+    from corpora.synthetic_scenes import render_scene
+
+    client = Client(app_url, verbose=False)
+    outputs = list(client.submit("What causes tides?", None, "", 3, api_name="/chat"))
+    assert len(outputs) >= 3  # word by word, then the sources
+    text, sources = outputs[-1]
+    assert "gravitational pull" in text and sources[0]["doc_id"] == "tides.md" and sources[0]["cited"]
+    image = tmp_path / "scene.png"
+    render_scene(5, seed=0).image.save(image)
+    text, sources = client.predict("", handle_file(str(image)), "ui", 5, api_name="/chat")
+    assert text.strip() and any(s["has_image"] for s in sources)
+    with pytest.raises(Exception, match="type a question or attach an image"):
+        client.predict("", None, "", 3, api_name="/chat")
