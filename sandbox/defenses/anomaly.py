@@ -17,8 +17,10 @@ taken by :meth:`fit`:
   queries whose top-k (image signal, among the knowledge-base images, excluding the probe's own
   document) it would enter, i.e. ``sim(probe, v) >= the probe's k-th best similarity``. Poisons
   built to be retrieved for many queries are *adversarial hubs*; high ``N_k`` is how hubs are
-  defined and flagged (hubness-based detection of adversarial hubs in cross-modal retrieval is
-  discussed by e.g. Zhang et al., "Adversarial hubness in multi-modal retrieval", 2025). Rejects
+  defined and flagged (detecting injected hubs by their k-occurrence over sample queries is the
+  core detector of HubScan, Habler et al., "HubScan: Detecting Hubness Poisoning in
+  Retrieval-Augmented Generation Systems", arXiv:2602.22427, 2026, which scans an index
+  periodically; here the count gates each item at ingest). Rejects
   above the ``1 - false_rejection`` quantile of the same count for the knowledge-base items, each
   counted leave-one-out (probes from the item's own document excluded; the item removed from the
   probes' top-k lists, so an item in a probe's top-k is counted against the (k+1)-th best).
