@@ -96,6 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("train_args", nargs=argparse.REMAINDER)
 
     sub.add_parser("collections", help="list collections")
+
+    p = sub.add_parser("sandbox", help="attack/defense sandbox: run scenarios against a live index, list and clean runs")
+    ssub = p.add_subparsers(dest="sandbox_command", required=True)
+    r = ssub.add_parser("run", help="run a scenario YAML; writes report.json, report.md and plots")
+    r.add_argument("scenario", help="scenario YAML file (see eval/scenarios/)")
+    r.add_argument("--out", required=True, help="output folder for the report")
+    r.add_argument("--allow-live", action="store_true", help="allow injecting into a collection not made for experiments")
+    c = ssub.add_parser("clean", help="remove leftovers of crashed sandbox runs from a collection")
+    c.add_argument("--collection", required=True)
+    ssub.add_parser("runs", help="list sandbox runs that have not been cleaned up (journals)")
     return parser
 
 
@@ -301,8 +311,14 @@ def cmd_collections(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from sandbox.cli import run_command  # the sandbox is a layer above heterag: imported only here
+
+    return run_command(args)
+
+
 COMMANDS = {"ingest": cmd_ingest, "ask": cmd_ask, "eval": cmd_eval, "collections": cmd_collections,
-            "train-image-encoder": cmd_train_image_encoder}
+            "train-image-encoder": cmd_train_image_encoder, "sandbox": cmd_sandbox}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

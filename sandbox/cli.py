@@ -1,0 +1,56 @@
+"""``heterag sandbox run|clean|runs``: thin shell over :mod:`sandbox.runner` and :mod:`sandbox.injection`."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from heterag import open_collection
+
+from .injection import RunLock, clean, list_journals
+from .report import write_report
+from .runner import run_scenario
+from .scenario import load_scenario
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    scn = load_scenario(args.scenario)
+    report = run_scenario(scn, allow_live=args.allow_live)
+    md = write_report(report, Path(args.out))
+    m = report["metrics"]
+    k = scn.rag.top_k
+    asr = m.get(f"asr@{k}")
+    line = f"{scn.name}: {report['wall_seconds']:.0f} s"
+    if asr:
+        line += f", ASR@{k} {asr['value']:.3f} [{asr['ci_low']:.3f}, {asr['ci_high']:.3f}]"
+    if f"asr_bound@{k}" in m:
+        line += f", bound {m[f'asr_bound@{k}']['value']:.3f}"
+    same = report["fingerprint_before"] == report["fingerprint_after"]
+    print(f"{line}; index {'unchanged' if same else 'CHANGED'}; report: {md}")
+    return 0 if same or report.get("fingerprint_explained") else 1
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    pipe = open_collection(args.collection, create=False)
+    try:
+        print(clean(pipe, args.collection).summary())
+    finally:
+        pipe.close()
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    journals = list_journals()
+    if not journals:
+        print("no sandbox runs to clean up")
+        return 0
+    for j in journals:
+        state = "running" if RunLock(j.collection).busy() else "leftover (run 'heterag sandbox clean')"
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.started))
+        print(f"{j.run_id}  collection={j.collection}  pid={j.pid}  started={started}  documents={len(j.doc_ids)}  {state}")
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> int:
+    return {"run": cmd_run, "clean": cmd_clean, "runs": cmd_runs}[args.sandbox_command](args)

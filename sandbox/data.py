@@ -1,0 +1,145 @@
+"""Scenario data: load a corpus, split it by image, and turn the test part into queries.
+
+Every part of a split (knowledge base, attacker reference pool, attacker candidate pool, test)
+is a set of *images*: an image and all its questions go to exactly one part, so no test image
+is in the knowledge base and the attacker never sees a test image. The split is a seeded
+permutation of each source split (``all`` for layouts without splits; ``train``/``val``/``test``
+for MedMNIST), and the parts take their ``count`` or ``fraction`` in the order knowledge base,
+reference, candidates, test.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from corpora.annotated import AnnotatedImage
+from corpora.base import default_data_dir
+from corpora.image_layouts import LAYOUT_MEDMNIST, detect_image_layout, iter_image_layout
+from corpora.synthetic_scenes import generate_scenes
+from heterag.documents import ItemError
+from heterag.images import ImageRef
+
+from .scenario import PARTS, DataConfig, ScenarioError
+from .tasks import Task, make_task
+
+#: Size of synthetic scenes in pixels.
+SCENE_SIZE = 96
+
+
+@dataclass(frozen=True)
+class Query:
+    """One test query: question text (None for an image-only query), image, gold answer or label."""
+
+    text: str | None
+    image: ImageRef
+    gold: str
+    item_id: str
+
+
+@dataclass
+class ScenarioData:
+    knowledge_base: list[AnnotatedImage]
+    reference: list[AnnotatedImage]
+    candidates: list[AnnotatedImage]
+    test: list[AnnotatedImage]
+    task: Task
+    queries: list[Query] = field(default_factory=list)
+
+    def sizes(self) -> dict[str, int]:
+        return {"knowledge_base": len(self.knowledge_base), "reference": len(self.reference),
+                "candidates": len(self.candidates), "test_images": len(self.test), "test_queries": len(self.queries)}
+
+
+def resolve_source(source: str, base_dir: str | Path) -> Path:
+    if source.startswith("data:"):
+        path = default_data_dir() / source[5:]
+    else:
+        path = Path(source).expanduser()
+        if not path.is_absolute():
+            path = Path(base_dir) / path
+    if not path.exists():
+        raise ScenarioError(f"data.source: {path} does not exist")
+    return path
+
+
+def _load_split(path: Path, split: str) -> list[AnnotatedImage]:
+    layout = detect_image_layout(path)
+    if layout is None:
+        raise ScenarioError(f"data.source: {path} is not an image layout heterag reads")
+    if split != "all" and layout != LAYOUT_MEDMNIST:
+        raise ScenarioError(f"data.splits: from: {split!r}: only MedMNIST sources have named splits; use 'all'")
+    items = iter_image_layout(path, split=None if split == "all" else split)
+    out = []
+    for it in items:
+        if isinstance(it, ItemError):
+            continue  # bad items are skipped, as `heterag ingest` does
+        out.append(it)
+    if not out:
+        raise ScenarioError(f"data.source: {path} (split {split}) has no usable images")
+    return out
+
+
+def load_items(cfg: DataConfig, seed: int, base_dir: str | Path) -> dict[str, list[AnnotatedImage]]:
+    """Items of every source split the scenario's parts name."""
+    wanted = sorted({getattr(cfg.splits, p).from_ for p in PARTS})
+    if cfg.source.startswith("synthetic:"):
+        if wanted != ["all"]:
+            raise ScenarioError("data.splits: synthetic sources have no named splits; use from: all")
+        n = int(cfg.source.split(":")[1])
+        return {"all": [s.to_annotated() for s in generate_scenes(n, seed=seed, size=SCENE_SIZE)]}
+    path = resolve_source(cfg.source, base_dir)
+    return {split: _load_split(path, split) for split in wanted}
+
+
+def split_items(cfg: DataConfig, items: dict[str, list[AnnotatedImage]], seed: int) -> dict[str, list[AnnotatedImage]]:
+    """Assign images to parts (see the module docstring); deterministic for a seed."""
+    pools: dict[str, list[AnnotatedImage]] = {}
+    for split, its in items.items():
+        by_image: dict[str, AnnotatedImage] = {}
+        for it in sorted(its, key=lambda x: x.id):
+            by_image.setdefault(it.image.sha256, it)  # one item per distinct image
+        uniq = list(by_image.values())
+        order = np.random.default_rng([seed, len(uniq)]).permutation(len(uniq))
+        pools[split] = [uniq[i] for i in order]
+    out: dict[str, list[AnnotatedImage]] = {}
+    for part in PARTS:
+        spec = getattr(cfg.splits, part)
+        pool = pools[spec.from_]
+        if spec.count is not None:
+            if spec.count > len(pool):
+                raise ScenarioError(f"data.splits.{part}.count: {spec.count} images asked, only {len(pool)} left in "
+                                    f"split {spec.from_!r}")
+            n = spec.count
+        elif spec.fraction is not None:
+            n = int(round(spec.fraction * len(pool)))
+        else:
+            n = len(pool)
+        out[part], pools[spec.from_] = pool[:n], pool[n:]
+    if not out["knowledge_base"]:
+        raise ScenarioError("data.splits.knowledge_base: the split leaves the knowledge base empty")
+    return out
+
+
+def load_scenario_data(cfg: DataConfig, seed: int, base_dir: str | Path = ".") -> ScenarioData:
+    """Load, split and build the queries; raises :class:`ScenarioError` if no test query is left."""
+    parts = split_items(cfg, load_items(cfg, seed, base_dir), seed)
+    task = make_task(cfg.task, parts["knowledge_base"], cfg.label_descriptions)
+    queries = [Query(text, it.image, gold, it.id) for it in parts["test"] for text, gold in task.queries_of(it)]
+    if cfg.max_test_queries is not None and len(queries) > cfg.max_test_queries:
+        keep = np.sort(np.random.default_rng([seed, 7]).choice(len(queries), cfg.max_test_queries, replace=False))
+        queries = [queries[i] for i in keep]
+    if not queries:
+        raise ScenarioError(f"data.splits.test: the split leaves no test queries ({len(parts['test'])} test images, "
+                            f"task {task.name})")
+    data = ScenarioData(parts["knowledge_base"], parts["reference"], parts["candidates"], parts["test"], task, queries)
+    overlap = {it.image.sha256 for it in data.test} & {it.image.sha256 for it in data.knowledge_base}
+    assert not overlap, "split by image failed"
+    return data
+
+
+def label_counts(items: list[AnnotatedImage], task: Task) -> Counter:
+    return Counter(task.label_of(it) for it in items)

@@ -1,0 +1,344 @@
+"""Reversible injection into a live collection: journal first, tag everything, remove, verify.
+
+:class:`ReversibleInjection` is the only way the sandbox writes into an index:
+
+1. On entry it takes the collection's *sandbox run lock* (a second run on the same collection is
+   refused, naming the running one; the OS releases the lock if the process dies), snapshots the
+   collection's :func:`~heterag.content_fingerprint`, and writes a journal
+   (``$HETERAG_HOME/sandbox/runs/<run id>.json``: run id, collection, pid, and the ids of the
+   documents about to be written) to disk *before* the first write.
+2. :meth:`ReversibleInjection.inject` tags every document with ``sandbox_run=<run id>`` in its
+   metadata (so leftovers are found by filter even without a journal), appends their ids to the
+   journal (saved atomically), then ingests them through the pipeline (and its guards).
+3. On exit (normal, exception, Ctrl-C, SIGTERM) it deletes every journalled and every tagged
+   document, takes the fingerprint again and compares. Records another process added or removed
+   in the meantime are *explained* (:attr:`InjectionOutcome.explained`), not called dirty; only
+   a record of this run left behind, or a record present before that this run removed, makes
+   the outcome dirty.
+
+A run killed with ``kill -9`` leaves its journal and tagged documents; :func:`clean` (``heterag
+sandbox clean --collection NAME``) finds them by journal and by tag and removes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+from filelock import Timeout as _LockTimeout
+
+from heterag import (
+    ContentFingerprint,
+    Document,
+    HeteragError,
+    IngestReport,
+    Pipeline,
+    collection_info,
+    content_fingerprint,
+    heterag_home,
+)
+from heterag.errors import InvalidInputError
+
+log = logging.getLogger(__name__)
+
+#: Metadata key every injected document carries, with the run id as value.
+SANDBOX_TAG = "sandbox_run"
+
+
+class SandboxBusyError(HeteragError):
+    """Another sandbox run is active on the same collection."""
+
+
+class LiveCollectionError(HeteragError):
+    """Injecting into a collection that was not made for experiments, without ``allow_live``."""
+
+
+def sandbox_dir() -> Path:
+    return heterag_home() / "sandbox"
+
+
+def runs_dir() -> Path:
+    return sandbox_dir() / "runs"
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:8]
+
+
+@dataclass
+class Journal:
+    """What a run is about to write (and has written) into which collection."""
+
+    run_id: str
+    collection: str
+    pid: int
+    started: float
+    doc_ids: list[str] = field(default_factory=list)
+    status: str = "open"  # open -> removed
+
+    @property
+    def path(self) -> Path:
+        return runs_dir() / f"{self.run_id}.json"
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(dataclasses.asdict(self), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    @classmethod
+    def load(cls, path: Path) -> Journal:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return cls(run_id=str(data["run_id"]), collection=str(data["collection"]), pid=int(data["pid"]),
+                   started=float(data["started"]), doc_ids=[str(d) for d in data.get("doc_ids", [])],
+                   status=str(data.get("status", "open")))
+
+
+def list_journals(collection: str | None = None) -> list[Journal]:
+    """Journals of runs that have not been cleaned up (oldest first), optionally of one collection."""
+    out = []
+    folder = runs_dir()
+    if not folder.is_dir():
+        return []
+    for p in sorted(folder.glob("*.json")):
+        try:
+            j = Journal.load(p)
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("ignoring unreadable sandbox journal %s: %s", p, exc)
+            continue
+        if collection is None or j.collection == collection:
+            out.append(j)
+    return sorted(out, key=lambda j: j.started)
+
+
+class RunLock:
+    """Exclusive, non-blocking lock: one sandbox run per collection at a time."""
+
+    def __init__(self, collection: str):
+        folder = sandbox_dir() / "locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.collection = collection
+        self.path = folder / f"{collection}.lock"
+        self.info = folder / f"{collection}.holder.json"
+        self._lock = FileLock(str(self.path), thread_local=False)
+
+    def holder(self) -> str:
+        try:
+            data = json.loads(self.info.read_text())
+            return f"run {data['run_id']} (pid {data['pid']}, since {time.strftime('%H:%M:%S', time.localtime(data['since']))})"
+        except (OSError, ValueError, KeyError):
+            return "another run"
+
+    def acquire(self, run_id: str) -> None:
+        try:
+            self._lock.acquire(timeout=0)
+        except _LockTimeout:
+            raise SandboxBusyError(f"collection {self.collection!r} is in use by sandbox {self.holder()}; "
+                                   "wait for it to finish (or stop it)") from None
+        tmp = self.info.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"run_id": run_id, "pid": os.getpid(), "since": time.time()}))
+        os.replace(tmp, self.info)
+
+    def busy(self) -> bool:
+        try:
+            self._lock.acquire(timeout=0)
+        except _LockTimeout:
+            return True
+        self._lock.release()
+        return False
+
+    def release(self) -> None:
+        if self._lock.is_locked:
+            self.info.unlink(missing_ok=True)
+            self._lock.release(force=True)
+
+
+def check_live(collection: str, allow_live: bool) -> None:
+    """Refuse injecting into a collection not made for experiments unless ``allow_live``."""
+    info = collection_info(collection)
+    if info.purpose != "experiment" and not allow_live:
+        raise LiveCollectionError(
+            f"collection {collection!r} was not created for experiments; injecting into it needs "
+            "allow_live: true in the scenario (--allow-live on the command line)")
+
+
+@dataclass(frozen=True)
+class InjectionOutcome:
+    run_id: str
+    fingerprint_before: str
+    fingerprint_after: str
+    documents_injected: int
+    documents_removed: int
+    #: Differences another writer explains (records not of this run, added or removed meanwhile).
+    explained: str = ""
+    clean: bool = True
+
+    @property
+    def identical(self) -> bool:
+        return self.fingerprint_before == self.fingerprint_after
+
+
+class ReversibleInjection:
+    """Context manager: inject tagged documents into ``pipeline``'s collection and take them out again.
+
+    Raises :class:`SandboxBusyError` on entry if another run holds the collection, and
+    :class:`LiveCollectionError` if the collection is not an experiment collection and
+    ``allow_live`` is false. After exit, :attr:`outcome` says whether the index is as it was.
+    """
+
+    def __init__(self, pipeline: Pipeline, collection: str, *, run_id: str | None = None, allow_live: bool = False):
+        self.pipeline = pipeline
+        self.collection = collection
+        self.run_id = run_id or new_run_id()
+        self.allow_live = allow_live
+        self.journal = Journal(self.run_id, collection, os.getpid(), time.time())
+        self.outcome: InjectionOutcome | None = None
+        self._before: ContentFingerprint | None = None
+        self._lock = RunLock(collection)
+        self._old_sigterm: Any = None
+
+    # -- entry / exit ---------------------------------------------------------------------
+    def __enter__(self) -> ReversibleInjection:
+        check_live(self.collection, self.allow_live)
+        self._lock.acquire(self.run_id)
+        try:
+            self._before = content_fingerprint(self.pipeline)
+            self.journal.save()  # on disk before the first write
+            self._trap_sigterm()
+        except BaseException:
+            self._lock.release()
+            raise
+        log.info("sandbox run %s: injecting into %r (fingerprint %s)", self.run_id, self.collection, self._before.digest[:12])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            removed = self.remove()
+            after = content_fingerprint(self.pipeline)
+            assert self._before is not None
+            explained, clean = self._explain(self._before, after)
+            self.outcome = InjectionOutcome(self.run_id, self._before.digest, after.digest, len(self.journal.doc_ids),
+                                            removed, explained, clean)
+            if clean:
+                self.journal.path.unlink(missing_ok=True)
+            else:
+                log.error("sandbox run %s left the index changed: %s", self.run_id, explained)
+        finally:
+            self._restore_sigterm()
+            self._lock.release()
+
+    def _trap_sigterm(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            def _raise(signum: int, frame: Any) -> None:
+                raise KeyboardInterrupt(f"signal {signum}")
+            self._old_sigterm = signal.signal(signal.SIGTERM, _raise)
+
+    def _restore_sigterm(self) -> None:
+        if self._old_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._old_sigterm)
+            self._old_sigterm = None
+
+    # -- work -----------------------------------------------------------------------------
+    def inject(self, documents: Iterable[Document]) -> IngestReport:
+        """Tag, journal, then ingest ``documents`` (through the pipeline's guards)."""
+        docs = [dataclasses.replace(d, metadata={**d.metadata, SANDBOX_TAG: self.run_id}) for d in documents]
+        if not docs:
+            return IngestReport()
+        new = [d.id for d in docs if d.id not in set(self.journal.doc_ids)]
+        clash = self.pipeline.store.ids(where={"doc_id": {"$in": new}}) if new else []
+        if clash:
+            raise InvalidInputError(f"sandbox run {self.run_id}: {len(clash)} injected document id(s) already exist in "
+                                    f"{self.collection!r} (e.g. a chunk of {clash[0]}); injected ids must be new")
+        self.journal.doc_ids.extend(new)
+        self.journal.save()  # journal first, then write
+        return self.pipeline.ingest(docs, progress=False)
+
+    def remove(self) -> int:
+        """Delete every document this run journalled or tagged; returns how many documents."""
+        tagged = set()
+        for st in (self.pipeline.store, self.pipeline.image_store):
+            if st is not None:
+                tagged |= {str(r.metadata.get("doc_id")) for r in st.get(where={SANDBOX_TAG: self.run_id})}
+        doc_ids = sorted(set(self.journal.doc_ids) | tagged)
+        if doc_ids:
+            self.pipeline.delete_documents(doc_ids)
+        self.journal.status = "removed"
+        self.journal.save()
+        return len(doc_ids)
+
+    def _explain(self, before: ContentFingerprint, after: ContentFingerprint) -> tuple[str, bool]:
+        if before == after:
+            return "", True
+        diff = before.diff(after)
+        ours = [r for st in (self.pipeline.store, self.pipeline.image_store) if st is not None
+                for r in st.get(where={SANDBOX_TAG: self.run_id})]
+        if ours:
+            return f"{len(ours)} record(s) of this run are still in the index ({diff.summary()})", False
+        injected = set(self.journal.doc_ids)
+        added_text = diff.added.get("text", frozenset())
+        foreign = [r for r in self.pipeline.store.get(ids=sorted(added_text)) if str(r.metadata.get("doc_id")) not in injected]
+        return (f"another writer changed the collection during the run ({diff.summary()}; "
+                f"{len(foreign)} added chunk(s) belong to documents this run did not inject)"), True
+
+
+@dataclass(frozen=True)
+class CleanReport:
+    collection: str
+    journals: tuple[str, ...]
+    documents_removed: int
+
+    def summary(self) -> str:
+        if not self.journals and not self.documents_removed:
+            return f"collection {self.collection!r}: no sandbox leftovers"
+        return (f"collection {self.collection!r}: removed {self.documents_removed} injected document(s) of "
+                f"{len(self.journals)} run(s): {', '.join(self.journals) or '(found by tag)'}")
+
+
+def clean(pipeline: Pipeline, collection: str) -> CleanReport:
+    """Remove leftovers of crashed runs from ``collection``: every journalled and every
+    ``sandbox_run``-tagged document. Refused (:class:`SandboxBusyError`) while a run is active."""
+    lock = RunLock(collection)
+    lock.acquire("clean")
+    try:
+        journals = list_journals(collection)
+        doc_ids = {d for j in journals for d in j.doc_ids}
+        runs = {j.run_id for j in journals}
+        for st in (pipeline.store, pipeline.image_store):
+            if st is not None:
+                for r in st.get(where={SANDBOX_TAG: {"$ne": ""}}):
+                    doc_ids.add(str(r.metadata.get("doc_id")))
+                    runs.add(str(r.metadata.get(SANDBOX_TAG)))
+        present = set()
+        for st in (pipeline.store, pipeline.image_store):
+            if st is not None and doc_ids:
+                present |= {str(r.metadata.get("doc_id")) for r in st.get(where={"doc_id": {"$in": sorted(doc_ids)}})}
+        if present:
+            pipeline.delete_documents(sorted(present))
+        for j in journals:
+            j.path.unlink(missing_ok=True)
+        return CleanReport(collection, tuple(sorted(runs)), len(present))
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def injected(pipeline: Pipeline, collection: str, documents: Sequence[Document], **kwargs: Any) -> Iterator[ReversibleInjection]:
+    """Shorthand: ``with injected(pipe, name, docs) as inj: ...`` (docs injected on entry)."""
+    with ReversibleInjection(pipeline, collection, **kwargs) as inj:
+        inj.inject(documents)
+        yield inj

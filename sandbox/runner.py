@@ -1,0 +1,482 @@
+"""Run a scenario end to end against a live index and measure it.
+
+Stages (each timed in ``stage_seconds``, each with a progress bar):
+
+``data``      load and split the data by image (:mod:`sandbox.data`);
+``index``     build the experiment collection from the knowledge base (reused when it already
+              exists with the same content), or open ``rag.collection`` (live: needs ``allow_live``);
+``clean``     every test query through the real pipeline: top-k hits, the reader's answer, the
+              generator's cited answer;
+``attack``    build the poisons (M3Att or a baseline) from the attacker's pools only;
+``attacked``  inject the poisons reversibly (:class:`~sandbox.injection.ReversibleInjection`), ask
+              every test query again, remove them, verify the content fingerprint;
+``bound``     the unconstrained upper bound: free embedding vectors fitted on the attacker's
+              reference pool for the same retrieval objective, scored exactly as the pipeline
+              would score a poison whose image embedding they were (:func:`bound_asr`);
+``sweep``     the same at further poison rates (ASR and bound only);
+``defenses``  each defense fitted on clean data at its false-rejection rate, then the clean and the
+              attacked runs again with it switched on.
+
+The same seed gives the same numbers (the data split, k-means, PGD and the bootstrap are seeded).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from heterag import Hit, InvalidInputError, Pipeline, collection_info, content_fingerprint, open_collection
+
+from .attacks.m3att import AttackInputs, PoisonSet, build_m3att, build_query_copy
+from .attacks.objectives import neighbour_thresholds
+from .attacks.upper_bound import fit_free_vectors
+from .data import Query, ScenarioData, load_scenario_data
+from .injection import ReversibleInjection, RunLock, check_live, new_run_id
+from .metrics import hit_at_k, mean_ci, metric, normalised_drop, paired_ci
+from .scenario import Scenario
+
+log = logging.getLogger(__name__)
+
+
+def _progress() -> bool:
+    return not os.environ.get("HETERAG_NO_PROGRESS")
+
+
+@dataclass
+class QueryResult:
+    hits: list[Hit]
+    answer: str
+    correct: bool
+    cited: list[str] = field(default_factory=list)  # doc ids the generator cited
+    dropped: list[str] = field(default_factory=list)  # chunk ids hit filters dropped
+
+    def poisoned(self, poison_ids: set[str]) -> list[bool]:
+        return [h.doc_id in poison_ids for h in self.hits]
+
+
+class Stages:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t = time.perf_counter()
+        log.info("stage %s", name)
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("heterag", "torch", "numpy", "scikit-learn", "scipy", "chromadb", "faiss-cpu", "open_clip_torch"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def collection_name_for(scn: Scenario, data: ScenarioData) -> str:
+    """Experiment collection name: a hash of the knowledge base and the RAG settings (so reruns reuse it)."""
+    h = hashlib.sha256()
+    h.update(json.dumps(scn.rag.model_dump(exclude={"generator", "top_k", "fusion", "collection", "allow_live"}),
+                        sort_keys=True).encode())
+    for it in data.knowledge_base:
+        h.update(it.id.encode())
+        h.update(it.image.sha256.encode())
+    return f"sandbox-{scn.name[:30]}-{h.hexdigest()[:12]}".replace("_", "-")
+
+
+def open_index(scn: Scenario, data: ScenarioData, stages: Stages, *, allow_live: bool = False) -> tuple[Pipeline, str]:
+    rag = scn.rag
+    if rag.collection:
+        check_live(rag.collection, rag.allow_live or allow_live)
+        pipe = open_collection(rag.collection, create=False, fusion=rag.fusion)
+        return pipe, rag.collection
+    name = collection_name_for(scn, data)
+    pipe = open_collection(name, store=rag.store, encoder=rag.text_encoder, view=rag.view, image_encoder=rag.image_encoder,
+                           fusion=rag.fusion, purpose="experiment")
+    try:
+        if collection_info(name).purpose != "experiment":
+            raise InvalidInputError(f"collection {name!r} exists and is not an experiment collection")
+        report = pipe.ingest([it.to_document() for it in data.knowledge_base], progress=_progress(),
+                             total=len(data.knowledge_base))
+        if report.failures:
+            raise InvalidInputError(f"knowledge base ingest failed for {len(report.failures)} item(s): {report.failures[0]}")
+    except BaseException:
+        pipe.close()
+        raise
+    return pipe, name
+
+
+def ask_all(pipe: Pipeline, data: ScenarioData, k: int, desc: str, *, generate: bool = True,
+            where: dict[str, Any] | None = None) -> list[QueryResult]:
+    """Every test query through the pipeline (and its hit filters): hits, reader answer, cited sources."""
+    out = []
+    for q in tqdm(data.queries, desc=desc, unit="q", disable=not _progress(), leave=False):
+        res = pipe.search(q.text, k=k, image=q.image, where=where)
+        hits = list(res.hits)
+        answer = data.task.read(q.text, hits)
+        cited: list[str] = []
+        if generate and hits:
+            ans = pipe.generator.generate(q.text or "", hits, image=q.image)
+            cited = [c.doc_id for c in ans.citations]
+        out.append(QueryResult(hits, answer, answer == q.gold, cited, [d.hit.chunk_id for d in res.dropped]))
+    return out
+
+
+# --------------------------------------------------------------------------- upper bound
+
+
+def query_vectors(pipe: Pipeline, queries: Sequence[Query]) -> dict[str, np.ndarray]:
+    """Per-signal query vectors (rows per query; zero rows where a query lacks the signal)."""
+    enc = pipe.image_encoder
+    img = enc.encode_images([q.image for q in queries], progress=False)
+    texts = [q.text or "" for q in queries]
+    has_text = np.array([bool(t.strip()) for t in texts])
+    out = {"image": img, "has_text": has_text}
+    if has_text.any():
+        idx = np.flatnonzero(has_text)
+        tv = np.zeros((len(queries), pipe.encoder.dim), dtype=np.float32)
+        cv = np.zeros((len(queries), enc.dim), dtype=np.float32)
+        tv[idx] = np.stack([pipe.encoder.encode_query(texts[i]) for i in idx])
+        cv[idx] = enc.encode_texts([texts[i] for i in idx])
+        out["text"], out["cross"] = tv, cv
+    return out
+
+
+def fused_scores(pipe: Pipeline, qv: dict[str, np.ndarray], vectors: np.ndarray, text_vectors: list[np.ndarray]) -> np.ndarray:
+    """Score (queries, poisons) of poisons with image embeddings ``vectors`` and chunk view vectors
+    ``text_vectors[p]`` (rows: chunks) under the pipeline's fusion; a poison's score is its best chunk's."""
+    n, p = qv["image"].shape[0], vectors.shape[0]
+    out = np.full((n, p), -np.inf, dtype=np.float32)
+    img = qv["image"] @ vectors.T
+    cross = qv["cross"] @ vectors.T if "cross" in qv else None
+    for j in range(p):
+        chunks = text_vectors[j] if len(text_vectors[j]) else np.zeros((1, 0), dtype=np.float32)
+        for i in range(n):
+            best = -np.inf
+            for c in range(chunks.shape[0]):
+                sims = {"image": float(img[i, j])}
+                if qv["has_text"][i]:
+                    sims["cross"] = float(cross[i, j])
+                    if chunks.shape[1]:
+                        sims["text"] = float(qv["text"][i] @ chunks[c])
+                best = max(best, pipe.fusion.fuse([sims])[0])
+            out[i, j] = best
+    return out
+
+
+def kth_scores(results: Sequence[QueryResult], k: int) -> np.ndarray:
+    return np.array([r.hits[k - 1].score if len(r.hits) >= k else -np.inf for r in results], dtype=np.float32)
+
+
+def density_matched_k(k: int, reference: int, kb: int) -> int:
+    """The rank in the reference pool that corresponds to rank ``k`` in a knowledge base of ``kb`` items:
+    ``max(1, round(k * reference / kb))`` (a sparser pool's k'-th neighbour is as far as the KB's k-th)."""
+    return max(1, int(round(k * reference / max(1, kb))))
+
+
+def bound_asr(pipe: Pipeline, qv: dict[str, np.ndarray], clean: Sequence[QueryResult], k: int, ref_emb: np.ndarray,
+              n: int, text_vectors: list[np.ndarray], *, kb_size: int, seed: int,
+              fit_on: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-query coverage (0/1) of ``n`` free unit vectors, scored exactly as poisons with those image
+    embeddings and ``text_vectors`` would be; and the vectors.
+
+    The vectors maximise the soft coverage of the attacker's reference pool (init: the k-means proxy
+    centroids), where a reference query counts as covered when a vector beats its
+    :func:`density_matched_k`-th nearest reference neighbour, the pool's stand-in for the knowledge
+    base's k-th hit. ``fit_on`` (test query image vectors and their true k-th knowledge-base
+    similarities, ``(vectors, thresholds)``) fits them on the test queries themselves instead: an
+    oracle the threat model forbids, reported for scale only.
+    """
+    from .attacks.clusters import profile_clusters
+
+    init = profile_clusters(ref_emb, n, seed=seed).proxy_centroids if n <= len(ref_emb) else None
+    if fit_on is None:
+        thresholds = neighbour_thresholds(ref_emb, k=density_matched_k(k, len(ref_emb), kb_size))
+        vectors = fit_free_vectors(ref_emb, thresholds, n, init=init, seed=seed)
+    else:
+        vectors = fit_free_vectors(fit_on[0], fit_on[1], n, init=init, seed=seed)
+    tv = [text_vectors[j % len(text_vectors)] for j in range(n)] if text_vectors else [np.zeros((0, 0))] * n
+    scores = fused_scores(pipe, qv, vectors, tv)
+    return (scores.max(axis=1) > kth_scores(clean, k)).astype(float), vectors
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def poison_budget(scn: Scenario, kb_size: int) -> int:
+    a = scn.attack
+    if a.poison_count is not None:
+        return a.poison_count
+    rate = a.poison_rate if a.poison_rate is not None else 0.01
+    return max(1, int(round(rate * kb_size)))
+
+
+def _chunk_vectors(pipe: Pipeline, doc_ids: Sequence[str]) -> list[np.ndarray]:
+    out = []
+    for d in doc_ids:
+        recs = pipe.store.get(where={"doc_id": d}, include_vectors=True)
+        out.append(np.stack([r.vector for r in recs]) if recs else np.zeros((0, pipe.encoder.dim), dtype=np.float32))
+    return out
+
+
+@dataclass
+class AttackRun:
+    poisons: PoisonSet
+    results: list[QueryResult]
+    outcome: Any
+    written: list[str]  # poison doc ids that made it into the index (past the guards)
+    rejected: int
+
+
+def attacked_run(pipe: Pipeline, name: str, data: ScenarioData, poisons: PoisonSet, k: int, *, run_id: str,
+                 allow_live: bool, guards: Sequence[Any] = (), hit_filters: Sequence[Any] = (), desc: str = "attacked",
+                 generate: bool = True, where: dict[str, Any] | None = None, keep_vectors: bool = False) -> tuple[AttackRun, list]:
+    vecs: list[np.ndarray] = []
+    with ReversibleInjection(pipe, name, run_id=run_id, allow_live=allow_live) as inj, \
+            pipe.defended(guards=guards, hit_filters=hit_filters):
+        report = inj.inject(poisons.documents)
+        written = sorted({str(r.metadata.get("doc_id")) for r in pipe.store.get(where={"sandbox_run": run_id})}
+                         | {str(r.metadata.get("doc_id")) for r in pipe.image_store.get(where={"sandbox_run": run_id})})
+        if keep_vectors:
+            vecs = _chunk_vectors(pipe, [d.id for d in poisons.documents])
+        results = ask_all(pipe, data, k, desc, generate=generate, where=where)
+    return AttackRun(poisons, results, inj.outcome, written, len(report.rejected)), vecs
+
+
+def run_scenario(scn: Scenario, *, allow_live: bool = False, run_id: str | None = None) -> dict[str, Any]:
+    """Run ``scn``; returns the report (see :func:`sandbox.report.write_report` for the files)."""
+    t_start = time.perf_counter()
+    stages = Stages()
+    run_id = run_id or new_run_id()
+    np.random.seed(scn.seed)
+    import torch
+
+    torch.manual_seed(scn.seed)
+    k = scn.rag.top_k
+    with stages("data"):
+        data = load_scenario_data(scn.data, scn.seed, scn.base_dir)
+    log.info("data: %s", data.sizes())
+    with stages("index"):
+        pipe, name = open_index(scn, data, stages, allow_live=allow_live)
+    try:
+        if scn.rag.generator.name != "extractive":
+            from heterag import make_generator
+
+            pipe.generator = make_generator(scn.rag.generator.name, **scn.rag.generator.options)
+        live = bool(scn.rag.collection) and (scn.rag.allow_live or allow_live)
+        lock = RunLock(name)
+        if lock.busy():
+            from .injection import SandboxBusyError
+
+            raise SandboxBusyError(f"collection {name!r} is in use by sandbox {lock.holder()}; wait for it to finish (or stop it)")
+        fp_before = content_fingerprint(pipe)
+        kb_size = pipe.image_store.count() if pipe.image_store is not None else len(data.knowledge_base)
+        n = poison_budget(scn, kb_size)
+        if scn.attack.name == "m3att" and scn.attack.access == "white-box":
+            from .attacks.pgd import require_gradients
+
+            require_gradients(pipe.image_encoder)
+        if scn.attack.name == "m3att" and n > len(data.candidates):
+            raise InvalidInputError(f"attack: poison budget {n} is larger than the candidate pool ({len(data.candidates)} images)")
+        with stages("clean"):
+            clean = ask_all(pipe, data, k, "clean")
+        inputs = AttackInputs(data.reference, data.candidates, data.task)
+        report: dict[str, Any] = {"run_id": run_id, "collection": name, "live": live, "data": data.sizes(),
+                                  "task": data.task.name, "poison_count": n, "knowledge_base_items": kb_size}
+        attack_runs: list[AttackRun] = []
+        metrics: dict[str, dict[str, float]] = {}
+        B, seed = scn.bootstrap, scn.seed
+        correct_clean = np.array([r.correct for r in clean], dtype=float)
+        s_rand = data.task.chance_accuracy(data.queries)
+        report["chance"] = {"s_rand": s_rand, "answer": data.task.chance_answer, "rule": data.task.chance_rate_source}
+        metrics["accuracy_clean"] = mean_ci(correct_clean, B, seed)
+        outcomes = []
+        if scn.attack.name != "none":
+            with stages("attack"):
+                poisons = make_poisons(scn, data, inputs, pipe, n, run_id)
+            report["attack"] = {"name": scn.attack.name, "access": scn.attack.access, "objective": scn.attack.objective,
+                                "poisons": len(poisons.documents), "seconds": poisons.seconds,
+                                "steps_per_second_per_image": poisons.steps_per_second_per_image,
+                                "oracle_queries": poisons.oracle_queries,
+                                "similarity_to_target_quantised": {"mean": float(np.mean(poisons.similarity)),
+                                                                   "min": float(np.min(poisons.similarity))},
+                                "history": poisons.history[:: max(1, len(poisons.history) // 200)],
+                                "text_edits": [[{"strategy": e.strategy, "before": e.before, "after": e.after}
+                                                for e in t.edits] for t in poisons.texts[:20]], **poisons.info}
+            with stages("attacked"):
+                run, pvecs = attacked_run(pipe, name, data, poisons, k, run_id=run_id, allow_live=live, keep_vectors=True)
+            outcomes.append(run.outcome)
+            attack_runs.append(run)
+            per_query = add_attack_metrics(metrics, "", clean, run, data, s_rand, B, seed, k)
+            report["per_query"] = per_query
+            if "asr_bound@k" in scn.metrics and scn.attack.name in ("m3att", "random"):
+                with stages("bound"):
+                    qv = query_vectors(pipe, data.queries)
+                    ref_emb = pipe.image_encoder.encode_images([it.image for it in data.reference], progress=False)
+                    covered, _ = bound_asr(pipe, qv, clean, k, ref_emb, n, pvecs, kb_size=kb_size, seed=seed)
+                    image_only = ~qv["has_text"]
+                    if image_only.all():  # the oracle needs the k-th similarity in one space: image-only queries
+                        oracle, _ = bound_asr(pipe, qv, clean, k, ref_emb, n, pvecs, kb_size=kb_size, seed=seed,
+                                              fit_on=(qv["image"], kth_scores(clean, k)))
+                        metrics[f"asr_oracle_bound@{k}"] = mean_ci(oracle, B, seed)
+                metrics[f"asr_bound@{k}"] = mean_ci(covered, B, seed)
+                asr = metrics[f"asr@{k}"]["value"]
+                bound = metrics[f"asr_bound@{k}"]["value"]
+                report["bound_ratio"] = asr / bound if bound > 0 else float("nan")
+            sweep = sweep_counts(scn, kb_size, n)
+            if sweep and scn.attack.name in ("m3att", "random"):
+                with stages("sweep"):
+                    report["sweep"] = run_sweep(scn, data, inputs, pipe, name, clean, sweep, run_id, live, k, outcomes)
+        if scn.defenses:
+            with stages("defenses"):
+                report["defenses"] = run_defenses(scn, data, pipe, name, clean, attack_runs[0] if attack_runs else None,
+                                                  metrics, run_id, live, k, s_rand, outcomes)
+        fp_after = content_fingerprint(pipe)
+    finally:
+        pipe.close()
+    metrics = {m: v for m, v in metrics.items() if _wanted(m, scn.metrics, k)}
+    report.update({
+        "scenario": scn.model_dump(mode="json", by_alias=True),
+        "seed": scn.seed,
+        "versions": _versions(),
+        "fingerprint_before": fp_before.digest,
+        "fingerprint_after": fp_after.digest,
+        "fingerprint_explained": [o.explained for o in outcomes if o is not None and o.explained],
+        "injections": [{"run_id": o.run_id, "identical": o.identical, "clean": o.clean, "injected": o.documents_injected,
+                        "removed": o.documents_removed} for o in outcomes if o is not None],
+        "metrics": metrics,
+        "stage_seconds": stages.seconds,
+        "wall_seconds": time.perf_counter() - t_start,
+    })
+    return report
+
+
+def _wanted(name: str, wanted: Sequence[str], k: int) -> bool:
+    base = name.split("[")[0].replace(f"@{k}", "@k")
+    return base in wanted or base.startswith("rejected_clean") or (base == "asr_oracle_bound@k" and "asr_bound@k" in wanted)
+
+
+def make_poisons(scn: Scenario, data: ScenarioData, inputs: AttackInputs, pipe: Pipeline, n: int, run_id: str) -> PoisonSet:
+    a = scn.attack
+    if a.name == "query_copy":
+        return build_query_copy(data.test, data.task, [], a.editor.name, run_id=run_id)
+    return build_m3att(a, inputs, pipe.image_encoder, n, seed=scn.seed, run_id=run_id, random_baseline=a.name == "random",
+                       progress=_progress())
+
+
+def add_attack_metrics(metrics: dict, suffix: str, clean: Sequence[QueryResult], run: AttackRun, data: ScenarioData,
+                       s_rand: float, B: int, seed: int, k: int) -> dict[str, list]:
+    ids = run.poisons.ids
+    flags = [r.poisoned(ids) for r in run.results]
+    hit = hit_at_k(flags)
+    per_q = [float(len({h.doc_id for h in r.hits if h.doc_id in ids})) for r in run.results]
+    correct_att = np.array([r.correct for r in run.results], dtype=float)
+    correct_clean = np.array([r.correct for r in clean], dtype=float)
+    mis = np.array([float(any(c in ids for c in r.cited)) for r in run.results])
+    metrics[f"asr@{k}{suffix}"] = mean_ci(hit, B, seed)
+    metrics[f"accuracy_attacked{suffix}"] = mean_ci(correct_att, B, seed)
+    if not suffix:
+        metrics[f"poisoned_per_query@{k}"] = mean_ci(per_q, B, seed)
+        metrics["accuracy_drop_normalised"] = paired_ci([correct_clean, correct_att], normalised_drop(s_rand), B, seed)
+        metrics["misinformation_rate"] = mean_ci(mis, B, seed)
+        metrics["poison_rate"] = metric(len(run.written) / max(1, len(run.written) + len(data.knowledge_base)))
+    return {"asr_hit": hit.tolist(), "correct_clean": correct_clean.tolist(), "correct_attacked": correct_att.tolist()}
+
+
+def sweep_counts(scn: Scenario, kb_size: int, n: int) -> list[int]:
+    counts = [max(1, int(round(r * kb_size))) for r in scn.attack.sweep_rates] + list(scn.attack.sweep_counts)
+    return sorted(set(counts))
+
+
+def run_sweep(scn: Scenario, data: ScenarioData, inputs: AttackInputs, pipe: Pipeline, name: str, clean: list[QueryResult],
+              counts: list[int], run_id: str, live: bool, k: int, outcomes: list) -> list[dict[str, Any]]:
+    qv = query_vectors(pipe, data.queries)
+    ref_emb = pipe.image_encoder.encode_images([it.image for it in data.reference], progress=False)
+    rows = []
+    for c in counts:
+        if c > len(data.candidates) or c > len(data.reference):
+            log.warning("sweep: %d poisons exceed the candidate or reference pool; skipped", c)
+            continue
+        sub = f"{run_id}-n{c}"
+        poisons = make_poisons(scn, data, inputs, pipe, c, sub)
+        run, pvecs = attacked_run(pipe, name, data, poisons, k, run_id=sub, allow_live=live, desc=f"sweep n={c}",
+                                  generate=False, keep_vectors=True)
+        outcomes.append(run.outcome)
+        hit = hit_at_k([r.poisoned(poisons.ids) for r in run.results])
+        covered, _ = bound_asr(pipe, qv, clean, k, ref_emb, c, pvecs, kb_size=len(data.knowledge_base), seed=scn.seed)
+        asr, bound = mean_ci(hit, scn.bootstrap, scn.seed), mean_ci(covered, scn.bootstrap, scn.seed)
+        rows.append({"poisons": c, "poison_rate": c / (c + len(data.knowledge_base)), f"asr@{k}": asr,
+                     f"asr_bound@{k}": bound, "ratio": asr["value"] / bound["value"] if bound["value"] > 0 else float("nan"),
+                     "optimise_seconds": poisons.seconds.get("optimise", 0.0)})
+    return rows
+
+
+def run_defenses(scn: Scenario, data: ScenarioData, pipe: Pipeline, name: str, clean: list[QueryResult],
+                 base: AttackRun | None, metrics: dict, run_id: str, live: bool, k: int, s_rand: float,
+                 outcomes: list) -> list[dict[str, Any]]:
+    from .defenses import DefenseContext, Probe, make_defense
+
+    rng = np.random.default_rng([scn.seed, 5])
+    kb = data.knowledge_base
+    pick = rng.choice(len(kb), min(scn.defense_probes, len(kb)), replace=False)
+    probes = [Probe(None, kb[i].image, kb[i].id) for i in sorted(pick)]
+    if data.task.name == "vqa_closed":
+        probes = [Probe(next((qa.question for qa in kb[i].qa), None), kb[i].image, kb[i].id) for i in sorted(pick)]
+    B, seed = scn.bootstrap, scn.seed
+    rows = []
+    for d in scn.defenses:
+        defense = make_defense(d.name, **d.params)
+        ctx = DefenseContext(pipe, probes, false_rejection=d.false_rejection, k=k, seed=seed)
+        fit = defense.fit(ctx)
+        plug = defense.plug()
+        guards, filters = ([plug], []) if defense.stage == "ingest" else ([], [plug])
+        tag = f"[defense={d.name}]"
+        row: dict[str, Any] = {"name": d.name, "stage": defense.stage, "params": d.params, "false_rejection": d.false_rejection,
+                               "fit": {"statistic": fit.statistic, "threshold": fit.threshold, "direction": fit.direction,
+                                       "clean_rejection_on_fit_data": fit.clean_rejection, "n": fit.n}}
+        if defense.stage == "ingest":
+            rejected_clean = float(defense.clean_rejection(ctx))
+            clean_d = clean  # guards act at ingest: the clean knowledge base is already in
+        else:
+            with pipe.defended(hit_filters=filters):
+                clean_d = ask_all(pipe, data, k, f"clean {tag}")
+            topk = sum(len(r.hits) for r in clean)
+            orig = [{h.chunk_id for h in r.hits} for r in clean]
+            wrongly = sum(len(set(rd.dropped) & o) for rd, o in zip(clean_d, orig, strict=True))
+            rejected_clean = wrongly / max(1, topk)
+        correct_clean_d = np.array([r.correct for r in clean_d], dtype=float)
+        metrics[f"accuracy_clean{tag}"] = mean_ci(correct_clean_d, B, seed)
+        metrics[f"rejected_clean{tag}"] = metric(rejected_clean)
+        if base is not None:
+            run, _ = attacked_run(pipe, name, data, base.poisons, k, run_id=f"{run_id}-{d.name}", allow_live=live,
+                                  guards=guards, hit_filters=filters, desc=f"attacked {tag}", generate=False)
+            outcomes.append(run.outcome)
+            hit = hit_at_k([r.poisoned(base.poisons.ids) for r in run.results])
+            metrics[f"asr@{k}{tag}"] = mean_ci(hit, B, seed)
+            metrics[f"accuracy_attacked{tag}"] = mean_ci([r.correct for r in run.results], B, seed)
+            row["poisons_rejected_at_ingest"] = run.rejected
+        rows.append(row)
+    return rows
+
+
+def scenario_dir_default(scn: Scenario) -> Path:
+    return Path("eval") / "out" / "scenarios" / scn.name
