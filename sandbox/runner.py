@@ -453,9 +453,14 @@ def run_defenses(scn: Scenario, data: ScenarioData, pipe: Pipeline, name: str, c
         row: dict[str, Any] = {"name": d.name, "stage": defense.stage, "params": d.params, "false_rejection": d.false_rejection,
                                "fit": {"statistic": fit.statistic, "threshold": fit.threshold, "direction": fit.direction,
                                        "clean_rejection_on_fit_data": fit.clean_rejection, "n": fit.n}}
+        where = None
         if defense.stage == "ingest":
-            rejected_clean = float(defense.clean_rejection(ctx))
-            clean_d = clean  # guards act at ingest: the clean knowledge base is already in
+            # a guard in production would have refused these clean items at ingest: leave them out
+            refused = defense.rejected_ids(ctx) if hasattr(defense, "rejected_ids") else []
+            rejected_clean = len(refused) / max(1, len(kb))
+            row["clean_items_refused"] = len(refused)
+            where = {"doc_id": {"$nin": refused}} if refused else None
+            clean_d = ask_all(pipe, data, k, f"clean {tag}", where=where) if refused else clean
         else:
             with pipe.defended(hit_filters=filters):
                 clean_d = ask_all(pipe, data, k, f"clean {tag}")
@@ -468,7 +473,7 @@ def run_defenses(scn: Scenario, data: ScenarioData, pipe: Pipeline, name: str, c
         metrics[f"rejected_clean{tag}"] = metric(rejected_clean)
         if base is not None:
             run, _ = attacked_run(pipe, name, data, base.poisons, k, run_id=f"{run_id}-{d.name}", allow_live=live,
-                                  guards=guards, hit_filters=filters, desc=f"attacked {tag}", generate=False)
+                                  guards=guards, hit_filters=filters, desc=f"attacked {tag}", generate=False, where=where)
             outcomes.append(run.outcome)
             hit = hit_at_k([r.poisoned(base.poisons.ids) for r in run.results])
             metrics[f"asr@{k}{tag}"] = mean_ci(hit, B, seed)

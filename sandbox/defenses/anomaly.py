@@ -88,6 +88,15 @@ class _SnapshotGuard(FittedDefense):
             return 0.0
         return float(np.mean(rejected(self._scores(kb.vectors, kb.doc_ids), self.threshold, self.direction)))
 
+    def rejected_ids(self, ctx: DefenseContext) -> list[str]:
+        """Knowledge-base documents this fitted guard would refuse (each checked without itself)."""
+        self._require_fit()
+        kb = kb_images(ctx.pipeline)
+        if not len(kb):
+            return []
+        flags = rejected(self._scores(kb.vectors, kb.doc_ids), self.threshold, self.direction)
+        return [str(d) for d, r in zip(kb.doc_ids, flags, strict=True) if r]
+
     def score(self, item: IngestItem) -> float | None:
         """The item's statistic against the fitted snapshot, None for an item without an image."""
         self._require_fit()

@@ -53,10 +53,20 @@ class ConsistencyGuard(FittedDefense):
 
     def scores(self, pipeline: Pipeline) -> np.ndarray:
         """Consistency of every knowledge-base image item that has text."""
+        return self._scored(pipeline)[1]
+
+    def _scored(self, pipeline: Pipeline) -> tuple[list[str], np.ndarray]:
         kb = kb_images(pipeline)
         texts = kb_texts(pipeline, list(kb.doc_ids))
         rows = [i for i, d in enumerate(kb.doc_ids) if texts.get(d, "").strip()]
-        return _consistency(pipeline, kb.vectors[rows], [texts[kb.doc_ids[i]] for i in rows], self.batch_size)
+        ids = [str(kb.doc_ids[i]) for i in rows]
+        return ids, _consistency(pipeline, kb.vectors[rows], [texts[d] for d in ids], self.batch_size)
+
+    def rejected_ids(self, ctx: DefenseContext) -> list[str]:
+        """Knowledge-base documents this fitted guard would refuse if they were ingested now."""
+        self._require_fit()
+        ids, s = self._scored(ctx.pipeline)
+        return [d for d, r in zip(ids, rejected(s, self.threshold, "reject_below"), strict=True) if r]
 
     def fit(self, ctx: DefenseContext) -> FitReport:
         s = self.scores(ctx.pipeline)
