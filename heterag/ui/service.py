@@ -110,6 +110,7 @@ class ChatService:
         self._ingest_locks: dict[str, threading.Lock] = {}
         self._busy: dict[str, Progress] = {}
         self._generators: dict[tuple, Generator] = {}
+        self._model_lock = threading.Lock()
         self._demo_thread: threading.Thread | None = None
         self.demo_error: str | None = None
 
@@ -288,7 +289,8 @@ class ChatService:
             if busy:
                 yield Notice(f"collection {name!r} is being updated ({busy[0].line()}); the answer uses what is stored so far")
             generator = self.generator_for(settings, pipe)
-            hits = pipe.retrieve(question or None, k=settings.top_k, image=ref, fusion=fusion)
+            with self._model_lock:  # the encoders' tokenizers are not safe to call from several threads at once
+                hits = pipe.retrieve(question or None, k=settings.top_k, image=ref, fusion=fusion)
         except CollectionNotFoundError:
             yield Failed(f"no collection named {name!r}; create it in the Knowledge tab or pick another")
             return
@@ -312,7 +314,11 @@ class ChatService:
         def work() -> None:
             try:
                 kwargs = {"image": ref} if ref is not None else {}
-                q.put(generator.generate(question, hits, on_token=q.put, **kwargs))
+                if generator.name == "extractive":  # embeds sentences with the shared text encoder
+                    with self._model_lock:
+                        q.put(generator.generate(question, hits, on_token=q.put, **kwargs))
+                else:
+                    q.put(generator.generate(question, hits, on_token=q.put, **kwargs))
             except HeteragError as exc:
                 q.put(Failed(f"{generator.name} generator: {one_line(exc)}"))
             except Exception as exc:  # a bug or a broken model must not take the app down

@@ -93,8 +93,6 @@ def build_app(service: ChatService) -> gr.Blocks:
             gr.Warning(one_line(exc))
             yield history, keep
             return
-        finally:
-            remove_uploads(files)
         settings = ChatSettings(collection=collection or DEMOS, top_k=int(top_k), fusion=fusion or "weighted",
                                 generator=generator, base_url=base_url or "", model=model or "",
                                 model_path=model_path or "", temperature=float(temperature or 0.0))
@@ -127,9 +125,6 @@ def build_app(service: ChatService) -> gr.Blocks:
             ref = ImageRef.from_path(image, max_bytes=service.limits.max_file_bytes) if image else None
         except HeteragError as exc:
             raise gr.Error(one_line(exc)) from None
-        finally:
-            if image:
-                remove_uploads([image])
         settings = dataclasses.replace(defaults, collection=(collection or "").strip() or defaults.collection,
                                        top_k=int(top_k) if top_k else defaults.top_k)
         text = ""
@@ -203,7 +198,10 @@ def build_app(service: ChatService) -> gr.Blocks:
                 gr.Dropdown(choices=service.collections(), value=name.strip()))
 
     # ---- layout ------------------------------------------------------------------------
-    with gr.Blocks(title="heterag", analytics_enabled=False) as app:
+    # Query images are read into memory and left to the cache sweep (every minute, older than 10 minutes): gradio
+    # stores uploads by content, so concurrent sessions sending the same image share one file and deleting it
+    # at once would break the others. Knowledge-tab uploads are deleted as soon as they are ingested.
+    with gr.Blocks(title="heterag", analytics_enabled=False, delete_cache=(60, 600)) as app:
         gr.Markdown("## heterag: ask your knowledge base, see where every answer came from")
         status = gr.Markdown(elem_id="hr-status")
         timer = gr.Timer(1.0, active=False)
