@@ -460,10 +460,10 @@ def run_defenses(scn: Scenario, data: ScenarioData, pipe: Pipeline, name: str, c
             rejected_clean = len(refused) / max(1, len(kb))
             row["clean_items_refused"] = len(refused)
             where = {"doc_id": {"$nin": refused}} if refused else None
-            clean_d = ask_all(pipe, data, k, f"clean {tag}", where=where) if refused else clean
+            clean_d = ask_all(pipe, data, k, f"clean {tag}", where=where, generate=False) if refused else clean
         else:
             with pipe.defended(hit_filters=filters):
-                clean_d = ask_all(pipe, data, k, f"clean {tag}")
+                clean_d = ask_all(pipe, data, k, f"clean {tag}", generate=False)
             topk = sum(len(r.hits) for r in clean)
             orig = [{h.chunk_id for h in r.hits} for r in clean]
             wrongly = sum(len(set(rd.dropped) & o) for rd, o in zip(clean_d, orig, strict=True))

@@ -131,6 +131,9 @@ class AttackConfig(_Strict):
     eps: float = Field(16 / 255, gt=0, le=1)
     step: float = Field(1 / 255, gt=0, le=1)
     steps: int = Field(500, ge=0)
+    #: candidate images larger than this (longer side, pixels) are downscaled before optimisation: the
+    #: attacker picks its poison's resolution, and PGD cost grows with the pixel count
+    max_side: int | None = Field(256, ge=16)
     seed_top: int = Field(5, ge=1)
     warmup_steps: int = Field(10, ge=0)
     neighbour_k: int = Field(1, ge=1)

@@ -85,6 +85,15 @@ def _png(uint8: np.ndarray) -> ImageRef:
     return ImageRef.from_bytes(buf.getvalue(), source="poison.png")
 
 
+def _fit(image: ImageRef, max_side: int | None) -> Image.Image | ImageRef:
+    """``image`` downscaled (Lanczos) so that its longer side is at most ``max_side`` pixels."""
+    if max_side is None or max(image.width, image.height) <= max_side:
+        return image
+    pil = image.to_pil()
+    scale = max_side / max(pil.size)
+    return pil.resize((max(1, round(pil.width * scale)), max(1, round(pil.height * scale))), Image.LANCZOS)
+
+
 def _other(counts: Counter, majority: str, pool: Sequence[str]) -> str:
     """The most plausible wrong answer: the second most common in the cluster, else another of ``pool``."""
     for lab, _ in counts.most_common():
@@ -171,7 +180,7 @@ def build_m3att(cfg: AttackConfig, inputs: AttackInputs, deployed: Any, n_poison
         chosen = chosen[np.argmax(targets @ clusters.proxy_centroids[chosen].T, axis=1)]
     seconds["profile"] = time.perf_counter() - t
     t = time.perf_counter()
-    cand_pixels = [enc.pixels(it.image) for it in inputs.candidates]
+    cand_pixels = [enc.pixels(_fit(it.image, cfg.max_side)) for it in inputs.candidates]
     rng = np.random.default_rng([seed, 11])
     if random_baseline:
         seeds = rng.choice(len(inputs.candidates), n_poisons, replace=False)
