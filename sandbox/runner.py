@@ -125,16 +125,18 @@ def open_index(scn: Scenario, data: ScenarioData, stages: Stages, *, allow_live:
     return pipe, name
 
 
-def ask_all(pipe: Pipeline, data: ScenarioData, k: int, desc: str, *, generate: bool = True,
+def ask_all(pipe: Pipeline, data: ScenarioData, k: int, desc: str, *, cite: set[str] | None = None,
             where: dict[str, Any] | None = None) -> list[QueryResult]:
-    """Every test query through the pipeline (and its hit filters): hits, reader answer, cited sources."""
+    """Every test query through the pipeline (and its hit filters): hits and the reader's answer; and,
+    where a hit belongs to a document in ``cite`` (the poisons), the sources the generator cites (it can
+    only cite what it was given, so other queries need no generation to know it cites no poison)."""
     out = []
     for q in tqdm(data.queries, desc=desc, unit="q", disable=not _progress(), leave=False):
         res = pipe.search(q.text, k=k, image=q.image, where=where)
         hits = list(res.hits)
         answer = data.task.read(q.text, hits)
         cited: list[str] = []
-        if generate and hits:
+        if cite and any(h.doc_id in cite for h in hits):
             ans = pipe.generator.generate(q.text or "", hits, image=q.image)
             cited = [c.doc_id for c in ans.citations]
         out.append(QueryResult(hits, answer, answer == q.gold, cited, [d.hit.chunk_id for d in res.dropped]))
@@ -250,6 +252,8 @@ class AttackRun:
 def attacked_run(pipe: Pipeline, name: str, data: ScenarioData, poisons: PoisonSet, k: int, *, run_id: str,
                  allow_live: bool, guards: Sequence[Any] = (), hit_filters: Sequence[Any] = (), desc: str = "attacked",
                  generate: bool = True, where: dict[str, Any] | None = None, keep_vectors: bool = False) -> tuple[AttackRun, list]:
+    """Inject ``poisons`` reversibly, ask every test query (the generator runs where a poison was
+    retrieved, if ``generate``), remove them; the outcome says whether the index is as before."""
     vecs: list[np.ndarray] = []
     with ReversibleInjection(pipe, name, run_id=run_id, allow_live=allow_live) as inj, \
             pipe.defended(guards=guards, hit_filters=hit_filters):
@@ -258,7 +262,7 @@ def attacked_run(pipe: Pipeline, name: str, data: ScenarioData, poisons: PoisonS
                          | {str(r.metadata.get("doc_id")) for r in pipe.image_store.get(where={"sandbox_run": run_id})})
         if keep_vectors:
             vecs = _chunk_vectors(pipe, [d.id for d in poisons.documents])
-        results = ask_all(pipe, data, k, desc, generate=generate, where=where)
+        results = ask_all(pipe, data, k, desc, cite=poisons.ids if generate else None, where=where)
     return AttackRun(poisons, results, inj.outcome, written, len(report.rejected)), vecs
 
 
@@ -298,7 +302,7 @@ def run_scenario(scn: Scenario, *, allow_live: bool = False, run_id: str | None 
         if scn.attack.name == "m3att" and n > len(data.candidates):
             raise InvalidInputError(f"attack: poison budget {n} is larger than the candidate pool ({len(data.candidates)} images)")
         with stages("clean"):
-            clean = ask_all(pipe, data, k, "clean")
+            clean = ask_all(pipe, data, k, "clean")  # no poisons: nothing to cite
         inputs = AttackInputs(data.reference, data.candidates, data.task)
         report: dict[str, Any] = {"run_id": run_id, "collection": name, "live": live, "data": data.sizes(),
                                   "task": data.task.name, "poison_count": n, "knowledge_base_items": kb_size}
@@ -460,10 +464,10 @@ def run_defenses(scn: Scenario, data: ScenarioData, pipe: Pipeline, name: str, c
             rejected_clean = len(refused) / max(1, len(kb))
             row["clean_items_refused"] = len(refused)
             where = {"doc_id": {"$nin": refused}} if refused else None
-            clean_d = ask_all(pipe, data, k, f"clean {tag}", where=where, generate=False) if refused else clean
+            clean_d = ask_all(pipe, data, k, f"clean {tag}", where=where) if refused else clean
         else:
             with pipe.defended(hit_filters=filters):
-                clean_d = ask_all(pipe, data, k, f"clean {tag}", generate=False)
+                clean_d = ask_all(pipe, data, k, f"clean {tag}")
             topk = sum(len(r.hits) for r in clean)
             orig = [{h.chunk_id for h in r.hits} for r in clean]
             wrongly = sum(len(set(rd.dropped) & o) for rd, o in zip(clean_d, orig, strict=True))

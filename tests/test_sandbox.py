@@ -328,3 +328,27 @@ def test_same_seed_same_numbers_and_random_baseline_is_weaker(tmp_path):
     assert a["metrics"] == b["metrics"]
     rnd = run_scenario(parse_scenario(tiny(**{"attack.name": "random"})))
     assert rnd["metrics"]["asr@5"]["value"] < a["metrics"]["asr@5"]["value"]
+
+
+def test_bound_scores_a_vector_exactly_as_the_pipeline_scores_that_poison(heterag_home):
+    """The upper bound's simulated score of a poison equals the live pipeline's fused score for it."""
+    from corpora.synthetic_scenes import generate_scenes
+    from sandbox.data import Query
+    from sandbox.runner import _chunk_vectors, fused_scores, query_vectors
+
+    scenes = list(generate_scenes(30, seed=4, size=64))
+    pipe = open_collection("bound", purpose="experiment", store="faiss")
+    pipe.ingest([s.to_document() for s in scenes[:25]])
+    poison = Document.create("A small red star on a noisy teal background.", image=scenes[25].to_document().image, id="px")
+    queries = [Query(t, s.to_document().image, "", s.id) for s, t in zip(scenes[26:], ("What colour is the star?", None,
+                                                                                         "How many objects are there?", None),
+                                                                          strict=True)]
+    with ReversibleInjection(pipe, "bound") as inj:
+        inj.inject([poison])
+        v = pipe.image_store.get(where={"doc_id": "px"}, include_vectors=True)[0].vector
+        predicted = fused_scores(pipe, query_vectors(pipe, queries), v[None, :], _chunk_vectors(pipe, ["px"]))[:, 0]
+        for q, want in zip(queries, predicted, strict=True):
+            got = [h.score for h in pipe.retrieve(q.text, image=q.image, k=30) if h.doc_id == "px"]
+            assert got and max(got) == pytest.approx(float(want), abs=1e-5), q.text
+    assert inj.outcome.identical
+    pipe.close()
