@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 import time
 from pathlib import Path
 
 from heterag import open_collection
 
-from .injection import RunLock, clean, list_journals
-from .report import write_report
+from .injection import RunLock, active_runs, clean, list_journals
+from .report import prepare_out, write_report
 from .runner import run_scenario
 from .scenario import load_scenario
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     scn = load_scenario(args.scenario)
-    report = run_scenario(scn, allow_live=args.allow_live)
+    prepare_out(args.out)  # before the work, not after
+    try:
+        report = run_scenario(scn, allow_live=args.allow_live)
+    except KeyboardInterrupt as exc:
+        sigterm = str(exc) == f"signal {signal.SIGTERM}"
+        print(f"heterag: {'terminated' if sigterm else 'interrupted'}; the injected items were removed", file=sys.stderr)
+        return 143 if sigterm else 130
     md = write_report(report, Path(args.out))
     m = report["metrics"]
     k = scn.rag.top_k
@@ -42,8 +50,11 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     journals = list_journals()
+    active = active_runs()
+    for collection, holder in active:
+        print(f"running: {holder} on collection={collection}")
     if not journals:
-        print("no sandbox runs to clean up")
+        print("no sandbox runs to clean up" if not active else "no injected items awaiting clean-up")
         return 0
     for j in journals:
         state = "running" if RunLock(j.collection).busy() else "leftover (run 'heterag sandbox clean')"

@@ -155,17 +155,36 @@ class RunLock:
         os.replace(tmp, self.info)
 
     def busy(self) -> bool:
+        """Whether a live process holds the lock (read from the holder file; never takes the lock)."""
         try:
-            self._lock.acquire(timeout=0)
-        except _LockTimeout:
+            pid = int(json.loads(self.info.read_text())["pid"])
+        except (OSError, ValueError, KeyError):
+            return False
+        if pid == os.getpid():
+            return self._lock.is_locked
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
             return True
-        self._lock.release()
-        return False
+        return True
 
     def release(self) -> None:
         if self._lock.is_locked:
             self.info.unlink(missing_ok=True)
             self._lock.release(force=True)
+
+
+def active_runs() -> list[tuple[str, str]]:
+    """(collection, holder description) of every sandbox run holding a collection now."""
+    folder = sandbox_dir() / "locks"
+    out = []
+    for info in sorted(folder.glob("*.holder.json")) if folder.is_dir() else []:
+        lock = RunLock(info.name.removesuffix(".holder.json"))
+        if lock.busy():
+            out.append((lock.collection, lock.holder()))
+    return out
 
 
 def check_live(collection: str, allow_live: bool) -> None:
@@ -201,7 +220,8 @@ class ReversibleInjection:
     ``allow_live`` is false. After exit, :attr:`outcome` says whether the index is as it was.
     """
 
-    def __init__(self, pipeline: Pipeline, collection: str, *, run_id: str | None = None, allow_live: bool = False):
+    def __init__(self, pipeline: Pipeline, collection: str, *, run_id: str | None = None, allow_live: bool = False,
+                 run_lock: RunLock | None = None):
         self.pipeline = pipeline
         self.collection = collection
         self.run_id = run_id or new_run_id()
@@ -209,24 +229,28 @@ class ReversibleInjection:
         self.journal = Journal(self.run_id, collection, os.getpid(), time.time())
         self.outcome: InjectionOutcome | None = None
         self._before: ContentFingerprint | None = None
-        self._lock = RunLock(collection)
-        self._old_sigterm: Any = None
+        self._own_lock = run_lock is None  # a runner holding the lock for its whole run passes it in
+        self._lock = run_lock or RunLock(collection)
+        self._old_handlers: dict[int, Any] = {}
 
     # -- entry / exit ---------------------------------------------------------------------
     def __enter__(self) -> ReversibleInjection:
         check_live(self.collection, self.allow_live)
-        self._lock.acquire(self.run_id)
+        if self._own_lock:
+            self._lock.acquire(self.run_id)
         try:
             self._before = content_fingerprint(self.pipeline)
             self.journal.save()  # on disk before the first write
             self._trap_sigterm()
         except BaseException:
-            self._lock.release()
+            if self._own_lock:
+                self._lock.release()
             raise
         log.info("sandbox run %s: injecting into %r (fingerprint %s)", self.run_id, self.collection, self._before.digest[:12])
         return self
 
     def __exit__(self, *exc: object) -> None:
+        pending = self._shield()  # a second Ctrl-C or SIGTERM must not interrupt the clean-up
         try:
             removed = self.remove()
             after = content_fingerprint(self.pipeline)
@@ -238,20 +262,42 @@ class ReversibleInjection:
                 self.journal.path.unlink(missing_ok=True)
             else:
                 log.error("sandbox run %s left the index changed: %s", self.run_id, explained)
+        except BaseException:
+            log.error("sandbox run %s: clean-up failed; the index may hold injected items: run "
+                      "'heterag sandbox clean --collection %s'", self.run_id, self.collection)
+            raise
         finally:
-            self._restore_sigterm()
-            self._lock.release()
+            self._restore_signals()
+            if self._own_lock:
+                self._lock.release()
+        if pending and not exc[0]:
+            raise KeyboardInterrupt(f"signal {pending[0]}")
 
     def _trap_sigterm(self) -> None:
         if threading.current_thread() is threading.main_thread():
             def _raise(signum: int, frame: Any) -> None:
                 raise KeyboardInterrupt(f"signal {signum}")
-            self._old_sigterm = signal.signal(signal.SIGTERM, _raise)
+            self._old_handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, _raise)
 
-    def _restore_sigterm(self) -> None:
-        if self._old_sigterm is not None:
-            signal.signal(signal.SIGTERM, self._old_sigterm)
-            self._old_sigterm = None
+    def _shield(self) -> list[int]:
+        """Defer SIGINT and SIGTERM until the clean-up is done; returns the list signals get recorded in."""
+        pending: list[int] = []
+        if threading.current_thread() is not threading.main_thread():
+            return pending
+
+        def _defer(signum: int, frame: Any) -> None:
+            log.warning("signal %d received during the sandbox clean-up: finishing the clean-up first", signum)
+            pending.append(signum)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old = signal.signal(sig, _defer)
+            self._old_handlers.setdefault(sig, old)
+        return pending
+
+    def _restore_signals(self) -> None:
+        for sig, old in self._old_handlers.items():
+            signal.signal(sig, old)
+        self._old_handlers = {}
 
     # -- work -----------------------------------------------------------------------------
     def inject(self, documents: Iterable[Document]) -> IngestReport:
@@ -307,6 +353,15 @@ class CleanReport:
             return f"collection {self.collection!r}: no sandbox leftovers"
         return (f"collection {self.collection!r}: removed {self.documents_removed} injected document(s) of "
                 f"{len(self.journals)} run(s): {', '.join(self.journals) or '(found by tag)'}")
+
+
+def leftovers(pipeline: Pipeline, collection: str) -> list[str]:
+    """Run ids of earlier runs whose journal or ``sandbox_run``-tagged records are still in the collection."""
+    runs = {j.run_id for j in list_journals(collection) if j.doc_ids}
+    for st in (pipeline.store, pipeline.image_store):
+        if st is not None and st.count():
+            runs |= {str(r.metadata.get(SANDBOX_TAG)) for r in st.get(where={SANDBOX_TAG: {"$ne": ""}})}
+    return sorted(runs)
 
 
 def clean(pipeline: Pipeline, collection: str) -> CleanReport:

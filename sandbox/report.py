@@ -36,11 +36,15 @@ def render_markdown(r: dict[str, Any]) -> str:
              f"Data: {r['data']}; task `{r['task']}`; chance s_rand = {r['chance']['s_rand']:.3f} "
              f"({r['chance']['rule']}: {r['chance']['answer']!r}).", ""]
     a = r.get("attack")
-    if a:
+    if a and a["name"] == "query_copy":
+        lines += [f"Attack: `query_copy` baseline: each of the {a['poisons']} test images itself, with a dirty text "
+                  "(needs query knowledge; an upper bound).", ""]
+    elif a:
         lines += [f"Attack: `{a['name']}` ({a['access']}, objective {a['objective']}), {a['poisons']} poisons "
                   f"(poison rate {_fmt(m.get('poison_rate'), pct=True)}); similarity to target after 8-bit quantisation: mean "
                   f"{a['similarity_to_target_quantised']['mean']:.3f}, min {a['similarity_to_target_quantised']['min']:.3f}; "
-                  f"{a['steps_per_second_per_image']:.1f} PGD steps/s per image"
+                  + (f"{a['steps_per_second_per_image']:.1f} PGD steps/s per image"
+                     if a['steps_per_second_per_image'] == a['steps_per_second_per_image'] else "no optimisation")
                   + (f"; {a['oracle_queries']:,} oracle queries" if a.get("oracle_queries") else "") + ".", ""]
     lines += ["| metric | value [95% CI] |", "|---|---|"]
     for name in sorted(m):
@@ -133,14 +137,49 @@ def plot(r: dict[str, Any], out: Path) -> list[str]:
     return made
 
 
+PLOTS = ("asr_vs_rate.png", "defenses.png", "pgd_similarity.png")
+
+
+def prepare_out(out_dir: str | Path) -> Path:
+    """Create the report folder (or check an existing one) and remove plots of an earlier report in it;
+    raises :class:`InvalidInputError` with one line if it cannot be used."""
+    from heterag.errors import InvalidInputError
+
+    if not str(out_dir).strip():
+        raise InvalidInputError("--out: give a folder for the report")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InvalidInputError(f"--out: {out} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise InvalidInputError(f"--out: cannot write into {out}: {exc.strerror or exc}") from None
+    for name in PLOTS:
+        (out / name).unlink(missing_ok=True)
+    return out
+
+
+def _finite(x: Any) -> Any:
+    """NaN and infinities become null: report.json is strict JSON."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    return x
+
+
 def write_report(report: dict[str, Any], out_dir: str | Path) -> Path:
     """Write ``report.json``, ``report.md`` and the plots into ``out_dir``; returns the Markdown path."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_out(out_dir)
     report = dict(report)
     report["plots"] = plot(report, out)
     tmp = out / "report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2, default=float))
+    tmp.write_text(json.dumps(_finite(report), indent=2, default=float, allow_nan=False))
     tmp.replace(out / "report.json")
     (out / "report.md").write_text(render_markdown(report))
     return out / "report.md"

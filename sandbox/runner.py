@@ -37,13 +37,13 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from heterag import Hit, InvalidInputError, Pipeline, collection_info, content_fingerprint, open_collection
+from heterag import HeteragError, Hit, InvalidInputError, Pipeline, collection_info, content_fingerprint, open_collection
 
 from .attacks.m3att import AttackInputs, PoisonSet, build_m3att, build_query_copy
 from .attacks.objectives import neighbour_thresholds
 from .attacks.upper_bound import fit_free_vectors
 from .data import Query, ScenarioData, load_scenario_data
-from .injection import ReversibleInjection, RunLock, check_live, new_run_id
+from .injection import ReversibleInjection, RunLock, SandboxBusyError, check_live, new_run_id
 from .metrics import hit_at_k, mean_ci, metric, normalised_drop, paired_ci
 from .scenario import Scenario
 
@@ -250,12 +250,12 @@ class AttackRun:
 
 
 def attacked_run(pipe: Pipeline, name: str, data: ScenarioData, poisons: PoisonSet, k: int, *, run_id: str,
-                 allow_live: bool, guards: Sequence[Any] = (), hit_filters: Sequence[Any] = (), desc: str = "attacked",
+                 allow_live: bool, run_lock: RunLock | None = None, guards: Sequence[Any] = (), hit_filters: Sequence[Any] = (), desc: str = "attacked",
                  generate: bool = True, where: dict[str, Any] | None = None, keep_vectors: bool = False) -> tuple[AttackRun, list]:
     """Inject ``poisons`` reversibly, ask every test query (the generator runs where a poison was
     retrieved, if ``generate``), remove them; the outcome says whether the index is as before."""
     vecs: list[np.ndarray] = []
-    with ReversibleInjection(pipe, name, run_id=run_id, allow_live=allow_live) as inj, \
+    with ReversibleInjection(pipe, name, run_id=run_id, allow_live=allow_live, run_lock=run_lock) as inj, \
             pipe.defended(guards=guards, hit_filters=hit_filters):
         report = inj.inject(poisons.documents)
         written = sorted({str(r.metadata.get("doc_id")) for r in pipe.store.get(where={"sandbox_run": run_id})}
@@ -275,88 +275,137 @@ def run_scenario(scn: Scenario, *, allow_live: bool = False, run_id: str | None 
     import torch
 
     torch.manual_seed(scn.seed)
-    k = scn.rag.top_k
+    generator = check_early(scn)
     with stages("data"):
         data = load_scenario_data(scn.data, scn.seed, scn.base_dir)
     log.info("data: %s", data.sizes())
     with stages("index"):
         pipe, name = open_index(scn, data, stages, allow_live=allow_live)
+    lock = RunLock(name)  # held for the whole run: no other run's poisons can sit in the index meanwhile
     try:
-        if scn.rag.generator.name != "extractive":
-            from heterag import make_generator
-
-            pipe.generator = make_generator(scn.rag.generator.name, **scn.rag.generator.options)
-        live = bool(scn.rag.collection) and (scn.rag.allow_live or allow_live)
-        lock = RunLock(name)
-        if lock.busy():
-            from .injection import SandboxBusyError
-
-            raise SandboxBusyError(f"collection {name!r} is in use by sandbox {lock.holder()}; wait for it to finish (or stop it)")
-        fp_before = content_fingerprint(pipe)
-        kb_size = pipe.image_store.count() if pipe.image_store is not None else len(data.knowledge_base)
-        n = poison_budget(scn, kb_size)
-        if scn.attack.name == "m3att" and scn.attack.access == "white-box":
-            from .attacks.pgd import require_gradients
-
-            require_gradients(pipe.image_encoder)
-        if scn.attack.name == "m3att" and n > len(data.candidates):
-            raise InvalidInputError(f"attack: poison budget {n} is larger than the candidate pool ({len(data.candidates)} images)")
-        with stages("clean"):
-            clean = ask_all(pipe, data, k, "clean")  # no poisons: nothing to cite
-        inputs = AttackInputs(data.reference, data.candidates, data.task)
-        report: dict[str, Any] = {"run_id": run_id, "collection": name, "live": live, "data": data.sizes(),
-                                  "task": data.task.name, "poison_count": n, "knowledge_base_items": kb_size}
-        attack_runs: list[AttackRun] = []
-        metrics: dict[str, dict[str, float]] = {}
-        B, seed = scn.bootstrap, scn.seed
-        correct_clean = np.array([r.correct for r in clean], dtype=float)
-        s_rand = data.task.chance_accuracy(data.queries)
-        report["chance"] = {"s_rand": s_rand, "answer": data.task.chance_answer, "rule": data.task.chance_rate_source}
-        metrics["accuracy_clean"] = mean_ci(correct_clean, B, seed)
-        outcomes = []
-        if scn.attack.name != "none":
-            with stages("attack"):
-                poisons = make_poisons(scn, data, inputs, pipe, n, run_id)
-            report["attack"] = {"name": scn.attack.name, "access": scn.attack.access, "objective": scn.attack.objective,
-                                "poisons": len(poisons.documents), "seconds": poisons.seconds,
-                                "steps_per_second_per_image": poisons.steps_per_second_per_image,
-                                "oracle_queries": poisons.oracle_queries,
-                                "similarity_to_target_quantised": {"mean": float(np.mean(poisons.similarity)),
-                                                                   "min": float(np.min(poisons.similarity))},
-                                "history": poisons.history[:: max(1, len(poisons.history) // 200)],
-                                "text_edits": [[{"strategy": e.strategy, "before": e.before, "after": e.after}
-                                                for e in t.edits] for t in poisons.texts[:20]], **poisons.info}
-            with stages("attacked"):
-                run, pvecs = attacked_run(pipe, name, data, poisons, k, run_id=run_id, allow_live=live, keep_vectors=True)
-            outcomes.append(run.outcome)
-            attack_runs.append(run)
-            per_query = add_attack_metrics(metrics, "", clean, run, data, s_rand, B, seed, k)
-            report["per_query"] = per_query
-            if "asr_bound@k" in scn.metrics and scn.attack.name in ("m3att", "random"):
-                with stages("bound"):
-                    qv = query_vectors(pipe, data.queries)
-                    ref_emb = pipe.image_encoder.encode_images([it.image for it in data.reference], progress=False)
-                    covered, _ = bound_asr(pipe, qv, clean, k, ref_emb, n, pvecs, kb_size=kb_size, seed=seed)
-                    image_only = ~qv["has_text"]
-                    if image_only.all():  # the oracle needs the k-th similarity in one space: image-only queries
-                        oracle, _ = bound_asr(pipe, qv, clean, k, ref_emb, n, pvecs, kb_size=kb_size, seed=seed,
-                                              fit_on=(qv["image"], kth_scores(clean, k)))
-                        metrics[f"asr_oracle_bound@{k}"] = mean_ci(oracle, B, seed)
-                metrics[f"asr_bound@{k}"] = mean_ci(covered, B, seed)
-                asr = metrics[f"asr@{k}"]["value"]
-                bound = metrics[f"asr_bound@{k}"]["value"]
-                report["bound_ratio"] = asr / bound if bound > 0 else float("nan")
-            sweep = sweep_counts(scn, kb_size, n)
-            if sweep and scn.attack.name in ("m3att", "random"):
-                with stages("sweep"):
-                    report["sweep"] = run_sweep(scn, data, inputs, pipe, name, clean, sweep, run_id, live, k, outcomes)
-        if scn.defenses:
-            with stages("defenses"):
-                report["defenses"] = run_defenses(scn, data, pipe, name, clean, attack_runs[0] if attack_runs else None,
-                                                  metrics, run_id, live, k, s_rand, outcomes)
-        fp_after = content_fingerprint(pipe)
+        lock.acquire(run_id)
+        return _run_locked(scn, data, pipe, name, lock, generator, stages, run_id, allow_live, t_start)
     finally:
+        lock.release()
         pipe.close()
+
+
+def check_early(scn: Scenario) -> Any:
+    """What can be checked before any work: the generator, the defenses' parameters, the text editor,
+    the fusion rule. Raises :class:`ScenarioError` naming the key."""
+    from heterag import Fusion, make_generator
+
+    from .defenses import make_defense
+    from .editors import make_editor
+    from .scenario import ScenarioError
+
+    generator = None
+    if scn.rag.generator.name != "extractive":
+        try:
+            generator = make_generator(scn.rag.generator.name, **scn.rag.generator.options)
+        except (TypeError, HeteragError) as exc:
+            raise ScenarioError(f"rag.generator: {exc}") from None
+    for i, d in enumerate(scn.defenses):
+        try:
+            make_defense(d.name, **d.params)
+        except HeteragError as exc:
+            raise ScenarioError(f"defenses.{i}.params: {exc}") from None
+    try:
+        make_editor(scn.attack.editor.name, **scn.attack.editor.options)
+    except (TypeError, HeteragError) as exc:
+        raise ScenarioError(f"attack.editor: {exc}") from None
+    try:
+        Fusion.parse(scn.rag.fusion)
+    except HeteragError as exc:
+        raise ScenarioError(f"rag.fusion: {exc}") from None
+    return generator
+
+
+def _run_locked(scn: Scenario, data: ScenarioData, pipe: Pipeline, name: str, lock: RunLock, generator: Any,
+                stages: Stages, run_id: str, allow_live: bool, t_start: float) -> dict[str, Any]:
+    from .injection import leftovers
+    from .scenario import ScenarioError
+
+    k = scn.rag.top_k
+    left = leftovers(pipe, name)
+    if left:
+        raise SandboxBusyError(f"collection {name!r} still holds what sandbox run(s) {', '.join(left)} injected; run "
+                               f"'heterag sandbox clean --collection {name}' first")
+    if generator is not None:
+        pipe.generator = generator
+    live = bool(scn.rag.collection) and (scn.rag.allow_live or allow_live)
+    fp_before = content_fingerprint(pipe)
+    kb_size = pipe.image_store.count() if pipe.image_store is not None else 0
+    if scn.attack.name != "none" and kb_size == 0:
+        raise InvalidInputError(f"collection {name!r} holds no image items; the image attacks need some")
+    if k > max(kb_size, pipe.count()):
+        raise ScenarioError(f"rag.top_k ({k}) exceeds the knowledge base ({max(kb_size, pipe.count())} items)")
+    n = poison_budget(scn, kb_size) if scn.attack.name in ("m3att", "random") else 0
+    if scn.attack.name == "m3att" and scn.attack.access == "white-box":
+        from .attacks.pgd import require_gradients
+
+        require_gradients(pipe.image_encoder)
+    if scn.attack.name == "m3att" and n > len(data.candidates):
+        raise InvalidInputError(f"attack: poison budget {n} is larger than the candidate pool ({len(data.candidates)} images)")
+    with stages("clean"):
+        clean = ask_all(pipe, data, k, "clean")  # no poisons: nothing to cite
+    inputs = AttackInputs(data.reference, data.candidates, data.task)
+    sizes = data.sizes()
+    if scn.rag.collection:
+        sizes["knowledge_base"] = f"the live collection ({kb_size} image items; the data's knowledge-base part is unused)"
+    report: dict[str, Any] = {"run_id": run_id, "collection": name, "live": live, "data": sizes,
+                              "task": data.task.name, "poison_count": n, "knowledge_base_items": kb_size}
+    attack_runs: list[AttackRun] = []
+    metrics: dict[str, dict[str, float]] = {}
+    B, seed = scn.bootstrap, scn.seed
+    correct_clean = np.array([r.correct for r in clean], dtype=float)
+    s_rand = data.task.chance_accuracy(data.queries)
+    report["chance"] = {"s_rand": s_rand, "answer": data.task.chance_answer, "rule": data.task.chance_rate_source}
+    metrics["accuracy_clean"] = mean_ci(correct_clean, B, seed)
+    outcomes = []
+    if scn.attack.name != "none":
+        with stages("attack"):
+            poisons = make_poisons(scn, data, inputs, pipe, n, run_id)
+        report["attack"] = {"name": scn.attack.name, "access": scn.attack.access, "objective": scn.attack.objective,
+                            "poisons": len(poisons.documents), "seconds": poisons.seconds,
+                            "steps_per_second_per_image": poisons.steps_per_second_per_image,
+                            "oracle_queries": poisons.oracle_queries,
+                            "similarity_to_target_quantised": {"mean": float(np.mean(poisons.similarity)),
+                                                               "min": float(np.min(poisons.similarity))},
+                            "history": poisons.history[:: max(1, len(poisons.history) // 200)],
+                            "text_edits": [[{"strategy": e.strategy, "before": e.before, "after": e.after}
+                                            for e in t.edits] for t in poisons.texts[:20]], **poisons.info}
+        with stages("attacked"):
+            run, pvecs = attacked_run(pipe, name, data, poisons, k, run_id=run_id, allow_live=live, keep_vectors=True,
+                                      run_lock=lock)
+        outcomes.append(run.outcome)
+        attack_runs.append(run)
+        per_query = add_attack_metrics(metrics, "", clean, run, kb_size, s_rand, B, seed, k)
+        report["poison_count"] = len(poisons.documents)
+        report["per_query"] = per_query
+        if "asr_bound@k" in scn.metrics and scn.attack.name in ("m3att", "random"):
+            with stages("bound"):
+                qv = query_vectors(pipe, data.queries)
+                ref_emb = pipe.image_encoder.encode_images([it.image for it in data.reference], progress=False)
+                covered, _ = bound_asr(pipe, qv, clean, k, ref_emb, n, pvecs, kb_size=kb_size, seed=seed)
+                image_only = ~qv["has_text"]
+                if image_only.all():  # the oracle needs the k-th similarity in one space: image-only queries
+                    oracle, _ = bound_asr(pipe, qv, clean, k, ref_emb, n, pvecs, kb_size=kb_size, seed=seed,
+                                          fit_on=(qv["image"], kth_scores(clean, k)))
+                    metrics[f"asr_oracle_bound@{k}"] = mean_ci(oracle, B, seed)
+            metrics[f"asr_bound@{k}"] = mean_ci(covered, B, seed)
+            asr = metrics[f"asr@{k}"]["value"]
+            bound = metrics[f"asr_bound@{k}"]["value"]
+            report["bound_ratio"] = asr / bound if bound > 0 else float("nan")
+        sweep = sweep_counts(scn, kb_size, n)
+        if sweep and scn.attack.name in ("m3att", "random"):
+            with stages("sweep"):
+                report["sweep"] = run_sweep(scn, data, inputs, pipe, name, clean, sweep, run_id, live, k, outcomes, lock, kb_size)
+    if scn.defenses:
+        with stages("defenses"):
+            report["defenses"] = run_defenses(scn, data, pipe, name, clean, attack_runs[0] if attack_runs else None,
+                                              metrics, run_id, live, k, s_rand, outcomes, lock, kb_size)
+    fp_after = content_fingerprint(pipe)
     metrics = {m: v for m, v in metrics.items() if _wanted(m, scn.metrics, k)}
     report.update({
         "scenario": scn.model_dump(mode="json", by_alias=True),
@@ -387,7 +436,7 @@ def make_poisons(scn: Scenario, data: ScenarioData, inputs: AttackInputs, pipe: 
                        progress=_progress())
 
 
-def add_attack_metrics(metrics: dict, suffix: str, clean: Sequence[QueryResult], run: AttackRun, data: ScenarioData,
+def add_attack_metrics(metrics: dict, suffix: str, clean: Sequence[QueryResult], run: AttackRun, kb_size: int,
                        s_rand: float, B: int, seed: int, k: int) -> dict[str, list]:
     ids = run.poisons.ids
     flags = [r.poisoned(ids) for r in run.results]
@@ -402,7 +451,7 @@ def add_attack_metrics(metrics: dict, suffix: str, clean: Sequence[QueryResult],
         metrics[f"poisoned_per_query@{k}"] = mean_ci(per_q, B, seed)
         metrics["accuracy_drop_normalised"] = paired_ci([correct_clean, correct_att], normalised_drop(s_rand), B, seed)
         metrics["misinformation_rate"] = mean_ci(mis, B, seed)
-        metrics["poison_rate"] = metric(len(run.written) / max(1, len(run.written) + len(data.knowledge_base)))
+        metrics["poison_rate"] = metric(len(run.written) / max(1, len(run.written) + kb_size))
     return {"asr_hit": hit.tolist(), "correct_clean": correct_clean.tolist(), "correct_attacked": correct_att.tolist()}
 
 
@@ -412,7 +461,8 @@ def sweep_counts(scn: Scenario, kb_size: int, n: int) -> list[int]:
 
 
 def run_sweep(scn: Scenario, data: ScenarioData, inputs: AttackInputs, pipe: Pipeline, name: str, clean: list[QueryResult],
-              counts: list[int], run_id: str, live: bool, k: int, outcomes: list) -> list[dict[str, Any]]:
+              counts: list[int], run_id: str, live: bool, k: int, outcomes: list, lock: RunLock,
+              kb_size: int) -> list[dict[str, Any]]:
     qv = query_vectors(pipe, data.queries)
     ref_emb = pipe.image_encoder.encode_images([it.image for it in data.reference], progress=False)
     rows = []
@@ -423,12 +473,12 @@ def run_sweep(scn: Scenario, data: ScenarioData, inputs: AttackInputs, pipe: Pip
         sub = f"{run_id}-n{c}"
         poisons = make_poisons(scn, data, inputs, pipe, c, sub)
         run, pvecs = attacked_run(pipe, name, data, poisons, k, run_id=sub, allow_live=live, desc=f"sweep n={c}",
-                                  generate=False, keep_vectors=True)
+                                  generate=False, keep_vectors=True, run_lock=lock)
         outcomes.append(run.outcome)
         hit = hit_at_k([r.poisoned(poisons.ids) for r in run.results])
-        covered, _ = bound_asr(pipe, qv, clean, k, ref_emb, c, pvecs, kb_size=len(data.knowledge_base), seed=scn.seed)
+        covered, _ = bound_asr(pipe, qv, clean, k, ref_emb, c, pvecs, kb_size=kb_size, seed=scn.seed)
         asr, bound = mean_ci(hit, scn.bootstrap, scn.seed), mean_ci(covered, scn.bootstrap, scn.seed)
-        rows.append({"poisons": c, "poison_rate": c / (c + len(data.knowledge_base)), f"asr@{k}": asr,
+        rows.append({"poisons": c, "poison_rate": c / (c + kb_size), f"asr@{k}": asr,
                      f"asr_bound@{k}": bound, "ratio": asr["value"] / bound["value"] if bound["value"] > 0 else float("nan"),
                      "optimise_seconds": poisons.seconds.get("optimise", 0.0)})
     return rows
@@ -436,8 +486,8 @@ def run_sweep(scn: Scenario, data: ScenarioData, inputs: AttackInputs, pipe: Pip
 
 def run_defenses(scn: Scenario, data: ScenarioData, pipe: Pipeline, name: str, clean: list[QueryResult],
                  base: AttackRun | None, metrics: dict, run_id: str, live: bool, k: int, s_rand: float,
-                 outcomes: list) -> list[dict[str, Any]]:
-    from .defenses import DefenseContext, Probe, make_defense
+                 outcomes: list, lock: RunLock, kb_size: int) -> list[dict[str, Any]]:
+    from .defenses import DefenseContext, Probe, make_defense, probes_from_kb
 
     rng = np.random.default_rng([scn.seed, 5])
     kb = data.knowledge_base
@@ -445,12 +495,16 @@ def run_defenses(scn: Scenario, data: ScenarioData, pipe: Pipeline, name: str, c
     probes = [Probe(None, kb[i].image, kb[i].id) for i in sorted(pick)]
     if data.task.name == "vqa_closed":
         probes = [Probe(next((qa.question for qa in kb[i].qa), None), kb[i].image, kb[i].id) for i in sorted(pick)]
+    if scn.rag.collection:  # a live collection: its own items are the clean probes
+        probes = probes_from_kb(pipe, scn.defense_probes, seed=scn.seed, text=False)
     B, seed = scn.bootstrap, scn.seed
     rows = []
     for d in scn.defenses:
+        t0 = time.perf_counter()
         defense = make_defense(d.name, **d.params)
         ctx = DefenseContext(pipe, probes, false_rejection=d.false_rejection, k=k, seed=seed)
         fit = defense.fit(ctx)
+        fit_seconds = time.perf_counter() - t0
         plug = defense.plug()
         guards, filters = ([plug], []) if defense.stage == "ingest" else ([], [plug])
         tag = f"[defense={d.name}]"
@@ -461,7 +515,7 @@ def run_defenses(scn: Scenario, data: ScenarioData, pipe: Pipeline, name: str, c
         if defense.stage == "ingest":
             # a guard in production would have refused these clean items at ingest: leave them out
             refused = defense.rejected_ids(ctx) if hasattr(defense, "rejected_ids") else []
-            rejected_clean = len(refused) / max(1, len(kb))
+            rejected_clean = len(refused) / max(1, kb_size)
             row["clean_items_refused"] = len(refused)
             where = {"doc_id": {"$nin": refused}} if refused else None
             clean_d = ask_all(pipe, data, k, f"clean {tag}", where=where) if refused else clean
@@ -477,12 +531,14 @@ def run_defenses(scn: Scenario, data: ScenarioData, pipe: Pipeline, name: str, c
         metrics[f"rejected_clean{tag}"] = metric(rejected_clean)
         if base is not None:
             run, _ = attacked_run(pipe, name, data, base.poisons, k, run_id=f"{run_id}-{d.name}", allow_live=live,
-                                  guards=guards, hit_filters=filters, desc=f"attacked {tag}", generate=False, where=where)
+                                  guards=guards, hit_filters=filters, desc=f"attacked {tag}", generate=False, where=where,
+                                  run_lock=lock)
             outcomes.append(run.outcome)
             hit = hit_at_k([r.poisoned(base.poisons.ids) for r in run.results])
             metrics[f"asr@{k}{tag}"] = mean_ci(hit, B, seed)
             metrics[f"accuracy_attacked{tag}"] = mean_ci([r.correct for r in run.results], B, seed)
             row["poisons_rejected_at_ingest"] = run.rejected
+        row["seconds"] = {"fit": fit_seconds, "total": time.perf_counter() - t0}
         rows.append(row)
     return rows
 

@@ -158,7 +158,7 @@ class AttackConfig(_Strict):
 
 class DefenseConfig(_Strict):
     name: str
-    false_rejection: float = Field(0.02, gt=0, lt=1)
+    false_rejection: float = Field(0.02, gt=0, le=0.5)
     params: dict[str, Any] = {}
 
     @field_validator("name")
@@ -172,7 +172,7 @@ class DefenseConfig(_Strict):
 
 
 class Scenario(_Strict):
-    name: str = "scenario"
+    name: str = Field("scenario", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
     seed: int = 0
     data: DataConfig
     rag: RagConfig = RagConfig()

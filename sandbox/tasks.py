@@ -193,6 +193,9 @@ def make_task(name: str, kb: Sequence[AnnotatedImage], label_descriptions: Mappi
         return ClassifyTask("classify", counts.most_common(1)[0][0], "most common knowledge-base label",
                             descriptions={k: v for k, v in texts.items() if v}, label_names=names)
     if name == "scene_background":
+        if not all(background_of(it.text) for it in kb):
+            raise ScenarioError("data.task: scene_background needs captions that name a background colour "
+                                "('... on a teal background.') for every item")
         counts = Counter(background_of(it.text) for it in kb)
         return SceneBackgroundTask("scene_background", counts.most_common(1)[0][0], "most common knowledge-base background")
     if name == "vqa_closed":

@@ -352,3 +352,55 @@ def test_bound_scores_a_vector_exactly_as_the_pipeline_scores_that_poison(hetera
             assert got and max(got) == pytest.approx(float(want), abs=1e-5), q.text
     assert inj.outcome.identical
     pipe.close()
+
+
+def test_a_second_interrupt_during_clean_up_does_not_stop_it(exp, monkeypatch):
+    before = content_fingerprint(exp)
+    original = ReversibleInjection.remove
+
+    def remove_while_interrupted(self):
+        os.kill(os.getpid(), signal.SIGINT)  # the impatient second Ctrl-C, right as clean-up starts
+        os.kill(os.getpid(), signal.SIGTERM)
+        return original(self)
+
+    monkeypatch.setattr(ReversibleInjection, "remove", remove_while_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with ReversibleInjection(exp, "exp") as inj:
+            inj.inject([Document.create("The heart has five chambers.", image=None, id="p1")])
+            raise KeyboardInterrupt
+    assert content_fingerprint(exp) == before and not list_journals("exp")
+    with pytest.raises(KeyboardInterrupt, match="signal"):  # a signal during a clean exit is raised after clean-up
+        with ReversibleInjection(exp, "exp") as inj:
+            inj.inject([Document.create("The heart has five chambers.", id="p2")])
+    assert content_fingerprint(exp) == before
+
+
+def test_leftovers_of_a_crashed_run_are_refused_until_cleaned(exp):
+    exp.ingest([Document.create("Leftover poison.", id="old", metadata={SANDBOX_TAG: "crashed-run"})])
+    scn = parse_scenario(tiny(**{"rag.collection": "exp", "rag.allow_live": True, "attack.name": "none"}))
+    with pytest.raises(SandboxBusyError, match="crashed-run.*heterag sandbox clean --collection exp"):
+        run_scenario(scn)
+    assert "removed 1 injected document" in clean(exp, "exp").summary()
+
+
+def test_bad_out_folder_is_refused_before_any_work(tmp_path, capsys):
+    path = write(tmp_path, tiny())
+    (tmp_path / "afile").write_text("x")
+    t = time.perf_counter()
+    assert main(["sandbox", "run", str(path), "--out", str(tmp_path / "afile")]) == 2
+    assert time.perf_counter() - t < 10
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "exists and is not a folder" in err
+
+
+def test_report_json_is_strict_json_for_a_baseline(tmp_path):
+    path = write(tmp_path, tiny(**{"attack.name": "query_copy"}))
+    assert main(["sandbox", "run", str(path), "--out", str(tmp_path / "qc")]) == 0
+
+    def no_nan(x):
+        raise ValueError(f"non-standard JSON constant {x}")
+
+    r = json.loads((tmp_path / "qc" / "report.json").read_text(), parse_constant=no_nan)
+    assert r["poison_count"] == r["data"]["test_images"] == 20  # one poison per test image, as reported
+    assert r["metrics"]["asr@5"]["value"] > 0.9  # the query's own image is found first
+    assert "query_copy` baseline" in (tmp_path / "qc" / "report.md").read_text()

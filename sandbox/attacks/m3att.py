@@ -165,8 +165,11 @@ def build_m3att(cfg: AttackConfig, inputs: AttackInputs, deployed: Any, n_poison
     n_clusters = cfg.clusters or n_poisons
     if n_clusters < n_poisons:
         raise InvalidInputError(f"attack.clusters ({n_clusters}) must be at least the number of poisons ({n_poisons})")
+    if not inputs.reference:
+        raise InvalidInputError("data.splits.reference: the attacker's reference pool is empty")
     if n_clusters > len(inputs.reference):
-        raise InvalidInputError(f"attack.clusters ({n_clusters}) is larger than the reference pool ({len(inputs.reference)} images)")
+        what = "attack.clusters" if cfg.clusters else "the number of poisons (one cluster each)"
+        raise InvalidInputError(f"{what} ({n_clusters}) is larger than the reference pool ({len(inputs.reference)} images)")
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     ref_emb = enc.encode_images([it.image for it in inputs.reference], progress=False)
