@@ -4,8 +4,8 @@ Record ids are content hashes (a chunk's id covers its document, position, title
 text and metadata; an image record's id covers its document and the image's SHA-256; image
 files are named by their SHA-256), so hashing the sorted ids of the text store, the image
 store and the image folder identifies the collection's content. Only ids are read (no texts,
-no vectors), which keeps it cheap: reading and hashing the ids of 100k records took 0.14 s
-(FAISS store) and 0.17 s (Chroma) on the 2-core development machine.
+no vectors), which keeps it cheap: reading and hashing the ids of 100k records took 0.13 s
+(FAISS store) and 0.18 s (Chroma) on the 2-core development machine (``eval/fingerprint_cost.py``).
 
 :func:`content_fingerprint` returns a :class:`ContentFingerprint` that also keeps the id sets,
 so two fingerprints can explain their difference (:meth:`ContentFingerprint.diff`): which
