@@ -10,7 +10,6 @@ reference, candidates, test.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,6 +139,3 @@ def load_scenario_data(cfg: DataConfig, seed: int, base_dir: str | Path = ".") -
     assert not overlap, "split by image failed"
     return data
 
-
-def label_counts(items: list[AnnotatedImage], task: Task) -> Counter:
-    return Counter(task.label_of(it) for it in items)

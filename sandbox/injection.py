@@ -22,7 +22,6 @@ sandbox clean --collection NAME``) finds them by journal and by tag and removes 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -31,7 +30,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -390,10 +389,3 @@ def clean(pipeline: Pipeline, collection: str) -> CleanReport:
     finally:
         lock.release()
 
-
-@contextlib.contextmanager
-def injected(pipeline: Pipeline, collection: str, documents: Sequence[Document], **kwargs: Any) -> Iterator[ReversibleInjection]:
-    """Shorthand: ``with injected(pipe, name, docs) as inj: ...`` (docs injected on entry)."""
-    with ReversibleInjection(pipeline, collection, **kwargs) as inj:
-        inj.inject(documents)
-        yield inj

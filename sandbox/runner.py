@@ -31,7 +31,6 @@ import platform
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -103,7 +102,7 @@ def collection_name_for(scn: Scenario, data: ScenarioData) -> str:
     return f"sandbox-{scn.name[:30]}-{h.hexdigest()[:12]}".replace("_", "-")
 
 
-def open_index(scn: Scenario, data: ScenarioData, stages: Stages, *, allow_live: bool = False) -> tuple[Pipeline, str]:
+def open_index(scn: Scenario, data: ScenarioData, *, allow_live: bool = False) -> tuple[Pipeline, str]:
     rag = scn.rag
     if rag.collection:
         check_live(rag.collection, rag.allow_live or allow_live)
@@ -280,7 +279,7 @@ def run_scenario(scn: Scenario, *, allow_live: bool = False, run_id: str | None 
         data = load_scenario_data(scn.data, scn.seed, scn.base_dir)
     log.info("data: %s", data.sizes())
     with stages("index"):
-        pipe, name = open_index(scn, data, stages, allow_live=allow_live)
+        pipe, name = open_index(scn, data, allow_live=allow_live)
     lock = RunLock(name)  # held for the whole run: no other run's poisons can sit in the index meanwhile
     try:
         lock.acquire(run_id)
@@ -363,6 +362,15 @@ def _run_locked(scn: Scenario, data: ScenarioData, pipe: Pipeline, name: str, lo
     report["chance"] = {"s_rand": s_rand, "answer": data.task.chance_answer, "rule": data.task.chance_rate_source}
     metrics["accuracy_clean"] = mean_ci(correct_clean, B, seed)
     outcomes = []
+    cached: list[Any] = []
+
+    def geometry() -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Query vectors and reference-pool image embeddings, computed once for the bound and the sweep."""
+        if not cached:
+            cached.extend((query_vectors(pipe, data.queries),
+                           pipe.image_encoder.encode_images([it.image for it in data.reference], progress=False)))
+        return cached[0], cached[1]
+
     if scn.attack.name != "none":
         with stages("attack"):
             poisons = make_poisons(scn, data, inputs, pipe, n, run_id)
@@ -385,8 +393,7 @@ def _run_locked(scn: Scenario, data: ScenarioData, pipe: Pipeline, name: str, lo
         report["per_query"] = per_query
         if "asr_bound@k" in scn.metrics and scn.attack.name in ("m3att", "random"):
             with stages("bound"):
-                qv = query_vectors(pipe, data.queries)
-                ref_emb = pipe.image_encoder.encode_images([it.image for it in data.reference], progress=False)
+                qv, ref_emb = geometry()
                 covered, _ = bound_asr(pipe, qv, clean, k, ref_emb, n, pvecs, kb_size=kb_size, seed=seed)
                 image_only = ~qv["has_text"]
                 if image_only.all():  # the oracle needs the k-th similarity in one space: image-only queries
@@ -397,10 +404,11 @@ def _run_locked(scn: Scenario, data: ScenarioData, pipe: Pipeline, name: str, lo
             asr = metrics[f"asr@{k}"]["value"]
             bound = metrics[f"asr_bound@{k}"]["value"]
             report["bound_ratio"] = asr / bound if bound > 0 else float("nan")
-        sweep = sweep_counts(scn, kb_size, n)
+        sweep = sweep_counts(scn, kb_size)
         if sweep and scn.attack.name in ("m3att", "random"):
             with stages("sweep"):
-                report["sweep"] = run_sweep(scn, data, inputs, pipe, name, clean, sweep, run_id, live, k, outcomes, lock, kb_size)
+                report["sweep"] = run_sweep(scn, data, inputs, pipe, name, clean, sweep, run_id, live, k, outcomes, lock,
+                                            kb_size, *geometry())
     if scn.defenses:
         with stages("defenses"):
             report["defenses"] = run_defenses(scn, data, pipe, name, clean, attack_runs[0] if attack_runs else None,
@@ -455,16 +463,14 @@ def add_attack_metrics(metrics: dict, suffix: str, clean: Sequence[QueryResult],
     return {"asr_hit": hit.tolist(), "correct_clean": correct_clean.tolist(), "correct_attacked": correct_att.tolist()}
 
 
-def sweep_counts(scn: Scenario, kb_size: int, n: int) -> list[int]:
+def sweep_counts(scn: Scenario, kb_size: int) -> list[int]:
     counts = [max(1, int(round(r * kb_size))) for r in scn.attack.sweep_rates] + list(scn.attack.sweep_counts)
     return sorted(set(counts))
 
 
 def run_sweep(scn: Scenario, data: ScenarioData, inputs: AttackInputs, pipe: Pipeline, name: str, clean: list[QueryResult],
               counts: list[int], run_id: str, live: bool, k: int, outcomes: list, lock: RunLock,
-              kb_size: int) -> list[dict[str, Any]]:
-    qv = query_vectors(pipe, data.queries)
-    ref_emb = pipe.image_encoder.encode_images([it.image for it in data.reference], progress=False)
+              kb_size: int, qv: dict[str, np.ndarray], ref_emb: np.ndarray) -> list[dict[str, Any]]:
     rows = []
     for c in counts:
         if c > len(data.candidates) or c > len(data.reference):
@@ -542,6 +548,3 @@ def run_defenses(scn: Scenario, data: ScenarioData, pipe: Pipeline, name: str, c
         rows.append(row)
     return rows
 
-
-def scenario_dir_default(scn: Scenario) -> Path:
-    return Path("eval") / "out" / "scenarios" / scn.name

@@ -159,7 +159,7 @@ class VQAClosedTask(Task):
         for i in order:
             a = norm_answer(pairs[i][2])
             votes[a] = votes.get(a, 0.0) + max(float(sims[i]), 0.0)
-        return max(votes, key=lambda a: (votes[a], -order.index(next(i for i in order if norm_answer(pairs[i][2]) == a))))
+        return max(votes, key=votes.get)  # ties: the answer met first (dicts keep insertion order)
 
 
 def _auto(kb: Sequence[AnnotatedImage]) -> str:

@@ -227,7 +227,7 @@ WRITER = textwrap.dedent("""
 def test_scenario_while_another_process_ingests_keeps_its_documents(heterag_home):
     scn = parse_scenario(tiny())
     data = load_scenario_data(scn.data, scn.seed)
-    pipe, name = open_index(scn, data, None)
+    pipe, name = open_index(scn, data)
     kb_docs = {r.metadata["doc_id"] for r in pipe.store.get()}
     pipe.close()
     writer = subprocess.Popen([sys.executable, "-c", WRITER, name, "40"])
@@ -253,7 +253,7 @@ def test_kill_9_mid_injection_then_clean_restores_the_fingerprint(tmp_path, hete
     scn_dict = tiny(**{"attack.steps": 2, "data.source": "synthetic:400", "data.splits.test.count": 300})
     scn = parse_scenario(scn_dict)
     data = load_scenario_data(scn.data, scn.seed)
-    pipe, name = open_index(scn, data, None)
+    pipe, name = open_index(scn, data)
     before = content_fingerprint(pipe)
     kb_count = pipe.store.count()
     pipe.close()

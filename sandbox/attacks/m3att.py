@@ -45,7 +45,7 @@ from heterag import Document, ImageRef
 from heterag.errors import InvalidInputError
 from heterag.image_encoders import load_image_encoder
 
-from ..editors import EditedText, make_editor
+from ..editors import Edit, EditedText, make_editor
 from ..editors.lexicon import COLOUR_NEIGHBOURS
 from ..scenario import AttackConfig
 from ..tasks import Task, background_of
@@ -130,8 +130,6 @@ def poison_text(task: Task, seed_item: AnnotatedImage, members: Sequence[Annotat
         if seed_bg and background_of(text) != target:
             i = text.lower().rfind(seed_bg)
             text = text[:i] + target + text[i + len(seed_bg):]
-        from ..editors import Edit
-
         return EditedText(text, seed_item.text, (*edited.edits, Edit("prior_swap", seed_bg, target, "background")))
     return editor.edit_annotated(seed_item)
 
