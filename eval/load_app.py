@@ -3,11 +3,15 @@
     python app.py &                                   # the demos (or --collection NAME)
     python eval/load_app.py --url http://127.0.0.1:7860/ --users 20 --questions 20
 
-First one user asks the questions alone (the baseline), then ``--users`` sessions ask at the same
-time, each its own ``--questions`` (mixed: every third is an image of a synthetic scene), with
-``--think`` seconds between a user's questions (0: back to back). Reports errors, p50/p95 latency
-and time to the first streamed token, for the single user and under load, as a table and as JSON
-(``eval/out/load_app.json``).
+First one user asks ``--questions`` questions alone (the baseline), then ``--users`` sessions ask
+at the same time, ``--questions`` each, with ``--think`` seconds between a user's questions (0:
+back to back). Every question is asked once: the single user and the sessions draw disjoint
+questions from one shuffled pool (``--seed``), so no answer is cheaper because the same question
+came before. The pool mixes text and image questions (every third an image): about 300 text
+questions built from the titles of the text demo's topics, and the 300 scenes of the image demo,
+half of them with one of the scene's own questions, half alone. Reports errors, p50/p95 latency
+and time to the first streamed token, for the single user and under load, as a table and as
+JSON (``eval/out/load_app.json``).
 """
 
 from __future__ import annotations
@@ -20,15 +24,60 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-TEXT_QUESTIONS = [
-    "How do I define a generator?", "What does the with statement do?", "How are exceptions raised?",
-    "What is a decorator?", "How does slicing work on sequences?", "What is the difference between is and ==?",
-    "How do I define a class?", "What does yield from do?", "How do lambda expressions work?",
-    "What are keyword arguments?", "How does the import statement find modules?", "What is a coroutine?",
-]
+TEXT_TEMPLATES = ("What is {t}?", "How does {t} work in Python?", "Give an example of {t}.",
+                  "What are the rules for {t}?")
 IMAGE_COLLECTION_DEFAULT = ""  # the app's default: the scenes demo for image questions
+SCENES = 300  # the image demo's scenes
+POLL_S = 0.005  # how often a user looks for streamed output: the resolution of the time to first token
+
+
+@dataclass(frozen=True)
+class Question:
+    text: str
+    image: Path | None = None
+
+    @property
+    def kind(self) -> str:
+        return "text" if self.image is None else "image"
+
+
+def text_questions() -> list[str]:
+    """Questions about the text demo's topics: each title in four phrasings."""
+    from corpora.pydoc_topics import load_pydoc_topics
+
+    titles = sorted({d.title.replace('"', "").strip() for d in load_pydoc_topics()})
+    return [t.format(t=title[0].lower() + title[1:]) for title in titles for t in TEXT_TEMPLATES]
+
+
+def image_questions(folder: Path) -> list[Question]:
+    """The image demo's scenes (as PNG files in ``folder``): odd ones with one of their questions."""
+    from corpora.synthetic_scenes import render_scene
+
+    out = []
+    for i in range(SCENES):
+        scene = render_scene(i, seed=0)
+        path = folder / f"scene-{i}.png"
+        scene.image.save(path)
+        text = scene.qa[i % len(scene.qa)].question if i % 2 and scene.qa else ""
+        out.append(Question(text, path))
+    return out
+
+
+def question_pool(folder: Path, seed: int) -> list[Question]:
+    """Text and image questions shuffled so that every third is an image question."""
+    rng = random.Random(seed)
+    texts = [Question(q) for q in text_questions()]
+    images = image_questions(folder)
+    rng.shuffle(texts)
+    rng.shuffle(images)
+    pool = []
+    while texts or images:
+        take_image = len(pool) % 3 == 2 and images or not texts
+        pool.append(images.pop() if take_image else texts.pop())
+    return pool
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -39,49 +88,44 @@ def percentile(values: list[float], q: float) -> float:
     return s[i]
 
 
-def make_images(folder: Path, n: int = 10) -> list[Path]:
-    from corpora.synthetic_scenes import render_scene
-
-    paths = []
-    for i in range(n):
-        p = folder / f"scene-{i}.png"
-        render_scene(i * 7 % 300, seed=0).image.save(p)
-        paths.append(p)
-    return paths
-
-
-def ask(client, question: str, image: Path | None, collection: str, k: int) -> tuple[float, float]:
+def ask(client, question: Question, collection: str, k: int) -> tuple[float, float]:
     """(seconds to the first streamed output with text, seconds to the end) of one question."""
     from gradio_client import handle_file
 
     t0 = time.perf_counter()
     first = None
-    job = client.submit(question, handle_file(str(image)) if image else None, collection, k, api_name="/chat")
-    for out in job:
-        if first is None and out and str(out[0]).strip():
+    image = handle_file(str(question.image)) if question.image else None
+    job = client.submit(question.text, image, collection, k, api_name="/chat")
+    # Watch the streamed outputs every POLL_S seconds. (Iterating over the job would poll every 1 ms,
+    # and twenty such loops take a good share of the 2 cores the app under test runs on.)
+    while True:
+        done = job.done()
+        if first is None and any(out and str(out[0]).strip() for out in job.outputs()):
             first = time.perf_counter() - t0
+        if done:
+            break
+        time.sleep(POLL_S)
     job.result()  # raises if the app reported an error
     total = time.perf_counter() - t0
     return (first if first is not None else total), total
 
 
-def run_user(url: str, user: int, n: int, images: list[Path], args, results: list, errors: list) -> None:
+def run_user(url: str, user: int, questions: list[Question], args, results: list, errors: list) -> None:
     from gradio_client import Client
 
     rng = random.Random(user)
     try:
-        client = Client(url, verbose=False)
+        # ssl_verify=False: the app is served over plain http on loopback, and with it gradio_client does not
+        # load the CA bundle anew for every request it sends (measurable CPU on the cores the app shares)
+        client = Client(url, verbose=False, ssl_verify=False)
     except Exception as exc:
         errors.append(f"user {user}: connect: {exc}")
         return
-    for i in range(n):
-        is_image = i % 3 == 2
-        q = "" if is_image else rng.choice(TEXT_QUESTIONS)
-        img = rng.choice(images) if is_image else None
-        coll = args.image_collection if is_image else args.collection
+    for i, q in enumerate(questions):
+        coll = args.image_collection if q.image else args.collection
         try:
-            ttft, total = ask(client, q, img, coll, args.k)
-            results.append({"user": user, "kind": "image" if is_image else "text", "ttft": ttft, "latency": total})
+            ttft, total = ask(client, q, coll, args.k)
+            results.append({"user": user, "kind": q.kind, "ttft": ttft, "latency": total})
         except Exception as exc:
             errors.append(f"user {user} q{i}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         if args.think:
@@ -99,11 +143,13 @@ def summarize(results: list[dict], errors: list[str], seconds: float) -> dict:
     return out
 
 
-def phase(url: str, users: int, n: int, images: list[Path], args) -> dict:
+def phase(url: str, users: int, per_user: int, pool: list[Question], args) -> dict:
+    """``users`` sessions at once, each asking its own ``per_user`` questions taken from the front of ``pool``."""
     results: list[dict] = []
     errors: list[str] = []
+    mine = [[pool.pop(0) for _ in range(per_user)] for _ in range(users)]
     t0 = time.perf_counter()
-    threads = [threading.Thread(target=run_user, args=(url, u, n, images, args, results, errors)) for u in range(users)]
+    threads = [threading.Thread(target=run_user, args=(url, u, mine[u], args, results, errors)) for u in range(users)]
     for t in threads:
         t.start()
     for t in threads:
@@ -122,14 +168,21 @@ def main() -> int:
     ap.add_argument("--collection", default="", help="collection for text questions (default: the app's)")
     ap.add_argument("--image-collection", default=IMAGE_COLLECTION_DEFAULT, help="collection for image questions")
     ap.add_argument("-k", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0, help="shuffles the question pool")
     ap.add_argument("--out", default=str(Path(__file__).parent / "out" / "load_app.json"))
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        images = make_images(Path(tmp))
-        run_user(args.url, 999, 2, images, argparse.Namespace(**{**vars(args), "think": 0}), [], [])  # warm-up
-        single = phase(args.url, 1, args.questions, images, args)
-        load = phase(args.url, args.users, args.questions, images, args)
+        pool = question_pool(Path(tmp), args.seed)
+        needed = 2 + args.questions * (1 + args.users)
+        if needed > len(pool):
+            sys.exit(f"load_app.py: {needed} questions needed but the pool has {len(pool)}; ask fewer")
+        # one text and one image question first: the first request of each kind loads things
+        warm = [pool.pop(0), pool.pop(next(i for i, q in enumerate(pool) if q.image))]
+        run_user(args.url, 999, warm, argparse.Namespace(**{**vars(args), "think": 0}), [], [])
+        single = phase(args.url, 1, args.questions, pool, args)
+        load = phase(args.url, args.users, args.questions, pool, args)
     report = {"url": args.url, "users": args.users, "questions_per_user": args.questions, "think_s": args.think,
+              "seed": args.seed,
               "single": single, "load": load,
               "p95_ratio": load["all"]["p95"] / single["all"]["p95"] if single["all"]["p95"] else None}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -7,16 +7,20 @@ too; hub names need network access at load time.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from .batching import MicroBatcher
 from .errors import HeteragError, InvalidInputError
 
 log = logging.getLogger(__name__)
@@ -128,6 +132,10 @@ class TextEncoder:
         if max_seq_length is not None:
             self.model.max_seq_length = max_seq_length
         self.model.eval()
+        # Every use of the model and its tokenizer goes through one batcher: concurrent small encode
+        # calls (a server's queries) run as one batch, and the tokenizer (not thread-safe) is used
+        # by one thread at a time.
+        self._batcher: MicroBatcher[str, np.ndarray] = MicroBatcher(self._encode_batch, max_items=batch_size)
 
     # ---- properties -----------------------------------------------------------------
     @cached_property
@@ -154,20 +162,29 @@ class TextEncoder:
         return self.model[0].auto_model
 
     # ---- tokens ---------------------------------------------------------------------
+    @cached_property
+    def _own_tokenizer(self) -> tuple[Any, threading.Lock]:
+        """A copy of the tokenizer for counting and splitting, with its lock: these calls then never wait
+        for a forward pass of the model (whose tokenizer the batcher guards)."""
+        return copy.deepcopy(self.model.tokenizer), threading.Lock()
+
+    def _tokens(self, text: str, **kwargs: Any) -> Any:
+        tok, lock = self._own_tokenizer
+        with lock:  # a fast tokenizer must not be called from two threads at once ("Already borrowed")
+            return tok(text, verbose=False, **kwargs)
+
     def tokenize(self, text: str) -> TokenSpan:
-        enc = self.tokenizer(
-            text, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False, verbose=False
-        )
+        enc = self._tokens(text, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False)
         return TokenSpan(ids=list(enc["input_ids"]), offsets=[tuple(o) for o in enc["offset_mapping"]])
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+        return len(self._tokens(text, add_special_tokens=False)["input_ids"])
 
     @cached_property
     def _special_template(self) -> tuple[list[int], list[int]]:
         """Special tokens the tokenizer puts before and after a single sequence (e.g. [CLS] ... [SEP])."""
-        bare = self.tokenizer("a", add_special_tokens=False)["input_ids"]
-        full = self.tokenizer("a", add_special_tokens=True)["input_ids"]
+        bare = self._tokens("a", add_special_tokens=False)["input_ids"]
+        full = self._tokens("a", add_special_tokens=True)["input_ids"]
         for pos in range(len(full) - len(bare) + 1):
             if full[pos : pos + len(bare)] == bare:
                 return list(full[:pos]), list(full[pos + len(bare) :])
@@ -187,22 +204,40 @@ class TextEncoder:
 
     # ---- embeddings -----------------------------------------------------------------
     def encode(self, texts: Sequence[str], *, show_progress: bool | None = None) -> np.ndarray:
-        """Embed texts; returns float32 (n, dim) with unit-norm rows."""
+        """Embed texts; returns float32 (n, dim) with unit-norm rows.
+
+        Thread-safe. Calls of up to ``batch_size`` texts made at the same time from several
+        threads are encoded together in one batch (:class:`~heterag.batching.MicroBatcher`);
+        larger calls are encoded ``batch_size`` texts at a time, longest first, so that other
+        threads' queries get the model between two batches.
+        """
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         for i, t in enumerate(texts):
             if not isinstance(t, str) or not t.strip():
                 raise InvalidInputError(f"cannot encode empty text (item {i})")
+        if len(texts) <= self.batch_size:
+            return np.stack(self._batcher(texts))
         if show_progress is None:
             show_progress = len(texts) >= PROGRESS_THRESHOLD and not os.environ.get("HETERAG_NO_PROGRESS")
+        from tqdm.auto import tqdm
+
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # similar lengths share a batch
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        with tqdm(total=len(texts), unit="text", desc="encode", disable=not show_progress) as bar:
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                out[idx] = self._batcher.run_exclusive(lambda idx=idx: self._encode_batch([texts[i] for i in idx]))
+                bar.update(len(idx))
+        return out
+
+    def _encode_batch(self, texts: list[str]) -> np.ndarray:
+        """One forward pass over ``texts`` (at most ``batch_size``); float32 (n, dim), unit-norm rows."""
         with few_threads(len(texts)):
             vecs = self.model.encode(
-                texts,
-                batch_size=self.batch_size,
-                convert_to_numpy=True,
-                normalize_embeddings=True,
-                show_progress_bar=show_progress,
+                texts, batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=True,
+                show_progress_bar=False,
             )
         return np.ascontiguousarray(vecs, dtype=np.float32)
 
@@ -240,8 +275,11 @@ class TextEncoder:
             for r, s in enumerate(seqs):
                 ids[r, : len(s)] = torch.tensor(s)
                 mask[r, : len(s)] = 1
-            with torch.inference_mode():
-                hidden = self._transformer(input_ids=ids, attention_mask=mask).last_hidden_state
+            def forward(ids=ids, mask=mask):
+                with torch.inference_mode():
+                    return self._transformer(input_ids=ids, attention_mask=mask).last_hidden_state
+
+            hidden = self._batcher.run_exclusive(forward)
             for r, i in enumerate(idx):
                 n = len(windows[i])
                 results[i] = hidden[r, len(prefix) : len(prefix) + n].float().numpy()

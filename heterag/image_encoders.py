@@ -453,6 +453,9 @@ def _fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], label: str
         raise InvalidInputError(f"{label}: checkpoint does not fit this architecture ({' '.join(first)})") from None
 
 
+_TOKENIZER_LOCK = threading.Lock()
+
+
 class OpenClipImageEncoder(_TorchImageEncoder):
     """An open_clip CLIP model: its image tower embeds images, its text tower ``encode_texts``."""
 
@@ -538,7 +541,8 @@ class OpenClipImageEncoder(_TorchImageEncoder):
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         with torch.inference_mode(), few_threads(len(texts)):
             for start in range(0, len(texts), batch_size):
-                tokens = self.tokenizer(texts[start : start + batch_size])
+                with _TOKENIZER_LOCK:  # hf tokenizers are not safe to call from several threads at once
+                    tokens = self.tokenizer(texts[start : start + batch_size])
                 vecs = F.normalize(self.model.encode_text(tokens).float(), dim=-1)
                 out[start : start + len(vecs)] = vecs.cpu().numpy()
         return out

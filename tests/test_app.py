@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -94,13 +95,44 @@ def _answer(events) -> tuple[str, list]:
 
 
 def test_answers_stream_word_by_word_and_end_with_sources(service):
-    text, events = _answer(service.ask("What causes tides?", None, ChatSettings(collection="notes")))
+    text, events = _answer(service.ask("What causes tides?", None, ChatSettings(collection="notes"), stream_interval=0))
     tokens = [e for e in events if isinstance(e, Token)]
     assert len(tokens) > 5 and "gravitational pull" in text
+    assert all(len(t.text.split()) == 1 for t in tokens)  # one word each
     done = events[-1]
     assert isinstance(done, Done) and done.answer.text == text and done.collection == "notes"
     html = render.sources_html(done.answer)
     assert "[1]" in html and "Tides" in html and "view that matched" in html and "hr-cited" in html
+
+
+def test_streaming_is_paced_without_delaying_the_first_word(service, monkeypatch):
+    """Words that come faster than the stream interval are merged (fewer UI updates under load), but the
+    first word goes out at once, and words of a slow generator each go out when their interval is up."""
+    fast, events = _answer(service.ask("What causes tides?", None, ChatSettings(collection="notes"), stream_interval=1.0))
+    tokens = [e.text for e in events if isinstance(e, Token)]
+    assert len(tokens) == 2 and len(tokens[0].split()) == 1 and len(tokens[1].split()) > 3  # first word, the rest
+    assert isinstance(events[-1], Done) and events[-1].answer.text == fast
+
+    from heterag.generators.extractive import ExtractiveGenerator
+
+    real = ExtractiveGenerator.generate
+
+    def slow(self, question, hits, *, on_token=None, image=None):  # a generator that writes a word every 60 ms
+        def paced(piece):
+            for word in piece.split(" "):
+                time.sleep(0.06)
+                on_token(word + " ")
+        return real(self, question, hits, on_token=paced if on_token else None, image=image)
+
+    monkeypatch.setattr(ExtractiveGenerator, "generate", slow)
+    arrivals = []
+    t0 = time.monotonic()
+    for event in service.ask("What causes tides?", None, ChatSettings(collection="notes"), stream_interval=0.15):
+        if isinstance(event, Token):
+            arrivals.append((time.monotonic() - t0, event.text))
+    gaps = [b[0] - a[0] for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    assert len(arrivals) > 3 and all(len(t.split()) <= 4 for _, t in arrivals), arrivals  # a few words each
+    assert min(gaps[:-1]) >= 0.1, gaps  # never faster than the interval (the last is the flush at the end)
 
 
 def test_empty_question_is_refused_in_one_line(service):

@@ -25,6 +25,7 @@ import logging
 import math
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -261,6 +262,12 @@ class ExtractiveGenerator:
     sentence encoders such as all-MiniLM-L6-v2. ``temperature`` 0 is deterministic; above 0 each
     call samples sentences from ``rng = numpy.random.default_rng(seed)``, so repeated calls can
     differ while the same ``seed`` reproduces the same sequence of answers.
+
+    Sentence vectors are kept in a least-recently-used cache of ``cache_size`` sentences
+    (0: off; 50,000 MiniLM vectors take about 77 MB), keyed by the sentence text: a source
+    retrieved again, by any question, is not re-encoded. Only the question is encoded then.
+    ``cache_hits`` and ``cache_misses`` count sentences. The embedder must be deterministic
+    (the same text always gives the same vector), as retrieval encoders are.
     """
 
     name = "extractive"
@@ -273,6 +280,7 @@ class ExtractiveGenerator:
         seed: int | None = None,
         min_score: float = 0.15,
         min_relative: float = 0.5,
+        cache_size: int = 50_000,
     ) -> None:
         if not isinstance(embedder, Embedder):
             raise InvalidInputError(f"embedder must provide encode() and count_tokens(), got {type(embedder).__name__}")
@@ -288,12 +296,41 @@ class ExtractiveGenerator:
         self.min_score = float(min_score)
         self.min_relative = float(min_relative)
         self.seed = seed
+        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
+            raise InvalidInputError(f"cache_size must be an integer >= 0, got {cache_size!r}")
         self._rng = np.random.default_rng(seed)
         self._rng_lock = threading.Lock()
+        self.cache_size = cache_size
+        self.cache_hits = self.cache_misses = 0
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_lock = threading.Lock()
+
+    def _vectors(self, texts: list[str]) -> np.ndarray:
+        """Unit vectors of ``texts`` (the question first, then sentences), sentences from the cache when seen."""
+        if self.cache_size == 0:
+            return _embed(self.embedder, texts)
+        question, sentences = texts[0], texts[1:]
+        with self._cache_lock:
+            cached = [self._cache.get(t) for t in sentences]
+            for t, v in zip(sentences, cached, strict=True):
+                if v is not None:
+                    self._cache.move_to_end(t)
+        missing = [t for t, v in zip(sentences, cached, strict=True) if v is None]
+        fresh = _embed(self.embedder, [question, *dict.fromkeys(missing)])
+        new = dict(zip(dict.fromkeys(missing), fresh[1:], strict=True))
+        with self._cache_lock:
+            self.cache_hits += len(sentences) - len(missing)
+            self.cache_misses += len(missing)
+            for t, v in new.items():
+                self._cache[t] = v
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        rows = [fresh[0]] + [v if v is not None else new[t] for t, v in zip(sentences, cached, strict=True)]
+        return np.stack(rows)
 
     def _score(self, question: str, hits: Sequence[Hit], candidates: list[_Candidate]) -> tuple[np.ndarray, ...]:
         """(total scores, relevance scores, sentence vectors) for ``candidates``."""
-        vectors = _embed(self.embedder, [question, *(c.text for c in candidates)])
+        vectors = self._vectors([question, *(c.text for c in candidates)])
         cosine = vectors[1:] @ vectors[0]
         q_words = content_words(question)
         lexical = np.array([LEXICAL_WEIGHT * _lexical_overlap(q_words, c.text) for c in candidates])

@@ -68,16 +68,19 @@ class _SharedClient:
         self.path = path
         self.token_path = path / GENERATION_FILE
         self.client: Any = None
-        self.token: str | None = None
+        self.token: tuple[int, int, int] | None = None
         self.version = 0
         self.users = 0
         self.lock = threading.RLock()
 
-    def _disk_token(self) -> str:
+    def _disk_token(self) -> tuple[int, int, int] | None:
+        """Identity of the token file: (inode, size, mtime). Every write replaces the file (a new inode),
+        so a stat is enough to notice it, without reading the file on every operation."""
         try:
-            return self.token_path.read_text()
+            st = os.stat(self.token_path)
         except FileNotFoundError:
-            return ""
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
 
     def get(self) -> tuple[Any, int]:
         with self.lock:
@@ -98,8 +101,9 @@ class _SharedClient:
             token = uuid.uuid4().hex
             tmp = self.token_path.with_name(f"{GENERATION_FILE}.{os.getpid()}.{threading.get_ident()}.tmp")
             tmp.write_text(token)
+            st = os.stat(tmp)  # a rename keeps inode, size and mtime: this is the token file's identity
             os.replace(tmp, self.token_path)
-            self.token = token
+            self.token = st.st_ino, st.st_size, st.st_mtime_ns
 
     def release(self) -> None:
         with self.lock:
@@ -249,6 +253,7 @@ class ChromaStore:
         self._shared: _SharedClient | None = _shared_client(self.path)
         self._data_dim: int | None = None  # cached dimension of stored vectors
         self._fp: Fingerprint | None = None  # cached once set (a fingerprint never changes)
+        self._count_cache: tuple[tuple[Any, ...], int] | None = None  # (write generation, count)
         try:
             self._client, self._version = self._shared.get()
             self._max_batch = int(self._client.get_max_batch_size())
@@ -471,7 +476,16 @@ class ChromaStore:
         return len(matched)
 
     def count(self) -> int:
-        return int(self._c.count())
+        """Number of records. Remembered until the next write, by this or another process (a question
+        asks it several times, and Chroma counts by scanning)."""
+        col = self._c  # reopens first if another process wrote
+        key = (self._version, self._shared.token if self._shared is not None else None)
+        cached = self._count_cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        n = int(col.count())
+        self._count_cache = (key, n)
+        return n
 
     def close(self) -> None:
         """Release the collection handle (Chroma persists every write itself); the shared client is

@@ -56,6 +56,7 @@ class AppConfig:
     max_file_mb: float = 50.0
     max_request_mb: float = 200.0
     concurrency: int = 8  # chat requests answered at the same time
+    stream_interval: float = 0.05  # seconds: at most one streamed update per interval (0: every word)
 
     def with_chat(self, **changes: Any) -> AppConfig:
         return dataclasses.replace(self, chat=dataclasses.replace(self.chat, **changes))
@@ -112,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-file-mb", type=float, help="largest uploaded file (default 50)")
     ap.add_argument("--max-request-mb", type=float, help="largest upload request, all files together (default 200)")
     ap.add_argument("--concurrency", type=int, help="questions answered at the same time (default 8)")
+    ap.add_argument("--stream-interval", type=float, help="seconds between streamed updates of an answer; faster "
+                    "words are merged (default 0.05; 0: every word)")
     return ap
 
 
@@ -119,8 +122,8 @@ def parse_args(argv: Sequence[str] | None = None) -> AppConfig:
     """The app's configuration from ``argv`` (and the ``--config`` file it names)."""
     args = build_parser().parse_args(argv)
     cfg = load_config_file(args.config) if args.config else AppConfig()
-    server = {k: getattr(args, k) for k in ("host", "port", "share", "max_file_mb", "max_request_mb", "concurrency")
-              if getattr(args, k) is not None}
+    server = {k: getattr(args, k) for k in ("host", "port", "share", "max_file_mb", "max_request_mb", "concurrency",
+                                            "stream_interval") if getattr(args, k) is not None}
     chat = {k: v for k, v in {"collection": args.collection, "top_k": args.top_k, "fusion": args.fusion,
                               "generator": args.generator, "model": args.model, "base_url": args.base_url,
                               "model_path": args.model_path, "temperature": args.temperature}.items() if v is not None}
@@ -129,6 +132,8 @@ def parse_args(argv: Sequence[str] | None = None) -> AppConfig:
         raise InvalidInputError(f"--port must be from 1 to 65535, got {cfg.port}")
     if cfg.max_file_mb <= 0 or cfg.max_request_mb <= 0 or cfg.concurrency < 1:
         raise InvalidInputError("size limits and concurrency must be positive")
+    if not 0 <= cfg.stream_interval <= 5:
+        raise InvalidInputError(f"--stream-interval must be from 0 to 5 seconds, got {cfg.stream_interval:g}")
     cfg.chat.check()
     return cfg
 

@@ -11,6 +11,7 @@ question to a collection that is still empty while it is being built gets a one-
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import re
 import threading
@@ -110,7 +111,6 @@ class ChatService:
         self._ingest_locks: dict[str, threading.Lock] = {}
         self._busy: dict[str, Progress] = {}
         self._generators: dict[tuple, Generator] = {}
-        self._model_lock = threading.Lock()
         self._demo_thread: threading.Thread | None = None
         self.demo_error: str | None = None
 
@@ -253,12 +253,19 @@ class ChatService:
                 gen = self._generators[key] = make_generator(settings.generator, **kwargs)
             return gen
 
-    def ask(self, question: str | None, image: str | Path | ImageRef | None, settings: ChatSettings) -> Iterator[ChatEvent]:
+    def ask(self, question: str | None, image: str | Path | ImageRef | None, settings: ChatSettings, *,
+            stream_interval: float | None = None) -> Iterator[ChatEvent]:
         """Answer ``question`` (and/or ``image``, a file path or :class:`ImageRef`) as a stream of events:
-        :class:`Notice` s, :class:`Token` s word by word, then one :class:`Done` or one :class:`Failed`.
+        :class:`Notice` s, :class:`Token` s, then one :class:`Done` or one :class:`Failed`.
+
+        Tokens come word by word, but at most one per ``stream_interval`` seconds (default: the
+        config's): words that arrive faster are merged into the next token. The first word is
+        passed on as soon as it exists, so pacing never delays the first token; 0 passes every
+        word on by itself.
 
         Raises :class:`InvalidInputError` at once when there is neither a question nor an image.
         """
+        interval = self.config.stream_interval if stream_interval is None else float(stream_interval)
         question = (question or "").strip()
         if not question and image is None:
             raise InvalidInputError("type a question or attach an image")
@@ -289,15 +296,14 @@ class ChatService:
             if busy:
                 yield Notice(f"collection {name!r} is being updated ({busy[0].line()}); the answer uses what is stored so far")
             generator = self.generator_for(settings, pipe)
-            with self._model_lock:  # the encoders' tokenizers are not safe to call from several threads at once
-                hits = pipe.retrieve(question or None, k=settings.top_k, image=ref, fusion=fusion)
+            hits = pipe.retrieve(question or None, k=settings.top_k, image=ref, fusion=fusion)
         except CollectionNotFoundError:
             yield Failed(f"no collection named {name!r}; create it in the Knowledge tab or pick another")
             return
         except HeteragError as exc:
             yield Failed(one_line(exc))
             return
-        yield from self._generate(generator, question, hits, ref, name)
+        yield from self._generate(generator, question, hits, ref, name, interval)
 
     def _count(self, name: str) -> int:
         try:
@@ -306,19 +312,16 @@ class ChatService:
             return 0
 
     def _generate(self, generator: Generator, question: str, hits: Sequence[Any], ref: ImageRef | None,
-                  name: str) -> Iterator[ChatEvent]:
-        """Run the generator in a worker thread and pass its text on word by word as it comes."""
+                  name: str, interval: float) -> Iterator[ChatEvent]:
+        """Run the generator in a worker thread and pass its text on word by word as it comes, at most
+        one token per ``interval`` seconds (faster words are merged; the first goes at once)."""
         q: queue.Queue[object] = queue.Queue()
         end = object()
 
         def work() -> None:
             try:
                 kwargs = {"image": ref} if ref is not None else {}
-                if generator.name == "extractive":  # embeds sentences with the shared text encoder
-                    with self._model_lock:
-                        q.put(generator.generate(question, hits, on_token=q.put, **kwargs))
-                else:
-                    q.put(generator.generate(question, hits, on_token=q.put, **kwargs))
+                q.put(generator.generate(question, hits, on_token=q.put, **kwargs))
             except HeteragError as exc:
                 q.put(Failed(f"{generator.name} generator: {one_line(exc)}"))
             except Exception as exc:  # a bug or a broken model must not take the app down
@@ -329,12 +332,26 @@ class ChatService:
 
         threading.Thread(target=work, name="heterag-generate", daemon=True).start()
         result: Answer | Failed | None = None
-        while (item := q.get()) is not end:
+        pending, last = "", -math.inf
+        while True:
+            try:  # while words wait, wake when their interval is up even if nothing new comes
+                item = q.get(timeout=max(0.0, last + interval - time.monotonic()) if pending else None)
+            except queue.Empty:
+                yield Token(pending)
+                pending, last = "", time.monotonic()
+                continue
+            if item is end:
+                break
             if isinstance(item, str):
                 for word in _WORD.findall(item) or ([item] if item else []):
-                    yield Token(word)
+                    pending += word
+                    if time.monotonic() - last >= interval:
+                        yield Token(pending)
+                        pending, last = "", time.monotonic()
             elif isinstance(item, Answer | Failed):
                 result = item
+        if pending:
+            yield Token(pending)
         if isinstance(result, Answer):
             yield Done(result, name)
         else:
