@@ -1,4 +1,4 @@
-"""``heterag`` command line: ingest, ask, eval, collections, train-image-encoder.
+"""``heterag`` command line: ingest, ask, eval, collections, train-image-encoder, tune, reembed.
 
 A thin shell over the library: every subcommand parses arguments, calls the public
 API and prints. Errors a user can cause print one line and exit with status 2.
@@ -30,6 +30,8 @@ def _add_collection_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-tokens", type=int, help="generation chunk size in tokens (default 64)")
     p.add_argument("--image-encoder", help="image encoder for a new collection: default (offline), default:DIR (retrained), "
                    "open_clip:ARCH[:PRETRAINED], open_clip:hf-hub:ORG/NAME or open_clip:ARCH:/path/to/checkpoint")
+    p.add_argument("--adapter", help="text-encoder adapter (heterag tune --out ADAPTER); default: the collection's own, "
+                   "'none' for none")
 
 
 def _view_options(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -78,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--encoder", default=None)
     b.add_argument("--store", default="faiss", help="store used for the temporary index (default faiss)")
     b.add_argument("--split", default="test")
+    b.add_argument("--adapter", default=None, help="soft-prompt adapter (heterag tune --out ADAPTER); queries it was "
+                   "trained on are left out and counted")
+    b.add_argument("--queries-from", default=None, help="file of query ids (one per line): evaluate only these")
     b.add_argument("--json", action="store_true")
     i = esub.add_parser("images", help="near-duplicate robustness and text-to-image recall on an image layout")
     i.add_argument("path", help="any image layout (captions folder, COCO, VQA-RAD, MedMNIST .npz, image folder) or "
@@ -96,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("train_args", nargs=argparse.REMAINDER)
 
     sub.add_parser("collections", help="list collections")
+
+    # its options live in heterag.tuning_cli (which imports torch): parsed there, so other commands start fast
+    t = sub.add_parser("tune", add_help=False, help="train a soft-prompt adapter for the text encoder (adaptive prompt "
+                       "tuning) on a BEIR folder, PubMedQA or a collection")
+    t.add_argument("train_args", nargs=argparse.REMAINDER)
+    r = sub.add_parser("reembed", help="re-embed a collection with another adapter (built alongside, then switched)")
+    r.add_argument("--collection", required=True)
+    r.add_argument("--adapter", required=True, help="adapter path, or 'none' to remove the adapter")
 
     p = sub.add_parser("sandbox", help="attack/defense sandbox: run scenarios against a live index, list and clean runs")
     ssub = p.add_subparsers(dest="sandbox_command", required=True)
@@ -118,6 +131,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     pipe = open_collection(
         args.collection, store=args.store, encoder=args.encoder, view=args.view,
         view_options=_view_options(args), chunk_tokens=args.chunk_tokens, image_encoder=args.image_encoder,
+        adapter=args.adapter,
     )
     try:
         report = pipe.ingest(items, progress=sys.stderr.isatty())
@@ -155,6 +169,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
                    view_options=_view_options(args), chunk_tokens=args.chunk_tokens)
     if args.image_encoder:
         options["image_encoder"] = args.image_encoder
+    if args.adapter:
+        options["adapter"] = args.adapter
     if args.fusion:
         options["fusion"] = args.fusion
     if args.collection is None and image is not None:
@@ -224,13 +240,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
         built[v] = make_view(v, **opts)
     data = load_beir(args.path, split=args.split)
     encoder = load_text_encoder(args.encoder)
+    queries, qrels, extra = dict(data.queries), dict(data.qrels), {}
+    if args.queries_from:
+        queries, qrels = _select_queries(args.queries_from, queries, qrels)
+    if args.adapter:
+        from .adapters import AdaptedEncoder, load_adapter, query_hash
+
+        adapter = load_adapter(args.adapter)
+        encoder = AdaptedEncoder(encoder, adapter)
+        trained = set(adapter.training.get("trained_queries", []))
+        excluded = [q for q, text in queries.items() if query_hash(text) in trained]
+        if excluded:
+            print(f"left out {len(excluded)} queries the adapter was trained on", file=sys.stderr)
+        queries = {q: t for q, t in queries.items() if q not in set(excluded)}
+        qrels = {q: r for q, r in qrels.items() if q in queries}
+        if not queries:
+            raise HeteragError(f"every evaluation query was used to train adapter {adapter.hash}; evaluate on held-out "
+                               "queries (--split test or --queries-from FILE)")
+        extra = {"adapter": adapter.hash, "excluded_trained_queries": len(excluded)}
     results = {}
     for name, view in built.items():
         res = evaluate(
-            data.documents, data.queries, data.qrels, encoder=encoder, view=view,
+            data.documents, queries, qrels, encoder=encoder, view=view,
             chunk_tokens=args.chunk_tokens or DEFAULT_CHUNK_TOKENS, store=args.store,
         )
-        res = {"view": name, "chunk_tokens": args.chunk_tokens or DEFAULT_CHUNK_TOKENS, **res}
+        res = {"view": name, "chunk_tokens": args.chunk_tokens or DEFAULT_CHUNK_TOKENS, **res, **extra}
         results[name] = res
         if not args.json:
             print(
@@ -239,6 +273,36 @@ def cmd_eval(args: argparse.Namespace) -> int:
             )
     if args.json:
         print(json.dumps(results[views[0]] if len(views) == 1 else results, indent=2))
+    return 0
+
+
+def _select_queries(path: str, queries: dict[str, str], qrels: dict) -> tuple[dict[str, str], dict]:
+    """Restrict to the query ids listed in ``path`` (one per line); unknown ids are an error."""
+    try:
+        wanted = [line.strip() for line in open(path, encoding="utf-8") if line.strip()]
+    except OSError as exc:
+        raise HeteragError(f"cannot read --queries-from {path}: {exc.strerror or exc}") from None
+    unknown = [q for q in wanted if q not in queries]
+    if unknown:
+        raise HeteragError(f"--queries-from {path}: {len(unknown)} ids are not judged queries of this split (e.g. {unknown[0]!r})")
+    keep = set(wanted)
+    return {q: t for q, t in queries.items() if q in keep}, {q: r for q, r in qrels.items() if q in keep}
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .tuning_cli import add_tune_arguments, run_tune
+
+    parser = argparse.ArgumentParser(prog="heterag tune", description="Train a soft-prompt adapter for the text encoder "
+                                     "(adaptive prompt tuning: InfoNCE, in-batch and mined hard negatives).")
+    add_tune_arguments(parser)
+    return run_tune(parser.parse_args(args.train_args))
+
+
+def cmd_reembed(args: argparse.Namespace) -> int:
+    from .reembed import reembed_collection
+
+    report = reembed_collection(args.collection, args.adapter, progress=sys.stderr.isatty())
+    print(report.summary())
     return 0
 
 
@@ -318,16 +382,17 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"ingest": cmd_ingest, "ask": cmd_ask, "eval": cmd_eval, "collections": cmd_collections,
-            "train-image-encoder": cmd_train_image_encoder, "sandbox": cmd_sandbox}
+            "train-image-encoder": cmd_train_image_encoder, "sandbox": cmd_sandbox, "tune": cmd_tune,
+            "reembed": cmd_reembed}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     words = [a for a in argv if not a.startswith("-")]
-    if words and words[0] == "train-image-encoder":  # all of its options, --help included, are training's own
-        at = argv.index("train-image-encoder")
-        args = parser.parse_args(argv[:at] + ["train-image-encoder"])
+    if words and words[0] in ("train-image-encoder", "tune"):  # all of its options, --help included, are training's own
+        at = argv.index(words[0])
+        args = parser.parse_args(argv[:at] + [words[0]])
         args.train_args = argv[at + 1 :]
     else:
         args = parser.parse_args(argv)

@@ -63,6 +63,15 @@ class CollectionInfo:
     #: What the collection is for: "" (serving knowledge) or "experiment" (made by the attack sandbox;
     #: it may inject into it without ``allow_live``).
     purpose: str = ""
+    #: The text-encoder adapter its vectors were embedded with (a copy inside the collection folder,
+    #: relative path stem, see :mod:`heterag.adapters`), or None.
+    adapter: str | None = None
+    #: The folder (under ``path``) holding the store's files; ``heterag reembed`` switches it atomically.
+    store_dir: str = "store"
+
+    @property
+    def store_path(self) -> Path:
+        return self.path / self.store_dir
 
 
 def read_info(name: str, home: Path | None = None) -> CollectionInfo | None:
@@ -74,7 +83,8 @@ def read_info(name: str, home: Path | None = None) -> CollectionInfo | None:
         data = json.loads(meta.read_text())
         return CollectionInfo(name=name, store=data["store"], encoder=data.get("encoder"), path=path,
                               image_encoder=data.get("image_encoder") or DEFAULT_IMAGE_ENCODER,
-                              purpose=str(data.get("purpose") or ""))
+                              purpose=str(data.get("purpose") or ""), adapter=data.get("adapter") or None,
+                              store_dir=str(data.get("store_dir") or "store"))
     except (ValueError, KeyError) as exc:
         raise InvalidInputError(f"{meta} is corrupt: {exc}") from None
 
@@ -85,6 +95,10 @@ def _write_info(info: CollectionInfo) -> None:
     data = {"store": info.store, "encoder": info.encoder, "image_encoder": info.image_encoder}
     if info.purpose:
         data["purpose"] = info.purpose
+    if info.adapter:
+        data["adapter"] = info.adapter
+    if info.store_dir != "store":
+        data["store_dir"] = info.store_dir
     tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, info.path / "collection.json")
 
@@ -129,6 +143,7 @@ def open_collection(
     guards: Sequence[IngestGuard] = (),
     hit_filters: Sequence[HitFilter] = (),
     purpose: str | None = None,
+    adapter: str | os.PathLike[str] | None = None,
 ) -> Pipeline:
     """Open collection ``name`` as a :class:`Pipeline`, creating it if ``create``.
 
@@ -139,7 +154,10 @@ def open_collection(
     switched on for this pipeline (:mod:`heterag.guards`). ``purpose`` is recorded when the
     collection is created (``"experiment"`` marks a sandbox-made collection; see
     :func:`collection_info`). Writes take the collection's cross-process write lock
-    (:mod:`heterag.locking`).
+    (:mod:`heterag.locking`). ``adapter`` is a soft-prompt adapter (path, see :mod:`heterag.adapters`)
+    for the text encoder: omitted, the one the collection was embedded with is used; ``"none"`` means
+    none. An adapter other than the collection's raises :class:`FingerprintMismatchError` naming both
+    and the ``heterag reembed`` command; a new collection keeps a copy of its adapter.
     """
     if purpose not in (None, "", "experiment"):
         raise InvalidInputError(f"purpose must be '' or 'experiment', got {purpose!r}")
@@ -159,10 +177,17 @@ def open_collection(
             f"collection {name!r} was built with image encoder {info.image_encoder!r} but is being opened with "
             f"{image_encoder!r}; use the same image encoder, or a new collection"
         )
-    vs = open_store(info.store, info.path / "store", collection="heterag")  # one collection per folder
+    adapter_obj = None
+    if adapter is None and info.adapter:
+        adapter = info.path / info.adapter
+    if adapter is not None and str(adapter).lower() != "none":
+        from .adapters import load_adapter
+
+        adapter_obj = load_adapter(adapter)
+    vs = open_store(info.store, info.store_path, collection="heterag")  # one collection per folder
     image_vs = None
     try:
-        image_vs = open_store(info.store, info.path / "store", collection="heterag_images")
+        image_vs = open_store(info.store, info.store_path, collection="heterag_images")
         fp = vs.fingerprint()
         stored_settings = dict(fp.extra.get("view_settings", {})) if fp else {}
         view_kind = view or (fp.view if fp else DEFAULT_VIEW)
@@ -171,6 +196,16 @@ def open_collection(
         rview = make_view(view_kind, **(view_options or {}))
         tokens = chunk_tokens or (int(fp.extra.get("chunk_tokens", DEFAULT_CHUNK_TOKENS)) if fp else DEFAULT_CHUNK_TOKENS)
         enc = load_text_encoder(encoder if encoder is not None else info.encoder)
+        if adapter_obj is not None:
+            from .adapters import AdaptedEncoder
+
+            enc = AdaptedEncoder(enc, adapter_obj)
+        if fp is None and adapter_obj is not None and info.adapter != f"adapters/{adapter_obj.hash}":
+            from dataclasses import replace
+
+            adapter_obj.save(info.path / "adapters" / adapter_obj.hash)  # the collection keeps its own copy
+            info = replace(info, adapter=f"adapters/{adapter_obj.hash}")
+            is_new = True  # record it
         pipeline = Pipeline(vs, enc, rview, generator, chunk_tokens=tokens, name=name, image_store=image_vs,
                             image_encoder=info.image_encoder, image_files=info.path / "images", fusion=Fusion.parse(fusion),
                             guards=guards, hit_filters=hit_filters, write_lock=WriteLock(info.path, name))

@@ -67,7 +67,8 @@ def rank_documents(
     starts = np.flatnonzero(np.r_[True, doc_ids[1:] != doc_ids[:-1]])
     unique_docs = doc_ids[starts]
     qids = list(queries)
-    qvecs = encoder.encode([queries[q] for q in qids])
+    encode_queries = getattr(encoder, "encode_queries", encoder.encode)  # adapters have a query side (heterag.adapters)
+    qvecs = encode_queries([queries[q] for q in qids])
     rankings: dict[str, list[str]] = {}
     top = min(depth, len(unique_docs))
     for b in range(0, len(qids), query_batch):

@@ -136,12 +136,23 @@ class Pipeline:
             model=identity,
             dim=int(encoder.dim),
             view=view.kind,
+            adapter=str(getattr(encoder, "adapter_hash", "none")),  # heterag.adapters: soft prompts change the vectors
             # JSON round trip: what the store persists is what we compare against
             extra=json.loads(json.dumps({"chunk_tokens": chunk_tokens, "view_settings": view.settings()})),
         )
         existing = store.fingerprint()
         if existing is not None:  # refuse to mix vectors made differently
-            existing.check(self.fingerprint, where=f"collection {name!r}" if name else f"{store.name} store")
+            where = f"collection {name!r}" if name else f"{store.name} store"
+            if existing.adapter != self.fingerprint.adapter and dataclasses.replace(existing, adapter="none") == \
+                    dataclasses.replace(self.fingerprint, adapter="none"):
+                from .errors import FingerprintMismatchError
+
+                source = getattr(getattr(encoder, "adapter", None), "source", "") or ""
+                raise FingerprintMismatchError(
+                    f"{where} was embedded with adapter {existing.adapter} but is being opened with adapter "
+                    f"{self.fingerprint.adapter}{f' ({source})' if source else ''}; re-embed it with: heterag reembed "
+                    f"--collection {name or 'NAME'} --adapter {source or 'none'}")
+            existing.check(self.fingerprint, where=where)
         store.set_fingerprint(self.fingerprint)
 
     @property
