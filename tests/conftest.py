@@ -30,6 +30,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+def pytest_terminal_summary(terminalreporter) -> None:
+    """List the screenshots the browser tests saved (recorded as the ``screenshot`` property)."""
+    shots = [value for reports in terminalreporter.stats.values() for report in reports
+             for key, value in getattr(report, "user_properties", ()) if key == "screenshot"]
+    if shots:
+        terminalreporter.section("screenshots")
+        for path in dict.fromkeys(shots):
+            terminalreporter.write_line(path)
+
+
 @pytest.fixture(scope="session")
 def encoder():
     """The real default text encoder (packaged all-MiniLM-L6-v2), loaded once per session."""

@@ -88,11 +88,6 @@ def test_calls_with_other_keys_or_too_many_items_are_not_merged():
         MicroBatcher(fn, max_items=0)
 
 
-@pytest.fixture(scope="module")
-def encoder() -> TextEncoder:
-    return TextEncoder()
-
-
 def test_text_encoder_is_thread_safe_and_batching_does_not_change_vectors(encoder):
     texts = [f"question number {i} about {'tides' if i % 2 else 'python generators'}" for i in range(16)]
     alone = np.stack([encoder.encode([t])[0] for t in texts])

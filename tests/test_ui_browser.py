@@ -118,14 +118,17 @@ def page(browser, app_url: str):
 
 
 class Shots:
-    def __init__(self, page, folder: Path):
-        self.page, self.folder, self.n = page, folder, 0
+    """Saves a numbered full-page screenshot per step under the test's tmp directory; the paths are
+    listed at the end of the pytest run (``screenshots`` section, see conftest)."""
+
+    def __init__(self, page, folder: Path, record_property):
+        self.page, self.folder, self.n, self.record = page, folder, 0, record_property
 
     def __call__(self, name: str) -> Path:
         self.n += 1
         path = self.folder / f"{self.n:02d}-{name}.png"
         self.page.screenshot(path=str(path), full_page=True)
-        print(f"screenshot: {path}")
+        self.record("screenshot", str(path))
         return path
 
 
@@ -156,8 +159,8 @@ def _last_bot_texts(page) -> list[str]:
     return page.locator('#hr-chat [data-testid="bot"]').all_inner_texts()
 
 
-def test_text_question_streams_an_answer_with_sources_and_no_markup_injection(page, tmp_path):
-    shot = Shots(page, tmp_path)
+def test_text_question_streams_an_answer_with_sources_and_no_markup_injection(page, tmp_path, record_property):
+    shot = Shots(page, tmp_path, record_property)
     shot("chat-open")
     _watch_answers(page)
     _ask(page, "What causes tides?")
@@ -178,10 +181,10 @@ def test_text_question_streams_an_answer_with_sources_and_no_markup_injection(pa
     assert not page.page_errors
 
 
-def test_image_question_shows_source_thumbnails(page, tmp_path):
+def test_image_question_shows_source_thumbnails(page, tmp_path, record_property):
     from corpora.synthetic_scenes import render_scene
 
-    shot = Shots(page, tmp_path)
+    shot = Shots(page, tmp_path, record_property)
     scene = render_scene(3, seed=0)
     image = tmp_path / "scene.png"
     scene.image.save(image)
@@ -201,15 +204,15 @@ def test_image_question_shows_source_thumbnails(page, tmp_path):
     assert page.locator("#hr-chat .hr-sources").count() == 2
 
 
-def test_empty_message_is_refused_with_a_message(page, tmp_path):
+def test_empty_message_is_refused_with_a_message(page, tmp_path, record_property):
     page.locator("#hr-box textarea").press("Enter")
     page.get_by_text("Type a question or attach an image.").first.wait_for()
-    Shots(page, tmp_path)("empty-message")
+    Shots(page, tmp_path, record_property)("empty-message")
     assert page.locator('#hr-chat [data-testid="user"]').count() == 0
 
 
-def test_upload_ask_and_delete_a_document(page, tmp_path):
-    shot = Shots(page, tmp_path)
+def test_upload_ask_and_delete_a_document(page, tmp_path, record_property):
+    shot = Shots(page, tmp_path, record_property)
     upload = tmp_path / UPLOADED
     upload.write_text(UPLOADED_TEXT)
     page.get_by_role("tab", name="Knowledge").click()
