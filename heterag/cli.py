@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("scenario", help="scenario YAML file (see eval/scenarios/)")
     r.add_argument("--out", required=True, help="output folder for the report")
     r.add_argument("--allow-live", action="store_true", help="allow injecting into a collection not made for experiments")
+    r.add_argument("--data", help="use this data source instead of the scenario's data.source (a folder, data:NAME or synthetic:N)")
     c = ssub.add_parser("clean", help="remove leftovers of crashed sandbox runs from a collection")
     c.add_argument("--collection", required=True)
     ssub.add_parser("runs", help="list sandbox runs that have not been cleaned up (journals)")

@@ -174,6 +174,13 @@ class Pipeline:
             self._image_encoder_checked = True
         return enc
 
+    @image_encoder.setter
+    def image_encoder(self, encoder: Any) -> None:
+        """Swap the image encoder (an object or a spec); it is checked against the image store's
+        fingerprint on next use, so only an encoder that makes the same vectors is accepted."""
+        self._image_encoder = encoder
+        self._image_encoder_checked = False
+
     def has_images(self) -> bool:
         """Whether any image item is stored."""
         return self.image_store is not None and self.image_store.count() > 0

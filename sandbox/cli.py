@@ -13,11 +13,21 @@ from heterag import open_collection
 from .injection import RunLock, active_runs, clean, list_journals
 from .report import prepare_out, write_report
 from .runner import run_scenario
-from .scenario import load_scenario
+from .scenario import Scenario, load_scenario, parse_scenario
+
+
+def override_source(scn: Scenario, source: str) -> Scenario:
+    """``scn`` with ``data.source`` replaced (``--data``; a relative path is taken from the current folder)."""
+    data = scn.model_dump(mode="json", by_alias=True, exclude={"base_dir"})
+    p = Path(source).expanduser()
+    data["data"]["source"] = str(p.resolve()) if not source.startswith(("data:", "synthetic:")) else source
+    return parse_scenario(data, base_dir=scn.base_dir, where="--data")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     scn = load_scenario(args.scenario)
+    if getattr(args, "data", None):
+        scn = override_source(scn, args.data)
     prepare_out(args.out)  # before the work, not after
     try:
         report = run_scenario(scn, allow_live=args.allow_live)
@@ -26,6 +36,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"heterag: {'terminated' if sigterm else 'interrupted'}; the injected items were removed", file=sys.stderr)
         return 143 if sigterm else 130
     md = write_report(report, Path(args.out))
+    if report.get("kind") == "membership":
+        from .mia_report import summary_line
+
+        same = report["fingerprint_before"] == report["fingerprint_after"]
+        print(f"{scn.name}: {report['wall_seconds']:.0f} s, {summary_line(report)}; index {'unchanged' if same else 'CHANGED'}; "
+              f"report: {md}")
+        return 0 if same else 1
     m = report["metrics"]
     k = scn.rag.top_k
     asr = m.get(f"asr@{k}")

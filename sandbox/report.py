@@ -27,6 +27,10 @@ def _fmt(m: dict[str, float] | None, pct: bool = False) -> str:
 
 
 def render_markdown(r: dict[str, Any]) -> str:
+    if r.get("kind") == "membership":
+        from .mia_report import render
+
+        return render(r)
     m = r["metrics"]
     scn = r["scenario"]
     k = scn["rag"]["top_k"]
@@ -81,6 +85,10 @@ def plot(r: dict[str, Any], out: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if r.get("kind") == "membership":
+        from .mia_report import plot as plot_membership
+
+        return plot_membership(r, out)
     k = r["scenario"]["rag"]["top_k"]
     made = []
     rows = list(r.get("sweep") or [])
@@ -137,7 +145,7 @@ def plot(r: dict[str, Any], out: Path) -> list[str]:
     return made
 
 
-PLOTS = ("asr_vs_rate.png", "defenses.png", "pgd_similarity.png")
+PLOTS = ("asr_vs_rate.png", "defenses.png", "pgd_similarity.png", "roc.png", "roc_log.png", "set_auc.png")
 
 
 def prepare_out(out_dir: str | Path) -> Path:

@@ -267,6 +267,10 @@ def attacked_run(pipe: Pipeline, name: str, data: ScenarioData, poisons: PoisonS
 
 def run_scenario(scn: Scenario, *, allow_live: bool = False, run_id: str | None = None) -> dict[str, Any]:
     """Run ``scn``; returns the report (see :func:`sandbox.report.write_report` for the files)."""
+    if scn.attack.name == "mrm":  # membership inference: its own stages, the same core
+        from .membership import run_membership
+
+        return run_membership(scn, allow_live=allow_live, run_id=run_id)
     t_start = time.perf_counter()
     stages = Stages()
     run_id = run_id or new_run_id()

@@ -25,7 +25,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from heterag.errors import InvalidInputError
 
 #: Attacks a scenario may name.
-ATTACKS = ("m3att", "random", "query_copy", "none")
+ATTACKS = ("m3att", "random", "query_copy", "none", "mrm")
+#: Membership-inference methods an ``mrm`` scenario may run (MrM and the baselines).
+MIA_METHODS = ("mrm", "qb-mia", "sb-mia-0.25", "sb-mia-0.5", "sb-mia-0.75", "mba")
+#: Defenses only membership-inference scenarios use (the generator's refusal policy, an augmented store).
+MIA_DEFENSES = ("refusal", "augmented_store")
+#: Membership-inference metric names (each reported as ``NAME[method=M]`` and ``NAME[method=M,defense=D]``).
+MIA_METRICS = ("auc", "tpr@1%fpr", "tpr@5%fpr", "set_auc@K", "queries_per_target")
 #: Defense names (kept in sync with :data:`sandbox.defenses.DEFENSES`, checked at validation).
 METRICS = ("asr@k", "asr_bound@k", "poisoned_per_query@k", "accuracy_clean", "accuracy_attacked",
            "accuracy_drop_normalised", "misinformation_rate", "poison_rate")
@@ -166,9 +172,85 @@ class DefenseConfig(_Strict):
     def _name(cls, v: str) -> str:
         from .defenses import DEFENSES
 
-        if v not in DEFENSES:
-            raise ValueError(f"unknown defense {v!r}; choose one of: {', '.join(sorted(DEFENSES))}")
+        if v not in DEFENSES and v not in MIA_DEFENSES:
+            raise ValueError(f"unknown defense {v!r}; choose one of: {', '.join(sorted([*DEFENSES, *MIA_DEFENSES]))}")
         return v
+
+
+class ProposerConfig(_Strict):
+    """MrM object proposals: ``segmentation`` (scikit-image, default), ``annotations`` (upper bound) or
+    ``transformers`` (a local model folder); ``options`` go to the proposer."""
+
+    name: Literal["segmentation", "annotations", "transformers"] = "segmentation"
+    options: dict[str, Any] = {}
+
+
+class ProxyConfig(_Strict):
+    """The counterfact proxy: zero-shot with ``encoder`` (an image encoder spec; default: the collection's)."""
+
+    encoder: str | None = None
+    template: str = "a {}"
+    tau: float = Field(0.05, gt=0)
+
+
+class MrMConfig(_Strict):
+    """Membership inference (``attack: {name: mrm}``): members are ``members`` images of the knowledge
+    base part (default: half of it; the rest is other knowledge), non-members the test part (never in
+    the knowledge base), the shadow set ``shadow`` images of the reference part."""
+
+    methods: list[str] = ["mrm", "qb-mia", "sb-mia-0.25", "sb-mia-0.5", "sb-mia-0.75"]
+    members: int | None = Field(None, ge=1)
+    shadow: int = Field(20, ge=1)
+    proposer: ProposerConfig = ProposerConfig()
+    min_area: float = Field(0.02, gt=0, lt=1)
+    max_area: float = Field(0.25, gt=0, le=1)
+    proxy: ProxyConfig = ProxyConfig()
+    #: object vocabulary of the proxy: ``annotations`` (labels in the data), ``synthetic``, ``coco`` or a list
+    vocabulary: str | list[str] = "annotations"
+    #: object labels built from these annotation attributes (e.g. ``[colour, shape]``), else the annotation's label
+    label_keys: list[str] | None = None
+    masks: int = Field(3, ge=1)  # K
+    trials: int = Field(5, ge=1)  # Q
+    prompt: Literal["paper", "plain"] = "paper"
+    set_sizes: list[int] = [1, 5, 10, 20]
+    sets: int = Field(200, ge=1)
+    synonyms: dict[str, list[str]] = {}
+    augmentation_probing: bool = True
+    mba_words: int = Field(5, ge=1)
+    retries: int = Field(3, ge=0)
+    backoff: float = Field(0.5, ge=0)
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        unknown = [m for m in v if m not in MIA_METHODS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {', '.join(map(repr, unknown))}; choose from: {', '.join(MIA_METHODS)}")
+        if not v:
+            raise ValueError(f"give at least one method; choose from: {', '.join(MIA_METHODS)}")
+        return v
+
+    @field_validator("set_sizes")
+    @classmethod
+    def _sizes(cls, v: list[int]) -> list[int]:
+        if any(k < 1 for k in v):
+            raise ValueError("set sizes must be >= 1")
+        return v
+
+    @field_validator("vocabulary")
+    @classmethod
+    def _vocab(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, str) and v not in ("annotations", "synthetic", "coco"):
+            raise ValueError(f"unknown vocabulary {v!r}; choose annotations, synthetic, coco or give a list of labels")
+        if isinstance(v, list) and not v:
+            raise ValueError("an empty vocabulary")
+        return v
+
+    @model_validator(mode="after")
+    def _areas(self) -> MrMConfig:
+        if self.min_area >= self.max_area:
+            raise ValueError(f"min_area ({self.min_area}) must be below max_area ({self.max_area})")
+        return self
 
 
 class Scenario(_Strict):
@@ -178,6 +260,7 @@ class Scenario(_Strict):
     rag: RagConfig = RagConfig()
     attack: AttackConfig = AttackConfig()
     defenses: list[DefenseConfig] = []
+    mrm: MrMConfig = MrMConfig()
     metrics: list[str] = list(METRICS)
     bootstrap: int = Field(1000, ge=0)
     #: probe queries (clean knowledge-base items) that defenses calibrate on
@@ -188,10 +271,18 @@ class Scenario(_Strict):
     @field_validator("metrics")
     @classmethod
     def _metrics(cls, v: list[str]) -> list[str]:
-        unknown = [m for m in v if m not in METRICS]
+        unknown = [m for m in v if m not in METRICS and m not in MIA_METRICS]
         if unknown:
-            raise ValueError(f"unknown metric(s) {unknown}; choose from: {', '.join(METRICS)}")
+            raise ValueError(f"unknown metric(s) {unknown}; choose from: {', '.join(METRICS + MIA_METRICS)}")
         return v
+
+    @model_validator(mode="after")
+    def _mia_defenses(self) -> Scenario:
+        if self.attack.name != "mrm":
+            for i, d in enumerate(self.defenses):
+                if d.name in MIA_DEFENSES:
+                    raise ValueError(f"defenses.{i}: {d.name!r} is a membership-inference defense (attack: mrm only)")
+        return self
 
 
 def _loc(err: Mapping[str, Any]) -> str:

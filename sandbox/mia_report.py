@@ -1,0 +1,110 @@
+"""Membership-inference reports: ``report.md`` tables and plots (``roc.png``, ``roc_log.png``, ``set_auc.png``).
+
+Called by :mod:`sandbox.report` for reports of ``kind: membership`` (see :mod:`sandbox.membership`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+PLOTS = ("roc.png", "roc_log.png", "set_auc.png")
+
+
+def _fmt(m: dict[str, float] | None) -> str:
+    if not m or m.get("value") is None:
+        return "–"
+    if m["ci_low"] == m["ci_high"] == m["value"]:
+        return f"{m['value']:.3f}"
+    return f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+
+
+def pass_keys(r: dict[str, Any]) -> list[str]:
+    """The ``method=...`` keys of the report, in the order they ran."""
+    return list(r.get("roc", {}))
+
+
+def render(r: dict[str, Any]) -> str:
+    m = r["metrics"]
+    scn = r["scenario"]
+    sizes = sorted({int(k) for v in r.get("set_auc", {}).values() for k in v})
+    lines = [f"# Sandbox report: {scn['name']} (membership inference)", "",
+             f"Run `{r['run_id']}` on collection `{r['collection']}`, seed {r['seed']}, {r['wall_seconds']:.1f} s wall.", "",
+             f"Data: {r['data']}; targets by status: {r['targets_by_status']} (share without a usable mask: "
+             f"{_fmt(m.get('targets_without_mask'))}); K = {scn['mrm']['masks']} masks, Q = {scn['mrm']['trials']} trials; "
+             f"p_t calibrated on the shadow set: " + ", ".join(f"{k}: {v:.3f}" for k, v in r["p_t"].items()) + ".", "",
+             "| method | AUC [95% CI] | TPR@1%FPR | TPR@5%FPR | " + " | ".join(f"set AUC@{k}" for k in sizes)
+             + " | queries/target |", "|---" * (5 + len(sizes)) + "|"]
+    for key in pass_keys(r):
+        row = [key.removeprefix("method="), _fmt(m.get(f"auc[{key}]")), _fmt(m.get(f"tpr@1%fpr[{key}]")),
+               _fmt(m.get(f"tpr@5%fpr[{key}]"))]
+        row += [_fmt(m.get(f"set_auc@{k}[{key}]")) for k in sizes]
+        row.append(_fmt(m.get(f"queries_per_target[{key}]")))
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "## Reversibility", "", f"fingerprint before: `{r['fingerprint_before']}`",
+              f"fingerprint after:  `{r['fingerprint_after']}` "
+              f"({'identical' if r['fingerprint_before'] == r['fingerprint_after'] else 'DIFFERENT'})"]
+    lines += [f"- {e}" for e in r.get("fingerprint_explained", [])]
+    lines += ["", "## Time", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {s} | {t:.1f} |" for s, t in r["stage_seconds"].items()]
+    lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()), ""]
+    return "\n".join(lines)
+
+
+def plot(r: dict[str, Any], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    keys = [k for k in pass_keys(r) if "defense=" not in k]
+    for fname, log in (("roc.png", False), ("roc_log.png", True)):
+        fig, ax = plt.subplots(figsize=(5.5, 4.2))
+        for key in keys:
+            pts = r["roc"][key]
+            auc = r["metrics"].get(f"auc[{key}]", {}).get("value")
+            ax.plot(pts["fpr"], pts["tpr"], label=f"{key.removeprefix('method=')} (AUC {auc:.3f})" if auc is not None else key)
+        lo = 1e-3 if log else 0
+        ax.plot([max(lo, 1e-3), 1], [max(lo, 1e-3), 1], "k:", lw=0.8)
+        if log:
+            ax.set_xscale("log")
+            ax.set_xlim(1e-3, 1)
+        ax.set_xlabel("false positive rate" + (" (log)" if log else ""))
+        ax.set_ylabel("true positive rate")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        ax.set_title(f"{r['scenario']['name']}: sample-level ROC")
+        fig.tight_layout()
+        fig.savefig(out / fname, dpi=120)
+        plt.close(fig)
+        made.append(fname)
+    if r.get("set_auc"):
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        for key in keys:
+            v = r["set_auc"].get(key, {})
+            if v:
+                ks = sorted(v, key=int)
+                ax.plot([int(k) for k in ks], [v[k] for k in ks], "o-", label=key.removeprefix("method="))
+        ax.set_xlabel("images per set (K)")
+        ax.set_ylabel("set-level AUC")
+        ax.set_ylim(0.4, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "set_auc.png", dpi=120)
+        plt.close(fig)
+        made.append("set_auc.png")
+    return made
+
+
+def summary_line(r: dict[str, Any]) -> str:
+    """One line for the terminal: MrM's AUC and set AUC@10 where measured."""
+    m = r["metrics"]
+    parts = []
+    for key in ("method=mrm", *[k for k in pass_keys(r) if re.fullmatch(r"method=[\w.-]+", k) and k != "method=mrm"]):
+        if f"auc[{key}]" in m:
+            a = m[f"auc[{key}]"]
+            parts.append(f"{key.removeprefix('method=')} AUC {a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]")
+    return "; ".join(parts)
