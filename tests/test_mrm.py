@@ -391,3 +391,18 @@ def test_index_is_unchanged_and_collections_are_experiment_only(tmp_path, hetera
     finally:
         pipe.close()
     assert len(r["injections"]) == 3 and all(i["injected"] == 4 == i["removed"] for i in r["injections"])
+
+
+def test_transformers_segmenter_from_a_local_folder_gives_labelled_masks(tmp_path):
+    """The real transformers loading path with a randomly initialised tiny SegFormer saved locally."""
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
+
+    labels = {0: "circle", 1: "square", 2: "background"}
+    cfg = SegformerConfig(num_encoder_blocks=1, depths=[1], sr_ratios=[1], hidden_sizes=[8], patch_sizes=[7], strides=[4],
+                          num_attention_heads=[1], mlp_ratios=[1], decoder_hidden_size=8, num_labels=3, id2label=labels,
+                          label2id={v: k for k, v in labels.items()})
+    SegformerForSemanticSegmentation(cfg).save_pretrained(tmp_path / "seg")
+    SegformerImageProcessor(size={"height": 64, "width": 64}).save_pretrained(tmp_path / "seg")
+    props = make_proposer("transformers", model=str(tmp_path / "seg")).propose(SCENES[0], np.asarray(SCENES[0].image.to_pil()))
+    assert props and all(p.mask.shape == (96, 96) and p.label in labels.values() for p in props)
+    assert sum(p.mask.sum() for p in props) == 96 * 96  # semantic segmentation: the masks tile the image
