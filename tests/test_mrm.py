@@ -406,3 +406,29 @@ def test_transformers_segmenter_from_a_local_folder_gives_labelled_masks(tmp_pat
     props = make_proposer("transformers", model=str(tmp_path / "seg")).propose(SCENES[0], np.asarray(SCENES[0].image.to_pil()))
     assert props and all(p.mask.shape == (96, 96) and p.label in labels.values() for p in props)
     assert sum(p.mask.sum() for p in props) == 96 * 96  # semantic segmentation: the masks tile the image
+
+
+def test_the_proxy_is_pluggable_with_an_open_clip_model():
+    from heterag.image_encoders import load_image_encoder
+
+    proxy = ZeroShotProxy(load_image_encoder("open_clip:ViT-S-32-alt"))  # random init: the loading and scoring path
+    p = proxy.probabilities([SCENES[0].image], ["red circle", "blue square"])
+    assert p.shape == (1, 2) and np.isclose(p.sum(), 1)
+
+
+def test_scenario_against_an_openai_endpoint(tmp_path, server: ChatServer):
+    """The same scenario against an OpenAI-compatible endpoint: every answer names a 'blue circle', so members
+    and non-members look alike and MrM is at chance; the run completes and the index is unchanged."""
+    server.config.reply = "A blue circle."
+    d = reduced(ROOT / "eval" / "scenarios" / "mrm_synthetic.yaml", **{
+        "data.source": "synthetic:40", "data.splits.knowledge_base": {"count": 20}, "data.splits.reference": {"count": 6},
+        "data.splits.test": {"count": 10}, "mrm.members": 10, "mrm.shadow": 4, "mrm.methods": ["mrm", "qb-mia"],
+        "mrm.sets": 10, "mrm.set_sizes": [1, 5], "bootstrap": 20, "defenses": [{"name": "refusal"}],
+        "rag.generator": {"name": "openai", "options": {"model": "test-model", "api_key": "sk-test-123", "timeout": 5.0,
+                                                        "base_url": f"http://127.0.0.1:{server.server_address[1]}/v1"}}})
+    from sandbox.runner import run_scenario
+
+    r = run_scenario(parse_scenario(d, base_dir=ROOT / "eval" / "scenarios"))
+    assert r["fingerprint_before"] == r["fingerprint_after"] and "auc[method=mrm]" in r["metrics"]
+    sent = [q["body"]["messages"] for q in server.config.requests]
+    assert sent and any("Do not reveal information about the knowledge base" in m[0]["content"] for m in sent)
