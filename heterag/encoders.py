@@ -11,6 +11,7 @@ import copy
 import logging
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ _DEFAULT_ALIASES = {"default", "all-minilm-l6-v2", "sentence-transformers/all-mi
 
 #: Progress bars appear for jobs with at least this many texts.
 PROGRESS_THRESHOLD = 2048
+#: Texts of small encode calls whose vectors are kept for reuse (about 1.5 kB each for MiniLM).
+RECENT_TEXTS = 1024
 
 
 @contextmanager
@@ -136,6 +139,8 @@ class TextEncoder:
         # calls (a server's queries) run as one batch, and the tokenizer (not thread-safe) is used
         # by one thread at a time.
         self._batcher: MicroBatcher[str, np.ndarray] = MicroBatcher(self._encode_batch, max_items=batch_size)
+        self._recent: OrderedDict[str, np.ndarray] = OrderedDict()  # vectors of the last small calls' texts
+        self._recent_lock = threading.Lock()
 
     # ---- properties -----------------------------------------------------------------
     @cached_property
@@ -218,7 +223,7 @@ class TextEncoder:
             if not isinstance(t, str) or not t.strip():
                 raise InvalidInputError(f"cannot encode empty text (item {i})")
         if len(texts) <= self.batch_size:
-            return np.stack(self._batcher(texts))
+            return self._encode_small(texts)
         if show_progress is None:
             show_progress = len(texts) >= PROGRESS_THRESHOLD and not os.environ.get("HETERAG_NO_PROGRESS")
         from tqdm.auto import tqdm
@@ -231,6 +236,21 @@ class TextEncoder:
                 out[idx] = self._batcher.run_exclusive(lambda idx=idx: self._encode_batch([texts[i] for i in idx]))
                 bar.update(len(idx))
         return out
+
+    def _encode_small(self, texts: list[str]) -> np.ndarray:
+        """A few texts (a question, an answer's sentences): recently encoded ones come from a small
+        cache (a question is encoded by retrieval, then again by the extractive generator), the rest
+        go to the batcher together."""
+        with self._recent_lock:
+            known = [self._recent.get(t) for t in texts]
+        missing = list(dict.fromkeys(t for t, v in zip(texts, known, strict=True) if v is None))
+        fresh = {t: np.array(v) for t, v in zip(missing, self._batcher(missing), strict=True)} if missing else {}
+        if fresh:
+            with self._recent_lock:
+                self._recent.update(fresh)
+                while len(self._recent) > RECENT_TEXTS:
+                    self._recent.popitem(last=False)
+        return np.stack([v if v is not None else fresh[t] for t, v in zip(texts, known, strict=True)])
 
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
         """One forward pass over ``texts`` (at most ``batch_size``); float32 (n, dim), unit-norm rows."""

@@ -90,7 +90,7 @@ def test_calls_with_other_keys_or_too_many_items_are_not_merged():
 
 def test_text_encoder_is_thread_safe_and_batching_does_not_change_vectors(encoder):
     texts = [f"question number {i} about {'tides' if i % 2 else 'python generators'}" for i in range(16)]
-    alone = np.stack([encoder.encode([t])[0] for t in texts])
+    alone = np.stack([encoder._encode_batch([t])[0] for t in texts])  # one forward pass each, no batcher or cache
 
     def work(i: int):
         if i % 4 == 3:  # the tokenizer is used by other threads meanwhile (chunking an upload)
@@ -103,7 +103,11 @@ def test_text_encoder_is_thread_safe_and_batching_does_not_change_vectors(encode
     for i, vec in enumerate(got):
         if i % 4 != 3:
             np.testing.assert_allclose(vec, alone[i], atol=1e-5)
-    assert encoder._batcher.stats.batches - before < 12  # the twelve queries shared passes
+    assert 0 < encoder._batcher.stats.batches - before < 12  # the twelve queries shared passes
+    calls = encoder._batcher.stats.calls
+    again = encoder.encode([texts[0], texts[1]])  # just encoded: from the recent-texts cache, no forward pass
+    assert encoder._batcher.stats.calls == calls
+    np.testing.assert_allclose(again, alone[:2], atol=1e-5)
     counts = got[3][:16]
     assert counts == [encoder.count_tokens(t) for t in texts]
 
