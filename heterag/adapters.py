@@ -366,7 +366,9 @@ class AdaptedEncoder:
         otherwise pass the position limit."""
         prefix, suffix = self.base._special_template
         limit = min(self.base.max_seq_length, self.base.max_positions - self._p(side)) - len(prefix) - len(suffix)
-        enc = self.tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=limit, verbose=False)
+        tokens = getattr(self.base, "_tokens", None)  # the encoder's thread-safe tokenizer copy, when it has one
+        kwargs = {"add_special_tokens": False, "truncation": True, "max_length": limit}
+        enc = tokens(list(texts), **kwargs) if tokens is not None else self.tokenizer(list(texts), verbose=False, **kwargs)
         return [list(x) for x in enc["input_ids"]]
 
     @cached_property

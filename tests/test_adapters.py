@@ -367,3 +367,22 @@ def test_cli_ingest_ask_and_reembed_with_adapter(tmp_path, capsys, encoder):
     assert code == 2 and "not found" in err
     code, out, _ = _run(capsys, "ask", TOPICS[4][2], "--collection", "c", "--json")
     assert code == 0
+
+
+def test_cli_tune_collection_with_pseudo_queries(tmp_path, capsys):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    for i in range(len(TOPICS)):  # two topics per note: chunks have sentences to spare
+        (notes / f"n{i}.md").write_text(f"# {TOPICS[i][0]}\n\n{TOPICS[i][1]} {TOPICS[(i + 1) % len(TOPICS)][1]}\n")
+    code, _, err = _run(capsys, "ingest", str(notes), "--collection", "mine", "--view", "naive")
+    assert code == 0, err
+    out = tmp_path / "pseudo"
+    code, stdout, err = _run(capsys, "tune", "--collection", "mine", "--out", str(out), "--prompt-tokens", "2", "--epochs", "1",
+                             "--batch-size", "4", "--hard-negatives", "1", "--pseudo-pairs", "10")
+    assert code == 0, err
+    adapter = load_adapter(out)
+    assert adapter.training["source"] == "pseudo" and adapter.training["collection"] == "mine"
+    assert json.loads(stdout.strip().splitlines()[-1])["hash"] == adapter.hash
+    code, _, err = _run(capsys, "tune", "--collection", "mine", "--out", str(out), "--pairs", "beir")
+    assert code == 2 and "a collection has no labels" in err
+    assert load_adapter(out).hash == adapter.hash  # the existing adapter is intact
