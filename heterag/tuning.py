@@ -220,6 +220,7 @@ def pseudo_pairs(docs: Sequence[ChunkedDocument], view: RetrievalView, encoder: 
     """
     from tqdm.auto import tqdm
 
+    base = encoder.base if isinstance(encoder, AdaptedEncoder) else encoder
     rng = np.random.default_rng(seed)
     candidates = [(di, ci) for di, cd in enumerate(docs) for ci in range(len(cd.chunks))]
     order = rng.permutation(len(candidates))
@@ -266,18 +267,25 @@ def pseudo_pairs(docs: Sequence[ChunkedDocument], view: RetrievalView, encoder: 
     for item in bar:
         batch.append(item)
         if len(batch) == 64 or item is extra_docs[-1]:
-            sub = build_unit_index([x[0] for x in batch], view, encoder)
-            offset = 0
-            for mcd, target, sentence, doc_id in batch:
-                row = offset + target
+            if isinstance(view, LateView):  # a window holds many chunks: embed the documents, keep the target rows
+                sub = build_unit_index([x[0] for x in batch], view, encoder)
+                rows, offset = [], 0
+                for mcd, target, _, _ in batch:
+                    rows.append(offset + target)
+                    offset += len(mcd.chunks)
+                got = [(sub.windows[r], sub.spans[r], sub.vectors[r]) for r in rows]
+            else:  # text views: encode only the target chunk's view
+                texts = [view.texts(mcd)[target] for mcd, target, _, _ in batch]  # type: ignore[attr-defined]
+                vecs = encoder.encode(texts)
+                got = [(w, None, v) for w, v in zip(AdaptedEncoder(base).content_ids(texts), vecs, strict=True)]
+            for (_, _, sentence, doc_id), (window, span, vec) in zip(batch, got, strict=True):
                 units.doc_ids.append(doc_id)
-                units.windows.append(sub.windows[row])
-                units.spans.append(sub.spans[row])
-                new_vectors.append(sub.vectors[row])
+                units.windows.append(window)
+                units.spans.append(span)
+                new_vectors.append(vec)
                 idx = len(units.doc_ids) - 1
                 pairs.append(TrainPair(qid=f"pseudo:{doc_id}:{idx}", query=sentence, doc_id=doc_id,
                                        relevant=frozenset({doc_id}), unit=idx))
-                offset += len(mcd.chunks)
             batch = []
     bar.close()
     if new_vectors:
