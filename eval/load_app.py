@@ -114,6 +114,8 @@ def run_user(url: str, user: int, questions: list[Question], args, results: list
     from gradio_client import Client
 
     rng = random.Random(user)
+    if args.ramp:
+        time.sleep(rng.uniform(0, args.ramp))  # users arrive one by one, not all in the same instant
     try:
         # ssl_verify=False: the app is served over plain http on loopback, and with it gradio_client does not
         # load the CA bundle anew for every request it sends (measurable CPU on the cores the app shares)
@@ -124,8 +126,9 @@ def run_user(url: str, user: int, questions: list[Question], args, results: list
     for i, q in enumerate(questions):
         coll = args.image_collection if q.image else args.collection
         try:
+            start = time.time()
             ttft, total = ask(client, q, coll, args.k)
-            results.append({"user": user, "kind": q.kind, "ttft": ttft, "latency": total})
+            results.append({"user": user, "kind": q.kind, "start": start, "ttft": ttft, "latency": total})
         except Exception as exc:
             errors.append(f"user {user} q{i}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         if args.think:
@@ -156,6 +159,7 @@ def phase(url: str, users: int, per_user: int, pool: list[Question], args) -> di
         t.join()
     out = summarize(results, errors, time.perf_counter() - t0)
     out["error_lines"] = errors[:20]
+    out["requests"] = sorted(results, key=lambda r: r["start"])
     return out
 
 
@@ -164,13 +168,18 @@ def main() -> int:
     ap.add_argument("--url", default="http://127.0.0.1:7860/")
     ap.add_argument("--users", type=int, default=20)
     ap.add_argument("--questions", type=int, default=20, help="questions per user")
-    ap.add_argument("--think", type=float, default=0.0, help="mean seconds a user waits between questions")
+    ap.add_argument("--think", type=float, default=0.0, help="mean seconds a user waits between questions "
+                    "(each wait drawn uniformly from 0.5x to 1.5x)")
+    ap.add_argument("--ramp", type=float, default=None, help="users start at random times within the first RAMP "
+                    "seconds (default: --think; 0: all at once)")
     ap.add_argument("--collection", default="", help="collection for text questions (default: the app's)")
     ap.add_argument("--image-collection", default=IMAGE_COLLECTION_DEFAULT, help="collection for image questions")
     ap.add_argument("-k", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0, help="shuffles the question pool")
     ap.add_argument("--out", default=str(Path(__file__).parent / "out" / "load_app.json"))
     args = ap.parse_args()
+    if args.ramp is None:
+        args.ramp = args.think
     with tempfile.TemporaryDirectory() as tmp:
         pool = question_pool(Path(tmp), args.seed)
         needed = 2 + args.questions * (1 + args.users)
@@ -178,11 +187,11 @@ def main() -> int:
             sys.exit(f"load_app.py: {needed} questions needed but the pool has {len(pool)}; ask fewer")
         # one text and one image question first: the first request of each kind loads things
         warm = [pool.pop(0), pool.pop(next(i for i, q in enumerate(pool) if q.image))]
-        run_user(args.url, 999, warm, argparse.Namespace(**{**vars(args), "think": 0}), [], [])
+        run_user(args.url, 999, warm, argparse.Namespace(**{**vars(args), "think": 0, "ramp": 0}), [], [])
         single = phase(args.url, 1, args.questions, pool, args)
         load = phase(args.url, args.users, args.questions, pool, args)
     report = {"url": args.url, "users": args.users, "questions_per_user": args.questions, "think_s": args.think,
-              "seed": args.seed,
+              "ramp_s": args.ramp, "seed": args.seed,
               "single": single, "load": load,
               "p95_ratio": load["all"]["p95"] / single["all"]["p95"] if single["all"]["p95"] else None}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
