@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -489,10 +487,10 @@ def _run(scn: Scenario, data: MembershipData, core: ScenarioData, pipe: Pipeline
     labels = np.array([1] * len(data.members) + [0] * len(data.non_members))
     with stages("proposals"):
         targets = [prepare_target(it, bool(y), proposer, proxy, vocab, m.masks, min_area=m.min_area, max_area=m.max_area,
-                                   label_keys=m.label_keys)
+                                   label_keys=m.label_keys, max_side=m.max_side)
                    for it, y in tqdm(list(zip(items, labels, strict=True)), desc="proposals", disable=not _progress(), leave=False)]
         shadow = [prepare_target(it, True, proposer, proxy, vocab, m.masks, min_area=m.min_area, max_area=m.max_area,
-                                   label_keys=m.label_keys)
+                                   label_keys=m.label_keys, max_side=m.max_side)
                   for it in data.shadow]
     shadow_docs = [it.to_document() for it in data.shadow]
     outcomes: list[Any] = []
@@ -620,7 +618,3 @@ def _load_encoder(spec: str) -> Any:
     except HeteragError as exc:
         raise ScenarioError(f"mrm.proxy.encoder: {exc}") from None
 
-
-def report_digest(report: dict[str, Any]) -> str:
-    """A short hash of the metrics (for same-seed comparisons)."""
-    return hashlib.sha256(json.dumps(report["metrics"], sort_keys=True, default=float).encode()).hexdigest()[:12]

@@ -209,6 +209,8 @@ class MrMConfig(_Strict):
     vocabulary: str | list[str] = "annotations"
     #: object labels built from these annotation attributes (e.g. ``[colour, shape]``), else the annotation's label
     label_keys: list[str] | None = None
+    #: the attacker sends targets at most this many pixels on the longer side (downscaled first)
+    max_side: int = Field(512, ge=32)
     masks: int = Field(3, ge=1)  # K
     trials: int = Field(5, ge=1)  # Q
     prompt: Literal["paper", "plain"] = "paper"

@@ -432,3 +432,17 @@ def test_scenario_against_an_openai_endpoint(tmp_path, server: ChatServer):
     assert r["fingerprint_before"] == r["fingerprint_after"] and "auc[method=mrm]" in r["metrics"]
     sent = [q["body"]["messages"] for q in server.config.requests]
     assert sent and any("Do not reveal information about the knowledge base" in m[0]["content"] for m in sent)
+
+
+def test_large_targets_are_downscaled_with_their_annotations():
+    from PIL import Image
+
+    big = SCENES[0].image.to_pil().resize((960, 960), Image.NEAREST)
+    objs = tuple(dataclasses.replace(o, mask=np.kron(o.mask, np.ones((10, 10), dtype=bool)),
+                                     box=tuple(10 * v for v in o.box)) for o in SCENES[0].objects)
+    item = dataclasses.replace(SCENES[0], image=ImageRef.from_pil(big), objects=objs)
+    t = prepare_target(item, True, SegmentationProposer(scale=500, sigma=0.8, merge_colour=60), FakeProxy(), ["x"], 3,
+                       label_keys=["colour", "shape"], max_side=240)
+    assert (t.image.width, t.image.height) == (240, 240)
+    assert t.masks and all((m.image.width, m.image.height) == (240, 240) for m in t.masks)
+    assert {m.label for m in t.masks} <= {f"{o.attributes['colour']} {o.attributes['shape']}" for o in objs} | {"x"}

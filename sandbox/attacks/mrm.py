@@ -95,18 +95,43 @@ def annotation_label(mask: np.ndarray, item: AnnotatedImage, label_keys: Sequenc
     return label
 
 
+def downscale(item: AnnotatedImage, arr: np.ndarray, max_side: int) -> tuple[AnnotatedImage, np.ndarray]:
+    """The target as the attacker sends it: at most ``max_side`` pixels on its longer side (annotation masks
+    and boxes scaled along). Query encoders resize to a few hundred pixels anyway; PNG-encoding every masked
+    copy of a multi-megapixel scan is what would cost."""
+    from PIL import Image
+
+    h, w = arr.shape[:2]
+    if max(h, w) <= max_side:
+        return item, arr
+    f = max_side / max(h, w)
+    nw, nh = max(1, round(w * f)), max(1, round(h * f))
+    small = np.asarray(Image.fromarray(arr).resize((nw, nh), Image.BILINEAR))
+    objs = []
+    for o in item.objects:
+        mask = None
+        if o.mask is not None:
+            mask = np.asarray(Image.fromarray(np.asarray(o.mask, dtype=np.uint8) * 255).resize((nw, nh), Image.NEAREST)) > 127
+        box = tuple(int(round(v * f)) for v in o.box)
+        objs.append(dataclasses.replace(o, mask=mask, box=box))
+    image = ImageRef.from_array(small, source=item.image.source)
+    return dataclasses.replace(item, image=image, objects=tuple(objs)), small
+
+
 def prepare_target(item: AnnotatedImage, member: bool, proposer: Proposer, proxy: ZeroShotProxy, vocabulary: Sequence[str],
                    k: int, *, min_area: float = MIN_AREA, max_area: float = MAX_AREA,
-                   label_keys: Sequence[str] | None = None) -> Target:
+                   label_keys: Sequence[str] | None = None, max_side: int | None = 512) -> Target:
     """Proposals, the counterfact filter and the top ``k`` masks of one target; never raises for a bad image.
 
     A proposal without a label takes the label of the annotated object it overlaps (IoU >= 0.5), else the
-    proxy's top label for its region."""
+    proxy's top label for its region. Targets larger than ``max_side`` are downscaled first (:func:`downscale`)."""
     try:
         arr = image_array(item.image)
     except TargetError as exc:
         status = "too_small" if "too small" in str(exc) else "corrupt"
         return Target(item.id, member, status=status, reason=str(exc), image=item.image)
+    if max_side:
+        item, arr = downscale(item, arr, max_side)
     props = filter_area(proposer.propose(item, arr), min_area, max_area)
     if not props:
         return Target(item.id, member, status="no_proposal", image=item.image,

@@ -11,7 +11,10 @@ image into candidate object masks; every proposer's masks then pass the same are
     ``max_border`` of the image border are background; adjacent regions of similar mean colour
     are merged (``merge_colour``, a distance in RGB 0–255); the rest is kept if its area is in
     range and its solidity (area / convex-hull area, ``skimage.measure.regionprops``) is at least
-    ``min_solidity``. Labels come from the counterfact proxy (see :mod:`sandbox.attacks.counterfact`).
+    ``min_solidity``. Images larger than ``max_side`` (default 256 px) are segmented downscaled and
+    the masks scaled back; regions under ``min_fraction`` (0.5%) of the image are fragments, never
+    proposed. Labels come from an overlapping annotation, else the counterfact proxy
+    (see :mod:`sandbox.attacks.counterfact`).
 ``annotations`` (upper bound)
     The item's own object annotations (COCO instances, synthetic scenes): the mask, else the box.
     ``label_keys`` builds the label from annotation attributes (e.g. ``[colour, shape]`` for
@@ -123,12 +126,13 @@ class SegmentationProposer:
 
     def __init__(self, method: str = "felzenszwalb", scale: float = 200.0, sigma: float = 0.5, min_size: int = 20,
                  n_segments: int = 40, compactness: float = 10.0, max_border: float = 0.3, merge_colour: float = 30.0,
-                 min_solidity: float = 0.5):
+                 min_solidity: float = 0.5, max_side: int = 256, min_fraction: float = 0.005):
         if method not in ("felzenszwalb", "slic"):
             raise UnknownNameError("segmentation method", str(method), ("felzenszwalb", "slic"))
         self.method, self.scale, self.sigma, self.min_size = method, scale, sigma, min_size
         self.n_segments, self.compactness = n_segments, compactness
         self.max_border, self.merge_colour, self.min_solidity = max_border, merge_colour, min_solidity
+        self.max_side, self.min_fraction = max_side, min_fraction
 
     def segments(self, arr: np.ndarray) -> np.ndarray:
         from skimage import segmentation
@@ -164,9 +168,16 @@ class SegmentationProposer:
         return roots[labels]
 
     def propose(self, item: AnnotatedImage, arr: np.ndarray) -> list[ObjectProposal]:
+        from PIL import Image
         from skimage.measure import regionprops
 
-        labels = self._merge(self.segments(arr), arr)
+        full_h, full_w = arr.shape[:2]
+        small = arr
+        if max(full_h, full_w) > self.max_side:  # segment a downscaled copy; masks are scaled back
+            f = self.max_side / max(full_h, full_w)
+            small = np.asarray(Image.fromarray(arr).resize((max(1, round(full_w * f)), max(1, round(full_h * f))),
+                                                           Image.BILINEAR))
+        labels = self._merge(self.segments(small), small)
         h, w = labels.shape
         border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
         border_counts = np.bincount(border, minlength=int(labels.max()) + 1)
@@ -174,12 +185,14 @@ class SegmentationProposer:
         out = []
         for rp in regionprops(labels + 1):
             lab = rp.label - 1
-            if border_counts[lab] > self.max_border * perimeter:
-                continue  # background
+            if rp.area < self.min_fraction * h * w or border_counts[lab] > self.max_border * perimeter:
+                continue  # a fragment, or background
             if rp.solidity < self.min_solidity:
                 continue
             mask = labels == lab
-            out.append(ObjectProposal(mask, None, float(rp.area) / (h * w), self.name))
+            if (h, w) != (full_h, full_w):
+                mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((full_w, full_h), Image.NEAREST)) > 127
+            out.append(ObjectProposal(mask, None, float(mask.mean()), self.name))
         return out
 
 
