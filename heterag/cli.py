@@ -63,8 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", "--top-k", type=int, default=5)
     p.add_argument("--fusion", help="score fusion: weighted (default) or rrf, optionally with weights, e.g. "
                    "weighted:text=1,image=2,cross=0.5 (the default)")
-    p.add_argument("--generator", default="extractive", help="extractive (offline default), openai or transformers")
-    p.add_argument("--model", help="openai: model name; transformers: local model folder")
+    p.add_argument("--generator", default="extractive", help="extractive (offline default), local (a small offline "
+                   "LLM, default the packaged SmolLM2-135M-Instruct), openai or transformers")
+    p.add_argument("--model", help="openai: model name; transformers: local model folder; local: model folder or "
+                   "GGUF file (default: the packaged SmolLM2)")
     p.add_argument("--base-url", help="openai: endpoint base URL (default $OPENAI_BASE_URL)")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--json", action="store_true", help="print the answer and sources as JSON")
@@ -159,6 +161,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
         if not args.model:
             raise HeteragError("--generator transformers needs --model PATH (a local model folder)")
         gen_kwargs = {"model_path": args.model, "temperature": args.temperature}
+    elif args.generator == "local":
+        gen_kwargs = {"model": args.model or None, "temperature": args.temperature}
     if not args.question.strip() and not args.image:
         raise HeteragError("give a question, an --image, or both")
     image = None
@@ -187,6 +191,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
     try:
         if args.generator == "extractive":
             gen_kwargs = {"embedder": pipe.encoder, "temperature": args.temperature}
+        elif args.generator == "local":
+            gen_kwargs["embedder"] = pipe.encoder  # attributes sources when the model cites none
         pipe.generator = make_generator(args.generator, **gen_kwargs)
         streaming = args.generator != "extractive" and not args.json
         answer = pipe.answer(

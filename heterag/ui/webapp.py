@@ -226,7 +226,8 @@ def build_app(service: ChatService) -> gr.Blocks:
                         base_url = gr.Textbox(defaults.base_url, label="openai: base URL",
                                               placeholder="e.g. http://127.0.0.1:8000/v1 (default $OPENAI_BASE_URL)")
                         model = gr.Textbox(defaults.model, label="openai: model")
-                        model_path = gr.Textbox(defaults.model_path, label="transformers: local model folder")
+                        model_path = gr.Textbox(defaults.model_path, label="transformers / local: model folder",
+                                                placeholder="local: empty for the packaged SmolLM2, or a .gguf file")
                     clear = gr.Button("Clear conversation")
             with gr.Tab("Knowledge", id="knowledge"):
                 kcollection = gr.Dropdown(service.collections(), value=knowledge_default(), label="Collection",

