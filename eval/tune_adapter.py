@@ -83,6 +83,8 @@ def main() -> None:
     ap.add_argument("--chunk-tokens", type=int, default=64)
     ap.add_argument("--cache", default=None, help="folder of cached index vectors (<view>.npy, in corpus order)")
     ap.add_argument("--only-folds", default=None, help="run only these folds (comma-separated), for quick checks")
+    ap.add_argument("--no-labelled", action="store_true", help="skip the labelled adapter (e.g. to run --full alone)")
+    ap.add_argument("--no-view-ratio", action="store_true", help="skip the view-side encode-time measurement")
     ap.add_argument("--name", default=None)
     args = ap.parse_args()
     import torch
@@ -182,7 +184,8 @@ def main() -> None:
                 return train_sets
             return PairSet([p for p in pairset.pairs if p.qid not in held], "beir", pairset.skipped)
 
-        evaluate_folds("labelled", cfg, labelled)
+        if not args.no_labelled:
+            evaluate_folds("labelled", cfg, labelled)
         if args.pseudo:
             import copy
 
@@ -205,11 +208,12 @@ def main() -> None:
         # view-side encode-time ratio for a view prompt of the same P (what a view/shared/separate adapter costs)
         from heterag.adapters import Adapter, encoder_weights_hash
 
-        vp = Adapter(kind="prompt", base_model=enc.identity, base_hash=encoder_weights_hash(enc), prompt_tokens=args.prompt_tokens,
-                     sides="view", hidden=int(enc.dim), tensors={"prompt": init_prompt(enc, args.prompt_tokens)})
-        vadapted = AdaptedEncoder(enc, vp)
-        sample = cds[:300]
-        res["encode_ratio_views_with_view_prompt"] = timed_ratio(lambda: view.embed(sample, enc), lambda: view.embed(sample, vadapted))
+        if not args.no_view_ratio:
+            vp = Adapter(kind="prompt", base_model=enc.identity, base_hash=encoder_weights_hash(enc), prompt_tokens=args.prompt_tokens,
+                         sides="view", hidden=int(enc.dim), tensors={"prompt": init_prompt(enc, args.prompt_tokens)})
+            vadapted = AdaptedEncoder(enc, vp)
+            sample = cds[:300]
+            res["encode_ratio_views_with_view_prompt"] = timed_ratio(lambda: view.embed(sample, enc), lambda: view.embed(sample, vadapted))
         results[vname] = res
         report(partial=False)
 
