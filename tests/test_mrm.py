@@ -296,8 +296,11 @@ def reduced(path: Path, **changes):
 
 
 def test_ready_made_synthetic_scenario_at_reduced_size(tmp_path):
-    """mrm_synthetic.yaml at reduced size (the CI test): every metric name, the index unchanged, MrM ahead."""
-    d = reduced(ROOT / "eval" / "scenarios" / "mrm_synthetic.yaml", **{
+    """mrm_synthetic.yaml at reduced size with the defenses of mrm_synthetic_defenses.yaml (the CI test): every
+    metric name, the index unchanged, MrM ahead."""
+    defenses = reduced(ROOT / "eval" / "scenarios" / "mrm_synthetic_defenses.yaml")["defenses"]
+    assert {x["name"] for x in defenses} == {"refusal", "augmented_store", "score_threshold"}
+    d = reduced(ROOT / "eval" / "scenarios" / "mrm_synthetic.yaml", defenses=defenses, **{
         "data.source": "synthetic:80", "data.splits.knowledge_base": {"count": 44}, "data.splits.reference": {"count": 12},
         "data.splits.test": {"count": 22}, "mrm.members": 22, "mrm.shadow": 8, "mrm.sets": 50, "mrm.set_sizes": [1, 5, 10],
         "bootstrap": 200, "defense_probes": 30})
