@@ -313,12 +313,12 @@ def test_extractive_does_not_pad_with_weak_sentences(embedder: HashingEmbedder) 
 
 
 def test_registry(embedder: HashingEmbedder) -> None:
-    assert set(GENERATORS) == {"extractive", "openai", "transformers"}
+    assert set(GENERATORS) == {"extractive", "openai", "transformers", "local"}
     gen = make_generator("extractive", embedder=embedder, max_sentences=1)
     assert isinstance(gen, ExtractiveGenerator) and isinstance(gen, Generator) and gen.name == "extractive"
     remote = make_generator("openai", model="m", base_url="http://localhost:1/v1")
     assert isinstance(remote, OpenAIGenerator) and isinstance(remote, Generator)
-    with pytest.raises(UnknownNameError, match="extractive, openai, transformers"):
+    with pytest.raises(UnknownNameError, match="extractive, local, openai, transformers"):
         make_generator("gpt-magic")
 
 
