@@ -9,6 +9,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 PLOTS = ("roc.png", "roc_log.png", "set_auc.png")
 
 
@@ -65,9 +67,11 @@ def plot(r: dict[str, Any], out: Path) -> list[str]:
         for key in keys:
             pts = r["roc"][key]
             auc = r["metrics"].get(f"auc[{key}]", {}).get("value")
-            ax.plot(pts["fpr"], pts["tpr"], label=f"{key.removeprefix('method=')} (AUC {auc:.3f})" if auc is not None else key)
-        lo = 1e-3 if log else 0
-        ax.plot([max(lo, 1e-3), 1], [max(lo, 1e-3), 1], "k:", lw=0.8)
+            fpr = np.maximum(pts["fpr"], 1e-3) if log else pts["fpr"]  # FPR 0 drawn at the axis' left edge
+            ax.plot(fpr, pts["tpr"],  # straight segments: the ROC of tied scores is the chord
+                    label=f"{key.removeprefix('method=')} (AUC {auc:.3f})" if auc is not None else key)
+        chance = np.logspace(-3, 0, 50) if log else np.array([0.0, 1.0])
+        ax.plot(chance, chance, "k:", lw=0.8)
         if log:
             ax.set_xscale("log")
             ax.set_xlim(1e-3, 1)
