@@ -335,7 +335,7 @@ def make_coco(root: Path, n: int = 24, split: str = "val2017") -> Path:
     """A COCO 2017-format folder (captions + instances with polygon masks) built from synthetic scenes."""
     (root / "annotations").mkdir(parents=True)
     (root / split).mkdir()
-    scenes = generate_scenes(n, seed=21, size=96)
+    scenes = list(generate_scenes(n, seed=21, size=96))
     shapes = sorted({o.shape for s in scenes for o in s.objects})
     images, captions, instances = [], [], []
     for i, s in enumerate(scenes):
