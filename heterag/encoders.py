@@ -127,11 +127,14 @@ class TextEncoder:
 
         _quiet_hub_loading()
         local = Path(target).exists()
+        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
         try:
-            self.model = SentenceTransformer(target, device=device, local_files_only=local)
+            self.model = SentenceTransformer(target, device=device, local_files_only=local or offline)
         except Exception as exc:  # noqa: BLE001 - any loader failure becomes one clear message
-            hint = "" if local else " (hub models need network access; pass a local path when offline)"
-            raise HeteragError(f"could not load text encoder {model or DEFAULT_TEXT_MODEL!r}: {exc}{hint}") from exc
+            hint = "" if local else (" (not on this machine, and HF_HUB_OFFLINE is set: give a local path)" if offline
+                                     else " (hub models need network access; pass a local path when offline)")
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise HeteragError(f"could not load text encoder {model or DEFAULT_TEXT_MODEL!r}: {first}{hint}") from exc
         if max_seq_length is not None:
             self.model.max_seq_length = max_seq_length
         self.model.eval()

@@ -302,3 +302,81 @@ def test_rendered_sources_escape_markup(service):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&lt;img src=x onerror=alert(2)&gt;" in html
     table = render.documents_html(list_documents(pipe))
     assert "evil&lt;b&gt;.md" in table and "<i>t</i>" not in table
+
+
+# ---- found by trying to break the app -------------------------------------------------------
+def test_one_unreadable_upload_does_not_lose_the_others(service, tmp_path):
+    good = tmp_path / "good.md"
+    good.write_text("# Quokkas\n\nQuokkas live on Rottnest Island.\n")
+    broken = tmp_path / "scans.npz"
+    broken.write_bytes(b"PK\x03\x04garbage")  # looks like a zip to numpy, is not one
+    last = _ingest(service, "notes", [("good.md", good), ("scans.npz", broken)])
+    assert last.report is not None and last.report.documents_written == 1, last
+    assert len(last.rejected) == 1 and last.rejected[0].startswith("scans.npz:") and "\n" not in last.rejected[0]
+    assert "/tmp" not in last.rejected[0] and "heterag-upload" not in last.rejected[0]
+    assert "Rottnest" in _answer(service.ask("Where do quokkas live?", None, ChatSettings(collection="notes")))[0]
+
+
+def test_zip_of_one_folder_uses_the_captions_inside_it(service, tmp_path):
+    from corpora.synthetic_scenes import write_caption_folder
+
+    folder = write_caption_folder(tmp_path / "pets", 2)
+    archive = tmp_path / "pets.zip"
+    with zipfile.ZipFile(archive, "w") as zf:  # as `zip -r pets.zip pets/` makes it: everything under pets/
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                zf.write(p, ("pets/" + p.relative_to(folder).as_posix()))
+    last = _ingest(service, "notes", [("pets.zip", archive)])
+    assert last.report.images_written == 2 and last.report.chunks_written >= 2, last  # the captions were read
+
+
+def test_an_interrupted_demo_build_is_finished_next_time(encoder):
+    from corpora.demo import SCENES_DEMO_COLLECTION, SCENES_DEMO_SIZE, demo_complete, open_scenes_demo
+    from corpora.synthetic_scenes import iter_synthetic_documents
+
+    pipe = open_collection(SCENES_DEMO_COLLECTION)  # a first build stopped after 10 scenes
+    pipe.ingest(iter_synthetic_documents(10, seed=0))
+    pipe.close()
+    assert not demo_complete(SCENES_DEMO_COLLECTION) and not ChatService().demos_ready()
+    pipe = open_scenes_demo()
+    try:
+        assert len(list_documents(pipe)) == SCENES_DEMO_SIZE and demo_complete(SCENES_DEMO_COLLECTION)
+    finally:
+        pipe.close()
+
+
+def test_new_collection_with_an_unknown_encoder_fails_at_once_and_leaves_nothing(service, monkeypatch, heterag_home):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as the app sets it: never wait for the hub
+    t0 = time.monotonic()
+    with pytest.raises(Exception, match="no-such-encoder") as err:
+        service.create_collection("qa-enc", encoder="no-such-encoder")
+    assert time.monotonic() - t0 < 30 and "\n" not in str(err.value).strip()
+    assert not (heterag_home / "collections" / "qa-enc").exists() and "qa-enc" not in service.collections()
+    with pytest.raises(InvalidInputError, match="chunk tokens must be from 8 to 8192"):
+        service.create_collection("qa-chunk", chunk_tokens=-5)
+
+
+def test_config_values_of_the_wrong_type_are_refused_in_one_line(tmp_path):
+    cfg_file = tmp_path / "app.yaml"
+    for text, key in (('share: "no"\n', "share"), ('port: "abc"\n', "port"), ("port: 7894.7\n", "port"),
+                      ("temperature: hot\n", "temperature"), ("concurrency: 2.5\n", "concurrency")):
+        cfg_file.write_text(text)
+        with pytest.raises(InvalidInputError, match=f"{key} must be"):
+            load_config_file(cfg_file)
+    cfg_file.write_text("chat: 5\n")
+    with pytest.raises(InvalidInputError, match="chat must be a mapping"):
+        load_config_file(cfg_file)
+
+
+def test_a_port_in_use_is_one_line_before_anything_loads():
+    from heterag.errors import HeteragError
+    from heterag.ui.server import serve
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        t0 = time.monotonic()
+        with pytest.raises(HeteragError, match=f"cannot listen on 127.0.0.1:{port}: the port is in use"):
+            serve(parse_args(["--port", str(port), "--collection", "notes"]))
+        assert time.monotonic() - t0 < 5

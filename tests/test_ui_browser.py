@@ -265,3 +265,14 @@ def test_chat_api_streams_through_gradio_client(app_url, tmp_path):
     assert text.strip() and any(s["has_image"] for s in sources)
     with pytest.raises(Exception, match="type a question or attach an image"):
         client.predict("", None, "", 3, api_name="/chat")
+
+
+def test_api_errors_name_the_users_file_not_the_servers_private_path(app_url, tmp_path):
+    from gradio_client import Client, handle_file
+
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(Exception) as err:
+        Client(app_url, verbose=False).predict("what is this?", handle_file(str(corrupt)), "", 3, api_name="/chat")
+    message = str(err.value)
+    assert "corrupt.png" in message and "heterag-ui-" not in message and "/tmp" not in message, message

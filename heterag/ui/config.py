@@ -66,6 +66,21 @@ _SERVER_KEYS = {f.name for f in dataclasses.fields(AppConfig)} - {"chat"}
 _CHAT_KEYS = {f.name for f in dataclasses.fields(ChatSettings)}
 
 
+_TYPES: dict[str, tuple[type, ...]] = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,)}
+
+
+def _check_types(path: Path, cls: type, values: dict[str, Any]) -> None:
+    """One-line error for a setting of the wrong type (``share: "no"`` is a string, not false)."""
+    kinds = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        allowed = _TYPES.get(kinds.get(key, ""))
+        if allowed is None:
+            continue
+        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
+            want = {"bool": "true or false", "int": "a whole number", "float": "a number", "str": "text"}[kinds[key]]
+            raise InvalidInputError(f"config {path}: {key} must be {want}, got {value!r}")
+
+
 def load_config_file(path: str | Path) -> AppConfig:
     """Read a YAML settings file: server keys (host, port, share, max_file_mb, ...) and chat keys
     (collection, top_k, fusion, generator, model, base_url, model_path, temperature), flat or under ``chat:``."""
@@ -80,11 +95,17 @@ def load_config_file(path: str | Path) -> AppConfig:
         raise InvalidInputError(f"config {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise InvalidInputError(f"config {p} must be a mapping of settings")
-    chat = dict(data.pop("chat", None) or {})
+    chat = data.pop("chat", None) or {}
+    if not isinstance(chat, dict):
+        raise InvalidInputError(f"config {p}: chat must be a mapping of chat settings")
+    chat = dict(chat)
     for key in list(data):
         if key in _CHAT_KEYS:
             chat[key] = data.pop(key)
     unknown = sorted(set(data) - _SERVER_KEYS) + sorted(set(chat) - _CHAT_KEYS)
+    if not unknown:
+        _check_types(p, AppConfig, data)
+        _check_types(p, ChatSettings, chat)
     if unknown:
         raise InvalidInputError(f"config {p}: unknown setting {unknown[0]!r}; known: "
                                 f"{', '.join(sorted(_SERVER_KEYS | _CHAT_KEYS))}")

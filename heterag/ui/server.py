@@ -6,6 +6,7 @@ each is deleted once ingested or read, and the folder is removed at exit.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -28,6 +29,10 @@ def serve(cfg: AppConfig, *, block: bool = True):
     # work, and spinning threads then steal the cores (measured on 2 busy cores: cold text questions
     # p50 0.27 s -> 0.10 s). Read when torch loads, so it only applies when this is the first import.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # The app never downloads: a model name that is not on disk fails at once with one line, instead of
+    # retrying the hub for minutes (set HF_HUB_OFFLINE=0 to allow downloads).
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    _check_address(cfg.host, cfg.port)
     upload_dir = tempfile.mkdtemp(prefix="heterag-ui-")  # mode 0700
     os.environ["GRADIO_TEMP_DIR"] = upload_dir  # read by gradio at import: set before importing it
     from .render import CSS
@@ -66,10 +71,37 @@ def serve(cfg: AppConfig, *, block: bool = True):
     return None
 
 
+def _check_address(host: str, port: int) -> None:
+    """One-line :class:`HeteragError` at once when ``host:port`` cannot be listened on (taken, bad host)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise HeteragError(f"cannot listen on {host}:{port}: {exc}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            why = "the port is in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+            raise HeteragError(f"cannot listen on {host}:{port}: {why} (choose another with --port)") from None
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM (kill, systemd, docker stop) ends the app like Ctrl-C, so uploads are deleted on the way out."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "chromadb", "sentence_transformers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    _exit_on_sigterm()
     try:
         cfg = parse_args(argv)
         serve(cfg)

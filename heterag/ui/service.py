@@ -95,6 +95,20 @@ class IngestUpdate:
     report: IngestReport | None = None
 
 
+def _remove_unfinished(name: str) -> None:
+    """Remove the folder a failed creation of collection ``name`` left without its ``collection.json``."""
+    import shutil
+
+    from ..collections import collection_dir
+
+    try:
+        folder = collection_dir(name)
+    except HeteragError:
+        return
+    if folder.is_dir() and not (folder / "collection.json").exists():
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def one_line(message: object) -> str:
     return " ".join(str(message).split()) or type(message).__name__
 
@@ -108,6 +122,8 @@ class ChatService:
                                    max_request_bytes=int(self.config.max_request_mb * 2**20))
         self._pipes: dict[str, Pipeline] = {}
         self._lock = threading.RLock()
+        self._create_lock = threading.Lock()
+        self._closing = False
         self._ingest_locks: dict[str, threading.Lock] = {}
         self._busy: dict[str, Progress] = {}
         self._generators: dict[tuple, Generator] = {}
@@ -132,12 +148,20 @@ class ChatService:
         name = (name or "").strip()
         if name == DEMOS:
             raise InvalidInputError(f"{DEMOS} is reserved for the built-in demos")
-        with self._lock:
+        if chunk_tokens is not None and not 8 <= int(chunk_tokens) <= 8192:
+            raise InvalidInputError(f"chunk tokens must be from 8 to 8192, got {chunk_tokens}")
+        with self._create_lock:  # not the service lock: loading an encoder must not hold up the chat
             if name in self.collections():
                 raise InvalidInputError(f"collection {name!r} exists already")
-            pipe = open_collection(name, store=store or None, view=view or None, encoder=encoder or None,
-                                   image_encoder=image_encoder or None, chunk_tokens=chunk_tokens or None, create=True)
-            self._pipes[name] = pipe
+            try:
+                pipe = open_collection(name, store=store or None, view=view or None, encoder=encoder or None,
+                                       image_encoder=image_encoder or None, chunk_tokens=chunk_tokens or None,
+                                       create=True)
+            except BaseException:
+                _remove_unfinished(name)
+                raise
+            with self._lock:
+                self._pipes[name] = pipe
         log.info("created collection %s (view %s, store %s)", name, view, store)
         return pipe
 
@@ -162,12 +186,10 @@ class ChatService:
 
     # ---- demos -------------------------------------------------------------------------
     def demos_ready(self) -> bool:
-        from corpora.demo import DEMO_COLLECTION, SCENES_DEMO_COLLECTION, SCENES_DEMO_SIZE
+        """Whether both demo collections were indexed to the end (an interrupted build is finished next time)."""
+        from corpora.demo import DEMO_COLLECTION, SCENES_DEMO_COLLECTION, demo_complete
 
-        names = set(self.collections())
-        if DEMO_COLLECTION not in names or SCENES_DEMO_COLLECTION not in names:
-            return False
-        return self.pipeline(DEMO_COLLECTION).count() > 0 and self.pipeline(SCENES_DEMO_COLLECTION).count() >= SCENES_DEMO_SIZE
+        return demo_complete(DEMO_COLLECTION) and demo_complete(SCENES_DEMO_COLLECTION)
 
     def start_demos(self) -> bool:
         """Build the demo collections in the background if they are missing; True while that runs."""
@@ -186,21 +208,32 @@ class ChatService:
             t.join(timeout)
 
     def _build_demos(self) -> None:
-        from corpora.demo import DEMO_COLLECTION, SCENES_DEMO_COLLECTION, SCENES_DEMO_SIZE
+        from corpora.demo import (
+            DEMO_COLLECTION,
+            SCENES_DEMO_COLLECTION,
+            SCENES_DEMO_SIZE,
+            demo_complete,
+            mark_demo_complete,
+        )
         from corpora.pydoc_topics import load_pydoc_topics
         from corpora.synthetic_scenes import iter_synthetic_documents
 
         try:
-            pipe = self._open_or_create(DEMO_COLLECTION)
-            if pipe.count() == 0:
+            self._open_or_create(DEMO_COLLECTION)
+            if not demo_complete(DEMO_COLLECTION):
                 docs = load_pydoc_topics()
-                self._ingest(DEMO_COLLECTION, docs, "indexing the Python reference topics (text demo, once)", len(docs))
-            pipe = self._open_or_create(SCENES_DEMO_COLLECTION)
-            if pipe.count() < SCENES_DEMO_SIZE:
-                self._ingest(SCENES_DEMO_COLLECTION, iter_synthetic_documents(SCENES_DEMO_SIZE, seed=0),
-                             "indexing 300 synthetic scenes (image demo, once)", SCENES_DEMO_SIZE)
+                mark_demo_complete(DEMO_COLLECTION, self._ingest(
+                    DEMO_COLLECTION, docs, "indexing the Python reference topics (text demo, once)", len(docs)))
+            self._open_or_create(SCENES_DEMO_COLLECTION)
+            if not demo_complete(SCENES_DEMO_COLLECTION):
+                mark_demo_complete(SCENES_DEMO_COLLECTION, self._ingest(
+                    SCENES_DEMO_COLLECTION, iter_synthetic_documents(SCENES_DEMO_SIZE, seed=0),
+                    "indexing 300 synthetic scenes (image demo, once)", SCENES_DEMO_SIZE))
             self.demo_error = None
         except Exception as exc:  # reported in the UI; the app keeps serving other collections
+            if self._closing:  # the app is stopping: the next start finishes the demos
+                log.info("demo build stopped by shutdown: %s", one_line(exc))
+                return
             log.exception("building the demo collections failed")
             self.demo_error = f"building the demo collections failed: {one_line(exc)}"
 
@@ -418,6 +451,7 @@ class ChatService:
                 on_cleanup()
 
     def close(self) -> None:
+        self._closing = True
         with self._lock:
             for pipe in self._pipes.values():
                 try:

@@ -75,17 +75,18 @@ class StagedUploads:
 
         for label, path in self.sources:
             try:
-                loaded = iter_path(path)
-            except HeteragError as exc:
+                for item in iter_path(path):
+                    if isinstance(item, ItemError):
+                        yield ItemError(_strip_path(item.source, path, label), _strip_path(item.message, path, label))
+                    elif path.is_file() and path.suffix.lower() != ".jsonl" and item.id in (path.name, path.stem):
+                        yield _relabel(item, path, label)
+                    else:
+                        yield item
+            except HeteragError as exc:  # this upload cannot be read (any further); the others still are
                 yield ItemError(label, _strip_path(str(exc), path, label))
-                continue
-            for item in loaded:
-                if isinstance(item, ItemError):
-                    yield ItemError(_strip_path(item.source, path, label), _strip_path(item.message, path, label))
-                elif path.is_file() and path.suffix.lower() != ".jsonl" and item.id in (path.name, path.stem):
-                    yield _relabel(item, path, label)
-                else:
-                    yield item
+            except Exception as exc:  # a reader that fails on a malformed file (e.g. a broken .npz)
+                log.info("reading upload %s failed", label, exc_info=True)
+                yield ItemError(label, f"cannot read it: {_strip_path(str(exc), path, label) or type(exc).__name__}")
 
     def close(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
@@ -95,6 +96,15 @@ class StagedUploads:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _layout_root(folder: Path) -> Path:
+    """The folder a zip's layout starts in: a zip of one folder (``zip -r pets.zip pets/``) holds
+    everything one level down; that folder is the layout (its captions file is found there)."""
+    entries = [p for p in folder.iterdir() if p.name not in ("__MACOSX", ".DS_Store")]
+    if len(entries) == 1 and entries[0].is_dir():
+        return entries[0]
+    return folder
 
 
 def _strip_path(text: str, path: Path, label: str) -> str:
@@ -150,7 +160,7 @@ def stage_uploads(files: Sequence[tuple[str, str | os.PathLike[str]]], limits: U
             dest = staged.root / f"{i:04d}-zip"
             dest.mkdir(mode=0o700)
             if _unzip(Path(src), dest, label, limits, staged.rejected):
-                staged.sources.append((label, dest))
+                staged.sources.append((label, _layout_root(dest)))
             continue
         dest = staged.root / f"{i:04d}{suffix}"
         shutil.copyfile(src, dest)

@@ -53,6 +53,13 @@ def remove_uploads(paths: list[str]) -> None:
             log.debug("could not remove upload %s", p, exc_info=True)
 
 
+def _without_private_path(message: str, paths: list[str]) -> str:
+    """``message`` with the server's private upload paths replaced by the file names the user gave."""
+    for p in paths:
+        message = message.replace(str(p), Path(p).name)
+    return message
+
+
 def _path_of(f: Any) -> str:
     return f.get("path") if isinstance(f, dict) else str(f)
 
@@ -90,7 +97,7 @@ def build_app(service: ChatService) -> gr.Blocks:
             if files:
                 ref = ImageRef.from_path(files[0], max_bytes=service.limits.max_file_bytes)
         except HeteragError as exc:
-            gr.Warning(one_line(exc))
+            gr.Warning(_without_private_path(one_line(exc), files))
             yield history, keep
             return
         settings = ChatSettings(collection=collection or DEMOS, top_k=int(top_k), fusion=fusion or "weighted",
@@ -124,7 +131,7 @@ def build_app(service: ChatService) -> gr.Blocks:
         try:
             ref = ImageRef.from_path(image, max_bytes=service.limits.max_file_bytes) if image else None
         except HeteragError as exc:
-            raise gr.Error(one_line(exc)) from None
+            raise gr.Error(_without_private_path(one_line(exc), [image] if image else [])) from None
         settings = dataclasses.replace(defaults, collection=(collection or "").strip() or defaults.collection,
                                        top_k=int(top_k) if top_k else defaults.top_k)
         text = ""
