@@ -380,3 +380,26 @@ def test_a_port_in_use_is_one_line_before_anything_loads():
         with pytest.raises(HeteragError, match=f"cannot listen on 127.0.0.1:{port}: the port is in use"):
             serve(parse_args(["--port", str(port), "--collection", "notes"]))
         assert time.monotonic() - t0 < 5
+
+
+def test_a_question_of_invisible_characters_is_empty(service):
+    with pytest.raises(InvalidInputError, match="^type a question or attach an image$"):
+        list(service.ask("\u200b\u200b\ufeff", None, ChatSettings(collection="notes")))
+
+
+def test_archives_inside_archives_and_long_names_are_reported_not_lost(service, tmp_path):
+    from heterag.ui.uploads import label_for
+
+    inner = tmp_path / "inner.zip"
+    with zipfile.ZipFile(inner, "w") as zf:
+        zf.writestr("a.md", "# A\n\nAlpha.\n")
+    outer = tmp_path / "outer.zip"
+    with zipfile.ZipFile(outer, "w") as zf:
+        zf.write(inner, "inner.zip")
+        zf.writestr("b.md", "# B\n\nBeta particles are electrons.\n")
+    last = _ingest(service, "notes", [("outer.zip", outer)])
+    assert last.report.documents_written == 1
+    assert any(r.startswith("outer.zip: member 'inner.zip' skipped (archives inside an archive") for r in last.rejected)
+    assert "not ingested" in last.status
+    long = label_for("n" * 250 + ".md")
+    assert len(long) <= 120 and long.endswith(".md")

@@ -36,6 +36,8 @@ from .uploads import UploadLimits, stage_uploads
 log = logging.getLogger(__name__)
 
 _WORD = re.compile(r"\s*\S+\s*")
+#: Characters that show nothing: zero-width spaces and joiners, word joiner, byte-order mark, soft hyphen.
+_INVISIBLE = re.compile("[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
 
 
 # ---- events of one answer -------------------------------------------------------------
@@ -304,6 +306,8 @@ class ChatService:
         """
         interval = self.config.stream_interval if stream_interval is None else float(stream_interval)
         question = (question or "").strip()
+        if not _INVISIBLE.sub("", question).strip(" \t\n\r\f\v"):
+            question = ""  # only zero-width or format characters: nothing was asked
         if not question and image is None:
             raise InvalidInputError("type a question or attach an image")
         try:
@@ -443,6 +447,8 @@ class ChatService:
                 if report is not None:
                     rejected += [f"{f.source}: {f.message}" for f in failures + report.failures]
                     status = f"{collection}: {report.summary()}; now {pipe.count()} chunks"
+                    if rejected:
+                        status += f"; {len(rejected)} upload item{'' if len(rejected) == 1 else 's'} not ingested (below)"
                 else:
                     status = f"ingest into {collection} failed: {box.get('error', 'unknown error')}"
                 yield IngestUpdate(status, finished=True, rejected=tuple(rejected), report=report)

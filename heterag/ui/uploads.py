@@ -56,7 +56,10 @@ def label_for(name: str) -> str:
     """A display label for a user-given file name: its last part, control characters and slashes removed."""
     base = re.split(r"[/\\]", str(name))[-1]
     base = _LABEL_BAD.sub("_", base).strip() or "upload"
-    return base[:120]
+    if len(base) <= 120:
+        return base
+    suffix = Path(base).suffix if len(Path(base).suffix) <= 16 else ""
+    return base[: 120 - len(suffix) - 1] + "…" + suffix  # shortened, its file type kept
 
 
 @dataclass
@@ -96,6 +99,12 @@ class StagedUploads:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _member(name: str) -> str:
+    """A zip member's name as the user wrote it, quoted, control characters escaped, shortened."""
+    shown = repr(name)
+    return shown if len(shown) <= 100 else shown[:99] + "…"
 
 
 def _layout_root(folder: Path) -> Path:
@@ -190,12 +199,16 @@ def _unzip(src: Path, dest: Path, label: str, limits: UploadLimits, rejected: li
                     continue
                 is_link = stat.S_ISLNK(info.external_attr >> 16)
                 if is_link or not parts or not all(_SAFE_PART.match(p) for p in parts) or any(p in (".", "..") for p in parts):
-                    rejected.append(f"{label}: member {label_for(info.filename)!r} skipped (links and names other than "
+                    rejected.append(f"{label}: member {_member(info.filename)} skipped (links and names other than "
                                     "letters, digits, '._-' are not unpacked)")
+                    continue
+                if parts[-1].lower().endswith(ARCHIVE_SUFFIXES):
+                    rejected.append(f"{label}: member {_member(info.filename)} skipped (archives inside an archive are "
+                                    "not unpacked; upload it by itself)")
                     continue
                 target = dest.joinpath(*parts)
                 if not target.resolve().is_relative_to(root):
-                    rejected.append(f"{label}: member {label_for(info.filename)!r} skipped (outside the archive)")
+                    rejected.append(f"{label}: member {_member(info.filename)} skipped (outside the archive)")
                     continue
                 target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 with zf.open(info) as fin, open(target, "xb") as fout:

@@ -132,8 +132,10 @@ def build_app(service: ChatService) -> gr.Blocks:
             ref = ImageRef.from_path(image, max_bytes=service.limits.max_file_bytes) if image else None
         except HeteragError as exc:
             raise gr.Error(_without_private_path(one_line(exc), [image] if image else [])) from None
+        if top_k is not None and (float(top_k) != int(top_k) or not 1 <= int(top_k) <= 50):
+            raise gr.Error(f"top_k must be a whole number from 1 to 50, got {top_k:g}")
         settings = dataclasses.replace(defaults, collection=(collection or "").strip() or defaults.collection,
-                                       top_k=int(top_k) if top_k else defaults.top_k)
+                                       top_k=int(top_k) if top_k is not None else defaults.top_k)
         text = ""
         try:
             for event in service.ask(question, ref, settings):
