@@ -48,7 +48,17 @@ from heterag.images import ImageRef
 from .attacks.answer_match import AnswerMatcher
 from .attacks.counterfact import ZeroShotProxy
 from .attacks.mia_baselines import MBA_PROMPT, QB_PROMPT, SB_PROMPT, HardWords, mask_left, mba_score, qb_score, sb_scores
-from .attacks.mrm import PROMPTS, Oracle, Target, calibrate_p_t, geometric_test, prepare_target, run_trials, set_pvalue
+from .attacks.mrm import (
+    P_T_FLOOR,
+    PROMPTS,
+    Oracle,
+    Target,
+    calibrate_p_t,
+    geometric_test,
+    prepare_target,
+    run_trials,
+    set_pvalue,
+)
 from .attacks.proposals import AnnotationProposer, make_proposer
 from .data import ScenarioData, load_items, split_items
 from .injection import ReversibleInjection, RunLock, SandboxBusyError, leftovers, new_run_id
@@ -521,7 +531,13 @@ def _run(scn: Scenario, data: MembershipData, core: ScenarioData, pipe: Pipeline
                 calib[ptag or "none"] = p_t
                 with stage("mrm"):
                     xs, queries, failed = a.mrm_x(targets, prompt, f"mrm{ptag}", probing)
-                record(ptag, "mrm", _score_mrm(xs, p_t), queries, xs, p_t)
+                if p_t <= P_T_FLOOR:  # the shadow members were (almost) never named: the test has no power
+                    log.warning("MrM%s: calibration found p_t at its floor %.2f (the shadow members' objects were "
+                                "not named); every target gets the neutral score 0.5", ptag, P_T_FLOOR)
+                    record(ptag, "mrm", np.full(len(xs), 0.5), queries, xs, p_t)
+                    passes[f"method=mrm{ptag}"]["calibration_failed"] = True
+                else:
+                    record(ptag, "mrm", _score_mrm(xs, p_t), queries, xs, p_t)
                 passes[f"method=mrm{ptag}"]["failed"] = int(sum(failed))
         if not probing and prompts == (m.prompt,):
             with stage("baselines"):
@@ -579,7 +595,8 @@ def _run(scn: Scenario, data: MembershipData, core: ScenarioData, pipe: Pipeline
         set_results: dict[str, dict[int, float]] = {}
         for key, p in passes.items():
             per = {"score": np.asarray(p["score"]), "x": p["x"]}
-            ks = set_aucs(per, labels, m.set_sizes, m.sets, seed, p["p_t"] if p["x"] is not None else None)
+            pooled = p["x"] is not None and not p.get("calibration_failed")  # else: the (neutral) scores
+            ks = set_aucs(per, labels, m.set_sizes, m.sets, seed, p["p_t"] if pooled else None)
             set_results[key] = ks
             for k_, v in ks.items():
                 metrics[f"set_auc@{k_}[{key}]"] = metric(v)

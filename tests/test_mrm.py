@@ -323,7 +323,10 @@ def test_ready_made_synthetic_scenario_at_reduced_size(tmp_path):
     assert "auc[method=mrm,defense=augmented_store,probing=augmented]" in m
     assert m["auc[method=mrm]"]["value"] >= 0.7
     assert m["auc[method=mrm]"]["value"] > m["auc[method=qb-mia]"]["value"]
-    assert m["auc[method=mrm,defense=refusal]"]["value"] < 0.6  # the paper prompt is refused
+    # the paper prompt is refused: calibration names nothing, so every target gets the neutral score and
+    # MrM is exactly at chance (not a score that only reflects how many masks each target has)
+    assert m["auc[method=mrm,defense=refusal]"]["value"] == 0.5
+    assert m["set_auc@10[method=mrm,defense=refusal]"]["value"] == 0.5
     assert 0 <= m["targets_without_mask"]["value"] < 0.5
     assert len(r["per_target"]) == 44 and {t["status"] for t in r["per_target"]} <= {"ok", "no_proposal"}
     assert {"roc.png", "roc_log.png", "set_auc.png"} <= {p.name for p in out.glob("*.png")}

@@ -264,7 +264,13 @@ def set_pvalue(xs: Sequence[Sequence[int]], p_t: float) -> float:
     return geometric_test([v for x in xs for v in x], p_t)[1]
 
 
-def calibrate_p_t(xs: Sequence[Sequence[int]], q: int, floor: float = 0.01) -> float:
+#: Lowest calibrated p_t. At the floor the shadow members' objects were (almost) never named, so the
+#: test has no power: the runner then gives every target the neutral score 0.5 rather than a score
+#: that would only reflect how many masks each target has.
+P_T_FLOOR = 0.01
+
+
+def calibrate_p_t(xs: Sequence[Sequence[int]], q: int, floor: float = P_T_FLOOR) -> float:
     """Per-trial success rate of known members: the censored geometric MLE
     ``successes / trials spent`` (a mask without success spent ``q`` trials), clipped to [floor, 1 - floor]."""
     flat = [v for x in xs for v in x]
