@@ -61,7 +61,7 @@ from .attacks.mrm import (
 )
 from .attacks.proposals import AnnotationProposer, make_proposer
 from .data import ScenarioData, load_items, split_items
-from .injection import ReversibleInjection, RunLock, SandboxBusyError, leftovers, new_run_id
+from .injection import ReversibleInjection, RunLock, SandboxBusyError, leftovers, list_journals, new_run_id
 from .metrics import mean_ci, metric
 from .runner import Stages, _progress, _versions, collection_name_for, open_index
 from .scenario import MIA_DEFENSES, Scenario, ScenarioError
@@ -449,6 +449,13 @@ def run_membership(scn: Scenario, *, allow_live: bool = False, run_id: str | Non
         if left:
             raise SandboxBusyError(f"collection {name!r} still holds what sandbox run(s) {', '.join(left)} injected; run "
                                    f"'heterag sandbox clean --collection {name}' first")
+        if any(d.name == "augmented_store" for d in scn.defenses):  # its own collection: checked now, not late
+            aug_name = _augmented_name(scn, core)
+            left = sorted({j.run_id for j in list_journals(aug_name) if j.doc_ids})
+            if left:
+                raise SandboxBusyError(f"the augmented-store collection {aug_name!r} still holds what sandbox run(s) "
+                                       f"{', '.join(left)} injected; run 'heterag sandbox clean --collection "
+                                       f"{aug_name}' first")
         with memoised(pipe):
             return _run(scn, data, core, pipe, name, lock, stages, run_id, allow_live, t_start)
     finally:
@@ -456,12 +463,17 @@ def run_membership(scn: Scenario, *, allow_live: bool = False, run_id: str | Non
         pipe.close()
 
 
+def _augmented_name(scn: Scenario, core: ScenarioData) -> str:
+    """The name of the augmented-store defense's experiment collection for this scenario and data."""
+    return collection_name_for(scn, core).replace("sandbox-", "sandbox-aug-", 1)[:60]
+
+
 def _augmented_index(scn: Scenario, data: MembershipData, core: ScenarioData) -> tuple[Pipeline, str]:
     """The augmented-store defense's own experiment collection: every knowledge-base image replaced by one
     augmented copy (seeded choice among :data:`AUGMENTATIONS`), texts unchanged."""
     rng = np.random.default_rng([scn.seed, 17])
     kinds = [AUGMENTATIONS[int(i)] for i in rng.integers(0, len(AUGMENTATIONS), len(data.knowledge_base))]
-    name = collection_name_for(scn, core).replace("sandbox-", "sandbox-aug-", 1)[:60]
+    name = _augmented_name(scn, core)
     r = scn.rag
     pipe = open_collection(name, store=r.store, encoder=r.text_encoder, view=r.view, image_encoder=r.image_encoder,
                            fusion=r.fusion, purpose="experiment")

@@ -452,3 +452,29 @@ def test_large_targets_are_downscaled_with_their_annotations():
     assert (t.image.width, t.image.height) == (240, 240)
     assert t.masks and all((m.image.width, m.image.height) == (240, 240) for m in t.masks)
     assert {m.label for m in t.masks} <= {f"{o.attributes['colour']} {o.attributes['shape']}" for o in objs} | {"x"}
+
+
+def test_leftovers_in_the_augmented_store_are_refused_before_any_work(tmp_path):
+    """A run killed inside the augmented-store defense leaves a journal for that collection: the next run
+    refuses at once (naming the clean command) instead of failing after the undefended passes."""
+    import time as _time
+
+    from sandbox.data import ScenarioData
+    from sandbox.injection import Journal, SandboxBusyError
+    from sandbox.membership import _augmented_name, load_membership_data
+    from sandbox.runner import run_scenario
+    from sandbox.tasks import Task
+
+    d = reduced(ROOT / "eval" / "scenarios" / "mrm_synthetic.yaml", **{
+        "data.source": "synthetic:40", "data.splits.knowledge_base": {"count": 20}, "data.splits.reference": {"count": 6},
+        "data.splits.test": {"count": 10}, "mrm.members": 10, "mrm.shadow": 4, "mrm.methods": ["mrm"],
+        "mrm.sets": 10, "mrm.set_sizes": [1], "bootstrap": 20, "defenses": [{"name": "augmented_store"}]})
+    scn = parse_scenario(d, base_dir=ROOT / "eval" / "scenarios")
+    data = load_membership_data(scn)
+    core = ScenarioData(data.knowledge_base, data.reference, [], data.non_members, Task("membership"))
+    aug = _augmented_name(scn, core)
+    Journal("killed-run", aug, 999999, _time.time(), doc_ids=["shadow-1"]).save()
+    t0 = _time.monotonic()
+    with pytest.raises(SandboxBusyError, match=f"heterag sandbox clean --collection {aug}"):
+        run_scenario(scn)
+    assert _time.monotonic() - t0 < 60
