@@ -37,13 +37,18 @@ def render(r: dict[str, Any]) -> str:
              f"{_fmt(m.get('targets_without_mask'))}); K = {scn['mrm']['masks']} masks, Q = {scn['mrm']['trials']} trials; "
              f"p_t calibrated on the shadow set: " + ", ".join(f"{k}: {v:.3f}" for k, v in r["p_t"].items()) + ".", "",
              "| method | AUC [95% CI] | TPR@1%FPR | TPR@5%FPR | " + " | ".join(f"set AUC@{k}" for k in sizes)
-             + " | queries/target |", "|---" * (5 + len(sizes)) + "|"]
+             + " | queries/target | failed generator calls |", "|---" * (6 + len(sizes)) + "|"]
+    failed = r.get("failed_trials", {})
     for key in pass_keys(r):
         row = [key.removeprefix("method="), _fmt(m.get(f"auc[{key}]")), _fmt(m.get(f"tpr@1%fpr[{key}]")),
                _fmt(m.get(f"tpr@5%fpr[{key}]"))]
         row += [_fmt(m.get(f"set_auc@{k}[{key}]")) for k in sizes]
         row.append(_fmt(m.get(f"queries_per_target[{key}]")))
+        row.append(str(failed.get(key, 0)))
         lines.append("| " + " | ".join(row) + " |")
+    if sum(failed.values()):
+        lines += ["", f"**{sum(failed.values())} generator call(s) failed** (after retries; recorded as failed trials, "
+                  "which look like non-membership): the figures above understate the attack."]
     lines += ["", "## Reversibility", "", f"fingerprint before: `{r['fingerprint_before']}`",
               f"fingerprint after:  `{r['fingerprint_after']}` "
               f"({'identical' if r['fingerprint_before'] == r['fingerprint_after'] else 'DIFFERENT'})"]
@@ -111,4 +116,7 @@ def summary_line(r: dict[str, Any]) -> str:
         if f"auc[{key}]" in m:
             a = m[f"auc[{key}]"]
             parts.append(f"{key.removeprefix('method=')} AUC {a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]")
+    failed = sum(r.get("failed_trials", {}).values())
+    if failed:
+        parts.append(f"WARNING: {failed} generator call(s) failed (see report.md)")
     return "; ".join(parts)

@@ -478,3 +478,13 @@ def test_leftovers_in_the_augmented_store_are_refused_before_any_work(tmp_path):
     with pytest.raises(SandboxBusyError, match=f"heterag sandbox clean --collection {aug}"):
         run_scenario(scn)
     assert _time.monotonic() - t0 < 60
+
+
+def test_failed_generator_calls_are_reported_not_hidden():
+    from sandbox.mia_report import summary_line
+
+    auc = {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6}
+    r = {"metrics": {"auc[method=mrm]": auc}, "roc": {"method=mrm": {}}, "failed_trials": {"method=mrm": 20}}
+    assert "WARNING: 20 generator call(s) failed" in summary_line(r)
+    r["failed_trials"] = {"method=mrm": 0}
+    assert "WARNING" not in summary_line(r)
