@@ -63,18 +63,10 @@ def first_answer(client, question: str, image, timeout: float) -> None:
 
 def ttft(client, question: str, image) -> float:
     """Seconds to the first streamed output with text."""
+    from load_app import watch  # eval/, beside this script
+
     t0 = time.perf_counter()
-    job = client.submit(question, image, "", 5, api_name="/chat")
-    first = None
-    while True:
-        done = job.done()
-        if first is None and any(out and str(out[0]).strip() for out in job.outputs()):
-            first = time.perf_counter() - t0
-        if done:
-            break
-        time.sleep(0.005)
-    job.result()
-    return first if first is not None else time.perf_counter() - t0
+    return watch(client.submit(question, image, "", 5, api_name="/chat"), t0)[0]
 
 
 def start(home: Path, image_path: Path, timeout: float) -> dict:

@@ -93,11 +93,17 @@ def ask(client, question: Question, collection: str, k: int) -> tuple[float, flo
     from gradio_client import handle_file
 
     t0 = time.perf_counter()
-    first = None
     image = handle_file(str(question.image)) if question.image else None
-    job = client.submit(question.text, image, collection, k, api_name="/chat")
-    # Watch the streamed outputs every POLL_S seconds. (Iterating over the job would poll every 1 ms,
-    # and twenty such loops take a good share of the 2 cores the app under test runs on.)
+    return watch(client.submit(question.text, image, collection, k, api_name="/chat"), t0)
+
+
+def watch(job, t0: float) -> tuple[float, float]:
+    """(seconds from ``t0`` to the first streamed output with text, to the end) of a ``/chat`` job.
+
+    Looks at the outputs every POLL_S seconds (iterating over the job would poll every 1 ms, and
+    twenty such loops take a good share of the 2 cores the app under test runs on). Raises if the
+    app reported an error."""
+    first = None
     while True:
         done = job.done()
         if first is None and any(out and str(out[0]).strip() for out in job.outputs()):
@@ -105,7 +111,7 @@ def ask(client, question: Question, collection: str, k: int) -> tuple[float, flo
         if done:
             break
         time.sleep(POLL_S)
-    job.result()  # raises if the app reported an error
+    job.result()
     total = time.perf_counter() - t0
     return (first if first is not None else total), total
 
