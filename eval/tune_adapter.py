@@ -30,6 +30,7 @@ from heterag import chunk_document, load_text_encoder, make_view
 from heterag.adapters import AdaptedEncoder, init_prompt
 from heterag.metrics import ndcg_at_k
 from heterag.tuning import PairSet, TuneConfig, beir_pairs, build_unit_index, pseudo_pairs, pubmedqa_pairs, train_adapter
+from heterag.tuning_cli import parse_ranks
 
 log = logging.getLogger("tune_adapter")
 
@@ -70,6 +71,10 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=16)
     ap.add_argument("--sides", default="query")
     ap.add_argument("--pseudo", type=int, default=0, help="pseudo pairs for the label-free adapter (0: skip)")
+    ap.add_argument("--pseudo-kind", default="title", help="title, conclusion or sentence (heterag.tuning.pseudo_pairs)")
+    ap.add_argument("--pseudo-ranks", default=None, metavar="LO:HI", help="rank filter for pseudo pairs (untrained encoder)")
+    ap.add_argument("--score-folds", default=None, help="score the pseudo adapter only on these folds' queries "
+                    "(e.g. 1,2,3,4 when fold 0 chose its variant)")
     ap.add_argument("--full", action="store_true", help="also query-side full fine-tuning")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--full-epochs", type=int, default=2)
@@ -85,6 +90,7 @@ def main() -> None:
     ap.add_argument("--only-folds", default=None, help="run only these folds (comma-separated), for quick checks")
     ap.add_argument("--no-labelled", action="store_true", help="skip the labelled adapter (e.g. to run --full alone)")
     ap.add_argument("--no-view-ratio", action="store_true", help="skip the view-side encode-time measurement")
+    ap.add_argument("--encode-only", action="store_true", help="only encode the views' indexes into --cache, then stop")
     ap.add_argument("--name", default=None)
     args = ap.parse_args()
     import torch
@@ -118,7 +124,6 @@ def main() -> None:
         others = [d for d in documents if d.id not in judged]
         pick = set(np.random.default_rng([args.seed, 5]).permutation(len(others))[: max(0, args.corpus_docs - len(judged))].tolist())
         documents = [d for d in documents if d.id in judged] + [d for i, d in enumerate(others) if i in pick]
-        args.cache = None
     log.info("corpus: %d documents", len(documents))
     cds = [chunk_document(d, enc.tokenize, args.chunk_tokens) for d in documents]
     rng = np.random.default_rng(args.seed)
@@ -135,12 +140,20 @@ def main() -> None:
     def run_view(vname: str) -> None:
         nonlocal folds
         view = make_view(vname)
-        cached = Path(args.cache) / f"{vname}.npy" if args.cache and args.dataset == "scifact" else None
+        # cached index vectors, in corpus order; a corpus subset has its own file
+        stem = vname if not args.corpus_docs else f"{vname}-docs{args.corpus_docs}-seed{args.seed}"
+        cached = Path(args.cache) / f"{stem}.npy" if args.cache and args.dataset == "scifact" else None
         t = time.perf_counter()
         vectors = np.load(cached) if cached is not None and cached.exists() else None
         units = build_unit_index(cds, view, enc, vectors=vectors)
         index_seconds = time.perf_counter() - t
         log.info("%s: %d units (%s, %.0f s)", vname, units.n_index, "cached" if vectors is not None else "encoded", index_seconds)
+        if cached is not None and vectors is None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            np.save(cached.with_suffix(".tmp.npy"), units.vectors)
+            cached.with_suffix(".tmp.npy").replace(cached)
+        if args.encode_only:
+            return
         qtexts = [eval_queries[q] for q in qids]
         base = per_query(units.rank(enc.encode(qtexts)), qids, qrels)
         res: dict = {"units": units.n_index, "queries": len(qids), "none": {
@@ -191,16 +204,23 @@ def main() -> None:
 
             punits = copy.deepcopy(units)
             t = time.perf_counter()
-            pseudo = pseudo_pairs(cds, view, enc, punits, n=args.pseudo, seed=args.seed, chunk_tokens=args.chunk_tokens)
+            pseudo = pseudo_pairs(cds, view, enc, punits, n=args.pseudo, seed=args.seed, chunk_tokens=args.chunk_tokens,
+                                  kind=args.pseudo_kind, keep_ranks=parse_ranks(args.pseudo_ranks))
+            for note in pseudo.notes:
+                log.info("pseudo pairs: %s", note)
             pseudo_prep = time.perf_counter() - t
             saved = units
             units = punits
             folds_saved = folds
-            folds = [np.array(qids)]  # no labels used: one adapter scores every query
+            scored = qids
+            if args.score_folds:
+                scored = sorted(q for f in args.score_folds.split(",") for q in folds[int(f)].tolist())
+            folds = [np.array(scored)]  # no labels used: one adapter scores every (chosen) query
             evaluate_folds("pseudo", cfg, lambda held: pseudo)
             folds, units = folds_saved, saved
             res["pseudo"]["pairs"] = len(pseudo.pairs)
             res["pseudo"]["prep_seconds"] = round(pseudo_prep, 1)
+            res["pseudo"]["notes"] = pseudo.notes
         if args.full:
             ff = {int(x) for x in args.full_folds.split(",")} if args.full_folds else None
             evaluate_folds("full", TuneConfig(full=True, sides="query", epochs=args.full_epochs, batch_size=32, seed=args.seed,

@@ -20,8 +20,9 @@ sides) are held out; training stops when their loss has not improved for ``patie
 the best epoch's tensors are kept.
 
 Pair sources: :func:`beir_pairs` (``qrels/<split>.tsv``; unknown ids are counted and skipped),
-:func:`pubmedqa_pairs` (question -> its abstract) and :func:`pseudo_pairs` (no labels: a sentence
-of a chunk is the query, the chunk's view *with that sentence removed* is the positive).
+:func:`pubmedqa_pairs` (question -> its abstract) and :func:`pseudo_pairs` (no labels: a document's
+title, its conclusion or a chunk's sentence is the query, the view *with that text removed* is the
+positive, optionally kept only when the untrained encoder ranks it within a rank window).
 """
 
 from __future__ import annotations
@@ -208,89 +209,210 @@ def pubmedqa_pairs(path: Any = None, split: str = "train") -> tuple[PairSet, lis
 
 _SENTENCE = re.compile(r"[^.!?]+[.!?]+(?=\s|$)")
 
+PSEUDO_KINDS = ("title", "sentence", "conclusion")
 
-def pseudo_pairs(docs: Sequence[ChunkedDocument], view: RetrievalView, encoder: Any, units: UnitIndex, *,
-                 n: int = 2000, seed: int = 0, min_words: int = 6, max_words: int = 40, chunk_tokens: int = 64,
-                 progress: bool | None = None) -> PairSet:
-    """Label-free pairs from the corpus itself: one sentence of a chunk is the query; the positive is
-    that chunk's view recomputed from the document *with the sentence removed* (so the pair is not a
-    string match). At most one pair per chunk, ``n`` in all (seeded). The positives are appended
-    to ``units`` as extra rows (never mined as negatives). Chunks without a usable sentence
-    (``min_words``..``max_words`` words) are skipped and counted.
-    """
-    from tqdm.auto import tqdm
 
-    base = encoder.base if isinstance(encoder, AdaptedEncoder) else encoder
-    rng = np.random.default_rng(seed)
-    candidates = [(di, ci) for di, cd in enumerate(docs) for ci in range(len(cd.chunks))]
-    order = rng.permutation(len(candidates))
-    pairs: list[TrainPair] = []
-    skipped = 0
-    extra_docs: list[tuple[ChunkedDocument, int, str, str]] = []  # (modified doc, chunk index, query, doc id)
-    for k in order:
-        if len(extra_docs) >= n:
-            break
-        di, ci = candidates[k]
+@dataclass
+class _Candidate:
+    doc: ChunkedDocument  # the document with the query text removed, chunked again
+    target: int | None  # the positive chunk; None: the document's best chunk for the query (document-level)
+    query: str
+    doc_id: str
+
+
+def _without_span(cd: ChunkedDocument, section_index: int, a: int, b: int, chunk_tokens: int, encoder: Any) -> ChunkedDocument | None:
+    sec = cd.doc.sections[section_index]
+    new_text = (sec.text[:a] + sec.text[b:]).strip()
+    sections = list(cd.doc.sections)
+    if new_text:
+        sections[section_index] = Section(new_text, sec.heading)
+    else:
+        del sections[section_index]
+    if not sections:
+        return None
+    mod = Document(id=cd.doc.id, title=cd.doc.title, sections=tuple(sections), metadata=cd.doc.metadata)
+    try:
+        return chunk_document(mod, encoder.tokenize, chunk_tokens)
+    except InvalidInputError:
+        return None
+
+
+def _candidates(docs: Sequence[ChunkedDocument], kind: str, encoder: Any, rng: np.random.Generator, min_words: int,
+                max_words: int, chunk_tokens: int):
+    """Yield :class:`_Candidate` (or None for an unusable item, counted as skipped) in a seeded order."""
+    if kind == "sentence":
+        items = [(di, ci) for di, cd in enumerate(docs) for ci in range(len(cd.chunks))]
+    else:
+        items = [(di, -1) for di in range(len(docs))]
+    for k in rng.permutation(len(items)):
+        di, ci = items[k]
         cd = docs[di]
+        if kind == "title":
+            title = (cd.doc.title or "").strip()
+            if not (min_words <= len(title.split()) <= max_words):
+                yield None
+                continue
+            mod = Document(id=cd.doc.id, title="", sections=cd.doc.sections, metadata=cd.doc.metadata)
+            try:
+                yield _Candidate(chunk_document(mod, encoder.tokenize, chunk_tokens), None, title, cd.doc.id)
+            except InvalidInputError:
+                yield None
+            continue
+        if kind == "conclusion":  # the document's last usable sentence (an abstract's conclusion: claim-like)
+            found = None
+            for s_idx in range(len(cd.doc.sections) - 1, -1, -1):
+                sents = [m for m in _SENTENCE.finditer(cd.doc.sections[s_idx].text)
+                         if min_words <= len(m.group().split()) <= max_words]
+                if sents:
+                    found = (s_idx, sents[-1])
+                    break
+            if found is None or len(cd.chunks) < 2:
+                yield None
+                continue
+            s_idx, m = found
+            mcd = _without_span(cd, s_idx, m.start(), m.end(), chunk_tokens, encoder)
+            yield None if mcd is None else _Candidate(mcd, None, m.group().strip(), cd.doc.id)
+            continue
         chunk = cd.chunks[ci]
         sents = [m for m in _SENTENCE.finditer(chunk.text) if min_words <= len(m.group().split()) <= max_words]
         if not sents or len(chunk.text.split()) < 2 * min_words:
-            skipped += 1
+            yield None
             continue
         m = sents[int(rng.integers(len(sents)))]
-        sentence = m.group().strip()
-        sec = cd.doc.sections[chunk.section_index]
-        a = chunk.start + m.start()
-        b = chunk.start + m.end()
-        new_text = (sec.text[:a] + sec.text[b:]).strip()
-        if not new_text:
-            skipped += 1
-            continue
-        sections = list(cd.doc.sections)
-        sections[chunk.section_index] = Section(new_text, sec.heading)
-        mod = Document(id=cd.doc.id, title=cd.doc.title, sections=tuple(sections), metadata=cd.doc.metadata)
-        try:
-            mcd = chunk_document(mod, encoder.tokenize, chunk_tokens)
-        except InvalidInputError:
-            skipped += 1
+        a, b = chunk.start + m.start(), chunk.start + m.end()
+        mcd = _without_span(cd, chunk.section_index, a, b, chunk_tokens, encoder)
+        if mcd is None:
+            yield None
             continue
         # the chunk that now holds the text right after the removed sentence
         target = next((c.index for c in mcd.chunks if c.section_index == chunk.section_index and c.end >= a), None)
-        if target is None:
-            target = len(mcd.chunks) - 1
-        extra_docs.append((mcd, target, sentence, cd.doc.id))
-    # encode the positives: one modified document at a time, keeping only the target chunk's unit
-    bar = tqdm(extra_docs, desc="pseudo positives", unit="pair", leave=False,
-               disable=progress is False or (progress is None and len(extra_docs) < 200) or bool(os.environ.get("HETERAG_NO_PROGRESS")))
-    batch: list[tuple[ChunkedDocument, int, str, str]] = []
+        yield _Candidate(mcd, len(mcd.chunks) - 1 if target is None else target, m.group().strip(), cd.doc.id)
+
+
+def pseudo_pairs(docs: Sequence[ChunkedDocument], view: RetrievalView, encoder: Any, units: UnitIndex, *,
+                 n: int = 2000, seed: int = 0, kind: str = "title", keep_ranks: tuple[int, int] | None = None,
+                 min_words: int | None = None, max_words: int = 40, chunk_tokens: int = 64,
+                 progress: bool | None = None) -> PairSet:
+    """Label-free pairs from the corpus itself; the query text is always removed from the positive.
+
+    ``kind``:
+
+    - ``"title"``: a document's title is the query; the positive is the best chunk (for the
+      title, under the untrained encoder) of the document's views recomputed *without the title*
+      (document-level, like BEIR's judgements). Claim-like for scientific corpora.
+    - ``"conclusion"``: the document's last sentence (an abstract's conclusion) is the query;
+      the positive is the best chunk of the document without it.
+    - ``"sentence"``: a random sentence of a chunk; the positive is that chunk's view with the
+      sentence removed (the first generator; it lowered SciFact nDCG@10, see eval/README.md).
+
+    ``keep_ranks=(lo, hi)`` keeps a pair only when the untrained encoder ranks its positive's
+    document at rank ``lo..hi`` (1-based) among the index's documents: ``hi`` drops queries it
+    cannot answer at all (round-trip consistency filtering, Alberti et al., 2019, sec. 2;
+    Promptagator, Dai et al., 2022, sec. 3.2), ``lo > 1`` drops those it already answers first.
+    Candidates are drawn in a seeded order until ``n`` pairs are kept. The positives are
+    appended to ``units`` as extra rows (never mined as negatives). Items without usable text
+    (``min_words``..``max_words`` words; default 4 for titles, 6 for sentences) are skipped and
+    counted in ``PairSet.skipped``; filtered ones are counted in ``PairSet.notes``.
+    Raises :class:`InvalidInputError` for an unknown ``kind`` or bad ``keep_ranks``.
+    """
+    from tqdm.auto import tqdm
+
+    if kind not in PSEUDO_KINDS:
+        raise InvalidInputError(f"unknown pseudo-query kind {kind!r}; choose one of {', '.join(PSEUDO_KINDS)}")
+    if keep_ranks is not None and not (1 <= keep_ranks[0] <= keep_ranks[1]):
+        raise InvalidInputError(f"keep_ranks must be (lo, hi) with 1 <= lo <= hi, got {keep_ranks}")
+    if min_words is None:
+        min_words = 4 if kind == "title" else 6
+    base = encoder.base if isinstance(encoder, AdaptedEncoder) else encoder
+    plain = AdaptedEncoder(base)
+    rng = np.random.default_rng(seed)
+    pairs: list[TrainPair] = []
+    skipped = easy = hopeless = 0
     new_vectors: list[np.ndarray] = []
-    for item in bar:
-        batch.append(item)
-        if len(batch) == 64 or item is extra_docs[-1]:
-            if isinstance(view, LateView):  # a window holds many chunks: embed the documents, keep the target rows
-                sub = build_unit_index([x[0] for x in batch], view, encoder)
-                rows, offset = [], 0
-                for mcd, target, _, _ in batch:
-                    rows.append(offset + target)
-                    offset += len(mcd.chunks)
-                got = [(sub.windows[r], sub.spans[r], sub.vectors[r]) for r in rows]
-            else:  # text views: encode only the target chunk's view
-                texts = [view.texts(mcd)[target] for mcd, target, _, _ in batch]  # type: ignore[attr-defined]
-                vecs = encoder.encode(texts)
-                got = [(w, None, v) for w, v in zip(AdaptedEncoder(base).content_ids(texts), vecs, strict=True)]
-            for (_, _, sentence, doc_id), (window, span, vec) in zip(batch, got, strict=True):
-                units.doc_ids.append(doc_id)
-                units.windows.append(window)
-                units.spans.append(span)
-                new_vectors.append(vec)
-                idx = len(units.doc_ids) - 1
-                pairs.append(TrainPair(qid=f"pseudo:{doc_id}:{idx}", query=sentence, doc_id=doc_id,
-                                       relevant=frozenset({doc_id}), unit=idx))
+    index_vectors = units.vectors[: units.n_index]
+    order = units._order
+    sorted_vectors = index_vectors[order]
+    doc_pos = {d: i for i, d in enumerate(units.doc_list)}
+    show = not (progress is False or (progress is None and n < 200) or bool(os.environ.get("HETERAG_NO_PROGRESS")))
+    bar = tqdm(total=n, desc="pseudo pairs", unit="pair", leave=False, disable=not show)
+
+    def flush(batch: list[_Candidate]) -> None:
+        nonlocal easy, hopeless
+        qv = plain.encode_queries([c.query for c in batch])
+        if isinstance(view, LateView):  # a window holds many chunks: embed the documents, keep the wanted rows
+            sub = build_unit_index([c.doc for c in batch], view, encoder)
+            got, offset = [], 0
+            for c in batch:
+                rows = list(range(offset, offset + len(c.doc.chunks)))
+                offset += len(c.doc.chunks)
+                got.append([(sub.windows[r], sub.spans[r], sub.vectors[r]) for r in rows])
+        else:  # text views: encode the target chunk's view, or all the document's chunks
+            texts, owners = [], []
+            for i, c in enumerate(batch):
+                tv = view.texts(c.doc)  # type: ignore[attr-defined]
+                chosen = tv if c.target is None else [tv[c.target]]
+                texts.extend(chosen)
+                owners.extend([i] * len(chosen))
+            vecs = encoder.encode(texts)
+            wins = plain.content_ids(texts)
+            got = [[] for _ in batch]
+            for i, w, v in zip(owners, wins, vecs, strict=True):
+                got[i].append((w, None, v))
+        if keep_ranks is not None:
+            sims = qv @ sorted_vectors.T
+            doc_best = np.maximum.reduceat(sims, units._starts, axis=1)
+        for i, c in enumerate(batch):
+            if len(pairs) >= n:
+                return
+            rows = got[i]
+            if c.target is None:
+                pick = int(np.argmax([float(qv[i] @ v) for _, _, v in rows]))
+            else:
+                pick = c.target if isinstance(view, LateView) else 0
+            window, span, vec = rows[pick]
+            if keep_ranks is not None:
+                score = float(qv[i] @ vec)
+                others = doc_best[i]
+                own = doc_pos.get(c.doc_id)
+                rank = 1 + int(np.sum(others > score)) - (1 if own is not None and others[own] > score else 0)
+                if rank < keep_ranks[0]:
+                    easy += 1
+                    continue
+                if rank > keep_ranks[1]:
+                    hopeless += 1
+                    continue
+            units.doc_ids.append(c.doc_id)
+            units.windows.append(window)
+            units.spans.append(span)
+            new_vectors.append(vec)
+            idx = len(units.doc_ids) - 1
+            pairs.append(TrainPair(qid=f"pseudo:{c.doc_id}:{idx}", query=c.query, doc_id=c.doc_id,
+                                   relevant=frozenset({c.doc_id}), unit=idx))
+            bar.update(1)
+
+    batch: list[_Candidate] = []
+    for cand in _candidates(docs, kind, encoder, rng, min_words, max_words, chunk_tokens):
+        if len(pairs) >= n:
+            break
+        if cand is None:
+            skipped += 1
+            continue
+        batch.append(cand)
+        if len(batch) == 64:
+            flush(batch)
             batch = []
+    if batch and len(pairs) < n:
+        flush(batch)
     bar.close()
     if new_vectors:
         units.vectors = np.concatenate([units.vectors, np.stack(new_vectors)]).astype(np.float32)
-    notes = [f"skipped {skipped} chunks without a usable sentence"] if skipped else []
+    notes = []
+    if skipped:
+        notes.append(f"skipped {skipped} {'documents' if kind != 'sentence' else 'chunks'} without a usable "
+                     f"{'title' if kind == 'title' else 'sentence'}")
+    if keep_ranks is not None:
+        notes.append(f"rank filter {keep_ranks[0]}..{keep_ranks[1]}: dropped {easy} already ranked above {keep_ranks[0]}, "
+                     f"{hopeless} ranked below {keep_ranks[1]}")
     return PairSet(pairs, "pseudo", skipped, notes)
 
 

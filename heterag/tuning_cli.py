@@ -44,6 +44,10 @@ def add_tune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hard-negatives", type=int, default=8)
     p.add_argument("--patience", type=int, default=2)
     p.add_argument("--pseudo-pairs", type=int, default=2000, help="pseudo-query pairs to generate (default 2000)")
+    p.add_argument("--pseudo-kind", default="title", help="pseudo-queries: title (default: a document's title -> the "
+                   "document without it), conclusion (its last sentence) or sentence (a random sentence of a chunk)")
+    p.add_argument("--pseudo-ranks", default=None, metavar="LO:HI", help="keep a pseudo pair only when the untrained "
+                   "encoder ranks its document LO..HI (e.g. 1:20 drops queries it cannot answer)")
     p.add_argument("--exclude-queries", default=None, help="file of query ids (one per line) never to train on")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
@@ -60,6 +64,11 @@ def run_tune(args: argparse.Namespace) -> int:
     config = TuneConfig(prompt_tokens=args.prompt_tokens, sides=args.sides, full=args.full, temperature=args.temperature,
                         lr=args.lr, batch_size=args.batch_size, hard_negatives=args.hard_negatives, epochs=args.epochs,
                         patience=args.patience, seed=args.seed, threads=args.threads)
+    from .tuning import PSEUDO_KINDS
+
+    if args.pseudo_kind not in PSEUDO_KINDS:
+        raise InvalidInputError(f"unknown --pseudo-kind {args.pseudo_kind!r}; choose one of {', '.join(PSEUDO_KINDS)}")
+    keep = parse_ranks(args.pseudo_ranks)
     if args.split == "test":
         raise InvalidInputError("refusing to train on the test split: evaluation queries are never trained on")
     target = args.collection or args.target
@@ -130,7 +139,8 @@ def run_tune(args: argparse.Namespace) -> int:
         meta = {"collection": target, "view": view.kind, "chunk_tokens": chunk_tokens, "index_adapter": fp.adapter}
     if pairs_kind == "pseudo":
         pairs = pseudo_pairs(cds, view, enc, units, n=args.pseudo_pairs, seed=args.seed, chunk_tokens=chunk_tokens,
-                             progress=sys.stderr.isatty())
+                             kind=args.pseudo_kind, keep_ranks=keep, progress=sys.stderr.isatty())
+        meta["pseudo"] = {"kind": args.pseudo_kind, "keep_ranks": list(keep) if keep else None, "notes": pairs.notes}
     assert pairs is not None
     if exclude:
         before = len(pairs.pairs)
@@ -145,6 +155,19 @@ def run_tune(args: argparse.Namespace) -> int:
                       "pairs": len(pairs.pairs), "skipped": pairs.skipped, **{k: result.metrics[k] for k in (
                           "seconds", "best_epoch", "stopped", "train_queries", "held_out_queries")}}))
     return 0
+
+
+def parse_ranks(text: str | None) -> tuple[int, int] | None:
+    """``"LO:HI"`` -> ``(LO, HI)``; None stays None. Raises :class:`InvalidInputError` for anything else."""
+    if text is None:
+        return None
+    try:
+        lo, hi = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise InvalidInputError(f"--pseudo-ranks wants LO:HI (e.g. 1:20), got {text!r}") from None
+    if not 1 <= lo <= hi:
+        raise InvalidInputError(f"--pseudo-ranks wants 1 <= LO <= HI, got {text!r}")
+    return lo, hi
 
 
 def _beir_documents(path: str):

@@ -373,7 +373,7 @@ def test_cli_tune_collection_with_pseudo_queries(tmp_path, capsys):
     notes = tmp_path / "notes"
     notes.mkdir()
     for i in range(len(TOPICS)):  # two topics per note: chunks have sentences to spare
-        (notes / f"n{i}.md").write_text(f"# {TOPICS[i][0]}\n\n{TOPICS[i][1]} {TOPICS[(i + 1) % len(TOPICS)][1]}\n")
+        (notes / f"n{i}.md").write_text(f"# {TOPICS[i][0]} in recent studies\n\n{TOPICS[i][1]} {TOPICS[(i + 1) % len(TOPICS)][1]}\n")
     code, _, err = _run(capsys, "ingest", str(notes), "--collection", "mine", "--view", "naive")
     assert code == 0, err
     out = tmp_path / "pseudo"
@@ -382,7 +382,54 @@ def test_cli_tune_collection_with_pseudo_queries(tmp_path, capsys):
     assert code == 0, err
     adapter = load_adapter(out)
     assert adapter.training["source"] == "pseudo" and adapter.training["collection"] == "mine"
+    assert adapter.training["pseudo"]["kind"] == "title"  # the default: titles as queries
+    code, _, err = _run(capsys, "tune", "--collection", "mine", "--out", str(out), "--pseudo-kind", "claims")
+    assert code == 2 and "choose one of title, sentence, conclusion" in err
+    code, _, err = _run(capsys, "tune", "--collection", "mine", "--out", str(out), "--pseudo-ranks", "5")
+    assert code == 2 and "LO:HI" in err
     assert json.loads(stdout.strip().splitlines()[-1])["hash"] == adapter.hash
     code, _, err = _run(capsys, "tune", "--collection", "mine", "--out", str(out), "--pairs", "beir")
     assert code == 2 and "a collection has no labels" in err
     assert load_adapter(out).hash == adapter.hash  # the existing adapter is intact
+
+
+def test_title_pseudo_pairs_query_is_the_title_and_the_positive_is_the_document_without_it(encoder, docs):
+    from heterag import chunk_document, make_view
+
+    cds = [chunk_document(d, encoder.tokenize, 64) for d in docs]
+    for kind in ("late", "naive"):
+        view = make_view(kind)
+        units = build_unit_index(cds, view, encoder)
+        n0 = units.n_index
+        ps = pseudo_pairs(cds, view, encoder, units, n=5, seed=0, kind="title", min_words=2)
+        assert len(ps.pairs) == 5 and ps.source == "pseudo"
+        titles = {d.id: d.title for d in docs}
+        for p in ps.pairs:
+            assert p.query == titles[p.doc_id] and p.unit >= n0 and units.doc_ids[p.unit] == p.doc_id
+            # the positive was encoded without the title: its tokens are not in the unit's window
+            assert p.query.lower() not in encoder.tokenizer.decode(units.windows[p.unit]).lower()
+        assert units.vectors.shape[0] == n0 + 5 and units.n_index == n0
+        if kind == "late":  # the late positive differs from the stored (titled) vector of the same chunk
+            p = ps.pairs[0]
+            own = units.units_of(p.doc_id)
+            assert min(np.linalg.norm(units.vectors[p.unit] - units.vectors[u]) for u in own) > 1e-4
+
+
+def test_pseudo_rank_filter_keeps_only_pairs_inside_the_rank_window(encoder, docs):
+    from heterag import chunk_document, make_view
+
+    cds = [chunk_document(d, encoder.tokenize, 64) for d in docs]
+    view = make_view("naive")
+    every = pseudo_pairs(cds, view, encoder, build_unit_index(cds, view, encoder), n=50, kind="title", min_words=2)
+    hard = pseudo_pairs(cds, view, encoder, build_unit_index(cds, view, encoder), n=50, kind="title", min_words=2,
+                        keep_ranks=(2, 12))
+    # titles of this corpus name their topic: the untrained encoder ranks (nearly) all of them first
+    assert len(every.pairs) == len(docs)
+    assert len(hard.pairs) < len(docs) and "dropped" in hard.notes[-1]
+    easy = pseudo_pairs(cds, view, encoder, build_unit_index(cds, view, encoder), n=50, kind="title", min_words=2,
+                        keep_ranks=(1, 1))
+    assert len(easy.pairs) + len(hard.pairs) == len(docs)
+    with pytest.raises(InvalidInputError, match="choose one of title, sentence, conclusion"):
+        pseudo_pairs(cds, view, encoder, build_unit_index(cds, view, encoder), kind="claims")
+    with pytest.raises(InvalidInputError, match="keep_ranks"):
+        pseudo_pairs(cds, view, encoder, build_unit_index(cds, view, encoder), keep_ranks=(3, 2))
