@@ -57,6 +57,9 @@ class AppConfig:
     max_request_mb: float = 200.0
     concurrency: int = 8  # chat requests answered at the same time
     stream_interval: float = 0.05  # seconds: at most one streamed update per interval (0: every word)
+    #: soft-prompt adapter for the text encoder (``heterag tune --out ADAPTER``) used for the collections the app
+    #: opens and creates; "" = each collection's own (the built-in demos always use their own)
+    adapter: str = ""
 
     def with_chat(self, **changes: Any) -> AppConfig:
         return dataclasses.replace(self, chat=dataclasses.replace(self.chat, **changes))
@@ -135,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-file-mb", type=float, help="largest uploaded file (default 50)")
     ap.add_argument("--max-request-mb", type=float, help="largest upload request, all files together (default 200)")
     ap.add_argument("--concurrency", type=int, help="questions answered at the same time (default 8)")
+    ap.add_argument("--adapter", help="text-encoder adapter (heterag tune --out ADAPTER) for your collections; a collection "
+                    "embedded with another is refused, naming heterag reembed (default: each collection's own)")
     ap.add_argument("--stream-interval", type=float, help="seconds between streamed updates of an answer; faster "
                     "words are merged (default 0.05; 0: every word)")
     return ap
@@ -145,7 +150,7 @@ def parse_args(argv: Sequence[str] | None = None) -> AppConfig:
     args = build_parser().parse_args(argv)
     cfg = load_config_file(args.config) if args.config else AppConfig()
     server = {k: getattr(args, k) for k in ("host", "port", "share", "max_file_mb", "max_request_mb", "concurrency",
-                                            "stream_interval") if getattr(args, k) is not None}
+                                            "stream_interval", "adapter") if getattr(args, k) is not None}
     chat = {k: v for k, v in {"collection": args.collection, "top_k": args.top_k, "fusion": args.fusion,
                               "generator": args.generator, "model": args.model, "base_url": args.base_url,
                               "model_path": args.model_path, "temperature": args.temperature}.items() if v is not None}
@@ -157,6 +162,10 @@ def parse_args(argv: Sequence[str] | None = None) -> AppConfig:
     if not 0 <= cfg.stream_interval <= 5:
         raise InvalidInputError(f"--stream-interval must be from 0 to 5 seconds, got {cfg.stream_interval:g}")
     cfg.chat.check()
+    if cfg.adapter.strip() and cfg.adapter.strip().lower() != "none":
+        from ..adapters import load_adapter
+
+        load_adapter(cfg.adapter.strip())  # a missing or corrupt adapter is one line before anything else loads
     return cfg
 
 

@@ -141,8 +141,16 @@ class ChatService:
         with self._lock:
             pipe = self._pipes.get(name)
             if pipe is None:
-                pipe = self._pipes[name] = open_collection(name, create=False)
+                pipe = self._pipes[name] = open_collection(name, create=False, adapter=self._adapter(name))
             return pipe
+
+    def _adapter(self, name: str) -> str | None:
+        """The configured adapter for collection ``name`` (None: its own; the demos always use their own)."""
+        from corpora.demo import DEMO_COLLECTION, SCENES_DEMO_COLLECTION
+
+        if name in (DEMO_COLLECTION, SCENES_DEMO_COLLECTION) or not self.config.adapter.strip():
+            return None
+        return self.config.adapter.strip()
 
     def create_collection(self, name: str, *, view: str = "heterag", store: str = "chroma", encoder: str | None = None,
                           image_encoder: str | None = None, chunk_tokens: int | None = None) -> Pipeline:
@@ -158,7 +166,7 @@ class ChatService:
             try:
                 pipe = open_collection(name, store=store or None, view=view or None, encoder=encoder or None,
                                        image_encoder=image_encoder or None, chunk_tokens=chunk_tokens or None,
-                                       create=True)
+                                       create=True, adapter=self._adapter(name))
             except BaseException:
                 _remove_unfinished(name)
                 raise
