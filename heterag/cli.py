@@ -23,7 +23,8 @@ EXIT_PARTIAL = 1  # ran, but some input items failed
 
 
 def _add_collection_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", help="vector store for a new collection: chroma (default) or faiss")
+    p.add_argument("--store", help="vector store for a new collection: chroma (default), faiss, chroma-http://HOST:PORT "
+                   "(a Chroma server) or postgresql://USER[:PASSWORD]@HOST[:PORT]/DB (PostgreSQL with pgvector)")
     p.add_argument("--encoder", help="text encoder: sentence-transformers name or local path (default: packaged all-MiniLM-L6-v2)")
     p.add_argument("--view", help="retrieval view for a new collection: naive, heterag (default) or late")
     p.add_argument("--neighbours", type=int, help="heterag view: neighbouring chunks on each side (default 1)")
@@ -235,11 +236,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .chunking import DEFAULT_CHUNK_TOKENS
     from .collections import load_text_encoder
     from .evaluation import evaluate
-    from .stores import STORES
+    from .stores import parse_store_url
     from .views import make_view
 
-    if args.store not in STORES:
-        raise UnknownNameError("store", args.store, STORES)
+    parse_store_url(args.store)  # an unknown scheme lists the accepted forms
     views = [v.strip() for v in args.views.replace("|", ",").split(",") if v.strip()]
     built = {}
     for v in views:  # validate every name before the expensive part
@@ -319,10 +319,9 @@ def cmd_eval_images(args: argparse.Namespace) -> int:
     from .documents import ItemError
     from .image_encoders import load_image_encoder
     from .image_eval import VARIANTS, evaluate_images
-    from .stores import STORES
+    from .stores import parse_store_url
 
-    if args.store not in STORES:
-        raise UnknownNameError("store", args.store, STORES)
+    parse_store_url(args.store)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     for v in variants:
         if v not in VARIANTS:

@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from .chunking import DEFAULT_CHUNK_TOKENS
-from .errors import CollectionNotFoundError, FingerprintMismatchError, InvalidInputError, UnknownNameError
+from .errors import CollectionNotFoundError, FingerprintMismatchError, InvalidInputError
 from .fusion import Fusion
 from .generators.base import Generator
 from .guards import HitFilter, IngestGuard
 from .locking import WriteLock
 from .pipeline import Pipeline
-from .stores import STORES, open_store
+from .stores import open_store, parse_store_url, probe_store
 from .views import make_view
 
 log = logging.getLogger(__name__)
@@ -161,8 +161,8 @@ def open_collection(
     """
     if purpose not in (None, "", "experiment"):
         raise InvalidInputError(f"purpose must be '' or 'experiment', got {purpose!r}")
-    if store is not None and store not in STORES:
-        raise UnknownNameError("store", store, STORES)
+    if store is not None:
+        parse_store_url(store)  # an unknown scheme lists the accepted forms
     info = read_info(name, home)
     is_new = info is None
     if info is None:
@@ -177,6 +177,7 @@ def open_collection(
             f"collection {name!r} was built with image encoder {info.image_encoder!r} but is being opened with "
             f"{image_encoder!r}; use the same image encoder, or a new collection"
         )
+    probe_store(info.store)  # an unreachable store server fails in seconds, before any model is loaded
     adapter_obj = None
     if adapter is None and info.adapter:
         adapter = info.path / info.adapter

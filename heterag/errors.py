@@ -46,3 +46,7 @@ class GeneratorError(HeteragError, RuntimeError):
 
 class CollectionLockedError(HeteragError, TimeoutError):
     """Another process held a collection's write lock for longer than the timeout."""
+
+
+class StoreUnavailableError(HeteragError, ConnectionError):
+    """A store server that cannot be reached, or that refused the credentials."""

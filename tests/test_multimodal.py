@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from store_servers import chroma_server, pg_server, store_spec  # noqa: F401 - session fixtures
 from test_images import write_bomb
 
 from corpora.synthetic_scenes import generate_scenes, render_scene, write_caption_folder
@@ -64,9 +65,15 @@ def test_cli_ingests_image_layout_reports_each_bad_item_and_keeps_the_rest(capti
         pipe.close()
 
 
-@pytest.mark.parametrize("store", sorted(STORES))
-def test_image_query_finds_the_item_and_text_query_fuses_signals(store: str, scenes):
-    pipe = open_collection(f"mm-{store}", store=store)
+@pytest.fixture(params=sorted(STORES))
+def store_kind(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """(backend name, store spec): server backends use the session's server (tests/store_servers.py)."""
+    return request.param, store_spec(request, request.param)
+
+
+def test_image_query_finds_the_item_and_text_query_fuses_signals(store_kind: tuple[str, str], scenes):
+    kind, store = store_kind
+    pipe = open_collection(f"mm-{kind}", store=store)
     try:
         report = pipe.ingest([s.to_document() for s in scenes])
         assert report.images_written == N and not report.failures

@@ -1,7 +1,8 @@
 """Conformance suite every vector-store backend must pass.
 
 Parametrised over :data:`heterag.stores.STORES`, so a new backend only has to
-register itself there to be tested. Contract pinned here:
+register itself there to be tested (server backends also name their session server in
+``tests/store_servers.py``). Contract pinned here:
 
 * scores are cosine similarities, best first, for any (also non-unit) vectors;
   stored vectors come back as given;
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from store_servers import chroma_server, pg_server, store_spec  # noqa: F401 - session fixtures
 
 from heterag.errors import (
     DimensionMismatchError,
@@ -69,7 +71,9 @@ def ids_of(records: list[Record]) -> set[str]:
 
 @pytest.fixture(params=sorted(STORES))
 def store_name(request: pytest.FixtureRequest) -> str:
-    return request.param
+    """The store spec: the backend name for embedded stores, the URL of the session's (emptied)
+    server for server stores (tests/store_servers.py; skipped with the reason when it cannot start)."""
+    return store_spec(request, request.param)
 
 
 @pytest.fixture

@@ -1,36 +1,84 @@
-"""Vector-store backends behind one protocol, selectable by name."""
+"""Vector-store backends behind one protocol, selected by a store spec (:mod:`heterag.stores.url`)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import UnknownNameError
 from .base import Fingerprint, Record, ScoredRecord, VectorStore
+from .url import StoreURL, parse_store_url
 
 
-def _chroma(path: Path, collection: str) -> VectorStore:
+def _chroma(url: StoreURL, path: Path, collection: str) -> VectorStore:
     from .chroma import ChromaStore
 
     return ChromaStore(path, collection)
 
 
-def _faiss(path: Path, collection: str) -> VectorStore:
+def _faiss(url: StoreURL, path: Path, collection: str) -> VectorStore:
     from .faiss import FaissStore
 
     return FaissStore(path, collection)
 
 
-STORES: dict[str, Callable[[Path, str], VectorStore]] = {"chroma": _chroma, "faiss": _faiss}
+def _chroma_http(url: StoreURL, path: Path, collection: str) -> VectorStore:
+    from .chroma_http import ChromaHttpStore
+
+    return ChromaHttpStore(url, server_collection(path, collection))
+
+
+def _pgvector(url: StoreURL, path: Path, collection: str) -> VectorStore:
+    from .pgvector import PgVectorStore
+
+    return PgVectorStore(url, server_collection(path, collection))
+
+
+def server_collection(path: Path, collection: str) -> str:
+    """Name of ``collection`` on a shared server: prefixed by a namespace made of the last two parts
+    of ``path`` (``NAME.store.heterag`` for ``$HETERAG_HOME/collections/NAME/store``), so that each
+    folder's collections stay apart on one server as they would on disk, and every process (or machine)
+    that opens the same heterag collection reaches the same server collection. ``collection`` itself is
+    validated by the backend."""
+    if not isinstance(collection, str) or not collection or collection.startswith(".") or "/" in collection:
+        return collection  # let the backend refuse it with its own message
+    parts = [re.sub(r"[^A-Za-z0-9_-]+", "_", p).strip("_-") for p in Path(path).parts[-2:]]
+    namespace = ".".join(p[:100] for p in parts if p)
+    return f"{namespace}.{collection}" if namespace else collection
+
+
+#: backend kind -> factory(parsed spec, folder for embedded stores, collection name)
+STORES: dict[str, Callable[[StoreURL, Path, str], VectorStore]] = {
+    "chroma": _chroma, "faiss": _faiss, "chroma-http": _chroma_http, "pgvector": _pgvector,
+}
+
+
+def probe_store(name: str) -> None:
+    """Check that the server behind store spec ``name`` answers (and takes the credentials), in at most
+    a few seconds; raises :class:`~heterag.errors.StoreUnavailableError` naming the URL. No-op for
+    embedded stores."""
+    url = parse_store_url(name)
+    if url.kind == "chroma-http":
+        from .chroma_http import heartbeat
+
+        heartbeat(url)
+    elif url.kind == "pgvector":
+        from .pgvector import connect
+
+        connect(url).close()
 
 
 def open_store(name: str, path: str | Path, collection: str = "default") -> VectorStore:
-    """Open (creating if needed) the store backend ``name`` persisted under ``path``."""
-    try:
-        factory = STORES[name]
-    except KeyError:
-        raise UnknownNameError("store", name, STORES) from None
-    return factory(Path(path), collection)
+    """Open (creating if needed) collection ``collection`` of the store ``name``.
+
+    ``name`` is a store spec (:func:`heterag.stores.url.parse_store_url`: ``chroma``, ``faiss``,
+    ``chroma-http://HOST:PORT``, ``postgresql://...``). Embedded stores keep their files under
+    ``path``; server stores keep nothing there and use it as a namespace (:func:`server_collection`). Raises :class:`~heterag.errors.UnknownNameError` for an
+    unknown spec (listing the accepted forms) and :class:`~heterag.errors.StoreUnavailableError`
+    when a server cannot be reached.
+    """
+    url = parse_store_url(name)
+    return STORES[url.kind](url, Path(path), collection)
 
 
-__all__ = ["Fingerprint", "Record", "ScoredRecord", "VectorStore", "STORES", "open_store"]
+__all__ = ["Fingerprint", "Record", "ScoredRecord", "VectorStore", "STORES", "StoreURL", "open_store", "parse_store_url", "probe_store"]

@@ -1,0 +1,102 @@
+"""Store URLs: the one place that turns ``--store``/config text into a backend and a location.
+
+Accepted forms (``heterag ingest --store ...``, ``open_collection(store=...)``, ``open_store``):
+
+==============================  ==============  ============================================
+spec                            backend         where the vectors live
+==============================  ==============  ============================================
+``chroma``                      chroma          embedded, in the collection folder (default)
+``faiss``                       faiss           embedded, in the collection folder
+``chroma-http://HOST:PORT``     chroma-http     a Chroma server (``chroma run``); also
+                                                ``chroma-https://``
+``postgresql://USER:PW@H:P/DB`` pgvector        a PostgreSQL server with the pgvector
+                                                extension (any libpq DSN; ``postgres://`` too)
+==============================  ==============  ============================================
+
+A spec without a location (``chroma``, ``faiss``) keeps the store inside the collection's own
+folder; a spec with one (a server URL) is *shared*: several heterag collections, and several
+processes, use one server, so collections get the heterag collection name as a prefix there
+(:func:`heterag.collections.open_collection_store`). Passwords never appear in messages
+(:meth:`StoreURL.display`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+from ..errors import InvalidInputError, UnknownNameError
+
+#: backend kind -> the spec forms it accepts (shown when a spec is not understood)
+SYNTAX: dict[str, str] = {
+    "chroma": "chroma",
+    "faiss": "faiss",
+    "chroma-http": "chroma-http://HOST:PORT",
+    "pgvector": "postgresql://USER[:PASSWORD]@HOST[:PORT]/DB (pgvector)",
+}
+_URL_KINDS = {"chroma-http": "chroma-http", "chroma-https": "chroma-http", "postgresql": "pgvector", "postgres": "pgvector"}
+
+
+@dataclass(frozen=True)
+class StoreURL:
+    """A parsed store spec: ``kind`` (a key of :data:`heterag.stores.STORES`), ``location`` (a server
+    URL or DSN; None for a store kept in the collection folder) and the ``spec`` text as given."""
+
+    kind: str
+    location: str | None
+    spec: str
+
+    @property
+    def shared(self) -> bool:
+        """True when the store lives outside the collection folder (a server)."""
+        return self.location is not None
+
+    def display(self) -> str:
+        """The spec with any password replaced by ``***`` (for names and messages)."""
+        return redact(self.spec)
+
+
+def redact(url: str) -> str:
+    """``url`` with the password of its user-info part (and a ``password=`` parameter) hidden."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    out = url
+    if parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        out = urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+    return re.sub(r"(password=)[^&\s]*", r"\1***", out)
+
+
+def choices_text() -> str:
+    return ", ".join(SYNTAX.values())
+
+
+def parse_store_url(spec: str) -> StoreURL:
+    """Parse ``spec`` (see the module docstring). Raises :class:`UnknownNameError` (one line listing
+    every accepted form) for an unknown name or scheme, :class:`InvalidInputError` for a malformed URL."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise UnknownNameError("store", str(spec), SYNTAX.values())
+    spec = spec.strip()
+    if spec in ("chroma", "faiss"):
+        return StoreURL(spec, None, spec)
+    scheme, sep, _ = spec.partition("://")
+    kind = _URL_KINDS.get(scheme.lower()) if sep else None
+    if kind is None:
+        raise UnknownNameError("store", redact(spec), SYNTAX.values())
+    try:
+        parts = urlsplit(spec)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidInputError(f"bad store URL {redact(spec)!r}: {exc}") from None
+    if kind == "chroma-http":
+        if not parts.hostname:
+            raise InvalidInputError(f"bad store URL {redact(spec)!r}: expected {SYNTAX['chroma-http']}")
+        http = "https" if scheme.lower() == "chroma-https" else "http"
+        location = f"{http}://{parts.hostname}:{port or (443 if http == 'https' else 8000)}"
+        return StoreURL(kind, location, spec)
+    return StoreURL(kind, spec, spec)  # pgvector: any libpq URI (host may be empty: unix socket / PGHOST)

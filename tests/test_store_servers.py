@@ -1,0 +1,162 @@
+"""Store specs (``--store``), server stores end to end, and their bad input.
+
+The conformance suite (test_store_conformance.py) holds every backend to the protocol; here: parsing
+store specs in one place, a collection on a Chroma server and on PostgreSQL giving the same answers as
+the embedded default, and what a user sees for an unreachable server, wrong credentials, an unknown
+scheme and a dimension mismatch (one line, quickly, nothing written).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from store_servers import chroma_server, free_port, pg_server  # noqa: F401 - session fixtures
+
+from heterag import Document, open_collection
+from heterag.cli import main
+from heterag.errors import DimensionMismatchError, StoreUnavailableError, UnknownNameError
+from heterag.stores import STORES, Record, open_store, parse_store_url
+
+DOCS = {
+    "bees": "Honey bees communicate the direction of flowers with the waggle dance inside the hive.",
+    "bread": "Sourdough bread rises because wild yeast and lactic acid bacteria ferment the dough.",
+    "tides": "Ocean tides are caused mainly by the gravitational pull of the Moon on the oceans.",
+    "volcano": "A volcano erupts when pressure from gases and molten rock becomes too great.",
+}
+QUESTIONS = ["How do bees tell where flowers are?", "Why does sourdough rise?", "What causes tides?"]
+
+
+# --------------------------------------------------------------------------- specs
+
+
+@pytest.mark.parametrize(("spec", "kind", "location"), [
+    ("chroma", "chroma", None),
+    ("faiss", "faiss", None),
+    ("chroma-http://127.0.0.1:8123", "chroma-http", "http://127.0.0.1:8123"),
+    ("chroma-http://db.example", "chroma-http", "http://db.example:8000"),
+    ("chroma-https://db.example:9443", "chroma-http", "https://db.example:9443"),
+    ("postgresql://u:pw@localhost:5433/rag", "pgvector", "postgresql://u:pw@localhost:5433/rag"),
+    ("postgres:///rag?host=/tmp/sock", "pgvector", "postgres:///rag?host=/tmp/sock"),
+])
+def test_store_specs_parse(spec: str, kind: str, location: str | None) -> None:
+    url = parse_store_url(spec)
+    assert (url.kind, url.location, url.shared) == (kind, location, location is not None)
+    assert url.kind in STORES
+
+
+def test_passwords_never_shown() -> None:
+    url = parse_store_url("postgresql://alice:s3cret@db.example:5432/rag?sslmode=require&password=other")
+    assert "s3cret" not in url.display() and "other" not in url.display()
+    assert url.display() == "postgresql://alice:***@db.example:5432/rag?sslmode=require&password=***"
+
+
+@pytest.mark.parametrize("spec", ["mongodb://localhost", "chromadb", "", "pinecone:index", "http://127.0.0.1:8000"])
+def test_unknown_scheme_lists_the_choices(spec: str) -> None:
+    with pytest.raises(UnknownNameError) as info:
+        parse_store_url(spec)
+    msg = str(info.value)
+    assert "\n" not in msg
+    for form in ("chroma", "faiss", "chroma-http://HOST:PORT", "postgresql://"):
+        assert form in msg
+
+
+def test_cli_unknown_store_is_one_line_and_writes_nothing(tmp_path: Path, heterag_home: Path, capsys) -> None:
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "bees.txt").write_text(DOCS["bees"])
+    code = main(["ingest", str(tmp_path / "notes"), "--collection", "c1", "--store", "mongodb://x"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "chroma-http://HOST:PORT" in err and "mongodb://x" in err
+    assert not (heterag_home / "collections" / "c1").exists()
+
+
+# --------------------------------------------------------------------------- unreachable, credentials
+
+
+@pytest.mark.parametrize("template", ["chroma-http://127.0.0.1:{port}", "postgresql://heterag:pw123@127.0.0.1:{port}/rag"])
+def test_unreachable_server_fails_fast_naming_the_url(template: str, tmp_path: Path, heterag_home: Path, capsys) -> None:
+    spec = template.format(port=free_port())  # nothing listens there
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "bees.txt").write_text(DOCS["bees"])
+    start = time.monotonic()
+    with pytest.raises(StoreUnavailableError) as info:
+        open_store(spec, tmp_path / "store", "heterag")
+    assert time.monotonic() - start < 10
+    shown = parse_store_url(spec).display()
+    assert shown in str(info.value) and "pw123" not in str(info.value) and "\n" not in str(info.value)
+    start = time.monotonic()
+    code = main(["ingest", str(tmp_path / "notes"), "--collection", "c2", "--store", spec])
+    err = capsys.readouterr().err.strip()
+    assert time.monotonic() - start < 10
+    assert code == 2 and len(err.splitlines()) == 1 and shown in err and "pw123" not in err
+    assert not (heterag_home / "collections" / "c2").exists()  # nothing written
+
+
+def test_wrong_postgres_password_is_refused(pg_server: str) -> None:  # noqa: F811
+    import psycopg
+
+    url = parse_store_url(pg_server)
+    with psycopg.connect(url.location, autocommit=True) as conn:
+        hba = conn.execute("SHOW hba_file").fetchone()[0]
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")  # the admin's part; a plain role may not create it
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'heterag_pw'").fetchone() is None:
+            conn.execute("CREATE ROLE heterag_pw LOGIN PASSWORD 'right-password'")
+        conn.execute("GRANT ALL ON SCHEMA public TO heterag_pw")
+        text = Path(hba).read_text()
+        if "heterag_pw" not in text:
+            Path(hba).write_text("local all heterag_pw scram-sha-256\n" + text)
+        conn.execute("SELECT pg_reload_conf()")
+    socket = url.location.split("host=")[1]
+    wrong = f"postgresql://heterag_pw:wrong-password@/postgres?host={socket}"
+    with pytest.raises(StoreUnavailableError) as info:
+        open_store(wrong, "unused", "creds")
+    msg = str(info.value)
+    assert "password authentication failed" in msg and "wrong-password" not in msg and "\n" not in msg
+    with open_store(f"postgresql://heterag_pw:right-password@/postgres?host={socket}", "unused", "creds") as ok:
+        ok.upsert([Record("a", np.ones(4, dtype=np.float32), "t")])
+        assert ok.count() == 1
+
+
+@pytest.mark.parametrize("server", ["chroma_server", "pg_server"])
+def test_dimension_mismatch_across_handles(server: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    spec = request.getfixturevalue(server)
+    rng = np.random.default_rng(0)
+    with open_store(spec, tmp_path / "store", "dims") as one:
+        one.upsert([Record(f"r{i}", rng.normal(size=16).astype(np.float32), "t") for i in range(3)])
+    with open_store(spec, tmp_path / "store", "dims") as two:  # another connection, as another process would
+        with pytest.raises(DimensionMismatchError):
+            two.query(rng.normal(size=8).astype(np.float32))
+        with pytest.raises(DimensionMismatchError):
+            two.upsert([Record("x", rng.normal(size=8).astype(np.float32), "t")])
+        assert two.count() == 3
+
+
+# --------------------------------------------------------------------------- collections on servers
+
+
+def _answers(store: str, name: str) -> tuple[list[list[tuple[str, str, float]]], int]:
+    rag = open_collection(name, store=store)
+    try:
+        rag.ingest([Document.create(text, title=key.title(), id=key) for key, text in DOCS.items()])
+        hits = [[(h.doc_id, h.chunk_id, round(h.score, 4)) for h in rag.retrieve(q, k=3)] for q in QUESTIONS]
+        return hits, rag.store.count()
+    finally:
+        rag.close()
+
+
+@pytest.mark.parametrize("server", ["chroma_server", "pg_server"])
+def test_server_collection_answers_like_the_embedded_default(server: str, request: pytest.FixtureRequest, encoder) -> None:
+    spec = request.getfixturevalue(server)
+    embedded, n_embedded = _answers("chroma", "local-notes")
+    served, n_served = _answers(spec, f"served-notes-{server}")
+    assert served == embedded and n_served == n_embedded >= len(DOCS)
+    assert [hits[0][0] for hits in served] == ["bees", "bread", "tides"]
+    rag = open_collection(f"served-notes-{server}")  # reopened from collection.json: same server, same data
+    try:
+        assert rag.store.count() == n_served
+        assert rag.store.name == parse_store_url(spec).display()
+        assert [(h.doc_id, h.chunk_id, round(h.score, 4)) for h in rag.retrieve(QUESTIONS[0], k=3)] == served[0]
+    finally:
+        rag.close()
