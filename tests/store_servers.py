@@ -134,6 +134,10 @@ def wipe(spec: str) -> None:
 
 
 SERVER_FIXTURES = {"chroma-http": "chroma_server", "pgvector": "pg_server"}
+#: backends tested through another spec than their bare name: Qdrant's local mode on disk commits (and
+#: pickles) every point separately, ~27 ms each, so the suite uses its in-process mode (same client code)
+#: and test_store_servers.py checks the on-disk mode separately
+TEST_SPECS = {"qdrant": "qdrant::memory:"}
 
 
 def store_spec(request: pytest.FixtureRequest, kind: str) -> str:
@@ -141,4 +145,4 @@ def store_spec(request: pytest.FixtureRequest, kind: str) -> str:
     for server stores (each test's own ``tmp_path`` keeps its collections apart there, see
     :func:`heterag.stores.server_collection`)."""
     fixture = SERVER_FIXTURES.get(kind)
-    return kind if fixture is None else request.getfixturevalue(fixture)
+    return TEST_SPECS.get(kind, kind) if fixture is None else request.getfixturevalue(fixture)

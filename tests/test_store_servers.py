@@ -40,6 +40,10 @@ QUESTIONS = ["How do bees tell where flowers are?", "Why does sourdough rise?", 
     ("chroma-https://db.example:9443", "chroma-http", "https://db.example:9443"),
     ("postgresql://u:pw@localhost:5433/rag", "pgvector", "postgresql://u:pw@localhost:5433/rag"),
     ("postgres:///rag?host=/tmp/sock", "pgvector", "postgres:///rag?host=/tmp/sock"),
+    ("qdrant", "qdrant", None),
+    ("qdrant:/srv/qdrant", "qdrant", "/srv/qdrant"),
+    ("qdrant:http://127.0.0.1:6333", "qdrant", "http://127.0.0.1:6333"),
+    ("qdrant::memory:", "qdrant", ":memory:"),
 ])
 def test_store_specs_parse(spec: str, kind: str, location: str | None) -> None:
     url = parse_store_url(spec)
@@ -75,7 +79,8 @@ def test_cli_unknown_store_is_one_line_and_writes_nothing(tmp_path: Path, hetera
 # --------------------------------------------------------------------------- unreachable, credentials
 
 
-@pytest.mark.parametrize("template", ["chroma-http://127.0.0.1:{port}", "postgresql://heterag:pw123@127.0.0.1:{port}/rag"])
+@pytest.mark.parametrize("template", ["chroma-http://127.0.0.1:{port}", "postgresql://heterag:pw123@127.0.0.1:{port}/rag",
+                                      "qdrant:http://127.0.0.1:{port}"])
 def test_unreachable_server_fails_fast_naming_the_url(template: str, tmp_path: Path, heterag_home: Path, capsys) -> None:
     spec = template.format(port=free_port())  # nothing listens there
     (tmp_path / "notes").mkdir()
@@ -146,9 +151,11 @@ def _answers(store: str, name: str) -> tuple[list[list[tuple[str, str, float]]],
         rag.close()
 
 
-@pytest.mark.parametrize("server", ["chroma_server", "pg_server"])
-def test_server_collection_answers_like_the_embedded_default(server: str, request: pytest.FixtureRequest, encoder) -> None:
-    spec = request.getfixturevalue(server)
+@pytest.mark.parametrize("server", ["chroma_server", "pg_server", "qdrant", "qdrant_path"])
+def test_server_collection_answers_like_the_embedded_default(server: str, request: pytest.FixtureRequest, encoder,
+                                                            tmp_path: Path) -> None:
+    """Also Qdrant's local mode on disk: in the collection folder (``qdrant``) and at a path (``qdrant:PATH``)."""
+    spec = {"qdrant": "qdrant", "qdrant_path": f"qdrant:{tmp_path / 'qdrant-data'}"}.get(server) or request.getfixturevalue(server)
     embedded, n_embedded = _answers("chroma", "local-notes")
     served, n_served = _answers(spec, f"served-notes-{server}")
     assert served == embedded and n_served == n_embedded >= len(DOCS)

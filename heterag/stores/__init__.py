@@ -34,6 +34,14 @@ def _pgvector(url: StoreURL, path: Path, collection: str) -> VectorStore:
     return PgVectorStore(url, server_collection(path, collection))
 
 
+def _qdrant(url: StoreURL, path: Path, collection: str) -> VectorStore:
+    from .qdrant import QdrantStore
+
+    if url.location is None:
+        return QdrantStore(url, str(path), collection)
+    return QdrantStore(url, str(path), server_collection(path, collection))
+
+
 def server_collection(path: Path, collection: str) -> str:
     """Name of ``collection`` on a shared server: prefixed by a namespace made of the last two parts
     of ``path`` (``NAME.store.heterag`` for ``$HETERAG_HOME/collections/NAME/store``), so that each
@@ -49,7 +57,7 @@ def server_collection(path: Path, collection: str) -> str:
 
 #: backend kind -> factory(parsed spec, folder for embedded stores, collection name)
 STORES: dict[str, Callable[[StoreURL, Path, str], VectorStore]] = {
-    "chroma": _chroma, "faiss": _faiss, "chroma-http": _chroma_http, "pgvector": _pgvector,
+    "chroma": _chroma, "faiss": _faiss, "chroma-http": _chroma_http, "pgvector": _pgvector, "qdrant": _qdrant,
 }
 
 
@@ -66,6 +74,10 @@ def probe_store(name: str) -> None:
         from .pgvector import connect
 
         connect(url).close()
+    elif url.kind == "qdrant" and url.location and url.location.startswith(("http://", "https://")):
+        from .qdrant import probe
+
+        probe(url.location)
 
 
 def open_store(name: str, path: str | Path, collection: str = "default") -> VectorStore:

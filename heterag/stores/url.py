@@ -11,6 +11,9 @@ spec                            backend         where the vectors live
                                                 ``chroma-https://``
 ``postgresql://USER:PW@H:P/DB`` pgvector        a PostgreSQL server with the pgvector
                                                 extension (any libpq DSN; ``postgres://`` too)
+``qdrant`` | ``qdrant:PATH``    qdrant          Qdrant's local mode in the collection folder or
+``qdrant:URL``                                  at PATH (``:memory:``: this process), or a
+                                                Qdrant server (``qdrant:http://HOST:6333``)
 ==============================  ==============  ============================================
 
 A spec without a location (``chroma``, ``faiss``) keeps the store inside the collection's own
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import InvalidInputError, UnknownNameError
@@ -34,7 +38,10 @@ SYNTAX: dict[str, str] = {
     "faiss": "faiss",
     "chroma-http": "chroma-http://HOST:PORT",
     "pgvector": "postgresql://USER[:PASSWORD]@HOST[:PORT]/DB (pgvector)",
+    "qdrant": "qdrant[:PATH|:URL]",
 }
+#: backends written ``KIND`` (in the collection folder) or ``KIND:PATH`` / ``KIND:URL`` (outside it)
+PREFIX_KINDS = ("qdrant",)
 _URL_KINDS = {"chroma-http": "chroma-http", "chroma-https": "chroma-http", "postgresql": "pgvector", "postgres": "pgvector"}
 
 
@@ -82,8 +89,15 @@ def parse_store_url(spec: str) -> StoreURL:
     if not isinstance(spec, str) or not spec.strip():
         raise UnknownNameError("store", str(spec), SYNTAX.values())
     spec = spec.strip()
-    if spec in ("chroma", "faiss"):
+    if spec in ("chroma", "faiss") or spec in PREFIX_KINDS:
         return StoreURL(spec, None, spec)
+    head, colon, rest = spec.partition(":")
+    if colon and head in PREFIX_KINDS and not rest.startswith("//"):
+        if not rest.strip():
+            raise InvalidInputError(f"bad store spec {spec!r}: expected {SYNTAX[head]}")
+        if rest.startswith(("http://", "https://")) or rest == ":memory:":
+            return StoreURL(head, rest, spec)
+        return StoreURL(head, str(Path(rest).expanduser().resolve()), spec)
     scheme, sep, _ = spec.partition("://")
     kind = _URL_KINDS.get(scheme.lower()) if sep else None
     if kind is None:
