@@ -44,6 +44,8 @@ QUESTIONS = ["How do bees tell where flowers are?", "Why does sourdough rise?", 
     ("qdrant:/srv/qdrant", "qdrant", "/srv/qdrant"),
     ("qdrant:http://127.0.0.1:6333", "qdrant", "http://127.0.0.1:6333"),
     ("qdrant::memory:", "qdrant", ":memory:"),
+    ("lancedb", "lancedb", None),
+    ("lancedb:/srv/lance", "lancedb", "/srv/lance"),
 ])
 def test_store_specs_parse(spec: str, kind: str, location: str | None) -> None:
     url = parse_store_url(spec)
@@ -151,11 +153,12 @@ def _answers(store: str, name: str) -> tuple[list[list[tuple[str, str, float]]],
         rag.close()
 
 
-@pytest.mark.parametrize("server", ["chroma_server", "pg_server", "qdrant", "qdrant_path"])
+@pytest.mark.parametrize("server", ["chroma_server", "pg_server", "qdrant", "qdrant_path", "lancedb", "lancedb_path"])
 def test_server_collection_answers_like_the_embedded_default(server: str, request: pytest.FixtureRequest, encoder,
                                                             tmp_path: Path) -> None:
-    """Also Qdrant's local mode on disk: in the collection folder (``qdrant``) and at a path (``qdrant:PATH``)."""
-    spec = {"qdrant": "qdrant", "qdrant_path": f"qdrant:{tmp_path / 'qdrant-data'}"}.get(server) or request.getfixturevalue(server)
+    """Also the embedded stores other than the default, in the collection folder and at a path (``KIND:PATH``)."""
+    spec = {"qdrant": "qdrant", "qdrant_path": f"qdrant:{tmp_path / 'qdrant-data'}", "lancedb": "lancedb",
+            "lancedb_path": f"lancedb:{tmp_path / 'lance-data'}"}.get(server) or request.getfixturevalue(server)
     embedded, n_embedded = _answers("chroma", "local-notes")
     served, n_served = _answers(spec, f"served-notes-{server}")
     assert served == embedded and n_served == n_embedded >= len(DOCS)

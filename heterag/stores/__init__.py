@@ -42,6 +42,12 @@ def _qdrant(url: StoreURL, path: Path, collection: str) -> VectorStore:
     return QdrantStore(url, str(path), server_collection(path, collection))
 
 
+def _lancedb(url: StoreURL, path: Path, collection: str) -> VectorStore:
+    from .lance import LanceStore
+
+    return LanceStore(url, path, collection if url.location is None else server_collection(path, collection))
+
+
 def server_collection(path: Path, collection: str) -> str:
     """Name of ``collection`` on a shared server: prefixed by a namespace made of the last two parts
     of ``path`` (``NAME.store.heterag`` for ``$HETERAG_HOME/collections/NAME/store``), so that each
@@ -58,6 +64,7 @@ def server_collection(path: Path, collection: str) -> str:
 #: backend kind -> factory(parsed spec, folder for embedded stores, collection name)
 STORES: dict[str, Callable[[StoreURL, Path, str], VectorStore]] = {
     "chroma": _chroma, "faiss": _faiss, "chroma-http": _chroma_http, "pgvector": _pgvector, "qdrant": _qdrant,
+    "lancedb": _lancedb,
 }
 
 

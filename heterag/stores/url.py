@@ -14,6 +14,8 @@ spec                            backend         where the vectors live
 ``qdrant`` | ``qdrant:PATH``    qdrant          Qdrant's local mode in the collection folder or
 ``qdrant:URL``                                  at PATH (``:memory:``: this process), or a
                                                 Qdrant server (``qdrant:http://HOST:6333``)
+``lancedb`` | ``lancedb:PATH``  lancedb         LanceDB (embedded, on disk) in the collection
+                                                folder or at PATH
 ==============================  ==============  ============================================
 
 A spec without a location (``chroma``, ``faiss``) keeps the store inside the collection's own
@@ -39,9 +41,10 @@ SYNTAX: dict[str, str] = {
     "chroma-http": "chroma-http://HOST:PORT",
     "pgvector": "postgresql://USER[:PASSWORD]@HOST[:PORT]/DB (pgvector)",
     "qdrant": "qdrant[:PATH|:URL]",
+    "lancedb": "lancedb[:PATH]",
 }
 #: backends written ``KIND`` (in the collection folder) or ``KIND:PATH`` / ``KIND:URL`` (outside it)
-PREFIX_KINDS = ("qdrant",)
+PREFIX_KINDS = ("qdrant", "lancedb")
 _URL_KINDS = {"chroma-http": "chroma-http", "chroma-https": "chroma-http", "postgresql": "pgvector", "postgres": "pgvector"}
 
 
@@ -95,7 +98,7 @@ def parse_store_url(spec: str) -> StoreURL:
     if colon and head in PREFIX_KINDS and not rest.startswith("//"):
         if not rest.strip():
             raise InvalidInputError(f"bad store spec {spec!r}: expected {SYNTAX[head]}")
-        if rest.startswith(("http://", "https://")) or rest == ":memory:":
+        if head == "qdrant" and (rest.startswith(("http://", "https://")) or rest == ":memory:"):
             return StoreURL(head, rest, spec)
         return StoreURL(head, str(Path(rest).expanduser().resolve()), spec)
     scheme, sep, _ = spec.partition("://")
