@@ -133,7 +133,19 @@ def wipe(spec: str) -> None:
                 conn.execute("DELETE FROM heterag_collections")
 
 
-SERVER_FIXTURES = {"chroma-http": "chroma_server", "pgvector": "pg_server"}
+@pytest.fixture(scope="session")
+def milvus_lite(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Store spec ``milvus:DIR/milvus.db``: one Milvus Lite database (one server process, ~3 s to start)
+    shared by the session; each test's ``tmp_path`` keeps its collections apart."""
+    try:
+        import milvus_lite  # noqa: F401
+        import pymilvus  # noqa: F401
+    except ImportError as exc:
+        unavailable(f"no Milvus Lite: {exc}; pip install -e '.[stores]'")
+    return f"milvus:{tmp_path_factory.mktemp('milvus') / 'milvus.db'}"
+
+
+SERVER_FIXTURES = {"chroma-http": "chroma_server", "pgvector": "pg_server", "milvus": "milvus_lite"}
 #: backends tested through another spec than their bare name: Qdrant's local mode on disk commits (and
 #: pickles) every point separately, ~27 ms each, so the suite uses its in-process mode (same client code)
 #: and test_store_servers.py checks the on-disk mode separately

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from store_servers import chroma_server, pg_server, store_spec  # noqa: F401 - session fixtures
+from store_servers import chroma_server, milvus_lite, pg_server, store_spec  # noqa: F401 - session fixtures
 from test_images import write_bomb
 
 from corpora.synthetic_scenes import generate_scenes, render_scene, write_caption_folder

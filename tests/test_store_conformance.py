@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from store_servers import chroma_server, pg_server, store_spec  # noqa: F401 - session fixtures
+from store_servers import chroma_server, milvus_lite, pg_server, store_spec  # noqa: F401 - session fixtures
 
 from heterag.errors import (
     DimensionMismatchError,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from store_servers import chroma_server, free_port, pg_server  # noqa: F401 - session fixtures
+from store_servers import chroma_server, free_port, milvus_lite, pg_server  # noqa: F401 - session fixtures
 
 from heterag import Document, open_collection
 from heterag.cli import main
@@ -46,6 +46,9 @@ QUESTIONS = ["How do bees tell where flowers are?", "Why does sourdough rise?", 
     ("qdrant::memory:", "qdrant", ":memory:"),
     ("lancedb", "lancedb", None),
     ("lancedb:/srv/lance", "lancedb", "/srv/lance"),
+    ("milvus", "milvus", None),
+    ("milvus:/srv/rag.db", "milvus", "/srv/rag.db"),
+    ("milvus:http://127.0.0.1:19530", "milvus", "http://127.0.0.1:19530"),
 ])
 def test_store_specs_parse(spec: str, kind: str, location: str | None) -> None:
     url = parse_store_url(spec)
@@ -82,7 +85,7 @@ def test_cli_unknown_store_is_one_line_and_writes_nothing(tmp_path: Path, hetera
 
 
 @pytest.mark.parametrize("template", ["chroma-http://127.0.0.1:{port}", "postgresql://heterag:pw123@127.0.0.1:{port}/rag",
-                                      "qdrant:http://127.0.0.1:{port}"])
+                                      "qdrant:http://127.0.0.1:{port}", "milvus:http://127.0.0.1:{port}"])
 def test_unreachable_server_fails_fast_naming_the_url(template: str, tmp_path: Path, heterag_home: Path, capsys) -> None:
     spec = template.format(port=free_port())  # nothing listens there
     (tmp_path / "notes").mkdir()
@@ -153,12 +156,13 @@ def _answers(store: str, name: str) -> tuple[list[list[tuple[str, str, float]]],
         rag.close()
 
 
-@pytest.mark.parametrize("server", ["chroma_server", "pg_server", "qdrant", "qdrant_path", "lancedb", "lancedb_path"])
+@pytest.mark.parametrize("server", ["chroma_server", "pg_server", "qdrant", "qdrant_path", "lancedb", "lancedb_path",
+                                    "milvus", "milvus_lite"])
 def test_server_collection_answers_like_the_embedded_default(server: str, request: pytest.FixtureRequest, encoder,
                                                             tmp_path: Path) -> None:
     """Also the embedded stores other than the default, in the collection folder and at a path (``KIND:PATH``)."""
     spec = {"qdrant": "qdrant", "qdrant_path": f"qdrant:{tmp_path / 'qdrant-data'}", "lancedb": "lancedb",
-            "lancedb_path": f"lancedb:{tmp_path / 'lance-data'}"}.get(server) or request.getfixturevalue(server)
+            "lancedb_path": f"lancedb:{tmp_path / 'lance-data'}", "milvus": "milvus"}.get(server) or request.getfixturevalue(server)
     embedded, n_embedded = _answers("chroma", "local-notes")
     served, n_served = _answers(spec, f"served-notes-{server}")
     assert served == embedded and n_served == n_embedded >= len(DOCS)

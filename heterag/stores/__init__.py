@@ -48,6 +48,12 @@ def _lancedb(url: StoreURL, path: Path, collection: str) -> VectorStore:
     return LanceStore(url, path, collection if url.location is None else server_collection(path, collection))
 
 
+def _milvus(url: StoreURL, path: Path, collection: str) -> VectorStore:
+    from .milvus import MilvusStore
+
+    return MilvusStore(url, path, collection if url.location is None else server_collection(path, collection))
+
+
 def server_collection(path: Path, collection: str) -> str:
     """Name of ``collection`` on a shared server: prefixed by a namespace made of the last two parts
     of ``path`` (``NAME.store.heterag`` for ``$HETERAG_HOME/collections/NAME/store``), so that each
@@ -64,7 +70,7 @@ def server_collection(path: Path, collection: str) -> str:
 #: backend kind -> factory(parsed spec, folder for embedded stores, collection name)
 STORES: dict[str, Callable[[StoreURL, Path, str], VectorStore]] = {
     "chroma": _chroma, "faiss": _faiss, "chroma-http": _chroma_http, "pgvector": _pgvector, "qdrant": _qdrant,
-    "lancedb": _lancedb,
+    "lancedb": _lancedb, "milvus": _milvus,
 }
 
 
@@ -84,7 +90,11 @@ def probe_store(name: str) -> None:
     elif url.kind == "qdrant" and url.location and url.location.startswith(("http://", "https://")):
         from .qdrant import probe
 
-        probe(url.location)
+        probe(url.location).close()
+    elif url.kind == "milvus" and url.location and url.location.startswith(("http://", "https://")):
+        from .milvus import probe as probe_milvus
+
+        probe_milvus(url)
 
 
 def open_store(name: str, path: str | Path, collection: str = "default") -> VectorStore:

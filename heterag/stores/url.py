@@ -16,6 +16,9 @@ spec                            backend         where the vectors live
                                                 Qdrant server (``qdrant:http://HOST:6333``)
 ``lancedb`` | ``lancedb:PATH``  lancedb         LanceDB (embedded, on disk) in the collection
                                                 folder or at PATH
+``milvus`` | ``milvus:PATH.db`` milvus          Milvus Lite in the collection folder or in
+``milvus:URL``                                  PATH.db, or a Milvus server/cluster
+                                                (``milvus:http://HOST:19530``)
 ==============================  ==============  ============================================
 
 A spec without a location (``chroma``, ``faiss``) keeps the store inside the collection's own
@@ -42,9 +45,10 @@ SYNTAX: dict[str, str] = {
     "pgvector": "postgresql://USER[:PASSWORD]@HOST[:PORT]/DB (pgvector)",
     "qdrant": "qdrant[:PATH|:URL]",
     "lancedb": "lancedb[:PATH]",
+    "milvus": "milvus[:PATH.db|:URL]",
 }
 #: backends written ``KIND`` (in the collection folder) or ``KIND:PATH`` / ``KIND:URL`` (outside it)
-PREFIX_KINDS = ("qdrant", "lancedb")
+PREFIX_KINDS = ("qdrant", "lancedb", "milvus")
 _URL_KINDS = {"chroma-http": "chroma-http", "chroma-https": "chroma-http", "postgresql": "pgvector", "postgres": "pgvector"}
 
 
@@ -98,7 +102,7 @@ def parse_store_url(spec: str) -> StoreURL:
     if colon and head in PREFIX_KINDS and not rest.startswith("//"):
         if not rest.strip():
             raise InvalidInputError(f"bad store spec {spec!r}: expected {SYNTAX[head]}")
-        if head == "qdrant" and (rest.startswith(("http://", "https://")) or rest == ":memory:"):
+        if (head in ("qdrant", "milvus") and rest.startswith(("http://", "https://"))) or (head == "qdrant" and rest == ":memory:"):
             return StoreURL(head, rest, spec)
         return StoreURL(head, str(Path(rest).expanduser().resolve()), spec)
     scheme, sep, _ = spec.partition("://")
