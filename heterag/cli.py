@@ -24,7 +24,8 @@ EXIT_PARTIAL = 1  # ran, but some input items failed
 
 def _add_collection_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", help="vector store for a new collection: chroma (default), faiss, chroma-http://HOST:PORT "
-                   "(a Chroma server) or postgresql://USER[:PASSWORD]@HOST[:PORT]/DB (PostgreSQL with pgvector)")
+                   "(a Chroma server), postgresql://USER[:PASSWORD]@HOST[:PORT]/DB (PostgreSQL with pgvector), "
+                   "qdrant[:PATH|:URL], lancedb[:PATH] or milvus[:PATH.db|:URL]")
     p.add_argument("--encoder", help="text encoder: sentence-transformers name or local path (default: packaged all-MiniLM-L6-v2)")
     p.add_argument("--view", help="retrieval view for a new collection: naive, heterag (default) or late")
     p.add_argument("--neighbours", type=int, help="heterag view: neighbouring chunks on each side (default 1)")
@@ -112,6 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("reembed", help="re-embed a collection with another adapter (built alongside, then switched)")
     r.add_argument("--collection", required=True)
     r.add_argument("--adapter", required=True, help="adapter path, or 'none' to remove the adapter")
+
+    m = sub.add_parser("migrate", help="copy a collection to another vector store, verify it and switch to it")
+    m.add_argument("--collection", required=True)
+    m.add_argument("--from", dest="source", required=True, help="store spec the collection lives in now (e.g. chroma)")
+    m.add_argument("--to", dest="target", required=True,
+                   help="store spec to move it to: chroma, faiss, chroma-http://HOST:PORT, postgresql://..., "
+                   "qdrant[:PATH|:URL], lancedb[:PATH], milvus[:PATH.db|:URL]")
+    m.add_argument("--overwrite", action="store_true", help="replace a different collection of that name in the target")
+    m.add_argument("--sample", type=int, default=20, help="sample queries compared between source and copy (default 20)")
 
     p = sub.add_parser("sandbox", help="attack/defense sandbox: run scenarios against a live index, list and clean runs")
     ssub = p.add_subparsers(dest="sandbox_command", required=True)
@@ -381,6 +391,15 @@ def cmd_collections(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from .migrate import migrate_collection
+
+    report = migrate_collection(args.collection, args.source, args.target, overwrite=args.overwrite, sample=args.sample,
+                                progress=sys.stderr.isatty())
+    print(report.summary())
+    return 0
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from sandbox.cli import run_command  # the sandbox is a layer above heterag: imported only here
 
@@ -389,7 +408,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
 COMMANDS = {"ingest": cmd_ingest, "ask": cmd_ask, "eval": cmd_eval, "collections": cmd_collections,
             "train-image-encoder": cmd_train_image_encoder, "sandbox": cmd_sandbox, "tune": cmd_tune,
-            "reembed": cmd_reembed}
+            "reembed": cmd_reembed, "migrate": cmd_migrate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

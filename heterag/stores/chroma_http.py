@@ -82,6 +82,14 @@ class ChromaHttpStore(ChromaStore):
     def count(self) -> int:
         return int(self._c.count())
 
+    def drop(self) -> None:
+        """Remove the collection (records and fingerprint) from the server; the handle then starts empty."""
+        self._c  # noqa: B018 - raises if closed
+        self._client.delete_collection(self.collection)
+        self._fp = None
+        self._data_dim = None
+        self._col = self._open_collection()
+
     def close(self) -> None:
         """Drop the client (the server keeps everything). Idempotent."""
         self._col = None
