@@ -39,7 +39,7 @@ def ratio(fa, fb, rounds: int) -> tuple[float, float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--prompt-tokens", type=int, default=16)
+    ap.add_argument("--prompt-tokens", type=int, default=4)
     ap.add_argument("--docs", type=int, default=60)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--parts", default="views,queries", help="views, queries or both")

@@ -68,13 +68,16 @@ def main() -> None:
     ap.add_argument("--dataset", default="scifact", choices=["scifact", "pubmedqa"])
     ap.add_argument("--views", default="heterag,late")
     ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--prompt-tokens", type=int, default=16)
+    ap.add_argument("--prompt-tokens", type=int, default=4)
     ap.add_argument("--sides", default="query")
     ap.add_argument("--pseudo", type=int, default=0, help="pseudo pairs for the label-free adapter (0: skip)")
     ap.add_argument("--pseudo-kind", default="title", help="title, conclusion or sentence (heterag.tuning.pseudo_pairs)")
     ap.add_argument("--pseudo-ranks", default=None, metavar="LO:HI", help="rank filter for pseudo pairs (untrained encoder)")
     ap.add_argument("--score-folds", default=None, help="score the pseudo adapter only on these folds' queries "
                     "(e.g. 1,2,3,4 when fold 0 chose its variant)")
+    ap.add_argument("--mix", action="store_true", help="also a labelled adapter trained on its folds' pairs plus the "
+                    "--pseudo pairs (label 'mixed')")
+    ap.add_argument("--no-pseudo-alone", action="store_true", help="with --mix: skip the pseudo-only adapter")
     ap.add_argument("--full", action="store_true", help="also query-side full fine-tuning")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--full-epochs", type=int, default=2)
@@ -90,6 +93,7 @@ def main() -> None:
     ap.add_argument("--only-folds", default=None, help="run only these folds (comma-separated), for quick checks")
     ap.add_argument("--no-labelled", action="store_true", help="skip the labelled adapter (e.g. to run --full alone)")
     ap.add_argument("--no-view-ratio", action="store_true", help="skip the view-side encode-time measurement")
+    ap.add_argument("--no-query-ratio", action="store_true", help="skip the query encode-time measurement")
     ap.add_argument("--encode-only", action="store_true", help="only encode the views' indexes into --cache, then stop")
     ap.add_argument("--name", default=None)
     args = ap.parse_args()
@@ -156,7 +160,8 @@ def main() -> None:
             return
         qtexts = [eval_queries[q] for q in qids]
         base = per_query(units.rank(enc.encode(qtexts)), qids, qrels)
-        res: dict = {"units": units.n_index, "queries": len(qids), "none": {
+        res: dict = {"units": units.n_index, "queries": len(qids), "folds": [sorted(f.tolist()) for f in folds],
+                     "per_query_none": {q: [round(v, 5) for v in base[q]] for q in qids}, "none": {
             "ndcg@10": float(np.mean([base[q][0] for q in qids])), "ndcg@1": float(np.mean([base[q][1] for q in qids]))}}
 
         def evaluate_folds(label: str, config: TuneConfig, pairs_for, fold_filter=None) -> None:
@@ -185,9 +190,10 @@ def main() -> None:
                          np.mean([scores[q][0] for q in hq]), np.mean([base[q][0] for q in hq]), secs[-1])
                 last = adapted
             res[label] = {"ndcg@10": paired(base, scores, 0, args.seed), "ndcg@1": paired(base, scores, 1, args.seed),
+                          "per_query": {q: [round(v, 5) for v in scores[q]] for q in sorted(scores)},
                           "train_seconds": secs, "bytes_on_disk": sizes, "best_epochs": epochs, "hashes": hashes,
                           "config": {k: v for k, v in vars(config).items()}}
-            if last is not None:
+            if last is not None and not args.no_query_ratio:
                 res[label]["encode_ratio_queries"] = timed_ratio(lambda: enc.encode(qtexts), lambda: last.encode_queries(qtexts))
             results[vname] = res
             report(partial=True)
@@ -216,11 +222,17 @@ def main() -> None:
             if args.score_folds:
                 scored = sorted(q for f in args.score_folds.split(",") for q in folds[int(f)].tolist())
             folds = [np.array(scored)]  # no labels used: one adapter scores every (chosen) query
-            evaluate_folds("pseudo", cfg, lambda held: pseudo)
-            folds, units = folds_saved, saved
-            res["pseudo"]["pairs"] = len(pseudo.pairs)
-            res["pseudo"]["prep_seconds"] = round(pseudo_prep, 1)
-            res["pseudo"]["notes"] = pseudo.notes
+            if not args.no_pseudo_alone:
+                evaluate_folds("pseudo", cfg, lambda held: pseudo)
+                res["pseudo"]["pairs"] = len(pseudo.pairs)
+                res["pseudo"]["prep_seconds"] = round(pseudo_prep, 1)
+                res["pseudo"]["notes"] = pseudo.notes
+            folds = folds_saved
+            if args.mix:  # labelled pairs of the training folds plus the label-free pairs
+                evaluate_folds("mixed", cfg, lambda held: PairSet(labelled(held).pairs + pseudo.pairs, "beir+pseudo"))
+                res["mixed"]["pseudo_pairs"] = len(pseudo.pairs)
+                res["mixed"]["notes"] = pseudo.notes
+            units = saved
         if args.full:
             ff = {int(x) for x in args.full_folds.split(",")} if args.full_folds else None
             evaluate_folds("full", TuneConfig(full=True, sides="query", epochs=args.full_epochs, batch_size=32, seed=args.seed,
@@ -251,7 +263,7 @@ def _report(args, results, partial: bool) -> None:
              "(mean) | query encode × |", "|---|---|---|---|---|---|---|---|---|"]
     for vname, res in results.items():
         lines.append(f"| {vname} | none | {res['none']['ndcg@10']:.4f} | | {res['none']['ndcg@1']:.4f} | | | | |")
-        for label in ("labelled", "pseudo", "full"):
+        for label in ("labelled", "pseudo", "mixed", "full"):
             if label not in res:
                 continue
             r = res[label]

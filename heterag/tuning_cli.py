@@ -34,7 +34,7 @@ def add_tune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--view", default=None, help="view of the index for a folder: naive, heterag (default) or late")
     p.add_argument("--chunk-tokens", type=int, default=None)
     p.add_argument("--encoder", default=None, help="text encoder (default: the packaged all-MiniLM-L6-v2)")
-    p.add_argument("--prompt-tokens", type=int, default=16, help="P, soft-prompt vectors (default 16)")
+    p.add_argument("--prompt-tokens", type=int, default=4, help="P, soft-prompt vectors (default 4, chosen by measurement: eval/README.md)")
     p.add_argument("--sides", default="query", help="query (default), view, separate or shared")
     p.add_argument("--full", action="store_true", help="fine-tune all encoder weights instead (for comparison)")
     p.add_argument("--temperature", type=float, default=0.05)
