@@ -12,6 +12,7 @@ and as ``metadata["source"]``, so re-ingesting an edited file replaces its old v
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import itertools
 import logging
 import os
@@ -35,50 +36,75 @@ JSONL_SUFFIXES = frozenset({".jsonl"})
 
 
 def iter_path(
-    path: str | Path, max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES, *, split: str | None = None
+    path: str | Path, max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES, *, split: str | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Iterator[LoadItem]:
     """Stream documents from ``path``, auto-detecting its kind.
 
     - a directory with ``corpus.jsonl``: a BEIR corpus (:func:`~corpora.beir.iter_beir_corpus`);
     - an image layout (:func:`~corpora.image_layouts.detect_image_layout`: captions folder, COCO,
       VQA-RAD, MedMNIST ``.npz``, folder of images): one image item per image (``split`` picks the
-      COCO/MedMNIST split); a plain folder holding both images and ``.txt``/``.md`` files gives both;
+      COCO/MedMNIST split); a plain folder holding images and documents gives both;
     - a single image file: one image item without text;
-    - any other directory: its ``.txt``/``.md`` files, recursively, sorted, hidden ones skipped;
+    - any other directory: every non-hidden file under it, recursively, sorted, read by the reader
+      of its suffix (``.txt``/``.md`` here, PDF/HTML/DOCX/DICOM in :mod:`corpora.readers`); a file
+      of any other type is an :class:`ItemError` ``"unsupported file type .xyz"``;
     - a ``.jsonl`` file: one document per line (see :func:`iter_jsonl_documents`);
-    - a ``.txt``/``.md`` file: one document.
+    - a file of a supported type: its document(s).
+
+    ``options`` go to the format readers (e.g. ``{"dicom_patient_tags": True}``, see
+    :mod:`corpora.readers`). Documents read from files carry ``metadata["source_path"]``, the
+    file's resolved absolute path: the pipeline uses it as the document's identity, so the same file
+    reached through another root (a parent, a subfolder, a symlink) is the same document.
 
     Raises :class:`InvalidInputError` at once (not on first iteration) if ``path`` does not
     exist or is a file of an unsupported type.
     """
     from .image_layouts import IMAGE_SUFFIXES, LAYOUT_IMAGE_FOLDER, detect_image_layout, iter_image_layout
+    from .readers import READERS
 
     path = Path(path)
+    options = dict(options or {})
     if not path.exists():
         raise InvalidInputError(f"{path} does not exist")
     layout = detect_image_layout(path)
     if layout is not None:
-        images = _documents(iter_image_layout(path, split=split))
-        if layout == LAYOUT_IMAGE_FOLDER and _text_files(path):
-            return itertools.chain(iter_text_dir(path, max_document_bytes), images)
+        images = _with_paths(_documents(iter_image_layout(path, split=split)), path)
+        if layout == LAYOUT_IMAGE_FOLDER and _document_files(path, skip=IMAGE_SUFFIXES):
+            return itertools.chain(iter_text_dir(path, max_document_bytes, options=options, skip=IMAGE_SUFFIXES), images)
         return images
     if split is not None:
         raise InvalidInputError(f"{path}: --split applies to COCO and MedMNIST layouts only")
     if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-        return iter([_image_file(path)])
+        return _with_paths(iter([_image_file(path)]), path.parent)
     if path.is_dir():
         if is_beir_dir(path):
             return iter_beir_corpus(path, max_document_bytes)
-        return iter_text_dir(path, max_document_bytes)
+        return iter_text_dir(path, max_document_bytes, options=options)
     suffix = path.suffix.lower()
     if suffix in JSONL_SUFFIXES:
         return iter_jsonl_documents(path, max_document_bytes)
-    if suffix in MARKDOWN_SUFFIXES | TEXT_SUFFIXES:
-        return iter([load_text_file(path, path.name, max_document_bytes)])
+    if suffix in MARKDOWN_SUFFIXES | TEXT_SUFFIXES or suffix in READERS:
+        return _with_paths(_read_file(path, path.name, max_document_bytes, options), path.parent)
     raise InvalidInputError(
-        f"{path}: unsupported file type {suffix or '(no extension)'}; "
-        "give a .txt, .md or .jsonl file, or a directory"
+        f"{path}: unsupported file type {suffix or '(no extension)'}; give a "
+        f"{', '.join(sorted(MARKDOWN_SUFFIXES | TEXT_SUFFIXES | JSONL_SUFFIXES | set(READERS)))} file, or a directory"
     )
+
+
+def source_path(path: str | Path) -> str:
+    """A file's identity: its resolved absolute path (symlinks followed), POSIX form."""
+    return Path(os.path.realpath(path)).as_posix()
+
+
+def _with_paths(items: Iterator[LoadItem], root: Path) -> Iterator[LoadItem]:
+    """Add ``metadata["source_path"]`` to documents whose ``source`` names a file under ``root``."""
+    for item in items:
+        if isinstance(item, Document) and "source_path" not in item.metadata:
+            rel = str(item.metadata.get("source") or "")
+            if rel and (root / rel).is_file():
+                item = dataclasses.replace(item, metadata={**item.metadata, "source_path": source_path(root / rel)})
+        yield item
 
 
 def _documents(items: Iterator[Any]) -> Iterator[LoadItem]:
@@ -100,25 +126,41 @@ def _image_file(path: Path) -> LoadItem:
         return item_error(str(path), exc)
 
 
-def iter_text_dir(root: Path, max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES) -> Iterator[LoadItem]:
-    """Load every ``.txt``/``.md`` file under ``root`` in sorted relative-path order."""
-    for rel in _text_files(root):
-        yield load_text_file(root / rel, rel, max_document_bytes)
+def iter_text_dir(
+    root: Path, max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES, *, options: Mapping[str, Any] | None = None,
+    skip: frozenset[str] = frozenset(),
+) -> Iterator[LoadItem]:
+    """Load every non-hidden file under ``root`` (suffixes in ``skip`` left out) in sorted relative-path
+    order, each with the reader of its type; other types are an :class:`ItemError` naming the type."""
+    for rel in _document_files(root, skip=skip):
+        yield from _with_paths(_read_file(root / rel, rel, max_document_bytes, options or {}), root)
 
 
-def _text_files(root: Path) -> list[str]:
-    """Relative POSIX paths of the supported, non-hidden files under ``root``, sorted."""
+def _read_file(path: Path, rel: str, max_document_bytes: int, options: Mapping[str, Any]) -> Iterator[LoadItem]:
+    """The document(s) of one file, by its suffix."""
+    from .readers import READERS
+
+    suffix = path.suffix.lower()
+    if suffix in MARKDOWN_SUFFIXES | TEXT_SUFFIXES:
+        yield load_text_file(path, rel, max_document_bytes)
+    elif suffix in READERS:
+        try:
+            yield from READERS[suffix](path, rel, max_document_bytes, options)
+        except InvalidInputError as exc:
+            yield item_error(rel, exc)
+    else:
+        yield ItemError(rel, f"unsupported file type {suffix or '(no extension)'}")
+
+
+def _document_files(root: Path, skip: frozenset[str] = frozenset()) -> list[str]:
+    """Relative POSIX paths of the non-hidden files under ``root`` (suffixes in ``skip`` left out), sorted."""
     found: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for name in filenames:
-            if name.startswith("."):
+            if name.startswith(".") or Path(name).suffix.lower() in skip:
                 continue
-            rel = Path(dirpath, name).relative_to(root).as_posix()
-            if Path(name).suffix.lower() in MARKDOWN_SUFFIXES | TEXT_SUFFIXES:
-                found.append(rel)
-            else:
-                logger.debug("ignoring %s: not a .txt or .md file", rel)
+            found.append(Path(dirpath, name).relative_to(root).as_posix())
     return sorted(found)
 
 

@@ -496,7 +496,10 @@ def check_adapter_fits(adapter: Adapter, base: Any) -> None:
     """Raise :class:`InvalidInputError` unless ``adapter`` was built for ``base`` (identity, weights, size, P)."""
     where = adapter.source or adapter.hash
     mine = encoder_weights_hash(base)
-    if adapter.base_model != base.identity or adapter.base_hash != mine:
+    from .encoders import legacy_identity
+
+    # adapters made before local encoders were hashed name them local:NAME; their base_hash checks the weights
+    if adapter.base_model not in (base.identity, legacy_identity(str(base.identity))) or adapter.base_hash != mine:
         raise InvalidInputError(f"adapter {where} was built for base model {adapter.base_model} (weights {adapter.base_hash}), "
                                 f"not {base.identity} (weights {mine})")
     if adapter.hidden != int(base._transformer.config.hidden_size):

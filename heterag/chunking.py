@@ -1,8 +1,12 @@
 """Token-based generation chunks.
 
 Each section of a document is tokenised with the encoder's own tokenizer and cut
-into consecutive runs of at most ``chunk_tokens`` tokens, so every token of the
-document lands in exactly one chunk. Sections are never merged: a chunk belongs to
+into consecutive runs of at most ``chunk_tokens`` tokens and at most
+``chunk_tokens * MAX_CHARS_PER_TOKEN`` characters, so every token of the document
+lands in exactly one chunk and no chunk is long in characters whatever the tokenizer
+makes of the text (a token spanning more than
+:data:`~heterag.encoders.MAX_TOKEN_CHARS` characters, such as the single unknown
+token of a DNA sequence, counts as one token per that many characters). Sections are never merged: a chunk belongs to
 one heading path. Cuts prefer sentence starts, then word starts, so chunks read as
 whole sentences and words are never split where avoidable.
 """
@@ -13,11 +17,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .documents import Chunk, Document
-from .encoders import TokenSpan
+from .encoders import MAX_TOKEN_CHARS, TokenSpan, split_long_tokens
 from .errors import InvalidInputError
 
 #: Default generation-chunk size in tokens (chosen on PubMedQA, see eval/pubmedqa_retrieval.py).
 DEFAULT_CHUNK_TOKENS = 64
+#: Smallest chunk size accepted (tokens).
+MIN_CHUNK_TOKENS = 8
+#: A chunk of ``n`` tokens spans at most ``n * MAX_CHARS_PER_TOKEN`` characters (English prose
+#: averages 4-5 characters per token, so ordinary text is cut by its token count).
+MAX_CHARS_PER_TOKEN = 8
 
 Tokenize = Callable[[str], TokenSpan]
 
@@ -54,6 +63,27 @@ def _is_sentence_start(text: str, tokens: TokenSpan, i: int) -> bool:
     return bool(gap) and text[prev_end - 1 : prev_end] in ".!?:;" and not text[start : start + 1].islower()
 
 
+def check_chunk_tokens(chunk_tokens: object) -> int:
+    """``chunk_tokens`` if it is an integer of at least :data:`MIN_CHUNK_TOKENS`, else :class:`InvalidInputError`."""
+    if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < MIN_CHUNK_TOKENS:
+        raise InvalidInputError(f"chunk size must be an integer of at least {MIN_CHUNK_TOKENS} tokens, got {chunk_tokens!r}")
+    return chunk_tokens
+
+
+def max_chunk_chars(chunk_tokens: int) -> int:
+    """Most characters one chunk of ``chunk_tokens`` tokens may span."""
+    return max(chunk_tokens * MAX_CHARS_PER_TOKEN, MAX_TOKEN_CHARS)
+
+
+def _char_limit(tokens: TokenSpan, start: int, hi: int, max_chars: int) -> int:
+    """Largest ``end <= hi`` (and ``> start``) whose tokens ``[start, end)`` span at most ``max_chars`` characters."""
+    c0 = tokens.offsets[start][0]
+    end = hi
+    while end > start + 1 and tokens.offsets[end - 1][1] - c0 > max_chars:
+        end -= 1
+    return end
+
+
 def _snap(text: str, tokens: TokenSpan, start: int, target: int, chunk_tokens: int) -> int:
     """Best cut at or before ``target``: a sentence start within half a chunk, else a word start."""
     for test, reach in ((_is_sentence_start, chunk_tokens // 2), (_is_word_start, chunk_tokens // 4)):
@@ -63,8 +93,10 @@ def _snap(text: str, tokens: TokenSpan, start: int, target: int, chunk_tokens: i
     return target
 
 
-def split_bounds(text: str, tokens: TokenSpan, chunk_tokens: int) -> list[tuple[int, int]]:
-    """Token ranges that cover ``tokens`` exactly, each at most ``chunk_tokens`` long.
+def split_bounds(text: str, tokens: TokenSpan, chunk_tokens: int, max_chars: int | None = None) -> list[tuple[int, int]]:
+    """Token ranges that cover ``tokens`` exactly, each at most ``chunk_tokens`` long and spanning at
+    most ``max_chars`` characters (default :func:`max_chunk_chars`; a single token longer than that
+    is its own range, see :func:`~heterag.encoders.split_long_tokens`).
 
     Each cut is placed as late as the limit allows, then moved back to the nearest
     sentence start (up to half a chunk) or word start (up to a quarter), so chunks read
@@ -72,13 +104,21 @@ def split_bounds(text: str, tokens: TokenSpan, chunk_tokens: int) -> list[tuple[
     when that can be avoided.
     """
     n = len(tokens)
+    max_chars = max_chars or max_chunk_chars(chunk_tokens)
     bounds: list[tuple[int, int]] = []
     start = 0
-    while n - start > chunk_tokens:
-        hi = start + chunk_tokens
+    while start < n:
+        if n - start <= chunk_tokens and tokens.offsets[n - 1][1] - tokens.offsets[start][0] <= max_chars:
+            break
+        hi = min(start + chunk_tokens, n)
         if n - hi < chunk_tokens // 4:  # the tail would be tiny: leave it a quarter chunk
-            hi = n - chunk_tokens // 4
-        cut = _snap(text, tokens, start, hi, chunk_tokens)
+            hi = max(n - chunk_tokens // 4, start + 1)
+        limit = _char_limit(tokens, start, hi, max_chars)
+        if limit < hi:  # the character bound binds: cut as late as it allows
+            cut = _snap(text, tokens, start, limit, max(limit - start, 1))
+        else:
+            cut = _snap(text, tokens, start, hi, chunk_tokens)
+        cut = max(cut, start + 1)
         bounds.append((start, cut))
         start = cut
     if start < n:
@@ -97,12 +137,11 @@ class ChunkedDocument:
 
 def chunk_document(doc: Document, tokenize: Tokenize, chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> ChunkedDocument:
     """Cut ``doc`` into generation chunks of at most ``chunk_tokens`` tokens."""
-    if not isinstance(chunk_tokens, int) or chunk_tokens < 8:
-        raise InvalidInputError(f"chunk size must be an integer of at least 8 tokens, got {chunk_tokens!r}")
+    check_chunk_tokens(chunk_tokens)
     chunks: list[Chunk] = []
     sections: list[ChunkedSection] = []
     for s_idx, section in enumerate(doc.sections):
-        tokens = tokenize(section.text)
+        tokens = split_long_tokens(tokenize(section.text))
         bounds = split_bounds(section.text, tokens, chunk_tokens)
         sections.append(ChunkedSection(tokens=tokens, bounds=bounds))
         for t0, t1 in bounds:

@@ -1,4 +1,4 @@
-"""``heterag`` command line: ingest, ask, eval, collections, train-image-encoder, tune, reembed.
+"""``heterag`` command line: ingest, ask, eval, collections, docs, drop, train-image-encoder, tune, reembed.
 
 A thin shell over the library: every subcommand parses arguments, calls the public
 API and prints. Errors a user can cause print one line and exit with status 2.
@@ -22,14 +22,51 @@ EXIT_USAGE = 2
 EXIT_PARTIAL = 1  # ran, but some input items failed
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (``heterag: error: ...``, naming the subcommand),
+    exit status 2, like every other user error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        command = self.prog.partition(" ")[2]
+        self.exit(EXIT_USAGE, f"heterag: error: {f'{command}: ' if command else ''}{message}\n")
+
+
+def _int_at_least(low: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return parse
+
+
+def _float_in(low: float, what: str, *, open_low: bool = False):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        if value != value or value < low or (open_low and value == low) or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be {'above' if open_low else 'at least'} {low}, got {text}")
+        return value
+    return parse
+
+
+_CHUNK_TOKENS = _int_at_least(8, "--chunk-tokens")
+_NEIGHBOURS = _int_at_least(0, "--neighbours")
+
+
 def _add_collection_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", help="vector store for a new collection: chroma (default), faiss, chroma-http://HOST:PORT "
                    "(a Chroma server), postgresql://USER[:PASSWORD]@HOST[:PORT]/DB (PostgreSQL with pgvector), "
                    "qdrant[:PATH|:URL], lancedb[:PATH] or milvus[:PATH.db|:URL]")
     p.add_argument("--encoder", help="text encoder: sentence-transformers name or local path (default: packaged all-MiniLM-L6-v2)")
     p.add_argument("--view", help="retrieval view for a new collection: naive, heterag (default) or late")
-    p.add_argument("--neighbours", type=int, help="heterag view: neighbouring chunks on each side (default 1)")
-    p.add_argument("--chunk-tokens", type=int, help="generation chunk size in tokens (default 64)")
+    p.add_argument("--neighbours", type=_NEIGHBOURS, help="heterag view: neighbouring chunks on each side (default 1)")
+    p.add_argument("--chunk-tokens", type=_CHUNK_TOKENS, help="generation chunk size in tokens (at least 8; default 64)")
     p.add_argument("--image-encoder", help="image encoder for a new collection: default (offline), default:DIR (retrained), "
                    "open_clip:ARCH[:PRETRAINED], open_clip:hf-hub:ORG/NAME or open_clip:ARCH:/path/to/checkpoint")
     p.add_argument("--adapter", help="text-encoder adapter (heterag tune --out ADAPTER); default: the collection's own, "
@@ -45,7 +82,7 @@ def _view_options(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="heterag", description="HeteRAG: retrieval views for short generation chunks.")
+    parser = _Parser(prog="heterag", description="HeteRAG: retrieval views for short generation chunks.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -54,7 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("--collection", required=True)
     p.add_argument("--split", help="COCO split (e.g. val2017) or MedMNIST split (train/val/test)")
-    p.add_argument("--max-doc-mb", type=float, default=10.0, help="reject documents larger than this (default 10)")
+    p.add_argument("--max-doc-mb", type=_float_in(0, "--max-doc-mb", open_low=True), default=10.0, help="reject documents larger than this (default 10)")
+    p.add_argument("--sync", action="store_true", help="also remove documents whose source file under PATH is gone")
+    p.add_argument("--dicom-patient-tags", action="store_true", help="keep DICOM patient-identifying tags (name, id, "
+                   "birth date...) in the collection; by default they are never stored")
     _add_collection_options(p)
 
     p = sub.add_parser("ask", help="answer a question (and/or an image) from a collection, with sources")
@@ -62,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", help="a query image file")
     p.add_argument("--collection", default=None, help="collection to ask (default: the built-in demo collection: Python "
                    "reference topics, or 300 synthetic scenes when --image is given)")
-    p.add_argument("-k", "--top-k", type=int, default=5)
+    p.add_argument("-k", "--top-k", type=_int_at_least(1, "--top-k"), default=5)
     p.add_argument("--fusion", help="score fusion: weighted (default) or rrf, optionally with weights, e.g. "
                    "weighted:text=1,image=2,cross=0.5 (the default)")
     p.add_argument("--generator", default="extractive", help="extractive (offline default), local (a small offline "
@@ -70,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="openai: model name; transformers: local model folder; local: model folder or "
                    "GGUF file (default: the packaged SmolLM2)")
     p.add_argument("--base-url", help="openai: endpoint base URL (default $OPENAI_BASE_URL)")
-    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--temperature", type=_float_in(0, "--temperature"), default=0.0)
     p.add_argument("--json", action="store_true", help="print the answer and sources as JSON")
     _add_collection_options(p)
 
@@ -79,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = esub.add_parser("beir", help="index a BEIR dataset and score its test queries")
     b.add_argument("path")
     b.add_argument("--views", default="heterag", help="naive, heterag or late (comma-separate several)")
-    b.add_argument("--chunk-tokens", type=int, default=None)
-    b.add_argument("--neighbours", type=int, default=None)
+    b.add_argument("--chunk-tokens", type=_CHUNK_TOKENS, default=None)
+    b.add_argument("--neighbours", type=_NEIGHBOURS, default=None)
     b.add_argument("--encoder", default=None)
     b.add_argument("--store", default="faiss", help="store used for the temporary index (default faiss)")
     b.add_argument("--split", default="test")
@@ -93,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "synthetic:N[:SEED] for N built-in synthetic scenes")
     i.add_argument("--encoder", default="default", help="image encoder: default or open_clip:ARCH[:PRETRAINED]")
     i.add_argument("--split", default=None, help="COCO/MedMNIST split")
-    i.add_argument("--limit", type=int, default=None, help="use the first N images only")
+    i.add_argument("--limit", type=_int_at_least(1, "--limit"), default=None, help="use the first N images only")
     i.add_argument("--variants", default="mask,jpeg50,crop90")
     i.add_argument("--seed", type=int, default=0)
     i.add_argument("--store", default="faiss")
@@ -104,7 +144,23 @@ def build_parser() -> argparse.ArgumentParser:
                        "into the default text encoder's space) on synthetic scenes and captioned image folders")
     t.add_argument("train_args", nargs=argparse.REMAINDER)
 
-    sub.add_parser("collections", help="list collections")
+    c = sub.add_parser("collections", help="list collections with their settings and counts")
+    c.add_argument("--json", action="store_true")
+    d = sub.add_parser("drop", help="delete a collection and everything in it")
+    d.add_argument("name")
+    d.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p = sub.add_parser("docs", help="list, show and delete the documents of a collection")
+    dsub = p.add_subparsers(dest="docs_command", required=True)
+    d = dsub.add_parser("list", help="id, title, source, chunk count and image of every document")
+    d.add_argument("--collection", required=True)
+    d.add_argument("--json", action="store_true")
+    d = dsub.add_parser("show", help="a document's metadata and chunks")
+    d.add_argument("id")
+    d.add_argument("--collection", required=True)
+    d.add_argument("--json", action="store_true")
+    d = dsub.add_parser("delete", help="delete documents by id")
+    d.add_argument("ids", nargs="+", metavar="ID")
+    d.add_argument("--collection", required=True)
 
     # its options live in heterag.tuning_cli (which imports torch): parsed there, so other commands start fast
     t = sub.add_parser("tune", add_help=False, help="train a soft-prompt adapter for the text encoder (adaptive prompt "
@@ -139,23 +195,39 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from corpora.files import iter_path
 
-    from .collections import open_collection
+    from .collections import drop_collection, open_collection, read_info
 
-    items = iter_path(args.path, max_document_bytes=int(args.max_doc_mb * 2**20), split=args.split)  # checks the path first
+    options = {"dicom_patient_tags": True} if args.dicom_patient_tags else {}
+    items = iter_path(args.path, max_document_bytes=int(args.max_doc_mb * 2**20), split=args.split,
+                      options=options)  # checks the path first
+    if args.sync and not os.path.isdir(args.path):
+        raise HeteragError("--sync needs a folder: it removes documents whose file under the folder is gone")
+    is_new = read_info(args.collection) is None
     pipe = open_collection(
         args.collection, store=args.store, encoder=args.encoder, view=args.view,
         view_options=_view_options(args), chunk_tokens=args.chunk_tokens, image_encoder=args.image_encoder,
         adapter=args.adapter,
     )
+    removed: list[str] = []
     try:
         report = pipe.ingest(items, progress=sys.stderr.isatty())
         for f in report.failures:
             print(f"skipped {f}", file=sys.stderr)
-        images = pipe.image_store.count() if pipe.image_store is not None else 0
-        print(f"{args.collection}: {report.summary()}; collection now holds {pipe.count()} chunks"
-              + (f" and {images} images" if images else ""))
+        if args.sync:
+            removed = pipe.remove_missing_files(args.path)
+        empty = is_new and not report.documents_written
+        if not empty:
+            images = pipe.image_store.count() if pipe.image_store is not None else 0
+            gone = f"; removed {len(removed)} documents whose file is gone" if removed else ""
+            print(f"{args.collection}: {report.summary()}{gone}; collection now holds {pipe.count()} chunks"
+                  + (f" and {images} images" if images else ""))
     finally:
         pipe.close()
+    if empty:  # nothing made it in: no collection is left behind
+        drop_collection(args.collection)
+        print(f"heterag: nothing was ingested from {args.path} ({len(report.failures)} skipped); "
+              f"collection {args.collection!r} was not created", file=sys.stderr)
+        return EXIT_PARTIAL
     return EXIT_PARTIAL if report.failures else 0
 
 
@@ -176,6 +248,14 @@ def cmd_ask(args: argparse.Namespace) -> int:
         gen_kwargs = {"model": args.model or None, "temperature": args.temperature}
     if not args.question.strip() and not args.image:
         raise HeteragError("give a question, an --image, or both")
+    from .generators import GENERATORS
+
+    if args.generator not in GENERATORS:  # every option is checked before a model loads
+        raise UnknownNameError("generator", args.generator, GENERATORS)
+    if args.fusion:
+        from .fusion import Fusion
+
+        Fusion.parse(args.fusion)
     image = None
     if args.image:
         from .images import ImageRef
@@ -381,14 +461,78 @@ def cmd_train_image_encoder(args: argparse.Namespace) -> int:
 
 
 def cmd_collections(args: argparse.Namespace) -> int:
-    from .collections import heterag_home, list_collections
+    from .collections import describe_collection, heterag_home, list_collections
 
-    names = list_collections()
-    if not names:
+    rows = [describe_collection(n) for n in list_collections()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
         print(f"no collections under {heterag_home()}")
-    for n in names:
-        print(n)
+    for r in [] if args.json else rows:
+        view = r.get("view", "-") + "".join(f" {k}={v}" for k, v in r.get("view_settings", {}).items()
+                                            if not isinstance(v, str))  # templates: see --json
+        print(f"{r['name']}: {r['documents']} documents, {r['chunks']} chunks, {r['images']} images; store {r['store']}, "
+              f"encoder {r['encoder']}, view {view}, chunk tokens {r.get('chunk_tokens', '-')}, "
+              f"image encoder {r['image_encoder']}, adapter {r['adapter']}" + (f", purpose {r['purpose']}" if r["purpose"] else ""))
     return 0
+
+
+def cmd_drop(args: argparse.Namespace) -> int:
+    from .collections import collection_info, drop_collection
+
+    info = collection_info(args.name)  # an unknown name fails before any question
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise HeteragError(f"drop {args.name}: confirm with --yes (no terminal to ask on)")
+        reply = input(f"delete collection {args.name!r} and everything in {info.path}? [y/N] ")
+        if reply.strip().lower() not in ("y", "yes"):
+            print("kept", file=sys.stderr)
+            return EXIT_PARTIAL
+    drop_collection(args.name)
+    print(f"dropped {args.name}")
+    return 0
+
+
+def cmd_docs(args: argparse.Namespace) -> int:
+    from .collections import collection_info, open_collection
+
+    collection_info(args.collection)  # unknown collection: one line, before a model loads
+    pipe = open_collection(args.collection, create=False)
+    try:
+        if args.docs_command == "list":
+            docs = pipe.documents()
+            if args.json:
+                print(json.dumps([d.__dict__ for d in docs], indent=2, ensure_ascii=False))
+            for d in [] if args.json else docs:
+                image = f"  image {d.image}" if d.image else ""
+                print(f"{d.id}\t{d.title}\t{d.source or '-'}\t{d.chunks} chunks{image}")
+            if not docs and not args.json:
+                print(f"collection {args.collection!r} holds no documents", file=sys.stderr)
+            return 0
+        if args.docs_command == "show":
+            found = [d for d in pipe.documents(where={"doc_id": args.id})]
+            if not found:
+                raise HeteragError(f"no document {args.id!r} in collection {args.collection!r} (list them with: heterag "
+                                   f"docs list --collection {args.collection})")
+            doc, chunks = found[0], pipe.document_chunks(args.id)
+            if args.json:
+                print(json.dumps({**doc.__dict__, "chunk_texts": [c.text for c in chunks]}, indent=2, ensure_ascii=False))
+                return 0
+            print(f"id: {doc.id}\ntitle: {doc.title}\nsource: {doc.source or '-'}\nfile: {doc.source_path or '-'}\n"
+                  f"chunks: {doc.chunks}" + (f"\nimage: {doc.image}" if doc.image else ""))
+            for c in chunks:
+                heading = str(c.metadata.get("heading", ""))
+                print(f"\n[{c.metadata.get('chunk_index', 0)}]{f' {heading}' if heading else ''}\n{c.text}")
+            return 0
+        known = {d.id for d in pipe.documents(where={"doc_id": {"$in": list(args.ids)}})}
+        missing = [i for i in args.ids if i not in known]
+        removed = pipe.delete_documents([i for i in args.ids if i in known])
+        for i in missing:
+            print(f"heterag: no document {i!r} in collection {args.collection!r}", file=sys.stderr)
+        print(f"{args.collection}: deleted {len(known)} documents ({removed} records)")
+        return EXIT_PARTIAL if missing else 0
+    finally:
+        pipe.close()
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -406,7 +550,8 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return run_command(args)
 
 
-COMMANDS = {"ingest": cmd_ingest, "ask": cmd_ask, "eval": cmd_eval, "collections": cmd_collections,
+COMMANDS = {"ingest": cmd_ingest, "ask": cmd_ask, "eval": cmd_eval, "collections": cmd_collections, "drop": cmd_drop,
+            "docs": cmd_docs,
             "train-image-encoder": cmd_train_image_encoder, "sandbox": cmd_sandbox, "tune": cmd_tune,
             "reembed": cmd_reembed, "migrate": cmd_migrate}
 
@@ -434,6 +579,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("heterag: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _closed_stdout()
+
+
+def _closed_stdout() -> int:
+    """The reader of our output went away (``heterag ask ... | head``): exit quietly, as other CLI tools do.
+
+    stdout is pointed at /dev/null so that Python's final flush does not raise again; the status is
+    141 (128 + SIGPIPE), what a shell reports for a tool ended by a closed pipe.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # pragma: no cover - stdout without a file descriptor
+        pass
+    return 141
 
 
 if __name__ == "__main__":

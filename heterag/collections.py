@@ -15,12 +15,13 @@ import json
 import logging
 import os
 import re
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .chunking import DEFAULT_CHUNK_TOKENS
+from .chunking import DEFAULT_CHUNK_TOKENS, check_chunk_tokens
 from .errors import CollectionNotFoundError, FingerprintMismatchError, InvalidInputError
 from .fusion import Fusion
 from .generators.base import Generator
@@ -113,6 +114,26 @@ def load_text_encoder(name: str | None):
     return _ENCODERS[key]
 
 
+def _legacy_identity(info: CollectionInfo, fp: Any, encoder: Any) -> str | None:
+    """The fingerprint identity to keep for a collection built before local encoders were hashed, or None.
+
+    Collections made before weight hashes recorded a local text encoder as ``local:<folder name>``.
+    Rule: such a collection keeps opening (with its old identity) only when its encoder is loaded from
+    the very folder its ``collection.json`` records; a model from any other folder, whatever its name,
+    has the new ``local:<name>@sha256-...`` identity and is refused as a fingerprint mismatch.
+    """
+    from .encoders import legacy_identity
+
+    model = str(getattr(fp, "model", "") or "")
+    path = getattr(encoder, "path", None)
+    if not model.startswith("local:") or "@sha256-" in model or path is None or not info.encoder:
+        return None
+    if legacy_identity(str(encoder.identity)) != model or Path(info.encoder).expanduser().resolve() != Path(path).resolve():
+        return None
+    log.info("collection %s predates encoder weight hashes: opened with its recorded encoder folder %s", info.name, path)
+    return model
+
+
 def collection_info(name: str, home: Path | None = None) -> CollectionInfo:
     """How collection ``name`` was built (store, encoders, purpose, folder); raises
     :class:`CollectionNotFoundError` if it does not exist."""
@@ -125,6 +146,43 @@ def collection_info(name: str, home: Path | None = None) -> CollectionInfo:
 def list_collections(home: Path | None = None) -> list[str]:
     root = (home or heterag_home()) / "collections"
     return sorted(p.name for p in root.iterdir() if (p / "collection.json").exists()) if root.exists() else []
+
+
+def drop_collection(name: str, home: Path | None = None) -> None:
+    """Delete collection ``name`` and everything in its folder (store, images, adapters).
+
+    Waits for a writer of the collection (its write lock) so an ingest in progress is never cut in
+    half; raises :class:`CollectionNotFoundError` if there is no such collection.
+    """
+    info = collection_info(name, home)
+    with WriteLock(info.path, name)():
+        tmp = info.path.with_name(f".{info.path.name}.dropping-{os.getpid()}")
+        os.replace(info.path, tmp)  # the collection disappears at once; its files go after
+    shutil.rmtree(tmp, ignore_errors=True)
+    log.info("dropped collection %s", name)
+
+
+def describe_collection(name: str, home: Path | None = None) -> dict[str, Any]:
+    """Settings and counts of collection ``name`` without loading any model: store, text encoder, view
+    and its settings, chunk size, adapter, image encoder, and how many documents, chunks and images it holds."""
+    info = collection_info(name, home)
+    out: dict[str, Any] = {"name": name, "store": info.store, "encoder": info.encoder or "default",
+                           "image_encoder": info.image_encoder, "adapter": info.adapter or "none", "purpose": info.purpose}
+    vs = open_store(info.store, info.store_path, collection="heterag")
+    image_vs = None
+    try:
+        image_vs = open_store(info.store, info.store_path, collection="heterag_images")
+        fp = vs.fingerprint()
+        if fp is not None:
+            out.update(view=fp.view, view_settings=dict(fp.extra.get("view_settings", {})),
+                       chunk_tokens=int(fp.extra.get("chunk_tokens", DEFAULT_CHUNK_TOKENS)), encoder_identity=fp.model)
+        docs = {str(r.metadata.get("doc_id", "")) for s in (vs, image_vs) if s.count() for r in s.get()}
+        out.update(documents=len(docs), chunks=vs.count(), images=image_vs.count())
+    finally:
+        vs.close()
+        if image_vs is not None:
+            image_vs.close()
+    return out
 
 
 def open_collection(
@@ -159,15 +217,27 @@ def open_collection(
     none. An adapter other than the collection's raises :class:`FingerprintMismatchError` naming both
     and the ``heterag reembed`` command; a new collection keeps a copy of its adapter.
     """
+    # Every setting is checked before anything is written: a bad option never leaves a folder behind.
     if purpose not in (None, "", "experiment"):
         raise InvalidInputError(f"purpose must be '' or 'experiment', got {purpose!r}")
     if store is not None:
         parse_store_url(store)  # an unknown scheme lists the accepted forms
+    if chunk_tokens is not None:
+        check_chunk_tokens(chunk_tokens)
+    if view is not None or view_options is not None:
+        make_view(view or DEFAULT_VIEW, **(view_options or {}))  # unknown names and bad options raise here
+    fusion = Fusion.parse(fusion)
+    if image_encoder is not None:
+        from .image_encoders import check_image_encoder_spec
+
+        check_image_encoder_spec(image_encoder)
     info = read_info(name, home)
     is_new = info is None
     if info is None:
         if not create:
             raise CollectionNotFoundError(f"no collection named {name!r} under {heterag_home()}; ingest into it first")
+        if encoder is not None and Path(encoder).expanduser().exists():
+            encoder = str(Path(encoder).expanduser().resolve())  # a relative path means the same model from anywhere
         info = CollectionInfo(name=name, store=store or DEFAULT_STORE, encoder=encoder, path=collection_dir(name, home),
                               image_encoder=image_encoder or DEFAULT_IMAGE_ENCODER, purpose=purpose or "")
     elif store is not None and store != info.store:
@@ -185,9 +255,12 @@ def open_collection(
         from .adapters import load_adapter
 
         adapter_obj = load_adapter(adapter)
-    vs = open_store(info.store, info.store_path, collection="heterag")  # one collection per folder
+    base_encoder = load_text_encoder(encoder if encoder is not None else info.encoder)  # a bad encoder fails before any write
+    existed = info.path.exists()
+    vs = None
     image_vs = None
     try:
+        vs = open_store(info.store, info.store_path, collection="heterag")  # one collection per folder
         image_vs = open_store(info.store, info.store_path, collection="heterag_images")
         fp = vs.fingerprint()
         stored_settings = dict(fp.extra.get("view_settings", {})) if fp else {}
@@ -195,8 +268,8 @@ def open_collection(
         if view_options is None and fp is not None and view_kind == fp.view:
             view_options = stored_settings
         rview = make_view(view_kind, **(view_options or {}))
-        tokens = chunk_tokens or (int(fp.extra.get("chunk_tokens", DEFAULT_CHUNK_TOKENS)) if fp else DEFAULT_CHUNK_TOKENS)
-        enc = load_text_encoder(encoder if encoder is not None else info.encoder)
+        tokens = chunk_tokens if chunk_tokens is not None else (int(fp.extra.get("chunk_tokens", DEFAULT_CHUNK_TOKENS)) if fp else DEFAULT_CHUNK_TOKENS)
+        enc = base_encoder
         if adapter_obj is not None:
             from .adapters import AdaptedEncoder
 
@@ -208,12 +281,16 @@ def open_collection(
             info = replace(info, adapter=f"adapters/{adapter_obj.hash}")
             is_new = True  # record it
         pipeline = Pipeline(vs, enc, rview, generator, chunk_tokens=tokens, name=name, image_store=image_vs,
-                            image_encoder=info.image_encoder, image_files=info.path / "images", fusion=Fusion.parse(fusion),
-                            guards=guards, hit_filters=hit_filters, write_lock=WriteLock(info.path, name))
+                            image_encoder=info.image_encoder, image_files=info.path / "images", fusion=fusion,
+                            guards=guards, hit_filters=hit_filters, write_lock=WriteLock(info.path, name),
+                            encoder_identity=_legacy_identity(info, fp, base_encoder))
     except BaseException:
-        vs.close()
+        if vs is not None:
+            vs.close()
         if image_vs is not None:
             image_vs.close()
+        if not existed and info.path.exists() and not (info.path / "collection.json").exists():
+            shutil.rmtree(info.path, ignore_errors=True)  # a collection that failed to open is not left half-made
         raise
     if is_new:
         _write_info(info)

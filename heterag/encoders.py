@@ -71,7 +71,9 @@ def resolve_text_model(name: str | None) -> tuple[str, str]:
     """Map a user-facing model name to ``(identity, load_target)``.
 
     ``identity`` is what fingerprints record (stable across machines); ``load_target``
-    is what sentence-transformers loads (a local path when one is available).
+    is what sentence-transformers loads (a local path when one is available). A local folder's
+    identity is ``local:<folder name>@sha256-<hash of its weights, tokenizer and configs>``
+    (:func:`model_files_hash`): another model in a folder of the same name is another identity.
     """
     if name is None or name.lower() in _DEFAULT_ALIASES:
         packaged = _packaged_default()
@@ -82,8 +84,45 @@ def resolve_text_model(name: str | None) -> tuple[str, str]:
     if path.exists():
         if not (path / "config.json").exists() and not (path / "modules.json").exists():
             raise InvalidInputError(f"text encoder path {path} has neither modules.json nor config.json")
-        return f"local:{path.resolve().name}", str(path.resolve())
+        return f"local:{path.resolve().name}@sha256-{model_files_hash(path)}", str(path.resolve())
     return name, name
+
+
+#: Files of a model folder that make its vectors: weights, tokenizer, configs (not READMEs or licences).
+_MODEL_FILE_SUFFIXES = frozenset({".safetensors", ".bin", ".pt", ".pth", ".json", ".txt", ".model", ".vocab", ".tiktoken"})
+_MODEL_FILE_SKIP = frozenset({"readme.md", "license.txt", "licence.txt", "notice.txt", "requirements.txt"})
+_HASHES: dict[tuple[str, int, int, int], str] = {}
+
+
+def model_files_hash(folder: str | os.PathLike[str]) -> str:
+    """SHA-256 (16 hex) over the weight, tokenizer and config files of a local model folder.
+
+    What a local model's identity is made of: two folders with the same files have the same hash,
+    whatever their names; a changed weight or vocabulary changes it. Files are taken in sorted
+    relative-path order (hidden files and READMEs skipped), each as its path and content. Cached per
+    process by (path, file count, total size, newest mtime).
+    """
+    import hashlib
+
+    root = Path(folder).expanduser().resolve()
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in _MODEL_FILE_SUFFIXES
+                   and p.name.lower() not in _MODEL_FILE_SKIP
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    stats = [p.stat() for p in files]
+    key = (str(root), len(files), sum(st.st_size for st in stats), max((st.st_mtime_ns for st in stats), default=0))
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        for p in files:
+            h.update(p.relative_to(root).as_posix().encode() + b"\0")
+            with p.open("rb") as f:
+                h.update(hashlib.file_digest(f, "sha256").digest())
+        _HASHES[key] = h.hexdigest()[:16]
+    return _HASHES[key]
+
+
+def legacy_identity(identity: str) -> str:
+    """The identity fingerprints recorded before weight hashes (``local:NAME``) for ``identity``."""
+    return identity.split("@sha256-", 1)[0]
 
 
 def _quiet_hub_loading() -> None:
@@ -107,6 +146,26 @@ class TokenSpan:
         return len(self.ids)
 
 
+#: Longest character span one token may cover. A tokenizer can make a long run without whitespace
+#: (a DNA sequence, a base64 blob) into a single unknown token; such a token counts as one token per
+#: ``MAX_TOKEN_CHARS`` characters, so token budgets (chunk sizes, context sizes) bound characters too.
+MAX_TOKEN_CHARS = 32
+
+
+def split_long_tokens(span: TokenSpan, max_chars: int = MAX_TOKEN_CHARS) -> TokenSpan:
+    """``span`` with every token longer than ``max_chars`` characters cut into consecutive pieces of at
+    most ``max_chars`` (each piece keeps the token's id). Returns ``span`` itself when nothing is cut."""
+    if all(e - s <= max_chars for s, e in span.offsets):
+        return span
+    ids: list[int] = []
+    offsets: list[tuple[int, int]] = []
+    for tid, (s, e) in zip(span.ids, span.offsets, strict=True):
+        for a in range(s, max(e, s + 1), max_chars):
+            ids.append(tid)
+            offsets.append((a, min(a + max_chars, e)))
+    return TokenSpan(ids=ids, offsets=offsets)
+
+
 class TextEncoder:
     """Batched, L2-normalised sentence embeddings plus the model's tokenizer.
 
@@ -122,6 +181,8 @@ class TextEncoder:
         max_seq_length: int | None = None,
     ):
         self.identity, target = resolve_text_model(model)
+        #: The local folder the model was loaded from (None for hub names and the packaged default).
+        self.path: Path | None = Path(target) if self.identity.startswith("local:") else None
         self.batch_size = batch_size
         from sentence_transformers import SentenceTransformer
 
@@ -182,11 +243,15 @@ class TextEncoder:
             return tok(text, verbose=False, **kwargs)
 
     def tokenize(self, text: str) -> TokenSpan:
+        """Token ids and character spans of ``text`` (no special tokens); a token covering more than
+        :data:`MAX_TOKEN_CHARS` characters counts as several (:func:`split_long_tokens`)."""
         enc = self._tokens(text, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False)
-        return TokenSpan(ids=list(enc["input_ids"]), offsets=[tuple(o) for o in enc["offset_mapping"]])
+        return split_long_tokens(TokenSpan(ids=list(enc["input_ids"]), offsets=[tuple(o) for o in enc["offset_mapping"]]))
 
     def count_tokens(self, text: str) -> int:
-        return len(self._tokens(text, add_special_tokens=False)["input_ids"])
+        """``len(self.tokenize(text))``: long runs without whitespace count one token per :data:`MAX_TOKEN_CHARS` characters."""
+        enc = self._tokens(text, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False)
+        return sum(max(1, -(-(e - s) // MAX_TOKEN_CHARS)) for s, e in enc["offset_mapping"])
 
     @cached_property
     def _special_template(self) -> tuple[list[int], list[int]]:

@@ -555,6 +555,47 @@ _CACHE: dict[str, ImageEncoder] = {}
 _LOCK = threading.Lock()
 
 
+def check_image_encoder_spec(spec: str | None) -> str:
+    """Check ``spec`` without loading any weights; returns it stripped.
+
+    Raises :class:`UnknownNameError` for an unknown prefix (listing the choices) and
+    :class:`InvalidInputError` for a ``default:DIR`` without weights, an unknown open_clip
+    architecture or tag, or a missing checkpoint file. Used before a collection is created, so a
+    mistyped ``--image-encoder`` is refused before anything is written.
+    """
+    if spec is not None and not isinstance(spec, str):
+        raise InvalidInputError(f"image encoder spec must be a string, got {type(spec).__name__}")
+    key = (spec or "default").strip()
+    if key == "default" or key in _CACHE:
+        return key
+    if key.startswith("default:"):
+        folder = Path(key.split(":", 1)[1]).expanduser()
+        if not (folder / DEFAULT_WEIGHTS).is_file():
+            raise InvalidInputError(f"image encoder {key!r}: no {DEFAULT_WEIGHTS} in {folder} "
+                                    "(write one with heterag train-image-encoder --out DIR)")
+        return key
+    if key != "open_clip" and not key.startswith("open_clip:"):
+        raise UnknownNameError("image encoder", key.split(":", 1)[0], IMAGE_ENCODERS)
+    rest = key[len("open_clip:"):]
+    if not rest:
+        raise InvalidInputError(f"image encoder {key!r}: name an architecture, e.g. open_clip:ViT-B-32")
+    if rest.startswith("hf-hub:"):
+        return key
+    import open_clip
+
+    arch, _, tail = rest.partition(":")
+    if arch not in open_clip.list_models():
+        close = difflib.get_close_matches(arch, open_clip.list_models(), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise InvalidInputError(f"image encoder {key!r}: unknown open_clip architecture {arch!r}{hint}")
+    if tail and OpenClipImageEncoder._looks_like_path(tail):
+        if not Path(tail).expanduser().is_file():
+            raise InvalidInputError(f"image encoder {key!r}: checkpoint {Path(tail).expanduser()} does not exist")
+    elif tail and tail not in open_clip.list_pretrained_tags_by_model(arch):
+        raise InvalidInputError(f"image encoder {key!r}: {tail!r} is neither a pretrained tag of {arch} nor a checkpoint file")
+    return key
+
+
 def load_image_encoder(spec: str | None = None) -> ImageEncoder:
     """Load (once per process) the image encoder ``spec``.
 

@@ -24,6 +24,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -83,6 +84,18 @@ class IngestReport:
             f"{n(self.documents_written, 'document')} written ({n(self.chunks_written, 'chunk')}{images}), "
             f"{self.documents_unchanged} unchanged, {len(self.failures)} failed{rejected}, in {self.seconds:.1f}s"
         )
+
+
+@dataclass(frozen=True)
+class DocumentInfo:
+    """One stored document, as :meth:`Pipeline.documents` lists it."""
+
+    id: str
+    title: str
+    source: str  # the path it was read from, relative to the ingested folder ("" when not from a file)
+    chunks: int  # stored text chunks (0 for an image without text)
+    image: str | None = None  # the stored image file, for image items
+    source_path: str = ""  # resolved absolute path of the file it was read from ("" when not from a file)
 
 
 class Pipeline:
@@ -238,12 +251,21 @@ class Pipeline:
         if os.environ.get("HETERAG_NO_PROGRESS"):
             progress = False
         bar = tqdm(total=total, unit="doc", desc="ingest", disable=progress is False or (progress is None and (total or 0) < 50))
+        seen: dict[str, set[str]] = {}  # source file -> ids of its documents in this run
+        changed: set[str] = set()  # source files whose documents were (re)written
         try:
             for batch in _batched(items, batch_documents):
+                batch = self._same_files(batch)
+                for item in batch:
+                    if isinstance(item, Document) and item.metadata.get("source_path"):
+                        seen.setdefault(str(item.metadata["source_path"]), set()).add(item.id)
                 docs = self._collect(batch, report)
                 with self._writing():
-                    self._write_batch(docs, report)
+                    written = self._write_batch(docs, report)
+                changed |= {str(cd.doc.metadata["source_path"]) for cd in written if cd.doc.metadata.get("source_path")}
                 bar.update(len(batch))
+            if changed:
+                self._drop_old_parts({p: seen[p] for p in changed if p in seen}, report)
         finally:
             bar.close()
             if hasattr(self.store, "flush"):
@@ -251,6 +273,52 @@ class Pipeline:
         report.seconds = time.perf_counter() - t0
         log.info("ingest: %s", report.summary())
         return report
+
+    def _stored_files(self, paths: Sequence[str]) -> dict[str, dict[str, Record]]:
+        """Stored documents of the files ``paths`` (``metadata["source_path"]``): file -> doc id -> one record."""
+        out: dict[str, dict[str, Record]] = {}
+        for start in range(0, len(paths), 256):
+            group = list(paths[start : start + 256])
+            for store in (self.store, self.image_store):
+                if store is None or not store.count():
+                    continue
+                for r in store.get(where={"source_path": {"$in": group}}):
+                    out.setdefault(str(r.metadata["source_path"]), {}).setdefault(str(r.metadata.get("doc_id", "")), r)
+        return out
+
+    def _same_files(self, batch: list[Any]) -> list[Any]:
+        """Give documents of files already stored under another id (the same file reached through another
+        ingest root: a parent, a subfolder, a symlink, an absolute path) the stored id and source, so a file
+        is one document whatever the root. A part of a file (``<source>#figure-1``) keeps its suffix."""
+        paths = sorted({str(d.metadata["source_path"]) for d in batch if isinstance(d, Document) and d.metadata.get("source_path")})
+        if not paths:
+            return batch
+        known: dict[tuple[str, str], tuple[str, str]] = {}
+        for path, docs in self._stored_files(paths).items():
+            for doc_id, r in docs.items():
+                source = str(r.metadata.get("source", ""))
+                part = doc_id[len(source):] if source and doc_id.startswith(source) else None
+                if part is not None:
+                    known[(path, part)] = (doc_id, source)
+        out = []
+        for item in batch:
+            if isinstance(item, Document) and item.metadata.get("source_path"):
+                source = str(item.metadata.get("source", ""))
+                if source and item.id.startswith(source):
+                    hit = known.get((str(item.metadata["source_path"]), item.id[len(source):]))
+                    if hit is not None and hit[0] != item.id:
+                        item = dataclasses.replace(item, id=hit[0], metadata={**item.metadata, "source": hit[1]})
+            out.append(item)
+        return out
+
+    def _drop_old_parts(self, files: Mapping[str, set[str]], report: IngestReport) -> None:
+        """Remove stored documents of re-read files that this version of the file no longer has
+        (a figure taken out of a PDF)."""
+        stored = self._stored_files(sorted(files))
+        gone = [doc_id for path, docs in stored.items() for doc_id in docs if doc_id not in files.get(path, set())]
+        if gone:
+            with self._writing():
+                report.stale_chunks_removed += self._delete_documents(gone)
 
     def _collect(self, batch: Sequence[Any], report: IngestReport) -> list[ChunkedDocument]:
         chunked: dict[str, ChunkedDocument] = {}
@@ -267,16 +335,17 @@ class Pipeline:
                 raise InvalidInputError(f"ingest expects Documents, got {type(item).__name__}")
         return list(chunked.values())
 
-    def _write_batch(self, docs: list[ChunkedDocument], report: IngestReport) -> None:
+    def _write_batch(self, docs: list[ChunkedDocument], report: IngestReport) -> list[ChunkedDocument]:
+        """Write the documents that changed; returns them."""
         if not docs:
-            return
+            return []
         if any(cd.doc.image is not None for cd in docs) and (self.image_store is None or self.image_files is None):
             for cd in [cd for cd in docs if cd.doc.image is not None]:
                 report.failures.append(ItemError(cd.doc.image.source or cd.doc.id, "this pipeline stores no images "
                                                  "(open it with an image store and image folder)"))
             docs = [cd for cd in docs if cd.doc.image is None]
             if not docs:
-                return
+                return []
         wanted = [c.id for cd in docs for c in cd.chunks]
         present = {r.id for r in self.store.get(ids=wanted)} if wanted else set()
         image_ids = [image_record_id(cd.doc) for cd in docs if cd.doc.image is not None]
@@ -285,7 +354,7 @@ class Pipeline:
         todo = [cd for cd in docs if any(i not in present for i in _record_ids(cd))]
         report.documents_unchanged += len(docs) - len(todo)
         if not todo:
-            return
+            return []
         image_vectors: dict[str, np.ndarray] = {}
         if any(cd.doc.image is not None for cd in todo):
             t = time.perf_counter()
@@ -299,7 +368,7 @@ class Pipeline:
         if self.guards and todo:
             todo, view_texts, vectors = self._guard(todo, text_docs, view_texts, vectors, image_vectors, report)
             if not todo:
-                return
+                return []
         records, image_records = [], []
         row = 0
         for cd in todo:
@@ -339,6 +408,7 @@ class Pipeline:
         report.documents_written += len(todo)
         report.chunks_written += len(records)
         report.images_written += len(image_records)
+        return todo
 
     def _guard(self, todo: list[ChunkedDocument], text_docs: list[ChunkedDocument], view_texts: list[str],
                vectors: np.ndarray | None, image_vectors: dict[str, np.ndarray], report: IngestReport
@@ -426,6 +496,39 @@ class Pipeline:
             if s is not None and hasattr(s, "flush"):
                 s.flush()
         return removed
+
+    # ---- documents ----------------------------------------------------------------------
+    def documents(self, where: Mapping[str, Any] | None = None) -> list[DocumentInfo]:
+        """Every stored document (matching ``where``, a metadata filter), sorted by id: its title, source,
+        chunk count and image file."""
+        found: dict[str, dict[str, Any]] = {}
+        for store in (self.store, self.image_store):
+            if store is None or not store.count():
+                continue
+            for r in store.get(where=where):
+                meta = r.metadata
+                info = found.setdefault(str(meta.get("doc_id", "")), {
+                    "title": str(meta.get("title", "")), "source": str(meta.get("source", "")),
+                    "source_path": str(meta.get("source_path", "")), "chunks": 0, "image": None})
+                if store is self.store:
+                    info["chunks"] += 1
+                if meta.get("image_path") and self.image_files is not None:
+                    info["image"] = str(self.image_files.root / str(meta["image_path"]))
+        return [DocumentInfo(id=k, **v) for k, v in sorted(found.items())]
+
+    def document_chunks(self, doc_id: str) -> list[Record]:
+        """The stored chunks of document ``doc_id`` in reading order (empty if there is no such document)."""
+        records = self.store.get(where={"doc_id": doc_id})
+        return sorted(records, key=lambda r: int(r.metadata.get("chunk_index", 0)))
+
+    def remove_missing_files(self, root: str | os.PathLike[str]) -> list[str]:
+        """Delete the documents read from files under ``root`` whose file no longer exists (``heterag
+        ingest DIR --sync``); returns their ids. Documents without a source file are never touched."""
+        base = Path(os.path.realpath(root)).as_posix().rstrip("/") + "/"
+        gone = sorted({d.id for d in self.documents() if d.source_path.startswith(base) and not os.path.exists(d.source_path)})
+        if gone:
+            self.delete_documents(gone)
+        return gone
 
     # ---- retrieval ----------------------------------------------------------------------
     def retrieve(

@@ -69,7 +69,9 @@ class Answer:
             snippet = " ".join(c.text.split())
             if len(snippet) > 160:
                 snippet = snippet[:157] + "..."
-            lines.append(f"  [{c.number}] {c.title or c.doc_id} (score {c.score:.3f}): {snippet}")
+            image = f"image {c.image}" if c.image else ""
+            body = "; ".join(part for part in (image, snippet) if part)
+            lines.append(f"  [{c.number}] {c.title or c.doc_id} (score {c.score:.3f}): {body}")
         return "\n".join(lines)
 
     def format(self) -> str:

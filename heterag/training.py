@@ -3,10 +3,12 @@
 The shipped weights (``heterag/weights/default_image_encoder.safetensors`` and its JSON
 config) are reproduced by::
 
-    heterag train-image-encoder --synthetic 20000 --procedural 4000 --epochs 4 --seed 0 --out heterag/weights
+    heterag train-image-encoder --synthetic 20000 --procedural 4000 --epochs 4 --seed 0 --out /tmp/w
+    cp /tmp/w/default_image_encoder.* heterag/weights/   # a maintainer's step: training never writes into the package
 
 (equivalently ``python -m heterag.training --synthetic 20000 --procedural 4000 --epochs 4 --seed 0
---out heterag/weights``; these are also the defaults): 18.4 minutes wall time on a 2-core CPU shared
+--out /tmp/w``; these are also the defaults, except that without ``--out`` the weights go to
+``$HETERAG_HOME/image_encoders/default``, used with ``--image-encoder default:DIR``): 18.4 minutes wall time on a 2-core CPU shared
 with other jobs (151 s to render 24,000 images and embed 19,894 distinct captions, 946 s for 748
 steps, then the held-out check). The JSON written beside the weights records
 the exact settings, the data, the loss curve and held-out checks.
@@ -64,7 +66,6 @@ from .image_encoders import (
     DEFAULT_CONFIG,
     DEFAULT_IDENTITY,
     DEFAULT_WEIGHTS,
-    WEIGHTS_DIR,
     DefaultArchitecture,
     DefaultImageNet,
     PreprocessConfig,
@@ -88,11 +89,30 @@ OBJECT_MASK_RANGE = (0.02, 0.25)
 VALIDATION_SCENE_SEED = 1_000_003
 
 
+def default_train_out() -> Path:
+    """Where ``heterag train-image-encoder`` writes without ``--out``: ``$HETERAG_HOME/image_encoders/default``
+    (open it with ``--image-encoder default:DIR``). Never the installed package's shipped weights."""
+    from .collections import heterag_home
+
+    return heterag_home() / "image_encoders" / "default"
+
+
+def check_train_out(out_dir: Path) -> Path:
+    """Raise :class:`InvalidInputError` if ``out_dir`` lies inside the installed heterag package: overwriting the
+    shipped weights would make every collection built with them refuse to open."""
+    package = Path(__file__).resolve().parent
+    out = Path(os.path.realpath(Path(out_dir).expanduser()))
+    if out == package or package in out.parents:
+        raise InvalidInputError(f"--out {out_dir}: heterag never writes into its installed package ({package}); choose "
+                                "another folder (default: the heterag home) and use it with --image-encoder default:DIR")
+    return out_dir
+
+
 @dataclass
 class TrainConfig:
     """Everything that determines a training run (recorded in the output JSON)."""
 
-    out_dir: Path = WEIGHTS_DIR
+    out_dir: Path = field(default_factory=default_train_out)
     synthetic: int = 20000
     scene_seed: int = 0
     procedural: int = 4000
@@ -488,6 +508,7 @@ def train_image_encoder(
     from .collections import load_text_encoder
     from .image_encoders import DefaultImageEncoder
 
+    check_train_out(config.out_dir)
     t0 = time.perf_counter()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
@@ -646,7 +667,8 @@ def _command_for(config: TrainConfig) -> str:
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``heterag train-image-encoder`` (the defaults reproduce the shipped weights)."""
     d = TrainConfig()
-    parser.add_argument("--out", default=str(WEIGHTS_DIR), help="folder for the weights and config (default: the shipped weights folder)")
+    parser.add_argument("--out", default=None, help="folder for the weights and config (default: $HETERAG_HOME/image_encoders/"
+                        "default; use it with --image-encoder default:DIR). Never the installed package")
     parser.add_argument("--synthetic", type=int, default=d.synthetic, help=f"synthetic training scenes (default {d.synthetic})")
     parser.add_argument("--scene-seed", type=int, default=d.scene_seed, help="seed of the synthetic scenes (default 0)")
     parser.add_argument("--procedural", type=int, default=d.procedural, help=f"caption-less procedural images (default {d.procedural})")
@@ -666,7 +688,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
-        out_dir=Path(args.out), synthetic=args.synthetic, scene_seed=args.scene_seed, procedural=args.procedural,
+        out_dir=Path(args.out) if args.out else default_train_out(), synthetic=args.synthetic, scene_seed=args.scene_seed, procedural=args.procedural,
         folders=tuple(Path(f) for f in args.folder), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         instance_weight=args.instance_weight, seed=args.seed, threads=args.threads, max_steps=args.max_steps,
         validation_scenes=args.validation_scenes,

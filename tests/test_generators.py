@@ -547,16 +547,20 @@ def test_extractive_image_only_query_quotes_the_top_hit(embedder: HashingEmbedde
     assert [(c.number, c.chunk_id) for c in answer.citations] == [(1, "c1")]
 
 
-def test_extractive_image_only_query_skips_image_hits_without_text(
+def test_extractive_image_only_query_names_leading_images_without_text_then_quotes_text(
     embedder: HashingEmbedder, picture_hits: tuple[Hit, ...]
 ) -> None:
+    # issue 13: an image found is an answer (named and cited), not "the sources do not answer"
     hits = (picture_hits[3], picture_hits[1], WATER_HITS[0])
     answer = ExtractiveGenerator(embedder, max_sentences=3).generate("  ", hits, image=query_ref())
-    assert answer.text == "A red square marks the boiling point on the chart. [2]"
-    assert [(c.number, c.image) for c in answer.citations] == [(2, picture_hits[1].image)]
-    nothing = ExtractiveGenerator(embedder).generate("", (picture_hits[3],), image=query_ref())
-    assert nothing.text == NO_ANSWER_IN_SOURCES and nothing.citations == ()
+    assert answer.text == (f"The best match is an image without text: {picture_hits[3].doc_id} "
+                           f"(score {picture_hits[3].score:.3f}) [1]. A red square marks the boiling point on the chart. [2]")
+    assert [(c.number, c.image) for c in answer.citations] == [(1, picture_hits[3].image), (2, picture_hits[1].image)]
+    only = ExtractiveGenerator(embedder).generate("", (picture_hits[3],), image=query_ref())
+    assert only.text.startswith("The best match is an image without text") and [c.number for c in only.citations] == [1]
     assert ExtractiveGenerator(embedder).generate("", (), image=query_ref()).text == NO_SOURCES_ANSWER
+    text_first = ExtractiveGenerator(embedder).generate("", (WATER_HITS[0], picture_hits[3]), image=query_ref())
+    assert "image without text" not in text_first.text  # images ranked below text are only in the hit list
 
 
 def test_extractive_question_with_image_answers_from_text(embedder: HashingEmbedder) -> None:

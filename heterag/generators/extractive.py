@@ -16,7 +16,9 @@ in reading order (hit rank, then position in the hit), each followed by ``[n]``.
 
 A query image only influences retrieval. With an image and an empty question (what do the
 sources say about this image?) the answer is the first ``max_sentences`` sentences of the
-best hit that has text, cited once at the end; hits of images without text are skipped.
+best hit that has text, cited once at the end. Image items without text that rank above every
+hit with text are named first (their source and score, cited), with or without a question: an
+image found is an answer, not "the sources do not answer".
 """
 
 from __future__ import annotations
@@ -374,22 +376,30 @@ class ExtractiveGenerator:
             return self._finish([NO_SOURCES_ANSWER], (), hits, on_token)
         if not question:
             return self._describe(hits, on_token)
-        chosen = self._choose(question, hits)
-        if not chosen:
+        images = _leading_images(hits)
+        chosen = [c for c in self._choose(question, hits) if c.hit_index >= len(images)]
+        if not chosen and not images:
             return self._finish([NO_ANSWER_IN_SOURCES], (), hits, on_token)
-        pieces = [("" if i == 0 else " ") + f"{c.text} [{c.hit_index + 1}]" for i, c in enumerate(chosen)]
-        cited = sorted({c.hit_index for c in chosen})
+        pieces = _image_pieces(hits, images, answered=bool(chosen))
+        pieces += [("" if not pieces and i == 0 else " ") + f"{c.text} [{c.hit_index + 1}]" for i, c in enumerate(chosen)]
+        cited = sorted(set(images) | {c.hit_index for c in chosen})
         citations = tuple(citation_for(i + 1, hits[i]) for i in cited)
         return self._finish(pieces, citations, hits, on_token)
 
     def _describe(self, hits: tuple[Hit, ...], on_token: StreamCallback | None) -> Answer:
-        """The image-only answer: the first sentences of the best hit that has text, cited once."""
+        """The image-only answer: the images without text that rank first (named, cited), then the first
+        sentences of the best hit that has text, cited once."""
+        images = _leading_images(hits)
+        pieces = _image_pieces(hits, images, answered=True)
         for number, hit in enumerate(hits, start=1):
             sentences = split_sentences(hit.text)[: self.max_sentences]
             if sentences:
-                pieces = [("" if i == 0 else " ") + s for i, s in enumerate(sentences)]
-                pieces[-1] += f" [{number}]"
-                return self._finish(pieces, (citation_for(number, hit),), hits, on_token)
+                text = [(" " if pieces or i else "") + s for i, s in enumerate(sentences)]
+                text[-1] += f" [{number}]"
+                cites = tuple(citation_for(i + 1, hits[i]) for i in images) + (citation_for(number, hit),)
+                return self._finish(pieces + text, cites, hits, on_token)
+        if images:
+            return self._finish(pieces, tuple(citation_for(i + 1, hits[i]) for i in images), hits, on_token)
         return self._finish([NO_ANSWER_IN_SOURCES], (), hits, on_token)
 
     def _finish(
@@ -410,6 +420,34 @@ class ExtractiveGenerator:
             context_tokens=sum(int(self.embedder.count_tokens(h.text)) for h in hits),
             generator=self.name,
         )
+
+
+#: At most this many leading image hits without text are named in an answer.
+MAX_IMAGES_NAMED = 3
+
+
+def _leading_images(hits: Sequence[Hit]) -> list[int]:
+    """Indices of the image hits without text that rank above every hit with text (at most
+    :data:`MAX_IMAGES_NAMED`): what was found for the query before any passage."""
+    out = []
+    for i, h in enumerate(hits):
+        if h.text.strip() or not h.image:
+            break
+        out.append(i)
+    return out[:MAX_IMAGES_NAMED]
+
+
+def _image_pieces(hits: Sequence[Hit], images: Sequence[int], *, answered: bool) -> list[str]:
+    """One sentence naming the images found (each cited), e.g. ``"The best match is an image without text:
+    scan.png (score 1.000) [1]."``; it says the text sources do not answer when ``answered`` is false."""
+    if not images:
+        return []
+    named = ", ".join(f"{hits[i].metadata.get('source') or hits[i].doc_id} (score {hits[i].score:.3f}) [{i + 1}]"
+                      for i in images)
+    lead = "The best match is an image without text" if len(images) == 1 else \
+        f"The best matches are {len(images)} images without text"
+    tail = "" if answered else " No retrieved text answers the question."
+    return [f"{lead}: {named}.{tail}"]
 
 
 __all__ = ["ExtractiveGenerator", "content_words", "select_sentences", "split_prose", "split_sentences"]

@@ -1,0 +1,103 @@
+"""HTML reader (BeautifulSoup with the standard library's parser): readable text under its headings.
+
+- Scripts, styles, templates, forms, SVG, iframes and comments are never ingested; navigation and
+  other boilerplate is dropped: ``nav``, ``header``, ``footer``, ``aside`` elements, ARIA roles
+  ``navigation``/``banner``/``contentinfo``/``search``, and elements whose id or class names a menu,
+  navbar, breadcrumb, sidebar, footer, cookie banner or advert. When the page has a ``main`` or
+  ``article`` element, only that is read.
+- ``h1``-``h6`` open sections: each section's heading path is the chain of headings above it
+  (``("Guide", "Install", "Linux")``). Paragraphs, list items, quotes, preformatted blocks and
+  definition lists are paragraphs of the current section; tables become one line per row with cells
+  joined by `` | ``.
+- Title: ``<title>``, else the first ``h1``, else the file name. The encoding comes from the file's
+  BOM or ``<meta charset>`` (UTF-8 otherwise).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from heterag.documents import Section
+from heterag.errors import InvalidInputError
+
+from ..base import LoadItem
+from ._common import make_document
+
+_DROP_TAGS = ("script", "style", "noscript", "template", "svg", "iframe", "form", "button", "select", "canvas",
+              "nav", "header", "footer", "aside", "object", "embed")
+_DROP_ROLES = {"navigation", "banner", "contentinfo", "search", "menu", "menubar", "complementary"}
+_BOILERPLATE = re.compile(r"(^|[-_ ])(nav|navbar|navigation|menu|breadcrumbs?|sidebar|footer|cookies?|consent|advert|ads?|"
+                          r"social|share|skip-link)($|[-_ ])", re.IGNORECASE)
+_HEADINGS = {f"h{i}": i for i in range(1, 7)}
+_BLOCKS = {"p", "li", "pre", "blockquote", "dt", "dd", "table", "figcaption", "address", "caption"}
+
+
+def read_html(path: Path, rel: str, max_document_bytes: int, options: Mapping[str, Any]) -> Iterator[LoadItem]:
+    """The document of one HTML file; see the module docstring."""
+    from bs4 import BeautifulSoup, Comment
+
+    size = path.stat().st_size
+    if size > max_document_bytes * 4:  # markup is several times its text
+        raise InvalidInputError(f"file is {size / 2**20:.1f} MiB, over the {max_document_bytes * 4 / 2**20:.0f} MiB "
+                                "limit for HTML (raise --max-doc-mb)")
+    data = path.read_bytes()
+    if not data.strip():
+        raise InvalidInputError("file is empty")
+    if b"\x00" in data[:4096] and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise InvalidInputError("contains NUL bytes (binary file?)")
+    soup = BeautifulSoup(data, "html.parser")
+    for c in soup.find_all(string=lambda s: isinstance(s, Comment)):
+        c.extract()
+    title_tag = soup.find("title")
+    page_title = title_tag.get_text(" ", strip=True) if title_tag else ""
+    for tag in soup.find_all(_DROP_TAGS):
+        tag.decompose()
+    for tag in soup.find_all(True):
+        if getattr(tag, "decomposed", False):  # inside boilerplate removed already
+            continue
+        attrs = getattr(tag, "attrs", None) or {}
+        role = str(attrs.get("role", "")).lower()
+        names = " ".join([str(attrs.get("id", ""))] + list(attrs.get("class", []) or []))
+        if role in _DROP_ROLES or (names.strip() and _BOILERPLATE.search(names) and tag.name not in ("body", "html", "main",
+                                                                                                      "article")):
+            tag.decompose()
+    root = soup.find("main") or soup.find("article") or soup.find("body") or soup
+    sections: list[Section] = []
+    heading: list[tuple[int, str]] = []
+    paragraphs: list[str] = []
+
+    def flush() -> None:
+        if paragraphs:
+            sections.append(Section("\n\n".join(paragraphs), tuple(h for _, h in heading)))
+            paragraphs.clear()
+
+    first_h1 = ""
+    for el in root.find_all(list(_HEADINGS) + list(_BLOCKS)):
+        if any(p.name in _BLOCKS for p in el.parents if p is not root and p.name) and el.name not in _HEADINGS:
+            continue  # inside a block already read (a paragraph in a list item, a table in a quote)
+        if el.name in _HEADINGS:
+            text = el.get_text(" ", strip=True)
+            if not text:
+                continue
+            flush()
+            level = _HEADINGS[el.name]
+            heading = [(lv, h) for lv, h in heading if lv < level] + [(level, text)]
+            first_h1 = first_h1 or (text if level == 1 else "")
+            continue
+        if el.name == "table":
+            rows = [" | ".join(c.get_text(" ", strip=True) for c in tr.find_all(["th", "td"])) for tr in el.find_all("tr")]
+            text = "\n".join(r for r in rows if r.strip(" |"))
+        elif el.name == "pre":
+            text = el.get_text()
+        else:
+            text = " ".join(el.get_text().split())
+        if text.strip():
+            paragraphs.append(text.strip())
+    flush()
+    if not sections:  # a page of bare text without block elements
+        text = "\n".join(line.strip() for line in root.get_text("\n").splitlines() if line.strip())
+        sections = [Section(text)] if text else []
+    yield make_document(rel, page_title or first_h1 or path.stem, sections, max_document_bytes)
