@@ -117,3 +117,28 @@ def test_llamaindex_retriever_and_query_engine(tmp_path: Path) -> None:
     response = engine.query("What causes ocean tides?")
     assert response.source_nodes[0].node.metadata["source"] == "tides"
     assert isinstance(response.response, str)
+
+
+# --------------------------------------------------------------------------- the reverse: framework stores behind heterag
+
+
+@pytest.mark.parametrize("kind", ["langchain", "llamaindex"])
+def test_framework_vector_store_backs_a_heterag_collection(kind: str, tmp_path: Path) -> None:
+    from heterag.stores.frameworks import LangChainStore, LlamaIndexStore
+
+    store = LangChainStore() if kind == "langchain" else LlamaIndexStore()
+    pipe = Pipeline(store, load_text_encoder(None), make_view("heterag"))
+    pipe.ingest([Document.create(t, title=k.title(), id=k, metadata={"topic": k}) for k, t in DOCS.items()])
+    reference = Pipeline(open_store("faiss", tmp_path / "ref", "heterag"), load_text_encoder(None), make_view("heterag"))
+    reference.ingest([Document.create(t, title=k.title(), id=k, metadata={"topic": k}) for k, t in DOCS.items()])
+    for q in ("Why does sourdough bread rise?", "What causes ocean tides?"):
+        got = [(h.chunk_id, round(h.score, 4)) for h in pipe.retrieve(q, k=3)]
+        assert got == [(h.chunk_id, round(h.score, 4)) for h in reference.retrieve(q, k=3)]
+    others = [h.doc_id for h in pipe.retrieve("waggle dance", k=2, where={"topic": {"$ne": "bees"}})]
+    assert len(others) == 2 and "bees" not in others
+    # the records live in the framework's own store
+    if kind == "langchain":
+        assert len(store.vectorstore.store) == store.count() > 0
+    else:
+        assert len(store.vector_store.data.embedding_dict) == store.count() > 0
+    reference.close()

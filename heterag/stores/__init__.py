@@ -54,6 +54,18 @@ def _milvus(url: StoreURL, path: Path, collection: str) -> VectorStore:
     return MilvusStore(url, path, collection if url.location is None else server_collection(path, collection))
 
 
+def _langchain(url: StoreURL, path: Path, collection: str) -> VectorStore:
+    from .frameworks import open_memory
+
+    return open_memory("langchain", url.spec, str(path), collection)
+
+
+def _llamaindex(url: StoreURL, path: Path, collection: str) -> VectorStore:
+    from .frameworks import open_memory
+
+    return open_memory("llamaindex", url.spec, str(path), collection)
+
+
 def server_collection(path: Path, collection: str) -> str:
     """Name of ``collection`` on a shared server: prefixed by a namespace made of the last two parts
     of ``path`` (``NAME.store.heterag`` for ``$HETERAG_HOME/collections/NAME/store``), so that each
@@ -70,7 +82,7 @@ def server_collection(path: Path, collection: str) -> str:
 #: backend kind -> factory(parsed spec, folder for embedded stores, collection name)
 STORES: dict[str, Callable[[StoreURL, Path, str], VectorStore]] = {
     "chroma": _chroma, "faiss": _faiss, "chroma-http": _chroma_http, "pgvector": _pgvector, "qdrant": _qdrant,
-    "lancedb": _lancedb, "milvus": _milvus,
+    "lancedb": _lancedb, "milvus": _milvus, "langchain": _langchain, "llamaindex": _llamaindex,
 }
 
 

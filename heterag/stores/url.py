@@ -19,6 +19,9 @@ spec                            backend         where the vectors live
 ``milvus`` | ``milvus:PATH.db`` milvus          Milvus Lite in the collection folder or in
 ``milvus:URL``                                  PATH.db, or a Milvus server/cluster
                                                 (``milvus:http://HOST:19530``)
+``langchain`` | ``llamaindex``  langchain, ...  a LangChain / LlamaIndex in-memory vector store
+                                                behind the protocol, kept for the process
+                                                (:mod:`heterag.stores.frameworks`)
 ==============================  ==============  ============================================
 
 A spec without a location (``chroma``, ``faiss``) keeps the store inside the collection's own
@@ -46,6 +49,8 @@ SYNTAX: dict[str, str] = {
     "qdrant": "qdrant[:PATH|:URL]",
     "lancedb": "lancedb[:PATH]",
     "milvus": "milvus[:PATH.db|:URL]",
+    "langchain": "langchain (in-process InMemoryVectorStore)",
+    "llamaindex": "llamaindex (in-process SimpleVectorStore)",
 }
 #: backends written ``KIND`` (in the collection folder) or ``KIND:PATH`` / ``KIND:URL`` (outside it)
 PREFIX_KINDS = ("qdrant", "lancedb", "milvus")
@@ -96,7 +101,7 @@ def parse_store_url(spec: str) -> StoreURL:
     if not isinstance(spec, str) or not spec.strip():
         raise UnknownNameError("store", str(spec), SYNTAX.values())
     spec = spec.strip()
-    if spec in ("chroma", "faiss") or spec in PREFIX_KINDS:
+    if spec in ("chroma", "faiss", "langchain", "llamaindex") or spec in PREFIX_KINDS:
         return StoreURL(spec, None, spec)
     head, colon, rest = spec.partition(":")
     if colon and head in PREFIX_KINDS and not rest.startswith("//"):
