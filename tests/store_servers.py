@@ -19,6 +19,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,12 @@ import pytest
 logger = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 60.0
+
+
+def server_dir(name: str) -> Path:
+    """A fresh folder for a session server, outside pytest's numbered temp folders (which a concurrent
+    pytest session may rotate away under a running server); removed at the end of the session."""
+    return Path(tempfile.mkdtemp(prefix=f"heterag-{name}-"))
 
 
 def unavailable(reason: str) -> None:
@@ -91,25 +98,31 @@ def start_postgres(folder: Path):
 
 
 @pytest.fixture(scope="session")
-def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def chroma_server() -> Iterator[str]:
     """Store spec ``chroma-http://127.0.0.1:PORT`` of a Chroma server running for the whole session."""
+    folder = server_dir("chroma")
     try:
-        proc, spec = start_chroma(tmp_path_factory.mktemp("chroma-server"))
+        proc, spec = start_chroma(folder)
     except (RuntimeError, OSError) as exc:
+        shutil.rmtree(folder, ignore_errors=True)
         unavailable(f"no Chroma server: {exc}")
     yield spec
     stop(proc)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_server() -> Iterator[str]:
     """Store spec (``postgresql://postgres:@/postgres?host=SOCKETDIR``) of a PostgreSQL + pgvector cluster."""
+    folder = server_dir("pg")
     try:
-        srv = start_postgres(tmp_path_factory.mktemp("pg"))
+        srv = start_postgres(folder)
     except Exception as exc:  # noqa: BLE001 - any failure to start is a reason to skip
+        shutil.rmtree(folder, ignore_errors=True)
         unavailable(f"no PostgreSQL server: {type(exc).__name__}: {exc}")
     yield srv.get_uri()
     srv.cleanup()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def wipe(spec: str) -> None:
@@ -134,7 +147,7 @@ def wipe(spec: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def milvus_lite(tmp_path_factory: pytest.TempPathFactory) -> str:
+def milvus_lite() -> Iterator[str]:
     """Store spec ``milvus:DIR/milvus.db``: one Milvus Lite database (one server process, ~3 s to start)
     shared by the session; each test's ``tmp_path`` keeps its collections apart."""
     try:
@@ -142,7 +155,13 @@ def milvus_lite(tmp_path_factory: pytest.TempPathFactory) -> str:
         import pymilvus  # noqa: F401
     except ImportError as exc:
         unavailable(f"no Milvus Lite: {exc}; pip install -e '.[stores]'")
-    return f"milvus:{tmp_path_factory.mktemp('milvus') / 'milvus.db'}"
+    folder = server_dir("milvus")
+    yield f"milvus:{folder / 'milvus.db'}"
+    from heterag.stores import milvus
+
+    for uri in [u for u in milvus._CLIENTS if u.startswith(str(folder))]:  # stop Milvus Lite before removing its files
+        milvus._CLIENTS.pop(uri)[0].close()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 SERVER_FIXTURES = {"chroma-http": "chroma_server", "pgvector": "pg_server", "milvus": "milvus_lite"}
