@@ -176,3 +176,55 @@ def test_cli_ask_with_the_local_generator(tmp_path: Path, capsys):
     folder = save_causal(tmp_path / "m", forced="Ice floats because it is less dense [1].")
     assert main(["ask", QUESTION, "--collection", "icefacts", "--generator", "local", "--model", str(folder)]) == 0
     assert "Ice floats because it is less dense [1]." in capsys.readouterr().out
+
+
+def test_engine_choice(tmp_path: Path):
+    folder = save_causal(tmp_path / "m", forced="Ice floats [2].")
+    with pytest.raises(InvalidInputError, match="transformers, llama_cpp"):
+        LocalGenerator(folder, engine="vllm")
+    with pytest.raises(GeneratorError, match="runs GGUF files"):  # a safetensors folder has no GGUF for llama.cpp
+        LocalGenerator(folder, engine="llama_cpp")
+    assert LocalGenerator(folder).engine == "transformers"  # the default
+
+
+@pytest.fixture(scope="session")
+def packaged_llama(packaged):
+    pytest.importorskip("llama_cpp", reason="the llama_cpp engine needs llama-cpp-python (pip install -e '.[llm-fast]')")
+    return LocalGenerator(max_new_tokens=24, engine="llama_cpp")
+
+
+def test_llama_cpp_engine_answers_cites_and_streams(packaged_llama):
+    passage = hit(1, "The Zorblat festival takes place every year in the town of Quillmoor, in early March.")
+    other = hit(2, "Coral reefs grow in warm, shallow seas.")
+    answer, pieces = _run(packaged_llama, "Where does the Zorblat festival take place?", (passage, other))
+    assert "Quillmoor" in answer.text and len(pieces) > 1, answer.text
+    assert 1 in [c.number for c in answer.citations], answer.text
+    assert packaged_llama.model is None and packaged_llama.engine == "llama_cpp"  # no torch copy of the weights
+
+
+def test_llama_cpp_engine_scores_options_like_a_fresh_evaluation(packaged_llama):
+    import llama_cpp
+
+    gen = packaged_llama
+    passage = hit(1, "Aspirin reduced the risk of stroke in the trial by a third.")
+    options = ["yes", "no", "maybe", "Quillmoor town"]
+    first = gen.score_options("Does aspirin reduce stroke risk?", (passage,), options)
+    gen.generate("What did the trial find?", (passage,))  # leaves other tokens in llama.cpp's cache
+    again = gen.score_options("Does aspirin reduce stroke risk?", (passage,), options)
+    assert again.logprobs == pytest.approx(first.logprobs, abs=1e-3) and first.passages_used == 1
+    # each option's log-likelihood equals an evaluation of prompt + option from an empty cache
+    prompt = [int(t) for t in gen.model_inputs(
+        f"Does aspirin reduce stroke risk?\nAnswer with exactly one of: {', '.join(options)}.", (passage,))["input_ids"][0]]
+    llm = gen._llama
+    for option, got in zip(options, first.logprobs, strict=True):
+        ids = gen.tokenizer.encode(option, add_special_tokens=False)
+        llm.reset()
+        total = 0.0
+        for i, t in enumerate(ids):
+            llm.eval(prompt if i == 0 else [ids[i - 1]])
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),)).astype(float)
+            total += float(logits[t] - logits.max() - np.log(np.exp(logits - logits.max()).sum()))
+        assert got == pytest.approx(total, abs=1e-3)
+    # the same weights as the transformers engine: the same preferred answer
+    torch_engine = LocalGenerator(max_new_tokens=24, engine="transformers")
+    assert first.best == torch_engine.score_options("Does aspirin reduce stroke risk?", (passage,), options).best
