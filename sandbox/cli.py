@@ -18,7 +18,7 @@ from .scenario import Scenario, load_scenario, parse_scenario
 
 def override_source(scn: Scenario, source: str) -> Scenario:
     """``scn`` with ``data.source`` replaced (``--data``; a relative path is taken from the current folder)."""
-    data = scn.model_dump(mode="json", by_alias=True, exclude={"base_dir"})
+    data = scn.model_dump(mode="json", by_alias=True, exclude={"base_dir"}, exclude_unset=True)  # as written
     p = Path(source).expanduser()
     data["data"]["source"] = str(p.resolve()) if not source.startswith(("data:", "synthetic:")) else source
     return parse_scenario(data, base_dir=scn.base_dir, where="--data")

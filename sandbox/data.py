@@ -6,6 +6,12 @@ is in the knowledge base and the attacker never sees a test image. The split is 
 permutation of each source split (``all`` for layouts without splits; ``train``/``val``/``test``
 for MedMNIST), and the parts take their ``count`` or ``fraction`` in the order knowledge base,
 reference, candidates, test.
+
+Items of the source that cannot be read (a corrupt or truncated image, a bad caption record) are never
+dropped silently: :func:`load_items` collects them (as :class:`~heterag.documents.ItemError`, naming the
+file and why) in ``unreadable``; they cannot be stored, so they take no part in the split.
+:class:`ScenarioData` keeps them and every report lists and counts them; membership inference keeps each
+as a non-member target with status ``corrupt`` and the neutral score (see :mod:`sandbox.membership`).
 """
 
 from __future__ import annotations
@@ -47,10 +53,15 @@ class ScenarioData:
     test: list[AnnotatedImage]
     task: Task
     queries: list[Query] = field(default_factory=list)
+    #: items of the source that could not be read (never in any part; listed in the report)
+    unreadable: list[ItemError] = field(default_factory=list)
 
     def sizes(self) -> dict[str, int]:
-        return {"knowledge_base": len(self.knowledge_base), "reference": len(self.reference),
-                "candidates": len(self.candidates), "test_images": len(self.test), "test_queries": len(self.queries)}
+        out = {"knowledge_base": len(self.knowledge_base), "reference": len(self.reference),
+               "candidates": len(self.candidates), "test_images": len(self.test), "test_queries": len(self.queries)}
+        if self.unreadable:
+            out["unreadable"] = len(self.unreadable)
+        return out
 
 
 def resolve_source(source: str, base_dir: str | Path) -> Path:
@@ -65,7 +76,7 @@ def resolve_source(source: str, base_dir: str | Path) -> Path:
     return path
 
 
-def _load_split(path: Path, split: str) -> list[AnnotatedImage]:
+def _load_split(path: Path, split: str, unreadable: list[ItemError]) -> list[AnnotatedImage]:
     layout = detect_image_layout(path)
     if layout is None:
         raise ScenarioError(f"data.source: {path} is not an image layout heterag reads")
@@ -75,15 +86,19 @@ def _load_split(path: Path, split: str) -> list[AnnotatedImage]:
     out = []
     for it in items:
         if isinstance(it, ItemError):
-            continue  # bad items are skipped, as `heterag ingest` does
+            unreadable.append(it)  # kept for the report, as `heterag ingest` reports them
+            continue
         out.append(it)
     if not out:
         raise ScenarioError(f"data.source: {path} (split {split}) has no usable images")
     return out
 
 
-def load_items(cfg: DataConfig, seed: int, base_dir: str | Path) -> dict[str, list[AnnotatedImage]]:
-    """Items of every source split the scenario's parts name."""
+def load_items(cfg: DataConfig, seed: int, base_dir: str | Path,
+               unreadable: list[ItemError] | None = None) -> dict[str, list[AnnotatedImage]]:
+    """Items of every source split the scenario's parts name; items that cannot be read are appended to
+    ``unreadable`` (pass a list: they are not part of the result)."""
+    unreadable = [] if unreadable is None else unreadable
     wanted = sorted({getattr(cfg.splits, p).from_ for p in PARTS})
     if cfg.source.startswith("synthetic:"):
         if wanted != ["all"]:
@@ -91,7 +106,7 @@ def load_items(cfg: DataConfig, seed: int, base_dir: str | Path) -> dict[str, li
         n = int(cfg.source.split(":")[1])
         return {"all": [s.to_annotated() for s in generate_scenes(n, seed=seed, size=SCENE_SIZE)]}
     path = resolve_source(cfg.source, base_dir)
-    return {split: _load_split(path, split) for split in wanted}
+    return {split: _load_split(path, split, unreadable) for split in wanted}
 
 
 def split_items(cfg: DataConfig, items: dict[str, list[AnnotatedImage]], seed: int) -> dict[str, list[AnnotatedImage]]:
@@ -125,7 +140,8 @@ def split_items(cfg: DataConfig, items: dict[str, list[AnnotatedImage]], seed: i
 
 def load_scenario_data(cfg: DataConfig, seed: int, base_dir: str | Path = ".") -> ScenarioData:
     """Load, split and build the queries; raises :class:`ScenarioError` if no test query is left."""
-    parts = split_items(cfg, load_items(cfg, seed, base_dir), seed)
+    unreadable: list[ItemError] = []
+    parts = split_items(cfg, load_items(cfg, seed, base_dir, unreadable), seed)
     task = make_task(cfg.task, parts["knowledge_base"], cfg.label_descriptions)
     queries = [Query(text, it.image, gold, it.id) for it in parts["test"] for text, gold in task.queries_of(it)]
     if cfg.max_test_queries is not None and len(queries) > cfg.max_test_queries:
@@ -134,7 +150,8 @@ def load_scenario_data(cfg: DataConfig, seed: int, base_dir: str | Path = ".") -
     if not queries:
         raise ScenarioError(f"data.splits.test: the split leaves no test queries ({len(parts['test'])} test images, "
                             f"task {task.name})")
-    data = ScenarioData(parts["knowledge_base"], parts["reference"], parts["candidates"], parts["test"], task, queries)
+    data = ScenarioData(parts["knowledge_base"], parts["reference"], parts["candidates"], parts["test"], task, queries,
+                        unreadable)
     overlap = {it.image.sha256 for it in data.test} & {it.image.sha256 for it in data.knowledge_base}
     assert not overlap, "split by image failed"
     return data

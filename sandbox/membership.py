@@ -5,8 +5,16 @@ metrics and report. Stages (each timed in ``stage_seconds``):
 
 ``data``       load and split by image: the knowledge base part (``mrm.members`` of its images are the
                member targets, the rest other knowledge), the test part (non-member targets, never in
-               the knowledge base), the reference part (the attacker's shadow set, ``mrm.shadow`` images);
-``index``      the experiment collection of the knowledge base (reused when it exists);
+               the knowledge base), the reference part (the attacker's shadow set, ``mrm.shadow`` images).
+               Items of the source that cannot be read (a corrupt image file...) cannot be stored, so each
+               is a non-member target with status ``corrupt`` and the neutral score 0.5 in every ROC (listed
+               in ``per_target`` with the loader's reason, counted in ``targets_by_status``). Refused
+               here with one line: knowledge-base images without any text (a plain image folder: the
+               system would have nothing to leak), ``mrm.label_keys`` the annotations do not have;
+``index``      the experiment collection of the knowledge base (reused when it exists), or the live
+               ``rag.collection``; either way every member target must be stored in it and no non-member
+               may be, checked by the image's content hash (SHA-256) before any query: a target whose
+               image differs from the stored one (re-encoded, resized, edited) is refused, naming it;
 ``proposals``  object proposals and counterfact mask selection for every target and shadow image;
 ``calibrate``  the shadow set injected reversibly (:class:`~sandbox.injection.ReversibleInjection`),
                MrM trials on it give ``p_t`` (the attacker's known-member success rate), removed again;
@@ -43,6 +51,7 @@ from tqdm.auto import tqdm
 
 from corpora.annotated import AnnotatedImage
 from heterag import HeteragError, InvalidInputError, Pipeline, content_fingerprint, open_collection
+from heterag.documents import ItemError
 from heterag.images import ImageRef
 
 from .attacks.answer_match import AnswerMatcher
@@ -234,15 +243,30 @@ class MembershipData:
     shadow: list[AnnotatedImage]
     knowledge_base: list[AnnotatedImage]
     reference: list[AnnotatedImage]
+    #: items of the source that could not be read: non-member targets with status ``corrupt``
+    unreadable: list[ItemError] = dataclasses.field(default_factory=list)
 
     def sizes(self) -> dict[str, int]:
-        return {"knowledge_base": len(self.knowledge_base), "members": len(self.members),
-                "non_members": len(self.non_members), "shadow": len(self.shadow), "reference": len(self.reference)}
+        out = {"knowledge_base": len(self.knowledge_base), "members": len(self.members),
+               "non_members": len(self.non_members) + len(self.unreadable), "shadow": len(self.shadow),
+               "reference": len(self.reference)}
+        if self.unreadable:
+            out["unreadable"] = len(self.unreadable)
+        return out
 
 
 def load_membership_data(scn: Scenario) -> MembershipData:
-    parts = split_items(scn.data, load_items(scn.data, scn.seed, scn.base_dir), scn.seed)
+    """Members, non-members and the shadow set (see the module docstring); :class:`ScenarioError` for data
+    membership inference cannot use (a plain image folder, ``mrm.label_keys`` the annotations lack)."""
+    unreadable: list[ItemError] = []
+    parts = split_items(scn.data, load_items(scn.data, scn.seed, scn.base_dir, unreadable), scn.seed)
     kb, ref, test = parts["knowledge_base"], parts["reference"], parts["test"]
+    if not any(it.text.strip() for it in kb):
+        raise ScenarioError(f"data.source: {scn.data.source}: the knowledge-base images have no text (a plain image "
+                            "folder?); membership inference needs each image stored with its caption or annotations: "
+                            "use a caption folder (captions.jsonl or captions.csv next to the images), a COCO folder "
+                            "(annotations/captions_*.json) or a VQA-RAD folder")
+    check_label_keys(scn.mrm.label_keys, [*kb, *ref, *test])
     n_mem = scn.mrm.members or max(1, len(kb) // 2)  # default: half of the knowledge base
     if n_mem > len(kb):
         raise ScenarioError(f"mrm.members: {n_mem} member targets asked, the knowledge base has {len(kb)} images")
@@ -251,7 +275,54 @@ def load_membership_data(scn: Scenario) -> MembershipData:
     if scn.mrm.shadow > len(ref):
         raise ScenarioError(f"mrm.shadow: {scn.mrm.shadow} shadow images asked, the reference part has {len(ref)}")
     pick = np.sort(np.random.default_rng([scn.seed, 11]).choice(len(kb), n_mem, replace=False))
-    return MembershipData([kb[i] for i in pick], list(test), list(ref[: scn.mrm.shadow]), kb, ref)
+    if unreadable:
+        log.warning("%d item(s) of the source could not be read; each is a non-member target with the neutral "
+                    "score (first: %s)", len(unreadable), unreadable[0])
+    return MembershipData([kb[i] for i in pick], list(test), list(ref[: scn.mrm.shadow]), kb, ref, unreadable)
+
+
+def check_label_keys(keys: Sequence[str] | None, items: Sequence[AnnotatedImage]) -> None:
+    """:class:`ScenarioError` (listing the attributes the annotations have) unless every key of
+    ``mrm.label_keys`` is an attribute of some annotated object of ``items``."""
+    if not keys:
+        return
+    have = sorted({a for it in items for o in it.objects for a in o.attributes})
+    if not any(it.objects for it in items):
+        raise ScenarioError("mrm.label_keys: the data has no object annotations to build labels from; remove it")
+    unknown = [k for k in keys if k not in have]
+    if unknown:
+        raise ScenarioError(f"mrm.label_keys: unknown annotation attribute(s) {', '.join(map(repr, unknown))}; "
+                            f"choose from: {', '.join(have) or '(the annotations have no attributes: remove label_keys)'}")
+
+
+def check_stored(pipe: Pipeline, name: str, data: MembershipData) -> None:
+    """Every member target is stored in collection ``name`` and no non-member is, by the image's content hash
+    (SHA-256 of its bytes, the ``image_sha256`` the pipeline stores); raises :class:`ScenarioError` naming the
+    first offending target otherwise (the ROC's labels would be wrong)."""
+    store = pipe.image_store
+    if store is None:
+        raise ScenarioError(f"rag.collection: {name!r} stores no images; membership inference needs an image collection")
+
+    def stored(items: Sequence[AnnotatedImage]) -> set[str]:
+        shas = sorted({it.image.sha256 for it in items})
+        found: set[str] = set()
+        for i in range(0, len(shas), 500):
+            recs = store.get(where={"image_sha256": {"$in": shas[i:i + 500]}})
+            found.update(str(r.metadata.get("image_sha256", "")) for r in recs)
+        return found
+
+    have = stored(data.members)
+    missing = [it for it in data.members if it.image.sha256 not in have]
+    if missing:
+        raise ScenarioError(f"collection {name!r}: {len(missing)} of {len(data.members)} member target(s) are not stored "
+                            f"in it (no stored image has the same content hash; first: {missing[0].id}, sha256 "
+                            f"{missing[0].image.sha256[:12]}): a member's image must be the stored bytes (not re-encoded "
+                            "or resized); the knowledge-base part of the data must be what the collection holds")
+    taken = stored(data.non_members)
+    wrong = [it for it in data.non_members if it.image.sha256 in taken]
+    if wrong:
+        raise ScenarioError(f"collection {name!r}: {len(wrong)} non-member target(s) are stored in it (first: "
+                            f"{wrong[0].id}, sha256 {wrong[0].image.sha256[:12]}); non-members must not be in the collection")
 
 
 def proposer_options(scn: Scenario) -> dict[str, Any]:
@@ -444,6 +515,7 @@ def run_membership(scn: Scenario, *, allow_live: bool = False, run_id: str | Non
         pipe, name = open_index(scn, core, allow_live=allow_live)
     lock = RunLock(name)
     try:
+        check_stored(pipe, name, data)
         lock.acquire(run_id)
         left = leftovers(pipe, name)
         if left:
@@ -514,6 +586,10 @@ def _run(scn: Scenario, data: MembershipData, core: ScenarioData, pipe: Pipeline
         shadow = [prepare_target(it, True, proposer, proxy, vocab, m.masks, min_area=m.min_area, max_area=m.max_area,
                                    label_keys=m.label_keys, max_side=m.max_side)
                   for it in data.shadow]
+        # unreadable items: non-member targets that cannot be attacked (no image); every method scores them 0.5
+        targets += [Target(e.source, False, status="corrupt", reason=f"unreadable item of the source: {e.message}")
+                    for e in data.unreadable]
+        labels = np.concatenate([labels, np.zeros(len(data.unreadable), dtype=labels.dtype)])
     shadow_docs = [it.to_document() for it in data.shadow]
     outcomes: list[Any] = []
     metrics: dict[str, dict[str, float]] = {}

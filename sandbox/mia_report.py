@@ -46,6 +46,14 @@ def render(r: dict[str, Any]) -> str:
         row.append(_fmt(m.get(f"queries_per_target[{key}]")))
         row.append(str(failed.get(key, 0)))
         lines.append("| " + " | ".join(row) + " |")
+    bad = [t for t in r.get("per_target", []) if t.get("status") in ("corrupt", "too_small")]
+    if bad:
+        lines += ["", f"**{len(bad)} target(s) could not be attacked** (corrupt, unreadable or too small to mask; each "
+                  "stays in every ROC with the neutral score 0.5):", ""]
+        lines += [f"- `{t['id']}` ({'member' if t['member'] else 'non-member'}, {t['status']}): {t['reason']}"
+                  for t in bad[:20]]
+        if len(bad) > 20:
+            lines.append(f"- ... and {len(bad) - 20} more (report.json, per_target)")
     if sum(failed.values()):
         lines += ["", f"**{sum(failed.values())} generator call(s) failed** (after retries; recorded as failed trials, "
                   "which look like non-membership): the figures above understate the attack."]

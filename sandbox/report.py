@@ -39,6 +39,10 @@ def render_markdown(r: dict[str, Any]) -> str:
              f"{r['wall_seconds']:.1f} s wall.", "",
              f"Data: {r['data']}; task `{r['task']}`; chance s_rand = {r['chance']['s_rand']:.3f} "
              f"({r['chance']['rule']}: {r['chance']['answer']!r}).", ""]
+    if r.get("unreadable_items"):
+        bad = r["unreadable_items"]
+        lines += [f"**{len(bad)} item(s) of the source could not be read** and are in no part of the split: "
+                  + "; ".join(f"`{b['source']}`: {b['reason']}" for b in bad[:5]) + (" ..." if len(bad) > 5 else ""), ""]
     a = r.get("attack")
     if a and a["name"] == "query_copy":
         lines += [f"Attack: `query_copy` baseline: each of the {a['poisons']} test images itself, with a dirty text "

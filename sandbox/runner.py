@@ -357,7 +357,8 @@ def _run_locked(scn: Scenario, data: ScenarioData, pipe: Pipeline, name: str, lo
     if scn.rag.collection:
         sizes["knowledge_base"] = f"the live collection ({kb_size} image items; the data's knowledge-base part is unused)"
     report: dict[str, Any] = {"run_id": run_id, "collection": name, "live": live, "data": sizes,
-                              "task": data.task.name, "poison_count": n, "knowledge_base_items": kb_size}
+                              "task": data.task.name, "poison_count": n, "knowledge_base_items": kb_size,
+                              "unreadable_items": [{"source": e.source, "reason": e.message} for e in data.unreadable]}
     attack_runs: list[AttackRun] = []
     metrics: dict[str, dict[str, float]] = {}
     B, seed = scn.bootstrap, scn.seed

@@ -9,7 +9,11 @@ the ``defenses``; which ``metrics`` to report and how many ``bootstrap`` resampl
 95% confidence intervals. See ``eval/scenarios/*.yaml`` for complete examples.
 
 Every error (malformed YAML, an unknown key, a wrong type, a missing file, an unknown attack or
-defense) is one :class:`ScenarioError` line that names the offending key.
+defense) is one :class:`ScenarioError` line that names the offending key. Types are strict: a number
+written as a string (``masks: "3"``) or a boolean written as a number is refused, not converted
+(integers are accepted where a float is expected; YAML exponents such as ``1e-3`` are read as
+numbers). A block for another attack is refused too: ``mrm:`` under ``attack: m3att``, or M3Att
+options (``attack.steps``...) under ``attack: mrm``.
 """
 
 from __future__ import annotations
@@ -17,10 +21,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 from heterag.errors import InvalidInputError
 
@@ -44,7 +48,7 @@ class ScenarioError(InvalidInputError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class Part(_Strict):
@@ -55,7 +59,7 @@ class Part(_Strict):
     count: int | None = Field(None, ge=0)
     fraction: float | None = Field(None, gt=0, le=1)
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
 
     @model_validator(mode="after")
     def _one_size(self) -> Part:
@@ -80,7 +84,8 @@ class DataConfig(_Strict):
     task: Literal["auto", "classify", "vqa_closed", "scene_background"] = "auto"
     splits: Splits = Splits()
     #: classify: per label, descriptions the reader compares a text with (default: the label text)
-    label_descriptions: dict[int, list[str]] | None = None
+    #: (label keys may be digit strings, as JSON writes them)
+    label_descriptions: dict[Annotated[int, Strict(False)], list[str]] | None = None
     max_test_queries: int | None = Field(None, ge=1)
 
     @field_validator("source")
@@ -184,6 +189,13 @@ class ProposerConfig(_Strict):
     name: Literal["segmentation", "annotations", "transformers"] = "segmentation"
     options: dict[str, Any] = {}
 
+    @model_validator(mode="after")
+    def _options(self) -> ProposerConfig:
+        from .attacks.proposals import check_proposer_options
+
+        check_proposer_options(self.name, self.options)  # ValueError naming options.KEY
+        return self
+
 
 class ProxyConfig(_Strict):
     """The counterfact proxy: zero-shot with ``encoder`` (an image encoder spec; default: the collection's)."""
@@ -230,6 +242,16 @@ class MrMConfig(_Strict):
             raise ValueError(f"unknown method(s) {', '.join(map(repr, unknown))}; choose from: {', '.join(MIA_METHODS)}")
         if not v:
             raise ValueError(f"give at least one method; choose from: {', '.join(MIA_METHODS)}")
+        dup = sorted({m for m in v if v.count(m) > 1})
+        if dup:
+            raise ValueError(f"method(s) {', '.join(map(repr, dup))} listed more than once")
+        return v
+
+    @field_validator("label_keys")
+    @classmethod
+    def _label_keys(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (not v or len(set(v)) < len(v) or any(not k.strip() for k in v)):
+            raise ValueError("give distinct, non-empty annotation attribute names (e.g. [colour, shape])")
         return v
 
     @field_validator("set_sizes")
@@ -284,11 +306,37 @@ class Scenario(_Strict):
             for i, d in enumerate(self.defenses):
                 if d.name in MIA_DEFENSES:
                     raise ValueError(f"defenses.{i}: {d.name!r} is a membership-inference defense (attack: mrm only)")
+            if "mrm" in self.model_fields_set:
+                raise ValueError(f"mrm: a membership-inference block, but attack.name is {self.attack.name!r} "
+                                 "(it would be ignored); use attack: {name: mrm} or remove the block")
+        else:
+            other = sorted(self.attack.model_fields_set - {"name"})
+            if other:
+                raise ValueError(f"attack.{other[0]}: an M3Att option, but attack.name is 'mrm' (it would be ignored); "
+                                 "MrM settings go in the mrm: block")
         return self
 
 
+#: Parts of a pydantic error location that name a union member or a dict key slot, not a key.
+_TYPE_TAG = re.compile(r"^(str|int|float|bool|\[key\]|(list|dict)\[.*\])$")
+
+
 def _loc(err: Mapping[str, Any]) -> str:
-    return ".".join(str(p) for p in err.get("loc", ()) if p != "from_") or "scenario"
+    return ".".join(str(p) for p in err.get("loc", ()) if p != "from_" and not _TYPE_TAG.match(str(p)))
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats: ``1e-3`` is a number, not the string "1e-3"."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
 
 
 def parse_scenario(data: Any, *, base_dir: str | Path = ".", where: str = "scenario") -> Scenario:
@@ -304,7 +352,8 @@ def parse_scenario(data: Any, *, base_dir: str | Path = ".", where: str = "scena
             msg = "unknown key"
         elif err.get("type") == "missing":
             msg = "missing required key"
-        raise ScenarioError(f"{where}: {_loc(err)}: {msg}") from None
+        loc = _loc(err)
+        raise ScenarioError(f"{where}: {loc}: {msg}" if loc else f"{where}: {msg}") from None
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -313,7 +362,7 @@ def load_scenario(path: str | Path) -> Scenario:
     if not path.is_file():
         raise ScenarioError(f"scenario file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506 (safe loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -110,6 +110,14 @@ def test_roc_metrics_auc_and_tpr_at_low_fpr():
     ("the kitchen table", "dining table", True),  # a COCO multi-word category named by its head
     ("a table", "teddy bear", False),
     ("", "red circle", False),
+    # a negated mention names nothing (the negation covers the rest of its clause)
+    ("not a cat", "cat", False),
+    ("There is no red circle here.", "red circle", False),
+    ("It isn't a blue circle", "blue circle", False),
+    ("without a doubt no dog", "dog", False),
+    ("not a square but a red circle", "red circle", True),  # the clause ends at "but"
+    ("a red circle, not a square", "red circle", True),
+    ("the cat is not visible", "cat", True),  # named before the negation
 ])
 def test_evaluator_decides_whether_an_answer_names_the_object(answer, label, named):
     assert AnswerMatcher().names(answer, label) is named
@@ -285,7 +293,7 @@ def test_augmentations_keep_the_size_and_change_the_pixels(kind):
 
 def reduced(path: Path, **changes):
     scn = load_scenario(path)
-    d = scn.model_dump(mode="json", by_alias=True, exclude={"base_dir"})
+    d = scn.model_dump(mode="json", by_alias=True, exclude={"base_dir"}, exclude_unset=True)
     for key, value in changes.items():
         cur = d
         *head, last = key.split(".")
@@ -488,3 +496,160 @@ def test_failed_generator_calls_are_reported_not_hidden():
     assert "WARNING: 20 generator call(s) failed" in summary_line(r)
     r["failed_trials"] = {"method=mrm": 0}
     assert "WARNING" not in summary_line(r)
+
+
+# --------------------------------------------------------------------------- bad input found by a break-test
+
+
+def small_mrm(**changes):
+    """mrm_synthetic.yaml at a few seconds' size, with ``changes`` (dotted keys)."""
+    base = {"data.source": "synthetic:40", "data.splits.knowledge_base": {"count": 20}, "data.splits.reference": {"count": 6},
+            "data.splits.test": {"count": 10}, "mrm.members": 10, "mrm.shadow": 4, "mrm.methods": ["mrm", "qb-mia"],
+            "mrm.sets": 10, "mrm.set_sizes": [1], "bootstrap": 20, "defenses": []}
+    return reduced(ROOT / "eval" / "scenarios" / "mrm_synthetic.yaml", **{**base, **changes})
+
+
+def test_unreadable_images_of_the_source_are_counted_targets_at_the_neutral_score(tmp_path):
+    """A corrupt image file in the data folder is not dropped: it cannot be stored, so it is a non-member target
+    with status corrupt (the loader's reason), the neutral score for every method, counted and listed."""
+    from corpora.synthetic_scenes import write_caption_folder
+    from sandbox.data import load_scenario_data
+
+    folder = write_caption_folder(tmp_path / "scenes", 40, seed=4, size=96)
+    bad = sorted((folder / "images").glob("*.png"))[7]
+    bad.write_bytes(bad.read_bytes()[:80])  # truncated: the header survives, the pixels do not
+    d = small_mrm(**{"data.source": str(folder), "mrm.label_keys": None, "data.splits.knowledge_base": {"count": 12},
+                     "data.splits.reference": {"count": 4}, "data.splits.test": {"count": 6}, "mrm.members": 6,
+                     "mrm.shadow": 2})
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(json.dumps(d))
+    out = tmp_path / "report"
+    assert main(["sandbox", "run", str(scenario), "--out", str(out)]) == 0
+    r = json.loads((out / "report.json").read_text())
+    corrupt = [t for t in r["per_target"] if t["status"] == "corrupt"]
+    assert len(corrupt) == 1 and r["targets_by_status"]["corrupt"] == 1 and r["data"]["unreadable"] == 1
+    t = corrupt[0]
+    assert not t["member"] and t["p_value"] == 0.5 and t["x"] == []
+    assert "unreadable item of the source" in t["reason"] and bad.name in t["reason"] and "truncated" in t["reason"]
+    assert len(r["per_target"]) == 6 + 6 + 1 == r["data"]["members"] + r["data"]["non_members"]
+    assert r["metrics"]["targets_without_mask"]["value"] >= 1 / 13  # counted with the maskless targets
+    md = (out / "report.md").read_text()
+    assert "1 target(s) could not be attacked" in md and bad.name in md
+    # the data layer keeps them for every scenario kind (the core report lists them too)
+    data = load_scenario_data(parse_scenario({"data": {"source": str(folder), "task": "scene_background",
+                                                         "splits": {"knowledge_base": {"count": 20}, "reference": {"count": 5},
+                                                                    "candidates": {"count": 0}}}}).data, 0)
+    assert len(data.unreadable) == 1 and bad.name in str(data.unreadable[0])
+    assert data.sizes()["unreadable"] == 1
+
+
+def test_member_targets_are_checked_against_the_stored_images_by_content_hash(tmp_path):
+    """Targets of a live collection: a member whose image differs from the stored one (here the stored copy is
+    flipped) is refused before any query, naming it; so is a non-member the collection holds."""
+    from sandbox.membership import check_stored, load_membership_data
+    from sandbox.runner import run_scenario
+
+    scn = parse_scenario(small_mrm(), base_dir=ROOT / "eval" / "scenarios")
+    data = load_membership_data(scn)
+    victim = data.members[3]
+    docs = [(dataclasses.replace(it, image=augment(it.image, "flip")) if it is victim else it).to_document()
+            for it in data.knowledge_base]
+    pipe = open_collection("live-kb", store="faiss")
+    pipe.ingest(docs)
+    before = content_fingerprint(pipe)
+    live = parse_scenario(small_mrm(**{"rag.collection": "live-kb", "rag.allow_live": True}),
+                          base_dir=ROOT / "eval" / "scenarios")
+    with pytest.raises(ScenarioError, match=rf"1 of 10 member target\(s\) are not stored in it .*first: {victim.id}"):
+        run_scenario(live)
+    assert content_fingerprint(pipe) == before
+    pipe.ingest([victim.to_document(), data.non_members[0].to_document()])  # the original, and a non-member
+    with pytest.raises(ScenarioError, match=rf"1 non-member target\(s\) are stored in it \(first: {data.non_members[0].id}"):
+        check_stored(pipe, "live-kb", data)
+    pipe.delete_documents([data.non_members[0].id])
+    check_stored(pipe, "live-kb", data)  # every member stored byte for byte, no non-member: accepted
+    pipe.close()
+
+
+def test_unknown_label_keys_list_the_attributes_the_annotations_have():
+    from sandbox.membership import load_membership_data
+
+    scn = parse_scenario(small_mrm(**{"mrm.label_keys": ["colour", "shap"]}), base_dir=ROOT / "eval" / "scenarios")
+    with pytest.raises(ScenarioError) as exc:
+        load_membership_data(scn)
+    msg = str(exc.value)
+    assert "mrm.label_keys: unknown annotation attribute(s) 'shap'; choose from:" in msg and "\n" not in msg
+    assert all(a in msg for a in ("colour", "shape", "size", "texture"))
+
+
+def test_a_plain_image_folder_is_refused_naming_the_layouts_that_work(tmp_path):
+    from sandbox.runner import run_scenario
+
+    (tmp_path / "imgs").mkdir()
+    for i, sc in enumerate(generate_scenes(40, seed=1, size=96)):
+        sc.image.save(tmp_path / "imgs" / f"{i:03d}.png")
+    scn = parse_scenario(small_mrm(**{"data.source": str(tmp_path / "imgs"), "mrm.label_keys": None}))
+    with pytest.raises(ScenarioError) as exc:
+        run_scenario(scn)
+    msg = str(exc.value)
+    assert "plain image folder" in msg and "captions.jsonl" in msg and "COCO" in msg and "\n" not in msg
+    assert not list((tmp_path / "heterag-home").glob("collections/*"))  # refused before any index was built
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    ({"mrm.masks": "3"}, ["mrm.masks", "valid integer"]),  # a number written as a string
+    ({"mrm.min_area": "0.05"}, ["mrm.min_area", "valid number"]),
+    ({"mrm.augmentation_probing": "yes"}, ["mrm.augmentation_probing", "valid boolean"]),
+    ({"seed": "0"}, ["seed", "valid integer"]),
+    ({"mrm.methods": ["mrm", "qb-mia", "mrm"]}, ["mrm.methods", "'mrm' listed more than once"]),
+    ({"mrm.label_keys": []}, ["mrm.label_keys"]),
+    ({"attack.steps": 10}, ["attack.steps", "attack.name is 'mrm'"]),
+    ({"mrm.proposer": {"name": "segmentation", "options": {"scale": "big"}}}, ["mrm.proposer", "options.scale", "number"]),
+    ({"mrm.proposer": {"name": "segmentation", "options": {"sigma": -1}}}, ["options.sigma", "greater than or equal to 0"]),
+    ({"mrm.proposer": {"name": "segmentation", "options": {"scal": 3}}}, ["options.scal", "unknown option", "scale"]),
+    ({"mrm.proposer": {"name": "segmentation", "options": {"method": "quickshift"}}}, ["options.method", "felzenszwalb"]),
+    ({"mrm.proposer": {"name": "transformers", "options": {}}}, ["options.model", "missing"]),
+])
+def test_scenario_types_are_strict_and_every_error_names_the_key(change, words):
+    with pytest.raises(ScenarioError) as exc:
+        parse_scenario(small_mrm(**change))
+    msg = str(exc.value)
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg, (w, msg)
+
+
+def test_an_mrm_block_under_another_attack_is_refused_and_yaml_exponents_are_numbers(tmp_path):
+    with pytest.raises(ScenarioError, match="mrm: a membership-inference block, but attack.name is 'm3att'"):
+        parse_scenario({"data": {"source": "synthetic:20"}, "mrm": {"masks": 3}})
+    parse_scenario({"data": {"source": "synthetic:20"}})  # no block: fine
+    p = tmp_path / "s.yaml"
+    p.write_text("data: {source: 'synthetic:20'}\nattack: {name: mrm}\n"
+                 "mrm: {proposer: {name: segmentation, options: {min_fraction: 1e-3}}, backoff: 5e-1}\n")
+    scn = load_scenario(p)
+    assert scn.mrm.proposer.options["min_fraction"] == 0.001 and scn.mrm.backoff == 0.5
+    # the proposer factory itself names a bad option instead of leaking scikit-image's TypeError
+    with pytest.raises(InvalidInputError, match=r"object proposer 'segmentation': options.min_size: .*integer"):
+        make_proposer("segmentation", min_size="20")
+
+
+def test_work_side_makes_segmentation_settings_resolution_independent():
+    """Felzenszwalb's settings act on pixel counts: the same scene at 96 and at 192 pixels is segmented differently.
+    ``work_side`` segments every image at one working size, so the masks (scaled back) agree far better."""
+    from PIL import Image
+
+    def agreement(work_side):
+        seg = SegmentationProposer(scale=500, sigma=0.8, merge_colour=60, work_side=work_side)
+        ious, same_count = [], 0
+        for it in SCENES:
+            arr = np.asarray(it.image.to_pil().convert("RGB"))
+            big = np.asarray(Image.fromarray(arr).resize((192, 192), Image.BICUBIC))
+            a = seg.propose(it, arr)
+            b = [np.asarray(Image.fromarray(p.mask.astype(np.uint8) * 255).resize((96, 96), Image.NEAREST)) > 127
+                 for p in seg.propose(it, big)]
+            same_count += len(a) == len(b)
+            ious += [max([(p.mask & m).sum() / (p.mask | m).sum() for m in b] or [0.0]) for p in a]
+        return float(np.mean(ious)), same_count
+
+    fixed, free = agreement(128), agreement(None)
+    assert fixed[0] >= 0.75 and fixed[1] == len(SCENES)
+    assert fixed[0] > free[0] + 0.05

@@ -5,7 +5,13 @@ clause of the answer, each word possibly replaced by a synonym. Normalisation: l
 of letters and digits only, plurals reduced to the singular (irregular forms from
 :data:`IRREGULAR_PLURALS`, then ``-ies`` → ``-y``, ``-ches/-shes/-xes/-sses`` → drop ``es``, a final
 ``s`` otherwise), and words in :data:`IGNORED` (articles, "solid") dropped. Clauses are split at
-``, ; . ! ? :`` and at "and" / "or", so "a red square and a blue circle" does not name a "red circle".
+``, ; . ! ? :`` and at "and" / "or" / "but", so "a red square and a blue circle" does not name a "red circle".
+
+Negation: in each clause, a negation word (:data:`NEGATIONS`: "not", "no", "never", "without", "n't"...)
+negates the rest of that clause, whose words then name nothing: "not a cat" and "there is no cat" do not
+name "cat"; "the cat is not visible" does (the cat comes before the negation); "not a dog but a cat"
+names "cat" (the clause ends at "but"). The scope is the rest of the clause, a rule, not a parse: "no
+mass is seen in the lung" names neither "mass" nor "lung".
 
 Synonyms: :data:`SYNONYMS` (shapes, colours) and :data:`COCO_SYNONYMS` (COCO category names and
 common alternatives: "person" = man, woman, people...). A scenario can add its own
@@ -18,7 +24,12 @@ import re
 from collections.abc import Mapping, Sequence
 
 _WORD = re.compile(r"[a-z0-9]+")
-_CLAUSE = re.compile(r"[,;.!?:\n]+|\band\b|\bor\b")
+_CLAUSE = re.compile(r"[,;.!?:\n]+|\band\b|\bor\b|\bbut\b")
+_CONTRACTION = re.compile(r"n['\u2019]t\b")
+
+#: Words that negate the rest of their clause (after "n't" is read as "not").
+NEGATIONS = frozenset({"not", "no", "never", "without", "nor", "neither", "none", "nothing", "cannot", "nobody",
+                       "nowhere"})
 
 IRREGULAR_PLURALS = {"people": "person", "men": "man", "women": "woman", "children": "child", "mice": "mouse",
                      "teeth": "tooth", "feet": "foot", "geese": "goose", "knives": "knife", "leaves": "leaf",
@@ -68,6 +79,13 @@ def norm_words(text: str) -> list[str]:
     return [singular(w) for w in _WORD.findall(text.lower()) if w not in IGNORED]
 
 
+def affirmed(clause: str) -> set[str]:
+    """Normalised words of one clause before its first negation word (:data:`NEGATIONS`)."""
+    words = _WORD.findall(clause.lower())
+    cut = next((i for i, w in enumerate(words) if w in NEGATIONS), len(words))
+    return {singular(w) for w in words[:cut] if w not in IGNORED}
+
+
 class AnswerMatcher:
     """Decide whether an answer names a label (see the module docstring)."""
 
@@ -95,8 +113,8 @@ class AnswerMatcher:
         if not need or not isinstance(answer, str) or not answer.strip():
             return False
         options = [need, *sorted(self.phrases.get(need, set()))] if len(need) > 1 else [need]
-        for clause in _CLAUSE.split(answer.lower()):
-            words = set(norm_words(clause))
+        for clause in _CLAUSE.split(_CONTRACTION.sub(" not", answer.lower())):
+            words = affirmed(clause)
             if words and any(self._has(opt, words) for opt in options):
                 return True
         return False

@@ -246,8 +246,17 @@ def run_trials(oracle: Oracle, mask: MaskQuery, question: str, q: int, matcher: 
 def geometric_test(x: Sequence[int], p_t: float) -> tuple[float, float]:
     """``(z, p_value)`` of H0 "x_j ~ Geometric(p_t)" (member) against larger ``S = sum x_j``.
 
-    ``z = (S - K/p_t) / sqrt(K (1 - p_t) / p_t**2)``, ``p = 1 - Phi(z)`` (``scipy.stats.norm.sf``).
-    An empty ``x`` (no usable mask) gives ``(nan, 0.5)``: no evidence either way.
+    ``z = (S - K/p_t) / sqrt(K (1 - p_t) / p_t**2)``, ``p = 1 - Phi(z)`` (``scipy.stats.norm.sf``;
+    the normal approximation the MrM paper uses). An empty ``x`` (no usable mask) gives
+    ``(nan, 0.5)``: no evidence either way.
+
+    The test is *conservative* because the trials are censored: ``x_j`` is at most ``Q + 1`` while an
+    uncensored geometric variable has no upper bound, so ``S`` is smaller than under the model and
+    ``z`` is biased down; a non-member whose objects are never named gets ``S = K (Q + 1)``, not the
+    larger sum the model expects, and its p-value is larger than an exact test would give (with ``K``
+    small the normal approximation adds its own error). The p-values are therefore not calibrated
+    false-positive rates; the runner only ranks targets by them (ROC, AUC, TPR at low FPR), and for
+    targets with the same ``K`` the p-value is a decreasing function of ``S``, so their ranking is that of ``S``.
     """
     if not 0 < p_t < 1:
         raise InvalidInputError(f"p_t must be in (0, 1), got {p_t!r}")

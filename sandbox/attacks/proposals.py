@@ -15,6 +15,14 @@ image into candidate object masks; every proposer's masks then pass the same are
     the masks scaled back; regions under ``min_fraction`` (0.5%) of the image are fragments, never
     proposed. Labels come from an overlapping annotation, else the counterfact proxy
     (see :mod:`sandbox.attacks.counterfact`).
+
+    *Resolution.* Felzenszwalb's ``scale`` and ``min_size`` act on pixel counts (the merge threshold
+    is ``scale / region size``), so the same settings segment the same scene differently at 96 px and
+    at 256 px: regions grow relative to the image as it gets smaller. By default images up to
+    ``max_side`` are segmented at their own size (the settings of the ready-made scenarios were chosen
+    that way and their figures depend on it). ``work_side: N`` makes the settings
+    resolution-independent: every image is resampled (up or down) to ``N`` pixels on its longer side
+    before segmentation, so a scene gives the same masks at any resolution.
 ``annotations`` (upper bound)
     The item's own object annotations (COCO instances, synthetic scenes): the mask, else the box.
     ``label_keys`` builds the label from annotation attributes (e.g. ``[colour, shape]`` for
@@ -30,9 +38,10 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from corpora.annotated import AnnotatedImage
 from heterag import InvalidInputError, UnknownNameError
@@ -126,13 +135,13 @@ class SegmentationProposer:
 
     def __init__(self, method: str = "felzenszwalb", scale: float = 200.0, sigma: float = 0.5, min_size: int = 20,
                  n_segments: int = 40, compactness: float = 10.0, max_border: float = 0.3, merge_colour: float = 30.0,
-                 min_solidity: float = 0.5, max_side: int = 256, min_fraction: float = 0.005):
+                 min_solidity: float = 0.5, max_side: int = 256, min_fraction: float = 0.005, work_side: int | None = None):
         if method not in ("felzenszwalb", "slic"):
             raise UnknownNameError("segmentation method", str(method), ("felzenszwalb", "slic"))
         self.method, self.scale, self.sigma, self.min_size = method, scale, sigma, min_size
         self.n_segments, self.compactness = n_segments, compactness
         self.max_border, self.merge_colour, self.min_solidity = max_border, merge_colour, min_solidity
-        self.max_side, self.min_fraction = max_side, min_fraction
+        self.max_side, self.min_fraction, self.work_side = max_side, min_fraction, work_side
 
     def segments(self, arr: np.ndarray) -> np.ndarray:
         from skimage import segmentation
@@ -173,8 +182,9 @@ class SegmentationProposer:
 
         full_h, full_w = arr.shape[:2]
         small = arr
-        if max(full_h, full_w) > self.max_side:  # segment a downscaled copy; masks are scaled back
-            f = self.max_side / max(full_h, full_w)
+        side = self.work_side or (self.max_side if max(full_h, full_w) > self.max_side else None)
+        if side and side != max(full_h, full_w):  # segment a resampled copy; masks are scaled back
+            f = side / max(full_h, full_w)
             small = np.asarray(Image.fromarray(arr).resize((max(1, round(full_w * f)), max(1, round(full_h * f))),
                                                            Image.BILINEAR))
         labels = self._merge(self.segments(small), small)
@@ -237,12 +247,66 @@ PROPOSERS: dict[str, type] = {"segmentation": SegmentationProposer, "annotations
                               "transformers": TransformersProposer}
 
 
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class SegmentationOptions(_Options):
+    """Options of :class:`SegmentationProposer` (types and ranges checked before scikit-image sees them)."""
+
+    method: Literal["felzenszwalb", "slic"] = "felzenszwalb"
+    scale: float = Field(200.0, gt=0)
+    sigma: float = Field(0.5, ge=0)
+    min_size: int = Field(20, ge=1)
+    n_segments: int = Field(40, ge=2)
+    compactness: float = Field(10.0, gt=0)
+    max_border: float = Field(0.3, ge=0, le=1)
+    merge_colour: float = Field(30.0, ge=0)
+    min_solidity: float = Field(0.5, ge=0, le=1)
+    max_side: int = Field(256, ge=16)
+    min_fraction: float = Field(0.005, ge=0, lt=1)
+    work_side: int | None = Field(None, ge=16)
+
+
+class AnnotationOptions(_Options):
+    label_keys: list[str] | None = None
+
+
+class TransformersOptions(_Options):
+    model: str
+    task: Literal["image-segmentation", "object-detection"] = "image-segmentation"
+    threshold: float = Field(0.5, ge=0, le=1)
+
+
+#: The options each proposer takes.
+PROPOSER_OPTIONS: dict[str, type[_Options]] = {"segmentation": SegmentationOptions, "annotations": AnnotationOptions,
+                                               "transformers": TransformersOptions}
+
+
+def check_proposer_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options of proposer ``name`` validated (strict types, ranges, no unknown keys); raises
+    :class:`ValueError` (an :class:`InvalidInputError`) with one line naming ``options.KEY``."""
+    model = PROPOSER_OPTIONS.get(name) if isinstance(name, str) else None
+    if model is None:
+        raise UnknownNameError("object proposer", str(name), PROPOSERS)
+    try:
+        return model.model_validate(options).model_dump(exclude_unset=True)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err.get("loc", ()) if not str(p).startswith(("list[", "int", "float", "str")))
+        msg = {"extra_forbidden": f"unknown option; choose from: {', '.join(model.model_fields)}",
+               "missing": "missing required option"}.get(err.get("type", ""), err.get("msg", "invalid"))
+        raise InvalidInputError(f"options.{key}: {msg}") from None
+
+
 def make_proposer(name: str, **options: Any) -> Proposer:
-    """A proposer by name (:data:`PROPOSERS`); unknown names list the choices, bad options name the option."""
+    """A proposer by name (:data:`PROPOSERS`); unknown names list the choices, bad options (unknown, wrong type,
+    out of range) raise :class:`InvalidInputError` naming the option."""
     cls = PROPOSERS.get(name) if isinstance(name, str) else None
     if cls is None:
         raise UnknownNameError("object proposer", str(name), PROPOSERS)
     try:
-        return cls(**options)
-    except TypeError as exc:
+        opts = check_proposer_options(name, options)
+    except InvalidInputError as exc:
         raise InvalidInputError(f"object proposer {name!r}: {exc}") from None
+    return cls(**opts)
