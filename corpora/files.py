@@ -84,11 +84,11 @@ def iter_path(
     suffix = path.suffix.lower()
     if suffix in JSONL_SUFFIXES:
         return iter_jsonl_documents(path, max_document_bytes)
-    if suffix in MARKDOWN_SUFFIXES | TEXT_SUFFIXES or suffix in READERS:
+    if suffix in READERS:
         return _with_paths(_read_file(path, path.name, max_document_bytes, options), path.parent)
     raise InvalidInputError(
         f"{path}: unsupported file type {suffix or '(no extension)'}; give a "
-        f"{', '.join(sorted(MARKDOWN_SUFFIXES | TEXT_SUFFIXES | JSONL_SUFFIXES | set(READERS)))} file, or a directory"
+        f"{', '.join(sorted(set(READERS) | JSONL_SUFFIXES))} file, or a directory"
     )
 
 
@@ -141,9 +141,7 @@ def _read_file(path: Path, rel: str, max_document_bytes: int, options: Mapping[s
     from .readers import READERS
 
     suffix = path.suffix.lower()
-    if suffix in MARKDOWN_SUFFIXES | TEXT_SUFFIXES:
-        yield load_text_file(path, rel, max_document_bytes)
-    elif suffix in READERS:
+    if suffix in READERS:
         try:
             yield from READERS[suffix](path, rel, max_document_bytes, options)
         except InvalidInputError as exc:

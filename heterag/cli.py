@@ -494,37 +494,36 @@ def cmd_drop(args: argparse.Namespace) -> int:
 
 
 def cmd_docs(args: argparse.Namespace) -> int:
-    from .collections import collection_info, open_collection
+    from .collections import collection_documents, document_chunks, open_collection
 
-    collection_info(args.collection)  # unknown collection: one line, before a model loads
+    if args.docs_command == "list":  # list and show read the stores only: no model loads
+        docs = collection_documents(args.collection)
+        if args.json:
+            print(json.dumps([d.__dict__ for d in docs], indent=2, ensure_ascii=False))
+        for d in [] if args.json else docs:
+            image = f"  image {d.image}" if d.image else ""
+            print(f"{d.id}\t{d.title}\t{d.source or '-'}\t{d.chunks} chunks{image}")
+        if not docs and not args.json:
+            print(f"collection {args.collection!r} holds no documents", file=sys.stderr)
+        return 0
+    if args.docs_command == "show":
+        found = collection_documents(args.collection, where={"doc_id": args.id})
+        if not found:
+            raise HeteragError(f"no document {args.id!r} in collection {args.collection!r} (list them with: heterag "
+                               f"docs list --collection {args.collection})")
+        doc, chunks = found[0], document_chunks(args.collection, args.id)
+        if args.json:
+            print(json.dumps({**doc.__dict__, "chunk_texts": [c.text for c in chunks]}, indent=2, ensure_ascii=False))
+            return 0
+        print(f"id: {doc.id}\ntitle: {doc.title}\nsource: {doc.source or '-'}\nfile: {doc.source_path or '-'}\n"
+              f"chunks: {doc.chunks}" + (f"\nimage: {doc.image}" if doc.image else ""))
+        for c in chunks:
+            heading = str(c.metadata.get("heading", ""))
+            print(f"\n[{c.metadata.get('chunk_index', 0)}]{f' {heading}' if heading else ''}\n{c.text}")
+        return 0
+    known = {d.id for d in collection_documents(args.collection, where={"doc_id": {"$in": list(args.ids)}})}
     pipe = open_collection(args.collection, create=False)
     try:
-        if args.docs_command == "list":
-            docs = pipe.documents()
-            if args.json:
-                print(json.dumps([d.__dict__ for d in docs], indent=2, ensure_ascii=False))
-            for d in [] if args.json else docs:
-                image = f"  image {d.image}" if d.image else ""
-                print(f"{d.id}\t{d.title}\t{d.source or '-'}\t{d.chunks} chunks{image}")
-            if not docs and not args.json:
-                print(f"collection {args.collection!r} holds no documents", file=sys.stderr)
-            return 0
-        if args.docs_command == "show":
-            found = [d for d in pipe.documents(where={"doc_id": args.id})]
-            if not found:
-                raise HeteragError(f"no document {args.id!r} in collection {args.collection!r} (list them with: heterag "
-                                   f"docs list --collection {args.collection})")
-            doc, chunks = found[0], pipe.document_chunks(args.id)
-            if args.json:
-                print(json.dumps({**doc.__dict__, "chunk_texts": [c.text for c in chunks]}, indent=2, ensure_ascii=False))
-                return 0
-            print(f"id: {doc.id}\ntitle: {doc.title}\nsource: {doc.source or '-'}\nfile: {doc.source_path or '-'}\n"
-                  f"chunks: {doc.chunks}" + (f"\nimage: {doc.image}" if doc.image else ""))
-            for c in chunks:
-                heading = str(c.metadata.get("heading", ""))
-                print(f"\n[{c.metadata.get('chunk_index', 0)}]{f' {heading}' if heading else ''}\n{c.text}")
-            return 0
-        known = {d.id for d in pipe.documents(where={"doc_id": {"$in": list(args.ids)}})}
         missing = [i for i in args.ids if i not in known]
         removed = pipe.delete_documents([i for i in args.ids if i in known])
         for i in missing:

@@ -149,13 +149,21 @@ def list_collections(home: Path | None = None) -> list[str]:
 
 
 def drop_collection(name: str, home: Path | None = None) -> None:
-    """Delete collection ``name`` and everything in its folder (store, images, adapters).
+    """Delete collection ``name``: its records (on a store server too) and everything in its folder (store,
+    images, adapters).
 
     Waits for a writer of the collection (its write lock) so an ingest in progress is never cut in
     half; raises :class:`CollectionNotFoundError` if there is no such collection.
     """
     info = collection_info(name, home)
     with WriteLock(info.path, name)():
+        for part in ("heterag", "heterag_images"):  # a server store keeps its records outside the folder
+            vs = open_store(info.store, info.store_path, collection=part)
+            try:
+                if hasattr(vs, "drop"):
+                    vs.drop()
+            finally:
+                vs.close()
         tmp = info.path.with_name(f".{info.path.name}.dropping-{os.getpid()}")
         os.replace(info.path, tmp)  # the collection disappears at once; its files go after
     shutil.rmtree(tmp, ignore_errors=True)
@@ -183,6 +191,34 @@ def describe_collection(name: str, home: Path | None = None) -> dict[str, Any]:
         if image_vs is not None:
             image_vs.close()
     return out
+
+
+def collection_documents(name: str, where: dict[str, Any] | None = None, home: Path | None = None) -> list[Any]:
+    """The documents of collection ``name`` (:class:`~heterag.pipeline.DocumentInfo`, sorted by id) and, with
+    ``where={"doc_id": ID}``, one of them; reads the stores only, no model is loaded."""
+    from .images import ImageFiles
+    from .pipeline import list_documents
+
+    info = collection_info(name, home)
+    vs = open_store(info.store, info.store_path, collection="heterag")
+    image_vs = None
+    try:
+        image_vs = open_store(info.store, info.store_path, collection="heterag_images")
+        return list_documents(vs, image_vs, ImageFiles(info.path / "images"), where)
+    finally:
+        vs.close()
+        if image_vs is not None:
+            image_vs.close()
+
+
+def document_chunks(name: str, doc_id: str, home: Path | None = None) -> list[Any]:
+    """The stored chunks (records) of document ``doc_id`` of collection ``name`` in reading order; no model is loaded."""
+    info = collection_info(name, home)
+    vs = open_store(info.store, info.store_path, collection="heterag")
+    try:
+        return sorted(vs.get(where={"doc_id": doc_id}), key=lambda r: int(r.metadata.get("chunk_index", 0)))
+    finally:
+        vs.close()
 
 
 def open_collection(

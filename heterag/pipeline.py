@@ -98,6 +98,25 @@ class DocumentInfo:
     source_path: str = ""  # resolved absolute path of the file it was read from ("" when not from a file)
 
 
+def list_documents(store: VectorStore, image_store: VectorStore | None = None, image_files: ImageFiles | None = None,
+                   where: Mapping[str, Any] | None = None) -> list[DocumentInfo]:
+    """The documents held by a text store and its image store (see :meth:`Pipeline.documents`); needs no encoder."""
+    found: dict[str, dict[str, Any]] = {}
+    for s in (store, image_store):
+        if s is None or not s.count():
+            continue
+        for r in s.get(where=where):
+            meta = r.metadata
+            info = found.setdefault(str(meta.get("doc_id", "")), {
+                "title": str(meta.get("title", "")), "source": str(meta.get("source", "")),
+                "source_path": str(meta.get("source_path", "")), "chunks": 0, "image": None})
+            if s is store:
+                info["chunks"] += 1
+            if meta.get("image_path") and image_files is not None:
+                info["image"] = str(image_files.root / str(meta["image_path"]))
+    return [DocumentInfo(id=k, **v) for k, v in sorted(found.items())]
+
+
 class Pipeline:
     """Ingest, retrieve and answer over one text store (and optionally one image store)
     with one text encoder, one view kind and one image encoder.
@@ -501,20 +520,7 @@ class Pipeline:
     def documents(self, where: Mapping[str, Any] | None = None) -> list[DocumentInfo]:
         """Every stored document (matching ``where``, a metadata filter), sorted by id: its title, source,
         chunk count and image file."""
-        found: dict[str, dict[str, Any]] = {}
-        for store in (self.store, self.image_store):
-            if store is None or not store.count():
-                continue
-            for r in store.get(where=where):
-                meta = r.metadata
-                info = found.setdefault(str(meta.get("doc_id", "")), {
-                    "title": str(meta.get("title", "")), "source": str(meta.get("source", "")),
-                    "source_path": str(meta.get("source_path", "")), "chunks": 0, "image": None})
-                if store is self.store:
-                    info["chunks"] += 1
-                if meta.get("image_path") and self.image_files is not None:
-                    info["image"] = str(self.image_files.root / str(meta["image_path"]))
-        return [DocumentInfo(id=k, **v) for k, v in sorted(found.items())]
+        return list_documents(self.store, self.image_store, self.image_files, where)
 
     def document_chunks(self, doc_id: str) -> list[Record]:
         """The stored chunks of document ``doc_id`` in reading order (empty if there is no such document)."""

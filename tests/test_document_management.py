@@ -10,7 +10,7 @@ import pytest
 
 from heterag import open_collection
 from heterag.cli import main
-from heterag.collections import describe_collection, list_collections
+from heterag.collections import list_collections
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -67,6 +67,8 @@ def test_collections_lists_counts_and_settings(capsys, kb):
     line = out.strip()
     assert line.startswith("kb: 3 documents, 3 chunks, 0 images; store faiss") and "chunk tokens 32" in line
     assert "view heterag " in line and " neighbours=1" in line and "\n" not in line
+    from heterag.collections import describe_collection
+
     info = describe_collection("kb")
     assert info["documents"] == 3 and info["chunk_tokens"] == 32 and info["encoder_identity"]
 

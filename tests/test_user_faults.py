@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from heterag import Document, chunk_document, open_collection
-from heterag.chunking import max_chunk_chars
 from heterag.cli import main
 from heterag.collections import list_collections
 from heterag.errors import FingerprintMismatchError, HeteragError
@@ -44,6 +43,8 @@ def test_a_whitespace_free_run_is_cut_into_chunks_bounded_in_characters(encoder)
     rng = random.Random(0)
     dna = "".join(rng.choice("ACGT") for _ in range(50_000))  # one unknown token to the tokenizer
     doc = Document.create(f"The sequence follows. {dna} End.")
+    from heterag.chunking import max_chunk_chars
+
     cd = chunk_document(doc, encoder.tokenize, 64)
     limit = max_chunk_chars(64)
     assert max(len(c.text) for c in cd.chunks) <= limit, "a chunk spans more characters than its token budget allows"
@@ -63,6 +64,8 @@ def test_context_tokens_count_a_long_run_by_its_length(capsys, tmp_path):
     assert run(capsys, "ingest", str(root), "--collection", "genes")[0] == 0
     code, out, _ = run(capsys, "ask", "What is the BRCA1 sequence?", "--collection", "genes", "-k", "3", "--json")
     import json
+
+    from heterag.chunking import max_chunk_chars
 
     payload = json.loads(out)
     assert code == 0 and all(len(h["text"]) <= max_chunk_chars(64) for h in payload["retrieved"])
@@ -247,3 +250,24 @@ def test_readme_says_the_default_text_encoder_is_english_only_and_how_to_choose_
     text = README.read_text(encoding="utf-8")
     assert "English-only" in text
     assert "paraphrase-multilingual-MiniLM-L12-v2" in text and "--encoder" in text
+
+
+# ---- commands that need no model do not import torch -------------------------------------------------------
+@pytest.mark.parametrize("argv", [["--help"], ["ingest", "--help"], ["collections"], ["docs", "list", "--collection", "kb"],
+                                  ["docs", "show", "bees.txt", "--collection", "kb"], ["drop", "nosuch", "--yes"]])
+def test_commands_that_need_no_model_do_not_import_torch(capsys, notes, heterag_home, argv):
+    assert run(capsys, "ingest", str(notes), "--collection", "kb", "--store", "faiss")[0] == 0
+    script = textwrap.dedent(f"""
+        import sys
+        from heterag.cli import main
+        try:
+            code = main({argv!r})
+        except SystemExit as exc:
+            code = exc.code
+        print("TORCH", "torch" in sys.modules, "CODE", code, file=sys.stderr)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1], env={**__import__("os").environ, "HETERAG_HOME": str(heterag_home)})
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("TORCH False"), proc.stderr
+    assert last.endswith(("CODE 0", "CODE 2")), proc.stderr

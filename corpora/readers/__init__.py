@@ -15,6 +15,7 @@ Readers import their library (pypdf, BeautifulSoup, python-docx, pydicom) only w
 =========  =====================  ==========================================================
 format     module                 library (licence)
 =========  =====================  ==========================================================
+text, MD   :mod:`corpora.files`   the standard library (Markdown headings: :mod:`corpora.markdown`)
 PDF        :mod:`.pdf`            pypdf (BSD-3); OCR of scanned pages: rapidocr_onnxruntime
                                   (Apache-2.0, the ``ocr`` extra)
 HTML       :mod:`.html`           beautifulsoup4 (MIT), the standard library's HTML parser
@@ -33,6 +34,12 @@ from ..base import LoadItem
 
 #: ``reader(path, rel, max_document_bytes, options)``: the documents (and per-part errors) of one file.
 Reader = Callable[[Path, str, int, Mapping[str, Any]], Iterator[LoadItem]]
+
+
+def _text(path: Path, rel: str, max_bytes: int, options: Mapping[str, Any]) -> Iterator[LoadItem]:
+    from ..files import load_text_file
+
+    yield load_text_file(path, rel, max_bytes)
 
 
 def _pdf(path: Path, rel: str, max_bytes: int, options: Mapping[str, Any]) -> Iterator[LoadItem]:
@@ -61,6 +68,9 @@ def _dicom(path: Path, rel: str, max_bytes: int, options: Mapping[str, Any]) -> 
 
 #: File suffix (lower case) -> reader.
 READERS: dict[str, Reader] = {
+    ".txt": _text,  # plain text: one section
+    ".md": _text,  # Markdown: sections on its headings
+    ".markdown": _text,
     ".pdf": _pdf,
     ".html": _html,
     ".htm": _html,
