@@ -307,10 +307,12 @@ class MilvusStore:
     def query(self, vector: np.ndarray, k: int = 10, where: Mapping[str, Any] | None = None) -> list[ScoredRecord]:
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
             raise InvalidInputError(f"milvus: k must be a positive integer, got {k!r}")
-        q = check_query_vector(vector, self.dim, self.name)
-        expr = self._expr(None, where)
         with self._lock:
-            if expr is _NEVER or not self._exists():
+            size = self._size()  # one cheap call; the count (slow in Milvus) only when the sizes disagree
+            q = check_query_vector(vector, size if self._fp is None and size is not None and len(np.ravel(vector)) == size
+                                   else self.dim, self.name)
+            expr = self._expr(None, where)
+            if expr is _NEVER or size is None:
                 return []
             res = self._db.search(self.mname, data=[q.tolist()], limit=min(int(k), MAX_TOPK), filter=expr,
                                   output_fields=["pk", "text", "meta"], search_params={"metric_type": "COSINE"})
@@ -352,6 +354,12 @@ class MilvusStore:
                 return 0
             rows = self._db.query(self.mname, filter="", output_fields=["count(*)"])
             return int(rows[0]["count(*)"])
+
+    def flush(self) -> None:
+        """Seal what was written (Milvus then builds the collection's index on it)."""
+        with self._lock:
+            if self._exists():
+                self._db.flush(self.mname)
 
     def drop(self) -> None:
         """Remove the collection and its fingerprint."""
