@@ -186,3 +186,15 @@ def test_scanned_pdf_without_ocr_is_a_named_skip(tmp_path, monkeypatch):
         "scan.pdf p. 1: scanned page without a text layer; OCR needs rapidocr_onnxruntime: pip install 'heterag[ocr]'",
         "scan.pdf: no text found (and no figures)"]
     assert docs == {}
+
+
+def test_the_app_accepts_the_formats_as_uploads(samples):
+    from heterag.ui.uploads import stage_uploads
+
+    with stage_uploads([("My Paper.pdf", samples["pdf"]), ("guide.html", samples["html"]),
+                        ("report.docx", samples["docx"]), ("scan.dcm", samples["dicom"])]) as staged:
+        assert staged.rejected == []
+        docs, errors = split(staged.items())
+    assert errors == []
+    assert {"My Paper.pdf", "guide.html", "report.docx", "scan.dcm"} <= set(docs)
+    assert sum(d.image is not None for d in docs.values()) == 4  # 2 PDF figures, the DOCX picture, the scan

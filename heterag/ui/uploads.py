@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from corpora.image_layouts import IMAGE_SUFFIXES
+from corpora.readers import READERS
 
 from ..documents import Document, ItemError
 
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".jsonl")
 ARCHIVE_SUFFIXES = (".zip",)
 ARRAY_SUFFIXES = (".npz",)  # MedMNIST
-SUPPORTED_SUFFIXES = tuple(sorted(set(TEXT_SUFFIXES) | set(IMAGE_SUFFIXES) | set(ARCHIVE_SUFFIXES) | set(ARRAY_SUFFIXES)))
+SUPPORTED_SUFFIXES = tuple(sorted(set(TEXT_SUFFIXES) | set(IMAGE_SUFFIXES) | set(ARCHIVE_SUFFIXES) | set(ARRAY_SUFFIXES)
+                                  | set(READERS)))  # READERS: PDF, HTML, DOCX, DICOM (corpora.readers)
 _SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _LABEL_BAD = re.compile(r"[\x00-\x1f\x7f/\\]+")
 
