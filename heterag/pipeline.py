@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .chunking import DEFAULT_CHUNK_TOKENS, ChunkedDocument, chunk_document
+from .chunking import DEFAULT_CHUNK_TOKENS, ChunkedDocument, check_chunk_tokens, chunk_document
 from .documents import Document, ItemError, content_hash
 from .errors import HeteragError, InvalidInputError
 from .fusion import Fusion
@@ -149,6 +149,7 @@ class Pipeline:
         hit_filters: Sequence[HitFilter] = (),
         write_lock: WriteLock | None = None,
     ):
+        check_chunk_tokens(chunk_tokens)  # a size no document can be cut into is refused before anything is written
         self.store = store
         self.guards: list[IngestGuard] = [check_guard(g) for g in guards]
         self.hit_filters: list[HitFilter] = [check_hit_filter(f) for f in hit_filters]

@@ -112,6 +112,17 @@ def test_library_refuses_bad_settings_before_writing(heterag_home):
         with pytest.raises(HeteragError):
             open_collection("never", **kwargs)
     assert list_collections() == [] and not (heterag_home / "collections" / "never").exists()
+    from heterag.pipeline import Pipeline
+    from heterag.stores import open_store
+    from heterag.views import make_view
+
+    store = open_store("faiss", heterag_home / "raw", collection="heterag")
+    try:
+        with pytest.raises(HeteragError, match="at least 8 tokens"):
+            Pipeline(store, object(), make_view("naive"), chunk_tokens=0)  # not silently 64
+        assert store.fingerprint() is None
+    finally:
+        store.close()
 
 
 # ---- a local encoder's identity is its weights and tokenizer, not its folder name ---------------------------
