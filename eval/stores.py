@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-from _common import ROOT, bootstrap_ci, require_data, write_report
+from _common import OUT_DIR, ROOT, bootstrap_ci, require_data, write_report
 from tqdm import tqdm
 
 from corpora import default_data_dir, load_pubmedqa
@@ -175,7 +175,13 @@ def main() -> None:
     require_data(default_data_dir() / "pubmedqa", "PubMedQA")
     enc = load_text_encoder(None)
     t0 = time.perf_counter()
-    real = np.asarray(enc.encode(passages(min(args.real, args.n), seed=args.seed)), dtype=np.float32)
+    cache = OUT_DIR / f"stores_real_{min(args.real, args.n)}_seed{args.seed}.npy"  # encoded once, reused by reruns
+    if cache.exists():
+        real = np.load(cache)
+    else:
+        real = np.asarray(enc.encode(passages(min(args.real, args.n), seed=args.seed)), dtype=np.float32)
+        OUT_DIR.mkdir(parents=True, exist_ok=True)
+        np.save(cache, real)
     encode_s = time.perf_counter() - t0
     vectors = clustered(real, args.n, seed=args.seed)
     questions = [q.question for q in load_pubmedqa().questions[: args.queries]]
@@ -193,8 +199,12 @@ def main() -> None:
             log.exception("backend %s failed", kind)
             rows.append({"store": kind, "error": f"{type(exc).__name__}: {exc}"})
         log.info("%s", rows[-1])
-    md = [f"# Store benchmark ({len(vectors):,} vectors: {len(real):,} real PubMedQA passages + fitted clusters; "
-          f"{len(queries)} PubMedQA questions; k={K}; seed {args.seed})", "",
+        report(rows, len(vectors), len(real), len(queries), args.seed)  # after each backend: a partial run keeps its figures
+
+
+def report(rows: list[dict], n: int, real: int, queries: int, seed: int) -> None:
+    md = [f"# Store benchmark ({n:,} vectors: {real:,} real PubMedQA passages + fitted clusters; "
+          f"{queries} PubMedQA questions; k={K}; seed {seed})", "",
           "| store | ingest (rec/s) | p50 ms | p95 ms | recall@10 [95% CI] | disk MB | RSS MB |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
@@ -203,10 +213,9 @@ def main() -> None:
         md.append(f"| {r['store']} | {r['ingest_per_s']:,.0f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
                   f"{r['recall_at_10']:.3f} [{r['recall_ci'][0]:.3f}, {r['recall_ci'][1]:.3f}] | {r['disk_mb']:.0f} | "
                   f"{r['rss_mb']:.0f} ({r['rss_of']}) |")
-    path = write_report("stores", {"n": len(vectors), "real": len(real), "queries": len(queries), "seed": args.seed,
-                                   "rows": rows}, "\n".join(md) + "\n")
-    print("\n".join(md))
-    print(f"written to {path}")
+    path = write_report("stores", {"n": n, "real": real, "queries": queries, "seed": seed, "rows": rows}, "\n".join(md) + "\n")
+    print("\n".join(md), flush=True)
+    print(f"written to {path}", flush=True)
 
 
 if __name__ == "__main__":
