@@ -146,6 +146,11 @@ def _read_file(path: Path, rel: str, max_document_bytes: int, options: Mapping[s
             yield from READERS[suffix](path, rel, max_document_bytes, options)
         except InvalidInputError as exc:
             yield item_error(rel, exc)
+        except OSError as exc:
+            yield ItemError(rel, f"cannot read file ({exc.strerror or exc})")
+        except Exception as exc:  # noqa: BLE001 - a library choking on a malformed file must not end the ingest
+            logger.info("reading %s failed", rel, exc_info=True)
+            yield ItemError(rel, f"not readable as {suffix[1:].upper()} ({type(exc).__name__}: {str(exc).strip()[:200]})")
     else:
         yield ItemError(rel, f"unsupported file type {suffix or '(no extension)'}")
 

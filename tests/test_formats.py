@@ -198,3 +198,19 @@ def test_the_app_accepts_the_formats_as_uploads(samples):
     assert errors == []
     assert {"My Paper.pdf", "guide.html", "report.docx", "scan.dcm"} <= set(docs)
     assert sum(d.image is not None for d in docs.values()) == 4  # 2 PDF figures, the DOCX picture, the scan
+
+
+def test_a_reader_that_fails_on_one_file_does_not_end_the_ingest(tmp_path, monkeypatch):
+    from corpora import readers
+
+    def boom(path, rel, max_bytes, options):
+        yield from ()
+        raise RuntimeError("library bug")
+
+    monkeypatch.setitem(readers.READERS, ".pdf", boom)
+    (tmp_path / "a.pdf").write_bytes(b"%PDF-1.4")
+    (tmp_path / "b.md").write_text("# B\n\nStill read.\n")
+    (tmp_path / "c.html").write_text("<html><head><title>C</title><body><p>Unclosed head, body kept.</p></body></html>")
+    docs, errors = split(iter_path(tmp_path))
+    assert [str(e) for e in errors] == ["a.pdf: not readable as PDF (RuntimeError: library bug)"]
+    assert set(docs) == {"b.md", "c.html"} and docs["c.html"].text == "Unclosed head, body kept."

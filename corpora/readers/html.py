@@ -53,6 +53,8 @@ def read_html(path: Path, rel: str, max_document_bytes: int, options: Mapping[st
         c.extract()
     title_tag = soup.find("title")
     page_title = title_tag.get_text(" ", strip=True) if title_tag else ""
+    for tag in soup.find_all(["title", "meta", "link"]):  # the title is the document's title, not its text
+        tag.decompose()
     for tag in soup.find_all(_DROP_TAGS):
         tag.decompose()
     for tag in soup.find_all(True):
