@@ -309,7 +309,9 @@ class Pipeline:
     def _same_files(self, batch: list[Any]) -> list[Any]:
         """Give documents of files already stored under another id (the same file reached through another
         ingest root: a parent, a subfolder, a symlink, an absolute path) the stored id and source, so a file
-        is one document whatever the root. A part of a file (``<source>#figure-1``) keeps its suffix."""
+        is one document whatever the root. A part of a file (``<source>#figure-1``) keeps its suffix. A new
+        file whose relative id another, still existing file holds already is stored under its absolute path
+        (so ``a/notes.md`` and ``b/notes.md`` ingested from ``a`` and ``b`` are two documents)."""
         paths = sorted({str(d.metadata["source_path"]) for d in batch if isinstance(d, Document) and d.metadata.get("source_path")})
         if not paths:
             return batch
@@ -321,6 +323,7 @@ class Pipeline:
                 if part is not None:
                     known[(path, part)] = (doc_id, source)
         out = []
+        fresh: list[int] = []  # positions of file documents not stored yet under their own file
         for item in batch:
             if isinstance(item, Document) and item.metadata.get("source_path"):
                 source = str(item.metadata.get("source", ""))
@@ -328,7 +331,22 @@ class Pipeline:
                     hit = known.get((str(item.metadata["source_path"]), item.id[len(source):]))
                     if hit is not None and hit[0] != item.id:
                         item = dataclasses.replace(item, id=hit[0], metadata={**item.metadata, "source": hit[1]})
+                    elif hit is None:
+                        fresh.append(len(out))
             out.append(item)
+        if fresh:  # another file that still exists holds the same id (notes/x.md and other/x.md): keep both
+            taken: dict[str, str] = {}
+            ids = sorted({out[i].id for i in fresh})
+            for store in (self.store, self.image_store):
+                if store is not None and store.count():
+                    for r in store.get(where={"doc_id": {"$in": ids}}):
+                        taken.setdefault(str(r.metadata.get("doc_id", "")), str(r.metadata.get("source_path", "")))
+            for i in fresh:
+                item = out[i]
+                other = taken.get(item.id, "")
+                if other and other != item.metadata["source_path"] and os.path.exists(other):
+                    source, path = str(item.metadata["source"]), str(item.metadata["source_path"])
+                    out[i] = dataclasses.replace(item, id=path + item.id[len(source):], metadata={**item.metadata, "source": path})
         return out
 
     def _drop_old_parts(self, files: Mapping[str, set[str]], report: IngestReport) -> None:

@@ -151,3 +151,17 @@ def test_an_ingest_that_takes_nothing_creates_no_collection(capsys, tmp_path):
     skipped = [line for line in err.splitlines() if line.startswith("skipped")]
     assert len(skipped) == 2 and any("data.xyz" in s and "unsupported file type .xyz" in s for s in skipped)
     assert "was not created" in err and list_collections() == []
+
+
+def test_two_files_with_the_same_relative_path_from_different_folders_are_two_documents(capsys, tmp_path):
+    for name, text in (("a", "Alpha notes: apples grow on trees."), ("b", "Beta notes: bananas grow in bunches.")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "notes.md").write_text(f"# Notes\n\n{text}\n")
+        assert run(capsys, "ingest", str(tmp_path / name), "--collection", "kb")[0] == 0
+    docs = stored("kb")
+    assert set(docs) == {"notes.md", str((tmp_path / "b" / "notes.md").resolve())}
+    code, out, _ = run(capsys, "ingest", str(tmp_path / "b"), "--collection", "kb")  # again: the same document
+    assert "0 documents written" in out and "1 unchanged" in out and stored("kb") == docs
+    (tmp_path / "a" / "notes.md").unlink()  # once the first file is gone, its id is free again
+    assert run(capsys, "ingest", str(tmp_path / "a"), "--collection", "kb", "--sync")[0] == 0  # a/ is empty now
+    assert set(stored("kb")) == {str((tmp_path / "b" / "notes.md").resolve())}
