@@ -189,6 +189,12 @@ def main() -> None:
                 log.info("%s %s fold %d: nDCG@10 %.4f (none %.4f) in %.0f s", vname, label, f,
                          np.mean([scores[q][0] for q in hq]), np.mean([base[q][0] for q in hq]), secs[-1])
                 last = adapted
+                res[label] = {"ndcg@10": paired(base, scores, 0, args.seed), "ndcg@1": paired(base, scores, 1, args.seed),
+                              "per_query": {q: [round(v, 5) for v in scores[q]] for q in sorted(scores)},
+                              "train_seconds": secs, "bytes_on_disk": sizes, "best_epochs": epochs, "hashes": hashes,
+                              "partial": True}
+                results[vname] = res
+                report(partial=True)  # every finished fold is on disk
             res[label] = {"ndcg@10": paired(base, scores, 0, args.seed), "ndcg@1": paired(base, scores, 1, args.seed),
                           "per_query": {q: [round(v, 5) for v in scores[q]] for q in sorted(scores)},
                           "train_seconds": secs, "bytes_on_disk": sizes, "best_epochs": epochs, "hashes": hashes,

@@ -411,8 +411,8 @@ def pseudo_pairs(docs: Sequence[ChunkedDocument], view: RetrievalView, encoder: 
         notes.append(f"skipped {skipped} {'documents' if kind != 'sentence' else 'chunks'} without a usable "
                      f"{'title' if kind == 'title' else 'sentence'}")
     if keep_ranks is not None:
-        notes.append(f"rank filter {keep_ranks[0]}..{keep_ranks[1]}: dropped {easy} already ranked above {keep_ranks[0]}, "
-                     f"{hopeless} ranked below {keep_ranks[1]}")
+        notes.append(f"rank filter {keep_ranks[0]}..{keep_ranks[1]}: dropped {easy} the untrained encoder already ranks "
+                     f"better than {keep_ranks[0]} and {hopeless} it ranks worse than {keep_ranks[1]}")
     return PairSet(pairs, "pseudo", skipped, notes)
 
 
