@@ -170,6 +170,7 @@ def main() -> None:
     ap.add_argument("--stores", default="faiss,chroma,lancedb,milvus,chroma-http,pgvector")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default=None, help="where the stores are built (default: a temp folder)")
+    ap.add_argument("--name", default="stores", help="report name under eval/out (default stores)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     require_data(default_data_dir() / "pubmedqa", "PubMedQA")
@@ -199,10 +200,10 @@ def main() -> None:
             log.exception("backend %s failed", kind)
             rows.append({"store": kind, "error": f"{type(exc).__name__}: {exc}"})
         log.info("%s", rows[-1])
-        report(rows, len(vectors), len(real), len(queries), args.seed)  # after each backend: a partial run keeps its figures
+        report(args.name, rows, len(vectors), len(real), len(queries), args.seed)  # after each backend: a partial run keeps its figures
 
 
-def report(rows: list[dict], n: int, real: int, queries: int, seed: int) -> None:
+def report(name: str, rows: list[dict], n: int, real: int, queries: int, seed: int) -> None:
     md = [f"# Store benchmark ({n:,} vectors: {real:,} real PubMedQA passages + fitted clusters; "
           f"{queries} PubMedQA questions; k={K}; seed {seed})", "",
           "| store | ingest (rec/s) | p50 ms | p95 ms | recall@10 [95% CI] | disk MB | RSS MB |", "|---|---|---|---|---|---|---|"]
@@ -213,7 +214,7 @@ def report(rows: list[dict], n: int, real: int, queries: int, seed: int) -> None
         md.append(f"| {r['store']} | {r['ingest_per_s']:,.0f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
                   f"{r['recall_at_10']:.3f} [{r['recall_ci'][0]:.3f}, {r['recall_ci'][1]:.3f}] | {r['disk_mb']:.0f} | "
                   f"{r['rss_mb']:.0f} ({r['rss_of']}) |")
-    path = write_report("stores", {"n": n, "real": real, "queries": queries, "seed": seed, "rows": rows}, "\n".join(md) + "\n")
+    path = write_report(name, {"n": n, "real": real, "queries": queries, "seed": seed, "rows": rows}, "\n".join(md) + "\n")
     print("\n".join(md), flush=True)
     print(f"written to {path}", flush=True)
 
