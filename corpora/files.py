@@ -23,16 +23,15 @@ from typing import Any
 from heterag.documents import DEFAULT_MAX_DOCUMENT_BYTES, Document, Section
 from heterag.errors import InvalidInputError
 
-from .base import ItemError, LoadItem, item_error, iter_jsonl, utf8_error_message
-from .beir import is_beir_dir, iter_beir_corpus
+from .base import ItemError, LoadItem, item_error, utf8_error_message
+from .layouts.jsonl import JSONL_SUFFIXES, iter_jsonl_documents
 from .markdown import parse_markdown
 
 logger = logging.getLogger(__name__)
 
-#: File suffixes read as Markdown and as plain text.
+#: File suffixes read as Markdown and as plain text (JSON lines: :mod:`corpora.layouts.jsonl`).
 MARKDOWN_SUFFIXES = frozenset({".md", ".markdown"})
 TEXT_SUFFIXES = frozenset({".txt"})
-JSONL_SUFFIXES = frozenset({".jsonl"})
 
 
 def iter_path(
@@ -41,15 +40,19 @@ def iter_path(
 ) -> Iterator[LoadItem]:
     """Stream documents from ``path``, auto-detecting its kind.
 
-    - a directory with ``corpus.jsonl``: a BEIR corpus (:func:`~corpora.beir.iter_beir_corpus`);
-    - an image layout (:func:`~corpora.image_layouts.detect_image_layout`: captions folder, COCO,
-      VQA-RAD, MedMNIST ``.npz``, folder of images): one image item per image (``split`` picks the
-      COCO/MedMNIST split); a plain folder holding images and documents gives both;
+    - a layout of :data:`corpora.layouts.LAYOUT_READERS`, the first whose ``detect`` is true
+      (:func:`~corpora.layouts.detect_layout`):
+
+      - a directory with ``corpus.jsonl``: a BEIR corpus (:func:`~corpora.beir.iter_beir_corpus`);
+      - an image layout (captions folder, COCO, VQA-RAD, MedMNIST ``.npz``, folder of images):
+        one image item per image (``split`` picks the COCO/MedMNIST split); a plain folder holding
+        images and documents gives both;
+      - a ``.jsonl`` file: one document per line (see :func:`iter_jsonl_documents`);
+
     - a single image file: one image item without text;
     - any other directory: every non-hidden file under it, recursively, sorted, read by the reader
       of its suffix (``.txt``/``.md`` here, PDF/HTML/DOCX/DICOM in :mod:`corpora.readers`); a file
       of any other type is an :class:`ItemError` ``"unsupported file type .xyz"``;
-    - a ``.jsonl`` file: one document per line (see :func:`iter_jsonl_documents`);
     - a file of a supported type: its document(s).
 
     ``options`` go to the format readers (e.g. ``{"dicom_patient_tags": True}``, see
@@ -60,30 +63,28 @@ def iter_path(
     Raises :class:`InvalidInputError` at once (not on first iteration) if ``path`` does not
     exist or is a file of an unsupported type.
     """
-    from .image_layouts import IMAGE_SUFFIXES, LAYOUT_IMAGE_FOLDER, detect_image_layout, iter_image_layout
+    from .layouts import IMAGE_SUFFIXES, LAYOUT_IMAGE_FOLDER, detect_layout, read_layout
     from .readers import READERS
 
     path = Path(path)
     options = dict(options or {})
     if not path.exists():
         raise InvalidInputError(f"{path} does not exist")
-    layout = detect_image_layout(path)
-    if layout is not None:
-        images = _with_paths(_documents(iter_image_layout(path, split=split)), path)
-        if layout == LAYOUT_IMAGE_FOLDER and _document_files(path, skip=IMAGE_SUFFIXES):
+    layout = detect_layout(path)
+    if layout is not None and layout.images:
+        images = _with_paths(_documents(read_layout(layout, path, split=split)), path)
+        if layout.name == LAYOUT_IMAGE_FOLDER and _document_files(path, skip=IMAGE_SUFFIXES):
             return itertools.chain(iter_text_dir(path, max_document_bytes, options=options, skip=IMAGE_SUFFIXES), images)
         return images
     if split is not None:
         raise InvalidInputError(f"{path}: --split applies to COCO and MedMNIST layouts only")
+    if layout is not None:
+        return read_layout(layout, path, max_document_bytes=max_document_bytes)
     if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
         return _with_paths(iter([_image_file(path)]), path.parent)
     if path.is_dir():
-        if is_beir_dir(path):
-            return iter_beir_corpus(path, max_document_bytes)
         return iter_text_dir(path, max_document_bytes, options=options)
     suffix = path.suffix.lower()
-    if suffix in JSONL_SUFFIXES:
-        return iter_jsonl_documents(path, max_document_bytes)
     if suffix in READERS:
         return _with_paths(_read_file(path, path.name, max_document_bytes, options), path.parent)
     raise InvalidInputError(
@@ -224,83 +225,13 @@ def _human_size(n_bytes: int) -> str:
     return f"{n_bytes / 2**20:.1f} MiB"
 
 
-def iter_jsonl_documents(path: Path, max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES) -> Iterator[LoadItem]:
-    """One document per line of a JSON-lines file.
-
-    Each line is an object with ``"text"`` or ``"sections"`` (a list of
-    ``{"heading": [...] | "str", "text": "..."}``), and optional ``"id"``, ``"title"`` and
-    flat ``"metadata"``. Without an id a line's document id is ``"<file name>:<line>"``.
-    Bad lines (not JSON, wrong shape, duplicate id) become :class:`ItemError` naming
-    ``<file name>:<line>``.
-    """
-    label = path.name
-    seen: set[str] = set()
-    for source, record in iter_jsonl(path, label=label):
-        if isinstance(record, ItemError):
-            yield record
-            continue
-        item = _jsonl_record_to_document(record, source, label, max_document_bytes)
-        if isinstance(item, Document):
-            if item.id in seen:
-                item = ItemError(source, f"duplicate id {item.id!r}; the first one is kept")
-            else:
-                seen.add(item.id)
-        yield item
-
-
-def _jsonl_record_to_document(record: Any, source: str, label: str, max_document_bytes: int) -> LoadItem:
-    """Validate one JSON-lines record and build its document."""
-    try:
-        if not isinstance(record, dict):
-            raise InvalidInputError(f"expected a JSON object, got {type(record).__name__}")
-        doc_id = _record_id(record.get("id"), default=source)
-        title = record.get("title") or ""
-        if not isinstance(title, str):
-            raise InvalidInputError("'title' must be a string")
-        metadata = record.get("metadata") or {}
-        if not isinstance(metadata, Mapping):
-            raise InvalidInputError("'metadata' must be an object")
-        if "sections" in record:
-            if "text" in record:
-                raise InvalidInputError("give either 'text' or 'sections', not both")
-            content: dict[str, Any] = {"sections": _parse_sections(record["sections"])}
-        else:
-            content = {"text": record.get("text")}
-            if content["text"] is None:
-                raise InvalidInputError("missing 'text' (or 'sections')")
-        return Document.create(
-            **content,
-            title=title,
-            id=doc_id,
-            metadata={"source": label, **metadata},
-            source=source,
-            max_bytes=max_document_bytes,
-        )
-    except InvalidInputError as exc:
-        return item_error(source, exc)
-
-
-def _record_id(raw: Any, default: str) -> str:
-    """A record's explicit id (string or integer) or ``default`` when it has none."""
-    if raw is None:
-        return default
-    if isinstance(raw, bool) or not isinstance(raw, str | int) or not str(raw).strip():
-        raise InvalidInputError(f"'id' must be a non-empty string or integer, got {raw!r}")
-    return str(raw).strip()
-
-
-def _parse_sections(raw: Any) -> list[Section]:
-    """Sections from ``[{"heading": [...] | "str", "text": "..."}]``."""
-    if not isinstance(raw, list):
-        raise InvalidInputError("'sections' must be a list")
-    sections: list[Section] = []
-    for i, entry in enumerate(raw):
-        if not isinstance(entry, dict) or not isinstance(entry.get("text"), str):
-            raise InvalidInputError(f"sections[{i}] must be an object with a string 'text'")
-        heading = entry.get("heading") or ()
-        if isinstance(heading, str):
-            heading = (heading,)
-        if not isinstance(heading, list | tuple) or not all(isinstance(h, str) for h in heading):
-            raise InvalidInputError(f"sections[{i}].heading must be a string or a list of strings")
-        sections.append(Section(text=entry["text"], heading=tuple(heading)))
-    return sections
+__all__ = [
+    "JSONL_SUFFIXES",
+    "MARKDOWN_SUFFIXES",
+    "TEXT_SUFFIXES",
+    "iter_jsonl_documents",
+    "iter_path",
+    "iter_text_dir",
+    "load_text_file",
+    "source_path",
+]

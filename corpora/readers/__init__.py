@@ -10,6 +10,8 @@ reader, e.g. ``dicom_patient_tags``).
 
 :data:`READERS` maps file suffixes to readers; :func:`corpora.files.iter_path` uses it for every file
 in a folder, so adding a format is adding a module here and a line to :data:`READERS`.
+Whole-corpus layouts read as one (BEIR, COCO, VQA-RAD, MedMNIST, captions and image folders, JSON
+lines) are the other registry, :data:`corpora.layouts.LAYOUT_READERS`, tried first.
 Readers import their library (pypdf, BeautifulSoup, python-docx, pydicom) only when called.
 
 =========  =====================  ==========================================================
