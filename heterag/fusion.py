@@ -16,6 +16,17 @@ or ``cross`` signal; an image item without text has no ``text`` signal), and fus
   the weighted mean of the similarities available to that candidate,
   ``sum(w_s * sim_s) / sum(w_s)`` over the signals both the query and the item have. With a single signal the score is that cosine similarity itself, so text-only
   retrieval scores are unchanged by multimodality.
+
+  *A query without an image* (or whose image signal has weight 0) gives an image–text item
+  ``text`` and ``cross`` but a text-only chunk ``text`` alone. Averaging the item's cross-modal
+  score in would judge the two kinds on different evidence: a chart or scan whose image the
+  image encoder cannot relate to words (cross near 0) would pull its well-matching caption
+  below every text-only chunk. So for such a candidate the cross-modal signal can only add
+  evidence: its score is ``max(sim_text, weighted mean of text and cross)``. It is scored on its
+  text like every chunk, and is raised only when its image matches the question better than
+  its text does. A query with an image is unchanged (every image item then has an ``image``
+  signal, and the plain weighted mean applies), as is an image item without text (its only
+  signal is ``cross``).
 * ``rrf``: reciprocal-rank fusion, ``sum(w_s / (rrf_k + rank_s))`` over the available
   signals, where ``rank_s`` is the 1-based rank of the candidate by signal ``s`` among the
   candidates that have it. Insensitive to the different similarity scales of the spaces, but
@@ -90,12 +101,20 @@ class Fusion:
         return cls(method=method.strip() or "weighted", weights=weights)
 
     def fuse(self, sims: Sequence[Mapping[str, float]]) -> list[float]:
-        """One fused score per candidate from its available signal similarities."""
+        """One fused score per candidate from its available signal similarities.
+
+        ``sims``: one mapping per candidate from signal name (``text``, ``image``, ``cross``) to a
+        cosine similarity in [-1, 1]. Returns the scores in the same order: for ``weighted`` in
+        [-1, 1] (see the module docs for the text-query rule), for ``rrf`` in (0, sum of weights / (rrf_k + 1)].
+        """
         if self.method == "weighted":
             out = []
             for s in sims:
                 total = sum(self.weight(k) for k in s)
-                out.append(sum(self.weight(k) * v for k, v in s.items()) / total if total > 0 else 0.0)
+                mean = sum(self.weight(k) * v for k, v in s.items()) / total if total > 0 else 0.0
+                if "text" in s and "cross" in s and "image" not in s and self.weight("text") > 0:
+                    mean = max(s["text"], mean)  # a text query: cross-modal evidence only adds (module docs)
+                out.append(mean)
             return out
         ranks: dict[str, dict[int, int]] = {}
         for signal in SIGNALS:

@@ -203,6 +203,14 @@ def test_fusion_rule_validation():
     f = Fusion.parse("weighted:image=2,cross=0")
     assert f.weight("image") == 2 and f.weight("cross") == 0 and f.weight("text") == 1
     assert f.fuse([{"text": 0.5, "image": 0.8}]) == [pytest.approx((0.5 + 1.6) / 3)]
+    # a text query: an image-text item is judged on its text like a text-only chunk; cross-modal evidence only adds
+    d = Fusion()
+    caption_of_a_chart, page, photo = {"text": 0.80, "cross": -0.07}, {"text": 0.69}, {"text": 0.30, "cross": 0.90}
+    assert d.fuse([caption_of_a_chart, page, photo]) == [pytest.approx(0.80), pytest.approx(0.69),
+                                                         pytest.approx((0.30 + 0.5 * 0.90) / 1.5)]
+    assert d.fuse([{"cross": 0.25}]) == [pytest.approx(0.25)]  # an image without text: cross alone, as before
+    # a query with an image keeps the plain weighted mean over all three signals
+    assert d.fuse([{"text": 0.8, "image": 0.1, "cross": -0.07}]) == [pytest.approx((0.8 + 0.2 - 0.035) / 3.5)]
     # rrf: ranks per signal among the candidates that have it; a missing signal adds nothing
     rrf = Fusion(method="rrf", rrf_k=10, weights={"text": 1.0, "image": 2.0, "cross": 1.0})
     got = rrf.fuse([{"text": 0.9, "image": 0.1}, {"text": 0.5, "image": 0.7}, {"image": 0.9}])
