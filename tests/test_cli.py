@@ -94,7 +94,7 @@ def test_bad_files_are_reported_and_the_rest_ingested(capsys, notes):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["ingest", "{notes}", "--collection", "x1", "--store", "mongo"], "unknown store 'mongo'; choose one of: chroma, faiss"),
+        (["ingest", "{notes}", "--collection", "x1", "--store", "mongo"], "unknown store 'mongo'; choose one of: chroma, chroma-http://HOST:PORT, faiss, lancedb"),
         (["ingest", "{notes}", "--collection", "x2", "--view", "fancy"], "unknown view 'fancy'"),
         (["ask", "anything", "--collection", "missing"], "no collection named 'missing'"),
         (["ask", "   ", "--collection", "x3"], "error"),
