@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,28 @@ def test_dicom_window_middle_frame_report_and_no_patient_data(samples):
     flat = json.dumps(dict(scan.metadata)) + scan.text + scan.title
     for value in (*PATIENT.values(), "Doe", "Jane"):
         assert value not in flat
+
+
+def test_patient_identifiers_written_into_the_report_text_are_redacted(tmp_path):
+    """The values of the file's own patient tags are removed from its free-text report too (found by a
+    break-test: a report naming the patient and the MRN was stored word for word)."""
+    import pydicom
+
+    path = write_dicom(tmp_path / "ct.dcm", frames=1)
+    ds = pydicom.dcmread(str(path))
+    ds.ImageComments = ("Patient Jane Doe (MRN-4711-0815, DOB 1963-04-12), also Doe, Jane, 12/04/1963: "
+                        "right lower lobe consolidation. Jane's sister Janet was seen too.")
+    ds.ReferringPhysicianName = "House^Gregory"
+    ds.StudyDescription = "CT chest for Dr House"
+    ds.save_as(str(path))
+    (scan,) = split(iter_path(path))[0].values()
+    flat = json.dumps(dict(scan.metadata)) + scan.text + scan.title
+    for value in ("Jane", "Doe", "MRN-4711-0815", "1963-04-12", "12/04/1963", "House"):
+        assert not re.search(rf"(?<!\w){re.escape(value)}(?!\w)", flat), value
+    assert "right lower lobe consolidation" in scan.text and "Janet" in scan.text  # whole words only
+    assert "[redacted]" in scan.text
+    (kept,) = split(iter_path(path, options={"dicom_patient_tags": True}))[0].values()
+    assert "Jane Doe" in kept.text  # the opt-in keeps the file as it is
 
 
 def test_patient_tags_never_reach_a_collection_unless_opted_in(capsys, tmp_path):

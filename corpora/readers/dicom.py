@@ -10,7 +10,12 @@
   content sequence, ``ImageComments``), after a line made of modality, body part, study and series
   descriptions, so a question like "chest CT" finds it.
 - **Patient-identifying tags are never stored** (names, ids, birth date, address, other patient ids,
-  accession number, institution and physicians' names): neither in the text nor in the metadata.
+  accession number, institution and physicians' names): neither in the metadata nor in the text. The
+  values those tags hold in the file are also removed from the report text wherever they appear in it
+  (names part by part and in the usual orders, ids, the birth date in common date formats), replaced
+  by ``[redacted]`` (:func:`redact_identifiers`), and so are they from the descriptive tags kept as metadata. Free text can still mention a person the tags do not
+  name; that cannot be detected reliably, so de-identify such reports before ingesting them. The file
+  name becomes the document id, so do not name files after patients.
   ``options["dicom_patient_tags"] = True`` (``heterag ingest --dicom-patient-tags``) opts in to
   keeping the patient tags in :data:`PATIENT_TAGS` as metadata.
 - Compressed pixel data needs a decoder plugin (``pylibjpeg``, ``gdcm``); without one the file is one
@@ -53,10 +58,11 @@ def read_dicom(path: Path, rel: str, max_document_bytes: int, options: Mapping[s
     except Exception as exc:  # noqa: BLE001 - truncated or malformed data elements
         raise InvalidInputError(f"not a readable DICOM file ({type(exc).__name__}: {exc})") from None
     meta: dict[str, Any] = {"source": rel}
+    idents = [] if options.get("dicom_patient_tags") else _identifiers(ds)
     for keyword, key in DESCRIPTIVE_TAGS.items():
         value = str(ds.get(keyword, "") or "").strip()
         if value:
-            meta[key] = value
+            meta[key] = redact_identifiers(value, idents)
     if options.get("dicom_patient_tags"):
         for keyword, key in PATIENT_TAGS.items():
             value = str(ds.get(keyword, "") or "").strip()
@@ -67,7 +73,7 @@ def read_dicom(path: Path, rel: str, max_document_bytes: int, options: Mapping[s
         pixels, info = _pixels(ds, rel)
         meta.update(info)
         image = ImageRef.from_array(pixels, source=rel)
-    text = _text(ds)
+    text = redact_identifiers(_text(ds), idents)
     if image is None and not text:
         raise InvalidInputError("no pixel data and no report text")
     title = " ".join(str(meta.get(k, "")) for k in ("modality", "body_part", "study_description") if meta.get(k)) or path.stem
@@ -128,6 +134,54 @@ def _first(value: Any) -> float | None:
         return float(value[0]) if hasattr(value, "__len__") and not isinstance(value, str) else float(value)
     except (TypeError, ValueError, IndexError):
         return None
+
+
+#: Tags whose values are removed from the report text (unless ``dicom_patient_tags``).
+IDENTIFYING_TAGS = ("PatientName", "PatientID", "OtherPatientIDs", "PatientBirthDate", "PatientAddress",
+                    "AccessionNumber", "InstitutionName", "ReferringPhysicianName", "PerformingPhysicianName",
+                    "OperatorsName", "PatientMotherBirthName", "IssuerOfPatientID")
+REDACTED = "[redacted]"
+
+
+def _identifiers(ds: Any) -> list[str]:
+    """The identifying strings the file's own tags hold: whole values, name parts and their usual orders,
+    the birth date (DICOM ``YYYYMMDD``) also as ``YYYY-MM-DD``, ``DD/MM/YYYY``, ``MM/DD/YYYY``, ``DD.MM.YYYY``."""
+    found: list[str] = []
+    for keyword in IDENTIFYING_TAGS:
+        raw = ds.get(keyword, None)
+        if raw is None:
+            continue
+        values = list(raw) if isinstance(raw, (list, tuple)) or type(raw).__name__ == "MultiValue" else [raw]
+        for value in values:
+            text = str(value or "").strip()
+            if not text:
+                continue
+            found.append(text)
+            if "^" in text or "Name" in keyword:  # person name: Family^Given^Middle^Prefix^Suffix
+                parts = [q.strip() for q in text.split("=")[0].split("^") if q.strip()]
+                found.extend(q for q in parts if len(q) >= 2)
+                if len(parts) >= 2:
+                    family, given = parts[0], parts[1]
+                    found.extend([f"{given} {family}", f"{family}, {given}", f"{family} {given}"])
+            if keyword == "PatientBirthDate" and len(text) == 8 and text.isdigit():
+                y, m, d = text[:4], text[4:6], text[6:]
+                found.extend([f"{y}-{m}-{d}", f"{d}/{m}/{y}", f"{m}/{d}/{y}", f"{d}.{m}.{y}", f"{y}/{m}/{d}"])
+    return found
+
+
+def redact_identifiers(text: str, identifiers: list[str]) -> str:
+    """``text`` with every occurrence of each identifier (case-insensitive; names and ids as whole words)
+    replaced by ``[redacted]``; longer identifiers first, so a full name goes before its parts."""
+    import re
+
+    for ident in sorted(set(identifiers), key=len, reverse=True):
+        pattern = re.escape(ident)
+        if ident[:1].isalnum():
+            pattern = r"(?<!\w)" + pattern
+        if ident[-1:].isalnum():
+            pattern = pattern + r"(?!\w)"
+        text = re.sub(pattern, REDACTED, text, flags=re.IGNORECASE)
+    return text
 
 
 def _text(ds: Any) -> str:
