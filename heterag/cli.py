@@ -521,15 +521,20 @@ def cmd_docs(args: argparse.Namespace) -> int:
             heading = str(c.metadata.get("heading", ""))
             print(f"\n[{c.metadata.get('chunk_index', 0)}]{f' {heading}' if heading else ''}\n{c.text}")
         return 0
-    known = {d.id for d in collection_documents(args.collection, where={"doc_id": {"$in": list(args.ids)}})}
+    # every id is checked before anything is deleted: one unknown id deletes nothing; a document's parts
+    # (a PDF's or DOCX's figures, ``ID#figure-N``) go with it
+    stored = [d.id for d in collection_documents(args.collection)]
+    missing = [i for i in args.ids if i not in set(stored)]
+    if missing:
+        raise HeteragError(f"no document {', '.join(repr(i) for i in missing)} in collection {args.collection!r}; "
+                           f"nothing deleted (list them with: heterag docs list --collection {args.collection})")
+    targets = [d for d in stored if d in args.ids or any(d.startswith(f"{i}#") for i in args.ids)]
     pipe = open_collection(args.collection, create=False)
     try:
-        missing = [i for i in args.ids if i not in known]
-        removed = pipe.delete_documents([i for i in args.ids if i in known])
-        for i in missing:
-            print(f"heterag: no document {i!r} in collection {args.collection!r}", file=sys.stderr)
-        print(f"{args.collection}: deleted {len(known)} documents ({removed} records)")
-        return EXIT_PARTIAL if missing else 0
+        removed = pipe.delete_documents(targets)
+        n = len(targets)
+        print(f"{args.collection}: deleted {n} document{'s' if n != 1 else ''} ({removed} records)")
+        return 0
     finally:
         pipe.close()
 

@@ -51,8 +51,11 @@ def test_docs_list_show_delete(capsys, kb):
     assert code == 0 and "title: Tides" in out and "gravitational pull" in out and str(kb / "ocean" / "tides.md") in out
     code, _, err = run(capsys, "docs", "show", "nope.md", "--collection", "kb")
     assert code == 2 and "no document 'nope.md'" in err and len(err.strip().splitlines()) == 1
-    code, out, err = run(capsys, "docs", "delete", "bees.txt", "nope.md", "--collection", "kb")
-    assert code == 1 and "deleted 1 documents" in out and "nope.md" in err
+    code, out, err = run(capsys, "docs", "delete", "bees.txt", "nope.md", "--collection", "kb")  # one typo: nothing goes
+    assert code == 2 and "'nope.md'" in err and "nothing deleted" in err and len(err.strip().splitlines()) == 1
+    assert set(stored("kb")) == {"bees.txt", "ocean/tides.md", "ocean/waves.txt"}
+    code, out, err = run(capsys, "docs", "delete", "bees.txt", "--collection", "kb")
+    assert code == 0 and "deleted 1 document (" in out
     assert set(stored("kb")) == {"ocean/tides.md", "ocean/waves.txt"}
     code, out, _ = run(capsys, "ask", "How do bees show where flowers are?", "--collection", "kb", "--json")
     assert all(s["doc_id"] != "bees.txt" for s in json.loads(out)["sources"])

@@ -161,6 +161,11 @@ def test_a_folder_of_formats_ingests_and_a_caption_question_finds_the_figure(cap
     top = answer["retrieved"][0]
     assert top["doc_id"] == "estuary-paper.pdf" and "p. 3" in top["view"]  # the page is in the view
     assert "neap tides" in answer["answer"]
+    code, out, _ = run(capsys, "docs", "delete", "estuary-paper.pdf", "--collection", "kb")  # its figures go with it
+    assert code == 0 and "deleted 3 documents" in out
+    code, out, _ = run(capsys, "docs", "list", "--collection", "kb")
+    assert [line.split("\t")[0] for line in out.strip().splitlines()] == [
+        "chest-ct.dcm", "dredging-report.docx", "dredging-report.docx#figure-1", "field-guide.html"]
 
 
 def test_broken_encrypted_and_unknown_files_are_named_and_the_rest_ingested(capsys, samples, tmp_path):
