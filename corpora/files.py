@@ -157,7 +157,11 @@ def _read_file(path: Path, rel: str, max_document_bytes: int, options: Mapping[s
 
 
 def _document_files(root: Path, skip: frozenset[str] = frozenset()) -> list[str]:
-    """Relative POSIX paths of the non-hidden files under ``root`` (suffixes in ``skip`` left out), sorted."""
+    """Relative POSIX paths of the non-hidden files under ``root`` (suffixes in ``skip`` left out), sorted.
+
+    A file reached twice (a symlink beside its target, two links to one file) is listed once, since its
+    resolved path is its identity: under the path that is not a link when there is one, else the first.
+    """
     found: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
@@ -165,7 +169,19 @@ def _document_files(root: Path, skip: frozenset[str] = frozenset()) -> list[str]
             if name.startswith(".") or Path(name).suffix.lower() in skip:
                 continue
             found.append(Path(dirpath, name).relative_to(root).as_posix())
-    return sorted(found)
+    chosen: dict[str, str] = {}
+    for rel in sorted(found):
+        try:
+            key = source_path(root / rel)
+        except (OSError, RuntimeError):  # a symlink loop: left to the reader, which names it
+            key = f"unresolved:{rel}"
+        if key not in chosen or ((root / chosen[key]).is_symlink() and not (root / rel).is_symlink()):
+            if key in chosen:
+                logger.info("%s and %s are the same file; reading it once, as %s", chosen[key], rel, rel)
+            chosen[key] = rel
+        else:
+            logger.info("%s and %s are the same file; reading it once, as %s", chosen[key], rel, chosen[key])
+    return sorted(chosen.values())
 
 
 def load_text_file(path: Path, rel: str, max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES) -> LoadItem:

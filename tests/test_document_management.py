@@ -105,6 +105,19 @@ def test_sync_removes_documents_whose_file_is_gone(capsys, kb):
     assert set(stored("kb")) == {"bees.txt", "ocean/tides.md"}  # files outside the synced folder are untouched
 
 
+def test_a_symlink_beside_its_target_is_one_document(capsys, kb):
+    """Found by a break-test: ``link.txt -> bees.txt`` in the same folder became a second document, and a
+    question got the same chunk twice."""
+    (kb / "link.txt").symlink_to(kb / "bees.txt")
+    (kb / "ocean" / "alias.md").symlink_to(kb / "ocean" / "tides.md")
+    code, out, err = run(capsys, "ingest", str(kb), "--collection", "kb")
+    assert code == 0, err
+    assert set(stored("kb")) == {"bees.txt", "ocean/tides.md", "ocean/waves.txt"}  # under the real file's name
+    code, out, _ = run(capsys, "ask", "How do bees show where flowers are?", "--collection", "kb", "--json")
+    chunk_ids = [h["chunk_id"] for h in json.loads(out)["retrieved"]]
+    assert len(chunk_ids) == len(set(chunk_ids))
+
+
 def test_the_same_file_through_another_root_is_the_same_document(capsys, kb, tmp_path, monkeypatch):
     assert run(capsys, "ingest", str(kb), "--collection", "kb")[0] == 0
     before = stored("kb")
