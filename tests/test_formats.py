@@ -205,6 +205,34 @@ def test_scanned_pdf_pages_are_read_by_ocr(tmp_path):
     assert "Invoice number 4471" in doc.text and "320" in doc.text
 
 
+def test_a_page_with_only_an_uncaptioned_chart_is_a_figure_not_a_skip(tmp_path):
+    """Found by a break-test: a one-page PDF holding only a chart was skipped as "no text found (and no
+    figures)"; OCR reads nothing there, so the picture is a figure (an image item without text)."""
+    pytest.importorskip("rapidocr_onnxruntime", reason="OCR is the optional [ocr] extra (rapidocr_onnxruntime)")
+    from PIL import Image as PILImage
+    from reportlab.lib.pagesizes import A4
+    from reportlab.lib.utils import ImageReader
+    from reportlab.pdfgen import canvas
+
+    rng = np.random.default_rng(0)
+    chart = PILImage.new("RGB", (600, 400), "white")
+    px = chart.load()
+    for x in range(40, 560, 60):  # bars of random heights, no text anywhere
+        h = int(rng.integers(60, 340))
+        for xx in range(x, x + 40):
+            for yy in range(380 - h, 380):
+                px[xx, yy] = (30, 90, 200)
+    path = tmp_path / "nocaption.pdf"
+    c = canvas.Canvas(str(path), pagesize=A4)
+    c.drawImage(ImageReader(chart), 60, 300, width=450, height=300)
+    c.showPage()
+    c.save()
+    docs, errors = split(iter_path(path))
+    assert errors == [] and list(docs) == ["nocaption.pdf#figure-1"]
+    figure = docs["nocaption.pdf#figure-1"]
+    assert figure.image is not None and figure.metadata["page"] == 1
+
+
 def test_scanned_pdf_without_ocr_is_a_named_skip(tmp_path, monkeypatch):
     from corpora.readers import pdf
 

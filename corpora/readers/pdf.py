@@ -10,13 +10,16 @@
 - **Scanned pages** (no text layer, one or more images): the largest image is read with RapidOCR
   (``rapidocr_onnxruntime``, ONNX models inside its wheel, offline; ``pip install 'heterag[ocr]'``);
   the document gets ``metadata["ocr_pages"]`` (e.g. ``"3,4"``) and the page heading says ``(OCR)``.
-  Its image is not a figure. Without RapidOCR such a page is one skipped line naming the page.
+  Its image is not a figure. A page where OCR reads fewer than :data:`MIN_OCR_CHARS` letters or digits
+  (a chart, a photo) is not a scan: its images are figures without captions. Without RapidOCR a page
+  without a text layer is one skipped line naming the page.
 - **Encrypted** PDFs (a password other than the empty one) and **broken** ones are one line each.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,10 @@ from heterag.errors import InvalidInputError
 
 from ..base import LoadItem
 from ._common import check_file_size, figure_image, figure_item, find_captions, make_document
+
+#: A page without a text layer is a scan when OCR reads at least this many letters or digits on it; with
+#: fewer (a chart read as "ll") its pictures are figures without captions.
+MIN_OCR_CHARS = 10
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +108,11 @@ def _read_pdf(path: Path, rel: str, max_document_bytes: int, options: Mapping[st
                                          "rapidocr_onnxruntime: pip install 'heterag[ocr]'"))
                 continue
             text = ocr_image(biggest[0])
-            if text.strip():
+            if len(re.findall(r"\w", text)) >= MIN_OCR_CHARS:
                 sections.append(Section(text, (f"p. {number} (OCR)",)))
                 ocr_pages.append(number)
-            continue
+                continue
+            text = ""  # OCR read (next to) nothing: not a scan but a page of figures without text, kept as figures
         if text.strip():
             sections.append(Section(text, (f"p. {number}",)))
         captions = find_captions(text.splitlines())
