@@ -211,8 +211,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     removed: list[str] = []
     try:
         report = pipe.ingest(items, progress=sys.stderr.isatty())
+        # a file that was stored before and cannot be read now (emptied, corrupted) keeps its previous
+        # version: say so, since --sync removes only files that are gone
+        failed = [f.source for f in report.failures]
+        kept = {d.id for d in pipe.documents(where={"doc_id": {"$in": failed}})} if failed and not is_new else set()
         for f in report.failures:
-            print(f"skipped {f}", file=sys.stderr)
+            note = (f"; its previous version stays in the collection (remove it with: heterag docs delete "
+                    f"{f.source} --collection {args.collection})") if f.source in kept else ""
+            print(f"skipped {f}{note}", file=sys.stderr)
         if args.sync:
             removed = pipe.remove_missing_files(args.path)
         empty = is_new and not report.documents_written

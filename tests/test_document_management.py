@@ -103,6 +103,11 @@ def test_sync_removes_documents_whose_file_is_gone(capsys, kb):
     code, out, _ = run(capsys, "ingest", str(kb / "ocean"), "--collection", "kb", "--sync")
     assert code == 0 and "removed 1 documents whose file is gone" in out
     assert set(stored("kb")) == {"bees.txt", "ocean/tides.md"}  # files outside the synced folder are untouched
+    (kb / "bees.txt").write_text("")  # emptied, not gone: its previous version stays, and the skip line says so
+    code, out, err = run(capsys, "ingest", str(kb), "--collection", "kb", "--sync")
+    assert code == 1 and "bees.txt" in stored("kb")
+    (line,) = [x for x in err.splitlines() if x.startswith("skipped bees.txt")]
+    assert "its previous version stays in the collection" in line and "heterag docs delete bees.txt --collection kb" in line
 
 
 def test_a_symlink_beside_its_target_is_one_document(capsys, kb):
