@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..documents import MetadataValue
+from ..documents import MetadataValue, validate_metadata
 from ..errors import DimensionMismatchError, FingerprintMismatchError, InvalidInputError
 
 
@@ -140,6 +140,19 @@ def as_matrix(records: Sequence[Record], dim: int | None, store: str) -> np.ndar
     if len(set(ids)) != len(ids):
         raise InvalidInputError(f"{store}: duplicate ids in one upsert batch")
     return mat
+
+
+def record_metadata(record: Record, store: str, label: str | None = None) -> dict[str, MetadataValue]:
+    """A record's validated metadata, after checking that its text is a string (every backend's upsert).
+
+    ``store`` names the store in the text error, ``label`` (default ``store``) in metadata errors.
+
+    Raises:
+        InvalidInputError: the text is not a string, or the metadata is not flat scalar values.
+    """
+    if not isinstance(record.text, str):
+        raise InvalidInputError(f"{store}: record {record.id!r} text must be a string")
+    return validate_metadata(record.metadata or {}, where=f"{label or store}: record {record.id!r} metadata")
 
 
 def check_query_vector(vector: np.ndarray, dim: int | None, store: str) -> np.ndarray:

@@ -45,10 +45,9 @@ import numpy as np
 from chromadb.config import Settings
 from chromadb.errors import InvalidArgumentError, NotFoundError
 
-from ..documents import validate_metadata
 from ..errors import DimensionMismatchError, HeteragError, InvalidInputError
 from ..filters import normalize
-from .base import Fingerprint, Record, ScoredRecord, as_matrix, check_query_vector
+from .base import Fingerprint, Record, ScoredRecord, as_matrix, check_query_vector, record_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -231,9 +230,7 @@ def to_chroma_where(node: Mapping[str, Any]) -> Any:
 
 def _chroma_metadata(record: Record, store: str) -> dict[str, Any] | None:
     """Validated metadata plus the reserved key list; None when empty (Chroma rejects {})."""
-    if not isinstance(record.text, str):
-        raise InvalidInputError(f"{store}: record {record.id!r} text must be a string")
-    meta = validate_metadata(record.metadata or {}, where=f"{store}: record {record.id!r} metadata")
+    meta = record_metadata(record, store)
     for key in meta:
         if key == KEYS_FIELD or key.startswith(("#", "$")):
             raise InvalidInputError(f"{store}: record {record.id!r} metadata key {key!r} is reserved")

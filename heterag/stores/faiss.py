@@ -43,10 +43,9 @@ from typing import Any
 import faiss
 import numpy as np
 
-from ..documents import validate_metadata
 from ..errors import DimensionMismatchError, HeteragError, InvalidInputError
 from ..filters import normalize
-from .base import Fingerprint, Record, ScoredRecord, as_matrix, check_query_vector
+from .base import Fingerprint, Record, ScoredRecord, as_matrix, check_query_vector, record_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -81,9 +80,7 @@ def _unit(mat: np.ndarray) -> np.ndarray:
 
 def _metadata_json(record: Record, store: str) -> str:
     """Validate a record's text and metadata and serialise the metadata."""
-    if not isinstance(record.text, str):
-        raise InvalidInputError(f"{store}: record {record.id!r} text must be a string")
-    meta = validate_metadata(record.metadata or {}, where=f"{store}: record {record.id!r} metadata")
+    meta = record_metadata(record, store)
     return json.dumps(meta, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 

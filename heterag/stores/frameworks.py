@@ -25,10 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from ..documents import validate_metadata
 from ..errors import DimensionMismatchError, HeteragError, InvalidInputError
 from ..filters import matches, normalize
-from .base import Fingerprint, Record, ScoredRecord, as_matrix, check_query_vector
+from .base import Fingerprint, Record, ScoredRecord, as_matrix, check_query_vector, record_metadata
 
 FIELD = "_heterag"
 _NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,253}[A-Za-z0-9])?$")
@@ -116,9 +115,7 @@ class _AdapterStore:
                 return
             packed = []
             for r, vec in zip(records, mat, strict=True):
-                if not isinstance(r.text, str):
-                    raise InvalidInputError(f"{self.name}: record {r.id!r} text must be a string")
-                meta = validate_metadata(r.metadata or {}, where=f"{self.name}: record {r.id!r} metadata")
+                meta = record_metadata(r, self.name)
                 packed.append(_pack(r, vec, meta))
             existing = set(self._all())
             stale = [r.id for r in records if r.id in existing]

@@ -28,10 +28,9 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 
-from ..documents import validate_metadata
 from ..errors import DimensionMismatchError, HeteragError, InvalidInputError
 from ..filters import normalize
-from .base import Fingerprint, Record, ScoredRecord, as_matrix, check_query_vector
+from .base import Fingerprint, Record, ScoredRecord, as_matrix, check_query_vector, record_metadata
 from .url import StoreURL
 
 logger = logging.getLogger(__name__)
@@ -210,9 +209,7 @@ class LanceStore:
             return
         rows = []
         for r, vec in zip(records, mat, strict=True):
-            if not isinstance(r.text, str):
-                raise InvalidInputError(f"{self.name}: record {r.id!r} text must be a string")
-            meta = validate_metadata(r.metadata or {}, where=f"lancedb: record {r.id!r} metadata")
+            meta = record_metadata(r, self.name, "lancedb")
             row: dict[str, Any] = {"id": r.id, "vector": vec, "text": r.text, "meta": json.dumps(meta)}
             row.update(_column(k, v) for k, v in meta.items())
             rows.append(row)

@@ -28,10 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from ..documents import validate_metadata
 from ..errors import DimensionMismatchError, HeteragError, InvalidInputError, StoreUnavailableError
 from ..filters import normalize
-from .base import Fingerprint, Record, ScoredRecord, as_matrix, check_query_vector
+from .base import Fingerprint, Record, ScoredRecord, as_matrix, check_query_vector, record_metadata
 from .url import StoreURL, redact
 
 logger = logging.getLogger(__name__)
@@ -286,9 +285,7 @@ class MilvusStore:
             return
         rows = []
         for r, vec in zip(records, mat, strict=True):
-            if not isinstance(r.text, str):
-                raise InvalidInputError(f"{self.name}: record {r.id!r} text must be a string")
-            meta = validate_metadata(r.metadata or {}, where=f"milvus: record {r.id!r} metadata")
+            meta = record_metadata(r, self.name, "milvus")
             rows.append({"pk": r.id, "vector": vec.tolist(), "text": r.text, "meta": meta, "f": _typed(meta)})
         with self._lock:
             size = self._size()

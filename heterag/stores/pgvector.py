@@ -37,10 +37,9 @@ from pgvector.psycopg import register_vector
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from ..documents import validate_metadata
 from ..errors import DimensionMismatchError, HeteragError, InvalidInputError, StoreUnavailableError
 from ..filters import normalize
-from .base import Fingerprint, Record, ScoredRecord, as_matrix, check_query_vector
+from .base import Fingerprint, Record, ScoredRecord, as_matrix, check_query_vector, record_metadata
 from .url import StoreURL
 
 logger = logging.getLogger(__name__)
@@ -246,9 +245,7 @@ class PgVectorStore:
             return
         rows = []
         for r, vec in zip(records, mat, strict=True):
-            if not isinstance(r.text, str):
-                raise InvalidInputError(f"{self.name}: record {r.id!r} text must be a string")
-            meta = validate_metadata(r.metadata or {}, where=f"pgvector: record {r.id!r} metadata")
+            meta = record_metadata(r, self.name, "pgvector")
             rows.append((r.id, vec, r.text, Jsonb(meta)))
         t = sql.Identifier(self.table)
         stmt = sql.SQL("INSERT INTO {} (id, embedding, text, metadata) VALUES (%s, %s, %s, %s) ON CONFLICT (id) DO UPDATE "

@@ -32,10 +32,9 @@ import numpy as np
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 
-from ..documents import validate_metadata
 from ..errors import DimensionMismatchError, HeteragError, InvalidInputError, StoreUnavailableError
 from ..filters import normalize
-from .base import Fingerprint, Record, ScoredRecord, as_matrix, check_query_vector
+from .base import Fingerprint, Record, ScoredRecord, as_matrix, check_query_vector, record_metadata
 from .url import StoreURL, redact
 
 logger = logging.getLogger(__name__)
@@ -271,9 +270,7 @@ class QdrantStore:
             return
         payloads = []
         for r, vec in zip(records, mat, strict=True):
-            if not isinstance(r.text, str):
-                raise InvalidInputError(f"{self.name}: record {r.id!r} text must be a string")
-            meta = validate_metadata(r.metadata or {}, where=f"qdrant: record {r.id!r} metadata")
+            meta = record_metadata(r, self.name, "qdrant")
             payloads.append({"_id": r.id, "_text": r.text, "_meta": json.dumps(meta), "_norm": float(np.linalg.norm(vec)),
                              **_typed(meta)})
         with self._lock:
