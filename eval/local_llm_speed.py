@@ -7,7 +7,11 @@ makes it), then for four questions with their top-5 `heterag`-view chunks as con
 alternating question by question (so they share the machine's load): the prompt length, the time to
 the first streamed piece, and tokens per second after it. Each question is asked twice per engine:
 "cold" (nothing of the prompt in the engine's cache) and "warm" (the previous question was asked
-just before, so llama.cpp reuses the shared system-prompt prefix; transformers recomputes all).
+just before, so llama.cpp reuses the shared system-prompt prefix). The transformers engine computes
+the prefix's key-value cache once at load and reuses it for every request; ``transformers:no-prefix``
+in ``--engines`` is the same engine computing the whole prompt each time, for comparison:
+
+    python eval/local_llm_speed.py --engines transformers,transformers:no-prefix
 """
 
 from __future__ import annotations
@@ -44,8 +48,12 @@ def main() -> int:
 
     gens = {}
     for engine in args.engines.split(","):
+        name, _, variant = engine.partition(":")
+        if variant not in ("", "no-prefix"):
+            ap.error(f"unknown variant {variant!r} in {engine!r} (choose: no-prefix)")
         t0 = time.perf_counter()
-        gens[engine] = LocalGenerator(max_new_tokens=args.max_new_tokens, threads=args.threads, engine=engine)
+        gens[engine] = LocalGenerator(max_new_tokens=args.max_new_tokens, threads=args.threads, engine=name,
+                                      reuse_prefix=variant != "no-prefix")
         print(f"{engine}: load {time.perf_counter() - t0:.2f} s (imports included)", flush=True)
     from corpora.demo import open_demo
 

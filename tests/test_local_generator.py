@@ -99,6 +99,27 @@ def test_scoring_mode_gives_each_options_log_likelihood(tmp_path: Path):
         gen.score_options(QUESTION, HITS, ["only one"])
 
 
+def test_prompt_prefix_is_computed_once_and_gives_the_same_answers(tmp_path: Path):
+    """The chat template + system prompt's key-value cache is reused by every request (faster first
+    token) and changes nothing: the same greedy tokens and option scores as a full prompt pass."""
+    folder = save_causal(tmp_path / "m", seed=3)
+    reuse = LocalGenerator(folder, max_new_tokens=12)
+    full = LocalGenerator(folder, max_new_tokens=12, reuse_prefix=False)
+    prefix = reuse._prefix()
+    assert prefix is not None and full._prefix() is None
+    ids = prefix[0]
+    prompt = reuse.model_inputs(QUESTION, HITS)["input_ids"][0].tolist()
+    assert prompt[: len(ids)] == list(ids) and len(ids) < len(prompt)  # a true prefix of a real prompt
+    assert reuse._prefix() is prefix  # computed once per model and system prompt
+    assert reuse.generate(QUESTION, HITS).text == full.generate(QUESTION, HITS).text
+    assert reuse.generate("Why is that?", HITS[:1]).text == full.generate("Why is that?", HITS[:1]).text
+    options = ["yes", "no", "maybe"]
+    assert reuse.score_options(QUESTION, HITS, options).logprobs == pytest.approx(
+        full.score_options(QUESTION, HITS, options).logprobs, abs=1e-4)
+    other = LocalGenerator(folder, system_prompt="Answer in one word.")  # another system prompt: its own prefix
+    assert other._prefix()[0] != ids and other.generate(QUESTION, HITS).text
+
+
 def test_model_is_loaded_once_per_process(tmp_path: Path):
     folder = save_causal(tmp_path / "m", forced="Ice floats [2].")
     a, b = LocalGenerator(folder), LocalGenerator(folder, temperature=0.7, seed=1)
@@ -164,6 +185,15 @@ def test_packaged_model_answers_from_a_passage_and_cites_it(packaged):
     assert 1 in [c.number for c in answer.citations], answer.text
     folder = resolve_local_model(None)  # the dequantised copy is reused: no second conversion
     assert (folder / "model.safetensors").is_file() and Path(packaged.path) == folder
+
+
+def test_packaged_model_reuses_its_system_prompt_prefix(packaged):
+    prefix = packaged._prefix()
+    assert prefix is not None and len(prefix[0]) > 100  # the default system prompt is ~190 tokens
+    passage = hit(1, "The Zorblat festival takes place every year in the town of Quillmoor, in early March.")
+    plain = LocalGenerator(max_new_tokens=24, reuse_prefix=False)
+    q = "When is the Zorblat festival?"
+    assert packaged.generate(q, (passage,)).text == plain.generate(q, (passage,)).text
 
 
 def test_cli_ask_with_the_local_generator(tmp_path: Path, capsys):

@@ -426,7 +426,8 @@ class TransformersGenerator:
                 kwargs["pad_token_id"] = pad
         return kwargs
 
-    def _run(self, inputs: Any, on_token: StreamCallback | None) -> str:
+    def _run(self, inputs: Any, on_token: StreamCallback | None, extra: dict[str, Any] | None = None) -> str:
+        """Generate from model ``inputs`` (``extra``: further ``generate()`` keywords, e.g. a prefix cache)."""
         import torch
 
         inputs = inputs.to(self.device)
@@ -442,7 +443,7 @@ class TransformersGenerator:
             try:
                 with torch.random.fork_rng(devices=devices), torch.inference_mode():
                     torch.manual_seed(seed)
-                    self.model.generate(**inputs, **kwargs, streamer=streamer)
+                    self.model.generate(**inputs, **kwargs, **(extra or {}), streamer=streamer)
             except Exception as exc:
                 if exc is streamer.callback_error:
                     raise
