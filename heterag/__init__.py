@@ -42,7 +42,7 @@ _LAZY = {
     "images": ("ImageFiles", "ImageRef", "load_image"),
     "locking": ("WriteLock",),
     "pipeline": ("IngestReport", "Pipeline"),
-    "results": ("Answer", "Citation", "Hit"),
+    "results": ("Answer", "Citation", "Hit", "SourceRef"),
     "stores": ("STORES", "Fingerprint", "Record", "ScoredRecord", "VectorStore", "open_store"),
     "views": ("VIEWS", "HeteragView", "LateView", "NaiveView", "RetrievalView", "make_view"),
 }
@@ -81,7 +81,7 @@ if TYPE_CHECKING:  # what static tools see
     from .images import ImageFiles, ImageRef, load_image
     from .locking import WriteLock
     from .pipeline import IngestReport, Pipeline
-    from .results import Answer, Citation, Hit
+    from .results import Answer, Citation, Hit, SourceRef
     from .stores import STORES, Fingerprint, Record, ScoredRecord, VectorStore, open_store
     from .views import VIEWS, HeteragView, LateView, NaiveView, RetrievalView, make_view
 
@@ -97,5 +97,5 @@ __all__ = [
     "make_view", "open_collection", "open_store", "rank_documents",
     "CollectionInfo", "collection_info", "ContentDiff", "ContentFingerprint", "content_fingerprint",
     "CollectionLockedError", "DroppedHit", "HitFilter", "IngestGuard", "IngestItem", "Retrieval", "RetrievalQuery",
-    "Verdict", "WriteLock",
+    "Verdict", "WriteLock", "SourceRef",
 ]

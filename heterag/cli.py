@@ -312,12 +312,12 @@ def _answer_json(answer) -> dict[str, Any]:
         "answer": answer.text,
         "sources": [
             {"n": c.number, "doc_id": c.doc_id, "chunk_id": c.chunk_id, "title": c.title, "score": c.score, "text": c.text,
-             "image": c.image}
+             "image": c.image, **c.where.fields(c.doc_id)}
             for c in answer.citations
         ],
         "retrieved": [
             {"doc_id": h.doc_id, "chunk_id": h.chunk_id, "score": h.score, "text": h.text, "view": h.view,
-             "image": h.image, "scores": dict(h.scores)}
+             "image": h.image, "scores": dict(h.scores), **h.where.fields(h.doc_id)}
             for h in answer.hits
         ],
         "context_tokens": answer.context_tokens,

@@ -91,10 +91,12 @@ def start_generation(
 
 
 def citation_for(number: int, hit: Hit) -> Citation:
-    """The citation ``[number]`` pointing at ``hit`` (with the hit's image path, if any)."""
+    """The citation ``[number]`` pointing at ``hit`` (with the hit's image path, if any, and its file, page,
+    section and figure: :class:`~heterag.results.SourceRef`)."""
+    where = hit.where
     return Citation(
         number=number, chunk_id=hit.chunk_id, doc_id=hit.doc_id, title=hit.title, text=hit.text, score=hit.score,
-        image=hit.image,
+        image=hit.image, source=where.source, page=where.page, section=where.section, figure=where.figure,
     )
 
 

@@ -39,7 +39,7 @@ def test_terminal_chat_answers_with_sources(tmp_path, capsys):
     )
     assert proc.returncode == 0, proc.stderr
     assert "gravitational pull of the Moon" in proc.stdout
-    assert "Sources:" in proc.stdout and "[1] Tides" in proc.stdout
+    assert "Sources:" in proc.stdout and "[1] tides.md" in proc.stdout
 
 
 def test_terminal_chat_reports_a_missing_collection(tmp_path):

@@ -163,7 +163,7 @@ def test_ask_through_an_openai_compatible_endpoint(capsys, notes, server):
                          "--generator", "openai", "--model", "local-model", "--base-url", url)
     assert code == 0, err
     assert out.startswith("The Moon's gravity causes tides [1].")
-    assert "Sources:" in out and "[1] Tides" in out
+    assert "Sources:" in out and "[1] tides.md" in out
     body = server.config.requests[-1]["body"]
     assert body["model"] == "local-model" and body["stream"] is True
     assert "Tides are caused mainly by the gravitational pull of the Moon" in body["messages"][1]["content"]

@@ -55,15 +55,15 @@ def _snippet(s: str) -> str:
 
 
 def sources_html(answer: Answer) -> str:
-    """Every retrieved hit of ``answer``, numbered as the answer cites them: thumbnail, title, score,
-    the generation chunk, and the retrieval view that matched."""
+    """Every retrieved hit of ``answer``, numbered as the answer cites them: thumbnail, where it comes from
+    (file, page, section, figure and title, as :meth:`heterag.results.SourceRef.label` writes it for
+    ``heterag ask``), score, the generation chunk, and the retrieval view that matched."""
     if not answer.hits:
         return '<div class="hr-sources"><p class="hr-none">No sources were retrieved.</p></div>'
     cited = set(cited_numbers(answer.text)) | {c.number for c in answer.citations}
     rows = []
     for n, hit in enumerate(answer.hits, start=1):
-        title = hit.title or hit.doc_id
-        heading = " > ".join(hit.heading)
+        label = hit.where.label(hit.doc_id)  # the same citation as ``heterag ask``: file, page, section, figure
         view = hit.view.strip() or "(late chunking: the chunk's tokens in the context of its document)"
         mark = '<span class="hr-cited">cited</span>' if n in cited else ""
         chunk = _snippet(hit.text) if hit.text.strip() else "(image item without text)"
@@ -71,9 +71,8 @@ def sources_html(answer: Answer) -> str:
             f'<div class="hr-source{" hr-is-cited" if n in cited else ""}" data-n="{n}">'
             f"{_thumb(hit.image)}"
             f'<div class="hr-body"><div class="hr-head"><span class="hr-num">[{n}]</span> '
-            f'<span class="hr-title">{text(title)}</span>'
-            + (f' <span class="hr-heading">{text(heading)}</span>' if heading else "")
-            + f' <span class="hr-score">{text(_scores(hit))}</span> {mark}</div>'
+            f'<span class="hr-title">{text(label)}</span>'
+            f' <span class="hr-score">{text(_scores(hit))}</span> {mark}</div>'
             f'<div class="hr-chunk">{text(chunk)}</div>'
             f'<details class="hr-view"><summary>view that matched</summary><div>{text(_snippet(view))}</div></details>'
             f'<div class="hr-doc">document {text(hit.doc_id)}</div></div></div>'
@@ -85,7 +84,7 @@ def sources_json(answer: Answer) -> list[dict[str, Any]]:
     """The sources of ``answer`` as plain data (what the API returns)."""
     cited = set(cited_numbers(answer.text)) | {c.number for c in answer.citations}
     return [
-        {"n": n, "doc_id": h.doc_id, "chunk_id": h.chunk_id, "title": h.title, "score": round(h.score, 6),
+        {"n": n, "doc_id": h.doc_id, "chunk_id": h.chunk_id, "title": h.title, **h.where.fields(h.doc_id), "score": round(h.score, 6),
          "scores": {k: round(v, 6) for k, v in h.scores.items()}, "view": h.view, "text": h.text,
          "has_image": h.image is not None, "cited": n in cited}
         for n, h in enumerate(answer.hits, start=1)
@@ -115,7 +114,7 @@ CSS = """
 .hr-query-image { max-width: 160px; max-height: 160px; border-radius: 4px; }
 .hr-chunk, .hr-view div { white-space: pre-wrap; }
 .hr-num { font-weight: 600; }
-.hr-score, .hr-heading, .hr-doc { opacity: 0.7; }
+.hr-score, .hr-doc { opacity: 0.7; }
 .hr-cited { background: var(--color-accent-soft); border-radius: 4px; padding: 0 4px; }
 .hr-docs table { width: 100%; }
 .hr-docs td { vertical-align: top; padding: 2px 6px; }
