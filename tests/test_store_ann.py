@@ -134,3 +134,94 @@ def test_faiss_back_to_exact_when_collection_shrinks(faiss_ann, tmp_path: Path) 
             assert [h.record.id for h in store.query(q, k=10)] == exact_top(q, ids, vecs[:150], 10)
     finally:
         store.close()
+
+
+# --------------------------------------------------------------------------- LanceDB
+
+
+@pytest.fixture
+def lance_ann(monkeypatch: pytest.MonkeyPatch):
+    lmod = pytest.importorskip("heterag.stores.lance")
+    monkeypatch.setattr(lmod, "ANN_MIN_RECORDS", 400)
+    return lmod
+
+
+def test_lance_builds_ivf_index_and_keeps_recall(lance_ann, tmp_path: Path) -> None:
+    vecs = clustered(N)
+    store = open_store("lancedb", tmp_path, "ann")
+    try:
+        store.upsert(records(vecs[:300]))
+        assert store.index_settings().startswith("exact")
+        store.upsert(records(vecs[300:], start=300))
+        assert store.index_settings() == "IVF_FLAT cosine, partitions=35, nprobes=9 (filtered: exact)"
+        ids = [f"r{i}" for i in range(N)]
+        assert recall(store, clustered(50, seed=1), ids, vecs) >= 0.9
+        for i in (0, 333, N - 1):
+            assert store.query(vecs[i], k=1)[0].record.id == f"r{i}"
+    finally:
+        store.close()
+    reopened = open_store("lancedb", tmp_path, "ann")  # the index lives in the table: another handle uses it
+    try:
+        assert reopened.index_settings().startswith("IVF_FLAT")
+    finally:
+        reopened.close()
+
+
+def test_lance_index_delete_upsert_and_filters_stay_correct(lance_ann, tmp_path: Path) -> None:
+    vecs = clustered(N)
+    store = open_store("lancedb", tmp_path, "ann")
+    try:
+        store.upsert(records(vecs))
+        assert store.index_settings().startswith("IVF_FLAT")
+        assert store.delete(ids=[f"r{i}" for i in range(0, 100)]) == 100
+        for i in (0, 50, 99):  # deleted rows are masked although the index still lists them
+            assert f"r{i}" not in {h.record.id for h in store.query(vecs[i], k=20)}
+        moved = vecs[500]
+        store.upsert([Record("r1000", moved, "moved", {"i": 1000, "even": True}),
+                      Record("r500", -vecs[500], "flipped", {"i": 500, "even": True})])
+        top = [h.record.id for h in store.query(moved, k=2)]  # unindexed new versions are searched too
+        assert top[0] == "r1000" and "r500" not in top
+        assert store.query(-vecs[500], k=1)[0].record.id == "r500"
+        store.upsert(records(vecs[600:700], start=600))
+        assert store.count() == N - 100
+        allowed = [i for i in range(100, N) if i % 2 == 1 and i not in (500, 1000)]
+        mat = vecs[allowed]
+        for q in clustered(10, seed=2):
+            hits = store.query(q, k=5, where={"even": False})
+            assert [h.record.id for h in hits] == exact_top(q, [f"r{i}" for i in allowed], mat, 5)
+        hits = store.query(vecs[777], k=10, where={"i": {"$in": [777, 3]}})
+        assert [h.record.id for h in hits] == ["r777"]
+    finally:
+        store.close()
+
+
+def test_lance_optimize_folds_new_rows_into_the_index(lance_ann, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(lance_ann, "_OPTIMIZE_MIN", 50)
+    vecs = clustered(N)
+    store = open_store("lancedb", tmp_path, "ann")
+    try:
+        store.upsert(records(vecs[:1000]))
+        store.upsert(records(vecs[1000:1050], start=1000))  # 50 unindexed: below 10% of 1000
+        table = store._table()  # type: ignore[attr-defined]
+        assert store._vector_index(table)[3] == 50  # type: ignore[attr-defined]
+        store.upsert(records(vecs[1050:], start=1050))  # 200 unindexed > 100: optimize()
+        table = store._table()  # type: ignore[attr-defined]
+        assert store._vector_index(table)[2:] == (N, 0)  # type: ignore[attr-defined]
+        assert store.query(vecs[1100], k=1)[0].record.id == "r1100"
+    finally:
+        store.close()
+
+
+def test_lance_drops_index_when_table_shrinks(lance_ann, tmp_path: Path) -> None:
+    vecs = clustered(N)
+    store = open_store("lancedb", tmp_path, "ann")
+    try:
+        store.upsert(records(vecs))
+        assert store.index_settings().startswith("IVF_FLAT")
+        store.delete(where={"i": {"$gte": 150}})
+        assert store.index_settings().startswith("exact")
+        ids = [f"r{i}" for i in range(150)]
+        for q in clustered(5, seed=3):
+            assert [h.record.id for h in store.query(q, k=10)] == exact_top(q, ids, vecs[:150], 10)
+    finally:
+        store.close()
