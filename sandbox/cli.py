@@ -24,10 +24,19 @@ def override_source(scn: Scenario, source: str) -> Scenario:
     return parse_scenario(data, base_dir=scn.base_dir, where="--data")
 
 
+def override_store(scn: Scenario, store: str) -> Scenario:
+    """``scn`` with ``rag.store`` replaced (``--store``: any store spec, e.g. ``chroma-http://127.0.0.1:8000``)."""
+    data = scn.model_dump(mode="json", by_alias=True, exclude={"base_dir"}, exclude_unset=True)
+    data.setdefault("rag", {})["store"] = store
+    return parse_scenario(data, base_dir=scn.base_dir, where="--store")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     scn = load_scenario(args.scenario)
     if getattr(args, "data", None):
         scn = override_source(scn, args.data)
+    if getattr(args, "store", None):
+        scn = override_store(scn, args.store)
     prepare_out(args.out)  # before the work, not after
     try:
         report = run_scenario(scn, allow_live=args.allow_live)

@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
-from heterag.errors import InvalidInputError
+from heterag.errors import HeteragError, InvalidInputError
 
 #: Attacks a scenario may name.
 ATTACKS = ("m3att", "random", "query_copy", "none", "mrm")
@@ -107,13 +107,25 @@ class GeneratorConfig(_Strict):
 class RagConfig(_Strict):
     collection: str | None = None
     allow_live: bool = False
-    store: Literal["chroma", "faiss"] = "faiss"
+    store: str = "faiss"  # a store spec: chroma, faiss, chroma-http://HOST:PORT, postgresql://..., lancedb, milvus...
     text_encoder: str | None = None
     image_encoder: str = "default"
     view: Literal["naive", "heterag", "late"] = "heterag"
     fusion: str = "weighted"
     top_k: int = Field(5, ge=1, le=100)
     generator: GeneratorConfig = GeneratorConfig()
+
+
+    @field_validator("store")
+    @classmethod
+    def _store_spec(cls, v: str) -> str:
+        from heterag.stores import parse_store_url
+
+        try:
+            parse_store_url(v)  # an unknown scheme lists the accepted forms
+        except HeteragError as exc:  # unknown scheme (listing the choices) or a malformed URL
+            raise ValueError(str(exc).strip("'\"")) from None
+        return v
 
 
 class BlackBoxConfig(_Strict):
