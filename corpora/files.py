@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from heterag.documents import DEFAULT_MAX_DOCUMENT_BYTES, Document, Section
+from heterag.documents import DEFAULT_MAX_DOCUMENT_BYTES, Document, Section, file_sha256
 from heterag.errors import InvalidInputError
 
 from .base import ItemError, LoadItem, item_error, utf8_error_message
@@ -58,7 +58,9 @@ def iter_path(
     ``options`` go to the format readers (e.g. ``{"dicom_patient_tags": True}``, see
     :mod:`corpora.readers`). Documents read from files carry ``metadata["source_path"]``, the
     file's resolved absolute path: the pipeline uses it as the document's identity, so the same file
-    reached through another root (a parent, a subfolder, a symlink) is the same document.
+    reached through another root (a parent, a subfolder, a symlink) is the same document. Documents
+    that are a whole file (a text, PDF, HTML, DOCX or DICOM file, a single image) also carry
+    ``metadata["file_sha256"]``: a byte-identical copy of a stored file is not stored again.
 
     Raises :class:`InvalidInputError` at once (not on first iteration) if ``path`` does not
     exist or is a file of an unsupported type.
@@ -81,12 +83,12 @@ def iter_path(
     if layout is not None:
         return read_layout(layout, path, max_document_bytes=max_document_bytes)
     if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-        return _with_paths(iter([_image_file(path)]), path.parent)
+        return _with_paths(iter([_image_file(path)]), path.parent, content=True)
     if path.is_dir():
         return iter_text_dir(path, max_document_bytes, options=options)
     suffix = path.suffix.lower()
     if suffix in READERS:
-        return _with_paths(_read_file(path, path.name, max_document_bytes, options), path.parent)
+        return _with_paths(_read_file(path, path.name, max_document_bytes, options), path.parent, content=True)
     raise InvalidInputError(
         f"{path}: unsupported file type {suffix or '(no extension)'}; give a "
         f"{', '.join(sorted(set(READERS) | JSONL_SUFFIXES))} file, or a directory"
@@ -98,13 +100,25 @@ def source_path(path: str | Path) -> str:
     return Path(os.path.realpath(path)).as_posix()
 
 
-def _with_paths(items: Iterator[LoadItem], root: Path) -> Iterator[LoadItem]:
-    """Add ``metadata["source_path"]`` to documents whose ``source`` names a file under ``root``."""
+def _with_paths(items: Iterator[LoadItem], root: Path, *, content: bool = False) -> Iterator[LoadItem]:
+    """Add ``metadata["source_path"]`` to documents whose ``source`` names a file under ``root``; with ``content``
+    (the file is the whole document: a format reader's file, a single image) also ``metadata["file_sha256"]``,
+    the hash of its bytes, by which the pipeline keeps byte-identical copies of a stored file out."""
+    hashes: dict[str, str | None] = {}
     for item in items:
         if isinstance(item, Document) and "source_path" not in item.metadata:
             rel = str(item.metadata.get("source") or "")
             if rel and (root / rel).is_file():
-                item = dataclasses.replace(item, metadata={**item.metadata, "source_path": source_path(root / rel)})
+                meta = {**item.metadata, "source_path": source_path(root / rel)}
+                if content:
+                    if rel not in hashes:
+                        try:
+                            hashes[rel] = file_sha256(root / rel)
+                        except OSError:
+                            hashes[rel] = None
+                    if hashes[rel]:
+                        meta["file_sha256"] = hashes[rel]
+                item = dataclasses.replace(item, metadata=meta)
         yield item
 
 
@@ -134,7 +148,7 @@ def iter_text_dir(
     """Load every non-hidden file under ``root`` (suffixes in ``skip`` left out) in sorted relative-path
     order, each with the reader of its type; other types are an :class:`ItemError` naming the type."""
     for rel in _document_files(root, skip=skip):
-        yield from _with_paths(_read_file(root / rel, rel, max_document_bytes, options or {}), root)
+        yield from _with_paths(_read_file(root / rel, rel, max_document_bytes, options or {}), root, content=True)
 
 
 def _read_file(path: Path, rel: str, max_document_bytes: int, options: Mapping[str, Any]) -> Iterator[LoadItem]:

@@ -36,6 +36,19 @@ def content_hash(*parts: Any, length: int = 32) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:length]
 
 
+def file_sha256(path: Any) -> str:
+    """SHA-256 (hex, 64 characters) of a file's bytes, read in 1 MiB blocks; raises :class:`OSError` if unreadable.
+
+    Documents read from files carry it as ``metadata["file_sha256"]``: the pipeline uses it to keep a
+    byte-identical copy of a stored file (another folder, another name) out of a collection.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def validate_metadata(metadata: Mapping[str, Any], where: str = "metadata") -> dict[str, MetadataValue]:
     """Check that metadata is a flat mapping of str -> str/int/float/bool that every store can hold.
 

@@ -31,7 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .chunking import DEFAULT_CHUNK_TOKENS, ChunkedDocument, check_chunk_tokens, chunk_document
-from .documents import Document, ItemError, content_hash
+from .documents import Document, ItemError, content_hash, file_sha256
 from .errors import HeteragError, InvalidInputError
 from .fusion import Fusion
 from .generators.base import Generator, StreamCallback
@@ -71,6 +71,11 @@ class IngestReport:
     rejected: list[ItemError] = field(default_factory=list)
     #: Documents whose image a guard replaced (purified) before it was stored.
     images_replaced: int = 0
+    #: Files left out because a stored document (or an earlier file of this run) has the same bytes
+    #: (``metadata["file_sha256"]``): not failures; ``source`` is the file, the message names the twin.
+    duplicates: list[ItemError] = field(default_factory=list)
+    #: Stored documents whose file is gone, replaced by a byte-identical file found elsewhere (a moved file).
+    moved: list[ItemError] = field(default_factory=list)
     seconds: float = 0.0
     encode_seconds: float = 0.0
 
@@ -80,9 +85,10 @@ class IngestReport:
 
         images = f", {n(self.images_written, 'image')}" if self.images_written else ""
         rejected = f", {len(self.rejected)} rejected by guards" if self.rejected else ""
+        same = f", {n(len(self.duplicates), 'duplicate file')} not added" if self.duplicates else ""
         return (
             f"{n(self.documents_written, 'document')} written ({n(self.chunks_written, 'chunk')}{images}), "
-            f"{self.documents_unchanged} unchanged, {len(self.failures)} failed{rejected}, in {self.seconds:.1f}s"
+            f"{self.documents_unchanged} unchanged, {len(self.failures)} failed{rejected}{same}, in {self.seconds:.1f}s"
         )
 
 
@@ -273,9 +279,10 @@ class Pipeline:
         bar = tqdm(total=total, unit="doc", desc="ingest", disable=progress is False or (progress is None and (total or 0) < 50))
         seen: dict[str, set[str]] = {}  # source file -> ids of its documents in this run
         changed: set[str] = set()  # source files whose documents were (re)written
+        twins = _Twins()  # which files are byte-identical copies of others (decided once per file)
         try:
             for batch in _batched(items, batch_documents):
-                batch = self._same_files(batch)
+                batch = self._skip_duplicates(self._same_files(batch), twins, report)
                 for item in batch:
                     if isinstance(item, Document) and item.metadata.get("source_path"):
                         seen.setdefault(str(item.metadata["source_path"]), set()).add(item.id)
@@ -286,6 +293,8 @@ class Pipeline:
                 bar.update(len(batch))
             if changed:
                 self._drop_old_parts({p: seen[p] for p in changed if p in seen}, report)
+            if twins.moved:
+                self._drop_moved(twins.moved, report)
         finally:
             bar.close()
             if hasattr(self.store, "flush"):
@@ -348,6 +357,77 @@ class Pipeline:
                     source, path = str(item.metadata["source"]), str(item.metadata["source_path"])
                     out[i] = dataclasses.replace(item, id=path + item.id[len(source):], metadata={**item.metadata, "source": path})
         return out
+
+    def _skip_duplicates(self, batch: list[Any], twins: _Twins, report: IngestReport) -> list[Any]:
+        """Leave out the documents of files whose bytes (``metadata["file_sha256"]``) equal those of a file
+        already stored from another path, or of an earlier file of this run (one note each in
+        ``report.duplicates``; not failures). Rules:
+
+        - a file stored already under its own path with these bytes is never a duplicate (re-ingest is a no-op);
+        - a twin counts only while its file still exists with the same bytes: a stored twin whose file is
+          gone is a moved file, and the new copy is stored in its place (the twin's documents are removed
+          at the end of the ingest, ``report.moved``); one whose file has changed since does not block;
+        - a stored file whose new bytes equal another stored file's loses its previous version, since its
+          content is in the collection already.
+        """
+        files: dict[str, tuple[str, str]] = {}  # source_path -> (file hash, source as stored)
+        for item in batch:
+            if isinstance(item, Document) and item.metadata.get("source_path") and item.metadata.get("file_sha256"):
+                files.setdefault(str(item.metadata["source_path"]),
+                                 (str(item.metadata["file_sha256"]), str(item.metadata.get("source") or item.id)))
+        new = {p: v for p, v in files.items() if p not in twins.verdicts}
+        if new:
+            stored = self._stored_hashes(sorted({sha for sha, _ in new.values()}))
+            outdated: list[str] = []  # stored files that became copies of another stored file
+            for path, (sha, source) in sorted(new.items()):
+                holders = stored.get(sha, {})
+                if path in holders:  # this very file, stored with these bytes
+                    twins.verdicts[path] = False
+                    twins.first.setdefault(sha, (path, holders[path]))
+                    continue
+                twin = next((src for p, src in sorted(holders.items()) if twins.same_bytes(p, sha)), None)
+                if twin is None and sha in twins.first:
+                    twin = twins.first[sha][1]
+                twins.verdicts[path] = twin is not None
+                if twin is not None:
+                    report.duplicates.append(ItemError(source, f"same content as {twin}: not added again"))
+                    outdated.append(path)
+                    continue
+                twins.first[sha] = (path, source)
+                for p, src in sorted(holders.items()):
+                    if not os.path.exists(p):
+                        twins.moved[p] = path
+                        report.moved.append(ItemError(source, f"same content as {src}, whose file is gone: stored "
+                                                              "in its place"))
+            old = [d for docs in self._stored_files(outdated).values() for d in docs] if outdated else []
+            if old:
+                with self._writing():
+                    report.stale_chunks_removed += self._delete_documents(old)
+        return [item for item in batch if not (isinstance(item, Document)
+                                                and twins.verdicts.get(str(item.metadata.get("source_path") or "")))]
+
+    def _stored_hashes(self, shas: Sequence[str]) -> dict[str, dict[str, str]]:
+        """Stored files with these byte hashes: hash -> {source_path: source as stored}."""
+        out: dict[str, dict[str, str]] = {}
+        for store in (self.store, self.image_store):
+            if store is None or not shas or not store.count():
+                continue
+            for r in store.get(where={"file_sha256": {"$in": list(shas)}}):
+                path = str(r.metadata.get("source_path") or "")
+                if path:
+                    out.setdefault(str(r.metadata["file_sha256"]), {}).setdefault(
+                        path, str(r.metadata.get("source") or r.metadata.get("doc_id", "")))
+        return out
+
+    def _drop_moved(self, moved: Mapping[str, str], report: IngestReport) -> None:
+        """Remove what is left of stored files that are gone and whose byte-identical copy is now stored
+        (documents rewritten under the same id already carry the copy's path)."""
+        placed = self._stored_files(sorted(set(moved.values())))
+        gone = [doc_id for path, docs in self._stored_files(sorted(moved)).items() if moved[path] in placed
+                for doc_id in docs]
+        if gone:
+            with self._writing():
+                report.stale_chunks_removed += self._delete_documents(gone)
 
     def _drop_old_parts(self, files: Mapping[str, set[str]], report: IngestReport) -> None:
         """Remove stored documents of re-read files that this version of the file no longer has
@@ -700,6 +780,25 @@ class Pipeline:
         self.store.close()
         if self.image_store is not None:
             self.image_store.close()
+
+
+@dataclass
+class _Twins:
+    """What one ingest has decided about byte-identical files (see :meth:`Pipeline._skip_duplicates`)."""
+
+    verdicts: dict[str, bool] = field(default_factory=dict)  # source_path -> left out as a copy
+    first: dict[str, tuple[str, str]] = field(default_factory=dict)  # file hash -> (source_path, source) kept
+    moved: dict[str, str] = field(default_factory=dict)  # gone twin's source_path -> the copy's source_path
+    _hashes: dict[str, str | None] = field(default_factory=dict)
+
+    def same_bytes(self, path: str, sha: str) -> bool:
+        """Whether the file at ``path`` exists now with the hash ``sha`` (read once per ingest)."""
+        if path not in self._hashes:
+            try:
+                self._hashes[path] = file_sha256(path) if os.path.isfile(path) else None
+            except OSError:
+                self._hashes[path] = None
+        return self._hashes[path] == sha
 
 
 def image_fingerprint(encoder: Any) -> Fingerprint:

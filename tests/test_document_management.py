@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -101,7 +102,7 @@ def test_sync_removes_documents_whose_file_is_gone(capsys, kb):
     code, out, _ = run(capsys, "ingest", str(kb), "--collection", "kb")  # without --sync nothing is removed
     assert code == 0 and "ocean/waves.txt" in stored("kb")
     code, out, _ = run(capsys, "ingest", str(kb / "ocean"), "--collection", "kb", "--sync")
-    assert code == 0 and "removed 1 documents whose file is gone" in out
+    assert code == 0 and "removed 1 document whose file is gone" in out
     assert set(stored("kb")) == {"bees.txt", "ocean/tides.md"}  # files outside the synced folder are untouched
     (kb / "bees.txt").write_text("")  # emptied, not gone: its previous version stays, and the skip line says so
     code, out, err = run(capsys, "ingest", str(kb), "--collection", "kb", "--sync")
@@ -186,3 +187,76 @@ def test_two_files_with_the_same_relative_path_from_different_folders_are_two_do
     (tmp_path / "a" / "notes.md").unlink()  # once the first file is gone, its id is free again
     assert run(capsys, "ingest", str(tmp_path / "a"), "--collection", "kb", "--sync")[0] == 0  # a/ is empty now
     assert set(stored("kb")) == {str((tmp_path / "b" / "notes.md").resolve())}
+
+
+def notes(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("note:")]
+
+
+def test_a_byte_identical_copy_in_another_folder_is_not_added_again(capsys, tmp_path):
+    """Found by a break-test: ``docs/chest-ct.dcm`` and ``docs2/chest-ct.dcm`` (the same bytes) were two
+    documents and filled two of the top-k places with the same item."""
+    from format_samples import write_dicom
+
+    root = tmp_path / "root"
+    for sub in ("docs", "docs2"):
+        (root / sub).mkdir(parents=True)
+    write_dicom(root / "docs" / "chest-ct.dcm")
+    (root / "docs" / "tides.md").write_text("# Tides\n\nTides are caused mainly by the gravitational pull of the Moon.\n")
+    shutil.copy(root / "docs" / "chest-ct.dcm", root / "docs2" / "chest-ct.dcm")
+    shutil.copy(root / "docs" / "tides.md", root / "docs2" / "moon-notes.md")  # another name, the same bytes
+    (root / "docs2" / "seals.txt").write_text("Seals haul out on sandbanks at low tide.\n")
+    assert run(capsys, "ingest", str(root / "docs"), "--collection", "kb")[0] == 0
+    code, out, err = run(capsys, "ingest", str(root), "--collection", "kb")
+    assert code == 0, err  # a note, not a failure
+    assert sorted(notes(err)) == ["note: docs2/chest-ct.dcm: same content as chest-ct.dcm: not added again",
+                                  "note: docs2/moon-notes.md: same content as tides.md: not added again"]
+    assert "1 document written" in out and "2 duplicate files not added" in out
+    assert set(stored("kb")) == {"chest-ct.dcm", "tides.md", "docs2/seals.txt"}
+    code, out, err = run(capsys, "ingest", str(root), "--collection", "kb")  # again: the same notes, nothing changes
+    assert code == 0 and len(notes(err)) == 2 and "0 documents written" in out
+    code, out, _ = run(capsys, "ask", "Which lung finding is consistent with pneumonia?", "--collection", "kb", "--json")
+    assert [h["doc_id"] for h in json.loads(out)["retrieved"]].count("chest-ct.dcm") == 1
+    # the original goes away: with --sync it is removed first, so its copy comes in within the same run
+    (root / "docs" / "chest-ct.dcm").unlink()
+    code, out, err = run(capsys, "ingest", str(root), "--collection", "kb", "--sync")
+    assert code == 0, err
+    assert notes(err) == ["note: docs2/moon-notes.md: same content as tides.md: not added again"]
+    assert "removed 1 document whose file is gone" in out
+    assert set(stored("kb")) == {"docs2/chest-ct.dcm", "tides.md", "docs2/seals.txt"}
+
+
+def test_two_identical_new_files_in_one_run_are_stored_once(capsys, tmp_path):
+    root = tmp_path / "notes"
+    root.mkdir()
+    for name in ("a.txt", "b.txt"):
+        (root / name).write_text("Kelp forests grow in cold, nutrient-rich water.\n")
+    code, out, err = run(capsys, "ingest", str(root), "--collection", "kb")
+    assert code == 0 and notes(err) == ["note: b.txt: same content as a.txt: not added again"]
+    assert set(stored("kb")) == {"a.txt"}
+
+
+def test_a_copy_of_a_stored_file_that_is_gone_takes_its_place(capsys, tmp_path):
+    """The original moved away without a --sync: the copy is not blocked by a document whose file is gone,
+    and the stale twin does not stay behind as a second copy."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "kelp.txt").write_text("Kelp forests grow in cold, nutrient-rich water.\n")
+    assert run(capsys, "ingest", str(tmp_path / "a"), "--collection", "kb")[0] == 0
+    shutil.move(tmp_path / "a" / "kelp.txt", tmp_path / "b" / "kelp-forests.txt")
+    code, out, err = run(capsys, "ingest", str(tmp_path / "b"), "--collection", "kb")
+    assert code == 0, err
+    assert notes(err) == ["note: kelp-forests.txt: same content as kelp.txt, whose file is gone: stored in its place"]
+    assert set(stored("kb")) == {"kelp-forests.txt"}
+
+
+def test_a_file_changed_into_a_copy_of_another_loses_its_old_version(capsys, tmp_path):
+    root = tmp_path / "notes"
+    root.mkdir()
+    (root / "x.txt").write_text("Kelp forests grow in cold, nutrient-rich water.\n")
+    (root / "y.txt").write_text("Seagrass meadows store carbon in their sediments.\n")
+    assert run(capsys, "ingest", str(root), "--collection", "kb")[0] == 0
+    shutil.copy(root / "x.txt", root / "y.txt")
+    code, out, err = run(capsys, "ingest", str(root), "--collection", "kb")
+    assert code == 0 and notes(err) == ["note: y.txt: same content as x.txt: not added again"]
+    assert set(stored("kb")) == {"x.txt"}  # the seagrass text y.txt no longer holds is not served
