@@ -212,6 +212,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     )
     removed: list[str] = []
     try:
+        if args.sync:  # removals first: a copy of a file that is gone is then no duplicate, and comes in
+            removed = pipe.remove_missing_files(args.path)
         report = pipe.ingest(items, progress=sys.stderr.isatty())
         # a file that was stored before and cannot be read now (emptied, corrupted) keeps its previous
         # version: say so, since --sync removes only files that are gone
@@ -221,12 +223,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             note = (f"; its previous version stays in the collection (remove it with: heterag docs delete "
                     f"{f.source} --collection {args.collection})") if f.source in kept else ""
             print(f"skipped {f}{note}", file=sys.stderr)
-        if args.sync:
-            removed = pipe.remove_missing_files(args.path)
+        for f in report.duplicates + report.moved:  # notes, not failures: the exit status stays 0
+            print(f"note: {f}", file=sys.stderr)
         empty = is_new and not report.documents_written
         if not empty:
             images = pipe.image_store.count() if pipe.image_store is not None else 0
-            gone = f"; removed {len(removed)} documents whose file is gone" if removed else ""
+            gone = (f"; removed {len(removed)} document{'' if len(removed) == 1 else 's'} whose file is gone"
+                    if removed else "")
             print(f"{args.collection}: {report.summary()}{gone}; collection now holds {pipe.count()} chunks"
                   + (f" and {images} images" if images else ""))
     finally:
