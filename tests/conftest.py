@@ -30,14 +30,37 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call):
+    """Record which store backend a conformance test ran on (``store_name``'s parameter)."""
+    report = yield
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and "store_name" in callspec.params and report.when in ("setup", "call"):
+        report.user_properties.append(("store_backend", callspec.params["store_name"]))
+    return report
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
-    """List the screenshots the browser tests saved (recorded as the ``screenshot`` property)."""
+    """List the screenshots the browser tests saved (recorded as the ``screenshot`` property), and
+    one line per store backend with its conformance tests' outcomes (CI shows every backend ran)."""
     shots = [value for reports in terminalreporter.stats.values() for report in reports
              for key, value in getattr(report, "user_properties", ()) if key == "screenshot"]
     if shots:
         terminalreporter.section("screenshots")
         for path in dict.fromkeys(shots):
             terminalreporter.write_line(path)
+    outcomes: dict[str, dict[str, int]] = {}
+    for status, reports in terminalreporter.stats.items():
+        for report in reports:
+            backend = dict(getattr(report, "user_properties", ())).get("store_backend")
+            if backend is None or not status or (report.when == "setup" and status == "passed"):
+                continue  # a test's setup and call reports: count the call, or a failed/skipped setup
+            counts = outcomes.setdefault(backend, {})
+            counts[status] = counts.get(status, 0) + 1
+    if outcomes:
+        terminalreporter.section("store conformance by backend")
+        for backend, counts in sorted(outcomes.items()):
+            terminalreporter.write_line(f"{backend}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
 
 
 @pytest.fixture(scope="session")
