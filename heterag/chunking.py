@@ -13,6 +13,7 @@ whole sentences and words are never split where avoidable.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -52,7 +53,11 @@ def _is_word_start(text: str, tokens: TokenSpan, i: int) -> bool:
 
 
 def _is_sentence_start(text: str, tokens: TokenSpan, i: int) -> bool:
-    """True if token i begins a sentence (after ``.!?:;`` and whitespace) or a paragraph (after a blank line)."""
+    """True if token i begins a sentence (after ``.!?:;`` and whitespace) or a paragraph (after a blank line).
+
+    The mark of a caption label (``Figure 1:``, ``Fig. 2.``, ``Table 3:``) or of the abbreviation ``Fig.``
+    ends no sentence, so a caption keeps its label: a cut goes before ``Figure 1:``, not after it.
+    """
     if i <= 0 or i >= len(tokens):
         return True
     start = tokens.offsets[i][0]
@@ -60,7 +65,13 @@ def _is_sentence_start(text: str, tokens: TokenSpan, i: int) -> bool:
     gap = text[prev_end:start]
     if gap.count("\n") >= 2:
         return True
-    return bool(gap) and text[prev_end - 1 : prev_end] in ".!?:;" and not text[start : start + 1].islower()
+    return (bool(gap) and text[prev_end - 1 : prev_end] in ".!?:;" and not text[start : start + 1].islower()
+            and not _LABEL.search(text, max(0, prev_end - 25), prev_end - 1))
+
+
+#: What ends just before a caption label's mark: ``Figure 1``, ``Fig. 2a``, ``Table 3``, or ``Fig`` itself.
+_LABEL = re.compile(r"\b(?:(?:fig(?:ure)?s?|tab(?:le)?s?|chart|plate|scheme|panel)\.?\s*\d+[a-z]?|figs?|tabs?)$",
+                    re.IGNORECASE)
 
 
 def check_chunk_tokens(chunk_tokens: object) -> int:

@@ -92,3 +92,16 @@ def test_oversized_document_is_rejected_with_size_in_message():
 def test_reserved_metadata_keys_are_rejected():
     with pytest.raises(InvalidInputError, match="reserved"):
         Document.create("text", metadata={"doc_id": "x"})
+
+
+@pytest.mark.parametrize("label", ["Figure 1:", "Fig. 2.", "Table 3:", "Figure 4a."])
+def test_a_caption_keeps_its_label(encoder, label):
+    """Found by a break-test: a PDF chunk ended with a dangling "Figure 1:" and the next began with the caption
+    text without its label. Whatever text comes before, no cut falls between a label and its caption."""
+    caption = f"{label} Tidal range at the harbour mouth over one lunar month, with spring and neap tides marked."
+    for words in range(20, 70, 3):
+        text = " ".join(["Tides"] + ["rise and fall twice a day."] * (words // 6)) + "\n" + caption
+        cd = chunk_document(Document.create(text, id="d"), encoder.tokenize, 32)
+        texts = [c.text.strip() for c in cd.chunks]
+        assert not any(t.endswith(label) for t in texts), texts
+        assert not any(t.startswith("Tidal range") for t in texts), texts
