@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import errno
 import itertools
 import logging
 import os
@@ -76,7 +77,9 @@ def iter_path(
     if layout is not None and layout.images:
         images = _with_paths(_documents(read_layout(layout, path, split=split)), path)
         if layout.name == LAYOUT_IMAGE_FOLDER and _document_files(path, skip=IMAGE_SUFFIXES):
-            return itertools.chain(iter_text_dir(path, max_document_bytes, options=options, skip=IMAGE_SUFFIXES), images)
+            shown: set[str] = set()  # image files a document shows as its figure (an HTML page's <img>)
+            docs = _noting_figures(iter_text_dir(path, max_document_bytes, options=options, skip=IMAGE_SUFFIXES), shown)
+            return itertools.chain(docs, _not_in(images, shown))
         return images
     if split is not None:
         raise InvalidInputError(f"{path}: --split applies to COCO and MedMNIST layouts only")
@@ -122,6 +125,23 @@ def _with_paths(items: Iterator[LoadItem], root: Path, *, content: bool = False)
         yield item
 
 
+def _noting_figures(items: Iterator[LoadItem], shown: set[str]) -> Iterator[LoadItem]:
+    """Pass ``items`` on, adding to ``shown`` the image file of every figure item (``metadata["image_file"]``)."""
+    for item in items:
+        if isinstance(item, Document) and item.metadata.get("image_file"):
+            shown.add(str(item.metadata["image_file"]))
+        yield item
+
+
+def _not_in(images: Iterator[LoadItem], shown: set[str]) -> Iterator[LoadItem]:
+    """The image items whose file is not already a document's figure (read after the documents)."""
+    for item in images:
+        if isinstance(item, Document) and str(item.metadata.get("source_path", "")) in shown:
+            logger.info("%s is a figure of a document already; not stored on its own", item.id)
+            continue
+        yield item
+
+
 def _documents(items: Iterator[Any]) -> Iterator[LoadItem]:
     """Annotated image items as documents (errors pass through)."""
     for item in items:
@@ -156,7 +176,9 @@ def _read_file(path: Path, rel: str, max_document_bytes: int, options: Mapping[s
     from .readers import READERS
 
     suffix = path.suffix.lower()
-    if suffix in READERS:
+    if path.is_symlink() and not path.exists():  # before the type: a link's name says nothing about its target
+        yield ItemError(rel, f"broken symlink or symlink loop ({_link_problem(path)})")
+    elif suffix in READERS:
         try:
             yield from READERS[suffix](path, rel, max_document_bytes, options)
         except InvalidInputError as exc:
@@ -168,6 +190,16 @@ def _read_file(path: Path, rel: str, max_document_bytes: int, options: Mapping[s
             yield ItemError(rel, f"not readable as {suffix[1:].upper()} ({type(exc).__name__}: {str(exc).strip()[:200]})")
     else:
         yield ItemError(rel, f"unsupported file type {suffix or '(no extension)'}")
+
+
+def _link_problem(path: Path) -> str:
+    """Why the symlink ``path`` leads nowhere: a loop, or the target it names that does not exist."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "the links form a loop"
+    return f"its target {os.readlink(path)} does not exist"
 
 
 def _document_files(root: Path, skip: frozenset[str] = frozenset()) -> list[str]:

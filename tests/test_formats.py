@@ -270,3 +270,79 @@ def test_a_reader_that_fails_on_one_file_does_not_end_the_ingest(tmp_path, monke
     docs, errors = split(iter_path(tmp_path))
     assert [str(e) for e in errors] == ["a.pdf: not readable as PDF (RuntimeError: library bug)"]
     assert set(docs) == {"b.md", "c.html"} and docs["c.html"].text == "Unclosed head, body kept."
+
+
+def test_pdf_chunks_keep_each_caption_with_its_label(samples, encoder):
+    """Found by a break-test: chunk [0] of the paper ended with a dangling "Figure 1:" and chunk [1] was the
+    caption without its label."""
+    from heterag import chunk_document
+
+    paper = split(iter_path(samples["pdf"]))[0]["estuary-paper.pdf"]
+    texts = [c.text.strip() for c in chunk_document(paper, encoder.tokenize, 64).chunks]
+    assert not any(re.search(r"Figure \d+:$", t) for t in texts), texts
+    for caption in FIGURE_CAPTIONS:  # each caption is whole, label and text, within one chunk
+        assert any(caption in " ".join(t.split()) for t in texts), texts
+
+
+def write_page_with_images(folder: Path) -> Path:
+    """page.html in ``folder`` with local pictures (a <figure> with <figcaption>, an <img> with alt text, an
+    icon, one in the dropped navigation) and sources that must never be read (remote, data:, absolute,
+    outside the folder, missing)."""
+    from format_samples import chart
+    from PIL import Image
+
+    (folder / "page_files").mkdir(parents=True)
+    chart(4).save(folder / "page_files" / "tide chart.png")
+    chart(5).save(folder / "page_files" / "salinity.png")
+    chart(6).save(folder / "page_files" / "menu.png")
+    Image.new("RGB", (16, 16), "red").save(folder / "page_files" / "icon.png")
+    chart(7).save(folder.parent / "outside.png")
+    (folder / "page.html").write_text("""<html><head><title>Harbour Tides</title></head><body>
+<nav><img src="page_files/menu.png" alt="menu picture"></nav>
+<main><h1>Harbour Tides</h1><p>Tides at the harbour follow the Moon.</p>
+<figure><img src="page_files/tide%20chart.png" alt="chart">
+<figcaption>Figure 3: Tidal range over a lunar month at the harbour mouth.</figcaption></figure>
+<p>Salinity was measured along the channel.</p>
+<img src="./page_files/salinity.png?v=2" alt="Salinity along the channel at high water">
+<img src="page_files/salinity.png" alt="the same picture again">
+<img src="page_files/icon.png" alt="icon">
+<img src="https://example.com/remote.png" alt="remote"><img src="//example.com/r.png" alt="remote too">
+<img src="data:image/png;base64,iVBORw0KGgo=" alt="inline"><img src="/page_files/salinity.png" alt="site root">
+<img src="../outside.png" alt="outside"><img src="missing.png" alt="missing">
+</main></body></html>""", encoding="utf-8")
+    return folder / "page.html"
+
+
+def test_html_local_images_become_figures_with_captions(tmp_path, monkeypatch):
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("an HTML image was fetched over the network")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    page = write_page_with_images(tmp_path / "site")
+    for items in (iter_path(page), iter_path(tmp_path / "site")):  # the page alone, or its folder
+        docs, errors = split(items)
+        assert errors == []
+        figures = {k: v for k, v in docs.items() if "#figure-" in k}
+        assert set(figures) == {"page.html#figure-3", "page.html#figure-4"}
+        assert figures["page.html#figure-3"].text == "Figure 3: Tidal range over a lunar month at the harbour mouth."
+        assert figures["page.html#figure-4"].text == "Salinity along the channel at high water"
+        assert figures["page.html#figure-3"].title == "Harbour Tides, figure 3"
+        assert figures["page.html#figure-3"].metadata["image_file"] == (tmp_path / "site" / "page_files" /
+                                                                        "tide chart.png").resolve().as_posix()
+        assert "Tides at the harbour follow the Moon." in docs["page.html"].text
+    # from the folder the pictures a page shows are its figures, not image items of their own as well
+    assert set(docs) == {"page.html", "page.html#figure-3", "page.html#figure-4", "page_files/icon.png",
+                         "page_files/menu.png"}
+
+
+def test_a_caption_question_finds_an_html_figure(capsys, tmp_path):
+    write_page_with_images(tmp_path / "site")
+    code, out, err = run(capsys, "ingest", str(tmp_path / "site" / "page.html"), "--collection", "web")
+    assert code == 0 and "skipped" not in err, err
+    assert "3 documents written" in out and "2 images" in out
+    code, out, _ = run(capsys, "ask", "tidal range over a lunar month", "--collection", "web", "--json")
+    top = json.loads(out)["sources"][0]
+    assert top["doc_id"] == "page.html#figure-3" and top["figure"] == 3 and top["source"] == "page.html"

@@ -11,20 +11,34 @@
   joined by `` | ``.
 - Title: ``<title>``, else the first ``h1``, else the file name. The encoding comes from the file's
   BOM or ``<meta charset>`` (UTF-8 otherwise).
+- **Images**: every ``<img>`` of the read part whose ``src`` is a local file (a relative path, resolved
+  against the HTML file's folder, that stays inside the ingested folder) and at least
+  :data:`~._common.MIN_FIGURE_SIDE` pixels on each side becomes an image–text item ``<file>#figure-<k>``,
+  like a DOCX picture: its text is the ``<figcaption>`` of its ``<figure>``, else its ``alt`` text, else its
+  ``title``; ``metadata["image_file"]`` is the image's resolved path (so an image folder ingested with the
+  page does not store that file a second time). Remote (``http:``, ``//host``), ``data:``, ``file:`` and
+  site-absolute (``/img/x.png``) sources are never fetched or read: they are skipped (logged).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator, Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import unquote
 
-from heterag.documents import Section
+from heterag.documents import ItemError, Section
 from heterag.errors import InvalidInputError
+from heterag.images import ImageRef
 
 from ..base import LoadItem
-from ._common import make_document
+from ._common import CAPTION, FILE_SIZE_FACTOR, figure_image, figure_item, make_document
+
+log = logging.getLogger(__name__)
+#: An ``src`` that is not a local relative path: a URL scheme (``https:``, ``data:``, ``file:``) or ``//host``.
+_NOT_LOCAL = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.\-]*:|//|/|\\)")
 
 _DROP_TAGS = ("script", "style", "noscript", "template", "svg", "iframe", "form", "button", "select", "canvas",
               "nav", "header", "footer", "aside", "object", "embed")
@@ -102,4 +116,51 @@ def read_html(path: Path, rel: str, max_document_bytes: int, options: Mapping[st
     if not sections:  # a page of bare text without block elements
         text = "\n".join(line.strip() for line in root.get_text("\n").splitlines() if line.strip())
         sections = [Section(text)] if text else []
-    yield make_document(rel, page_title or first_h1 or path.stem, sections, max_document_bytes)
+    title = page_title or first_h1 or path.stem
+    images = _local_images(root, path, rel, max_document_bytes)
+    doc = make_document(rel, title, sections, max_document_bytes)
+    if not (isinstance(doc, ItemError) and doc.message == "no text found" and images):  # a page of pictures
+        yield doc
+    used: set[int] = set()
+    for ref, caption, file in images:
+        m = CAPTION.match(caption)
+        n = int(m.group(2)) if m else None
+        k = n if n is not None and n not in used else max(used | {0}) + 1
+        used.add(k)
+        yield figure_item(rel, k, ref, caption, title, {"image_file": file.as_posix()})
+
+
+def _local_images(root: Any, path: Path, rel: str, max_document_bytes: int) -> list[tuple[ImageRef, str, Path]]:
+    """``(image, caption, resolved file)`` of each figure-sized local ``<img>`` under ``root`` in document order
+    (each file once); see the module docstring for what is read and what is skipped."""
+    depth = len(PurePosixPath(rel).parts)
+    base = path.parents[depth - 1].resolve() if 0 < depth <= len(path.parents) else path.parent.resolve()
+    out: list[tuple[ImageRef, str, Path]] = []
+    seen: set[Path] = set()
+    for img in root.find_all("img"):
+        src = str(img.get("src") or "").strip()
+        if not src:
+            continue
+        if _NOT_LOCAL.match(src):
+            log.info("%s: image %s is not a local file; not fetched", rel, src[:200])
+            continue
+        try:
+            file = (path.parent / unquote(src.split("#", 1)[0].split("?", 1)[0])).resolve(strict=True)
+        except (OSError, RuntimeError, ValueError):
+            log.info("%s: image %s not found", rel, src[:200])
+            continue
+        if file in seen or not file.is_file() or not file.is_relative_to(base):
+            continue
+        if file.stat().st_size > FILE_SIZE_FACTOR * max_document_bytes:
+            log.info("%s: image %s is too large", rel, src[:200])
+            continue
+        ref = figure_image(file.read_bytes(), None, f"{rel} image {src[:200]}")
+        if ref is None:  # an icon, or not an image
+            continue
+        seen.add(file)
+        figure = img.find_parent("figure")
+        caption_el = figure.find("figcaption") if figure is not None else None
+        caption = caption_el.get_text(" ", strip=True) if caption_el is not None else ""
+        caption = " ".join((caption or str(img.get("alt") or "") or str(img.get("title") or "")).split())
+        out.append((ref, caption, file))
+    return out
