@@ -7,6 +7,8 @@ API and prints. Errors a user can cause print one line and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import logging
 import os
@@ -197,14 +199,23 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from corpora.files import iter_path
 
-    from .collections import drop_collection, open_collection, read_info
+    from .collections import check_options, collection_dir, drop_collection, heterag_home, open_collection, read_info
 
     options = {"dicom_patient_tags": True} if args.dicom_patient_tags else {}
-    items = iter_path(args.path, max_document_bytes=int(args.max_doc_mb * 2**20), split=args.split,
-                      options=options)  # checks the path first
+    items = iter(iter_path(args.path, max_document_bytes=int(args.max_doc_mb * 2**20), split=args.split,
+                           options=options))  # checks the path first
     if args.sync and not os.path.isdir(args.path):
         raise HeteragError("--sync needs a folder: it removes documents whose file under the folder is gone")
     is_new = read_info(args.collection) is None
+    first = next(items, None)
+    if first is None and (is_new or not args.sync):  # no files: nothing is created and no model loads
+        check_options(store=args.store, view=args.view, view_options=_view_options(args),
+                      chunk_tokens=args.chunk_tokens, image_encoder=args.image_encoder)
+        outcome = f"collection {args.collection!r} was not created" if is_new else "nothing changed"
+        print(f"heterag: no files found in {args.path}; {outcome}", file=sys.stderr)
+        return EXIT_PARTIAL
+    items = itertools.chain([first] if first is not None else [], items)  # --sync of an emptied folder goes on
+    made = [p for p in (collection_dir(args.collection).parent, heterag_home()) if not p.exists()]
     pipe = open_collection(
         args.collection, store=args.store, encoder=args.encoder, view=args.view,
         view_options=_view_options(args), chunk_tokens=args.chunk_tokens, image_encoder=args.image_encoder,
@@ -234,8 +245,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                   + (f" and {images} images" if images else ""))
     finally:
         pipe.close()
-    if empty:  # nothing made it in: no collection is left behind
+    if empty:  # nothing made it in: no collection is left behind, nor an empty folder of collections
         drop_collection(args.collection)
+        for folder in made:  # the folders this run made, when they are empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         print(f"heterag: nothing was ingested from {args.path} ({len(report.failures)} skipped); "
               f"collection {args.collection!r} was not created", file=sys.stderr)
         return EXIT_PARTIAL
@@ -505,7 +519,7 @@ def cmd_drop(args: argparse.Namespace) -> int:
 
 
 def cmd_docs(args: argparse.Namespace) -> int:
-    from .collections import collection_documents, document_chunks, open_collection
+    from .collections import collection_documents, delete_documents, document_chunks
 
     if args.docs_command == "list":  # list and show read the stores only: no model loads
         docs = collection_documents(args.collection)
@@ -540,14 +554,10 @@ def cmd_docs(args: argparse.Namespace) -> int:
         raise HeteragError(f"no document {', '.join(repr(i) for i in missing)} in collection {args.collection!r}; "
                            f"nothing deleted (list them with: heterag docs list --collection {args.collection})")
     targets = [d for d in stored if d in args.ids or any(d.startswith(f"{i}#") for i in args.ids)]
-    pipe = open_collection(args.collection, create=False)
-    try:
-        removed = pipe.delete_documents(targets)
-        n = len(targets)
-        print(f"{args.collection}: deleted {n} document{'s' if n != 1 else ''} ({removed} records)")
-        return 0
-    finally:
-        pipe.close()
+    removed = delete_documents(args.collection, targets)  # the stores only: no model loads
+    n = len(targets)
+    print(f"{args.collection}: deleted {n} document{'s' if n != 1 else ''} ({removed} record{'s' if removed != 1 else ''})")
+    return 0
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

@@ -139,8 +139,16 @@ def collection_info(name: str, home: Path | None = None) -> CollectionInfo:
     :class:`CollectionNotFoundError` if it does not exist."""
     info = read_info(name, home)
     if info is None:
-        raise CollectionNotFoundError(f"no collection named {name!r} under {home or heterag_home()}")
+        raise _not_found(name, home)
     return info
+
+
+def _not_found(name: str, home: Path | None = None, hint: str = "") -> CollectionNotFoundError:
+    """"no collection named 'x' under HOME", naming the collections there are (or saying there are none)."""
+    names = list_collections(home)
+    shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+    there = f"the collections are: {shown}" if names else "there are no collections yet"
+    return CollectionNotFoundError(f"no collection named {name!r} under {home or heterag_home()}; {there}{hint}")
 
 
 def list_collections(home: Path | None = None) -> list[str]:
@@ -211,6 +219,29 @@ def collection_documents(name: str, where: dict[str, Any] | None = None, home: P
             image_vs.close()
 
 
+def delete_documents(name: str, doc_ids: Sequence[str], home: Path | None = None) -> int:
+    """Delete documents ``doc_ids`` of collection ``name`` (chunks, image records, unused image files) under
+    its write lock; returns the records removed. Reads and writes the stores only: no model is loaded.
+    Ids that are not stored are ignored (:func:`collection_documents` lists what is)."""
+    from .images import ImageFiles
+    from .pipeline import delete_records
+
+    ids = [d for d in doc_ids if isinstance(d, str) and d]
+    info = collection_info(name, home)
+    if not ids:
+        return 0
+    with WriteLock(info.path, name)():
+        vs = open_store(info.store, info.store_path, collection="heterag")
+        image_vs = None
+        try:
+            image_vs = open_store(info.store, info.store_path, collection="heterag_images")
+            return delete_records(vs, image_vs, ImageFiles(info.path / "images"), ids)
+        finally:
+            vs.close()
+            if image_vs is not None:
+                image_vs.close()
+
+
 def document_chunks(name: str, doc_id: str, home: Path | None = None) -> list[Any]:
     """The stored chunks (records) of document ``doc_id`` of collection ``name`` in reading order; no model is loaded."""
     info = collection_info(name, home)
@@ -219,6 +250,53 @@ def document_chunks(name: str, doc_id: str, home: Path | None = None) -> list[An
         return sorted(vs.get(where={"doc_id": doc_id}), key=lambda r: int(r.metadata.get("chunk_index", 0)))
     finally:
         vs.close()
+
+
+def _other_setting(name: str, option: str, stored: Any, given: Any) -> str:
+    """The one-line refusal of an option that differs from how collection ``name`` was built."""
+    return (f"collection {name!r} uses {option} {stored}, not {given}; use a new --collection name or "
+            f"`heterag drop {name}` first")
+
+
+#: View settings that have a command-line option.
+_VIEW_OPTIONS = {"neighbours": "--neighbours"}
+
+
+def _check_settings(name: str, fp: Any, *, view: str | None, view_options: dict[str, Any] | None,
+                    chunk_tokens: int | None) -> None:
+    """Raise :class:`FingerprintMismatchError` naming the first given option that differs from the collection's
+    fingerprint (view, view settings, chunk size); omitted options take the collection's values."""
+    if view is not None and view != fp.view:
+        raise FingerprintMismatchError(_other_setting(name, "--view", fp.view, view))
+    if view_options is not None:
+        stored = dict(fp.extra.get("view_settings", {}))
+        given = json.loads(json.dumps(make_view(view or fp.view, **view_options).settings()))
+        for key in sorted(set(stored) | set(given)):
+            if stored.get(key) != given.get(key):
+                option = _VIEW_OPTIONS.get(key, f"view setting {key}")
+                raise FingerprintMismatchError(_other_setting(name, option, stored.get(key), given.get(key)))
+    stored_tokens = int(fp.extra.get("chunk_tokens", DEFAULT_CHUNK_TOKENS))
+    if chunk_tokens is not None and chunk_tokens != stored_tokens:
+        raise FingerprintMismatchError(_other_setting(name, "--chunk-tokens", stored_tokens, chunk_tokens))
+
+
+def check_options(*, store: str | None = None, view: str | None = None, view_options: dict[str, Any] | None = None,
+                  chunk_tokens: int | None = None, image_encoder: str | None = None, purpose: str | None = None) -> None:
+    """Check the settings :func:`open_collection` takes, without loading a model or writing anything: an
+    unknown store scheme, view, view option or image-encoder spec, a chunk size under 8 or an unknown
+    purpose raises :class:`~heterag.errors.HeteragError` (one line; unknown names list the choices)."""
+    if purpose not in (None, "", "experiment"):
+        raise InvalidInputError(f"purpose must be '' or 'experiment', got {purpose!r}")
+    if store is not None:
+        parse_store_url(store)  # an unknown scheme lists the accepted forms
+    if chunk_tokens is not None:
+        check_chunk_tokens(chunk_tokens)
+    if view is not None or view_options is not None:
+        make_view(view or DEFAULT_VIEW, **(view_options or {}))  # unknown names and bad options raise here
+    if image_encoder is not None:
+        from .image_encoders import check_image_encoder_spec
+
+        check_image_encoder_spec(image_encoder)
 
 
 def open_collection(
@@ -254,35 +332,22 @@ def open_collection(
     and the ``heterag reembed`` command; a new collection keeps a copy of its adapter.
     """
     # Every setting is checked before anything is written: a bad option never leaves a folder behind.
-    if purpose not in (None, "", "experiment"):
-        raise InvalidInputError(f"purpose must be '' or 'experiment', got {purpose!r}")
-    if store is not None:
-        parse_store_url(store)  # an unknown scheme lists the accepted forms
-    if chunk_tokens is not None:
-        check_chunk_tokens(chunk_tokens)
-    if view is not None or view_options is not None:
-        make_view(view or DEFAULT_VIEW, **(view_options or {}))  # unknown names and bad options raise here
+    check_options(store=store, view=view, view_options=view_options, chunk_tokens=chunk_tokens,
+                  image_encoder=image_encoder, purpose=purpose)
     fusion = Fusion.parse(fusion)
-    if image_encoder is not None:
-        from .image_encoders import check_image_encoder_spec
-
-        check_image_encoder_spec(image_encoder)
     info = read_info(name, home)
-    is_new = info is None
+    is_new = created = info is None
     if info is None:
         if not create:
-            raise CollectionNotFoundError(f"no collection named {name!r} under {heterag_home()}; ingest into it first")
+            raise _not_found(name, home, f" (ingest into {name!r} to create it)")
         if encoder is not None and Path(encoder).expanduser().exists():
             encoder = str(Path(encoder).expanduser().resolve())  # a relative path means the same model from anywhere
         info = CollectionInfo(name=name, store=store or DEFAULT_STORE, encoder=encoder, path=collection_dir(name, home),
                               image_encoder=image_encoder or DEFAULT_IMAGE_ENCODER, purpose=purpose or "")
     elif store is not None and store != info.store:
-        raise InvalidInputError(f"collection {name!r} lives in a {info.store} store, not {store}")
+        raise InvalidInputError(_other_setting(name, "--store", info.store, store))
     elif image_encoder is not None and image_encoder != info.image_encoder:
-        raise FingerprintMismatchError(
-            f"collection {name!r} was built with image encoder {info.image_encoder!r} but is being opened with "
-            f"{image_encoder!r}; use the same image encoder, or a new collection"
-        )
+        raise FingerprintMismatchError(_other_setting(name, "--image-encoder", info.image_encoder, image_encoder))
     probe_store(info.store)  # an unreachable store server fails in seconds, before any model is loaded
     adapter_obj = None
     if adapter is None and info.adapter:
@@ -291,7 +356,9 @@ def open_collection(
         from .adapters import load_adapter
 
         adapter_obj = load_adapter(adapter)
-    base_encoder = load_text_encoder(encoder if encoder is not None else info.encoder)  # a bad encoder fails before any write
+    # a new collection's encoder is loaded before anything is written (a bad one fails first); an existing
+    # collection's settings are checked against its fingerprint before any model loads
+    base_encoder = load_text_encoder(encoder if encoder is not None else info.encoder) if created else None
     existed = info.path.exists()
     vs = None
     image_vs = None
@@ -299,6 +366,15 @@ def open_collection(
         vs = open_store(info.store, info.store_path, collection="heterag")  # one collection per folder
         image_vs = open_store(info.store, info.store_path, collection="heterag_images")
         fp = vs.fingerprint()
+        if fp is not None:
+            _check_settings(name, fp, view=view, view_options=view_options, chunk_tokens=chunk_tokens)
+        if base_encoder is None:
+            base_encoder = load_text_encoder(encoder if encoder is not None else info.encoder)
+        if fp is not None and encoder is not None:
+            identity = _legacy_identity(info, fp, base_encoder) or str(getattr(base_encoder, "identity", ""))
+            if identity != fp.model:
+                raise FingerprintMismatchError(_other_setting(
+                    name, "--encoder", f"{info.encoder or 'default'} (model {fp.model})", f"{encoder} (model {identity})"))
         stored_settings = dict(fp.extra.get("view_settings", {})) if fp else {}
         view_kind = view or (fp.view if fp else DEFAULT_VIEW)
         if view_options is None and fp is not None and view_kind == fp.view:

@@ -123,6 +123,27 @@ def list_documents(store: VectorStore, image_store: VectorStore | None = None, i
     return [DocumentInfo(id=k, **v) for k, v in sorted(found.items())]
 
 
+def delete_records(store: VectorStore, image_store: VectorStore | None, image_files: ImageFiles | None,
+                   doc_ids: Sequence[str]) -> int:
+    """Remove documents ``doc_ids`` from a text store and its image store, with the image files no other
+    record uses; returns the records removed. Needs no encoder (``heterag docs delete`` loads no model);
+    the caller holds the collection's write lock."""
+    ids = list(doc_ids)
+    removed = store.delete(where={"doc_id": {"$in": ids}})
+    if image_store is not None:
+        old = image_store.get(where={"doc_id": {"$in": ids}})
+        if old:
+            removed += image_store.delete(ids=[r.id for r in old])
+            if image_files is not None:
+                for sha in filter(None, {str(r.metadata.get("image_sha256", "")) for r in old}):
+                    if not image_store.get(where={"image_sha256": sha}):
+                        image_files.remove(sha)
+    for s in (store, image_store):
+        if s is not None and hasattr(s, "flush"):
+            s.flush()
+    return removed
+
+
 class Pipeline:
     """Ingest, retrieve and answer over one text store (and optionally one image store)
     with one text encoder, one view kind and one image encoder.
@@ -604,16 +625,7 @@ class Pipeline:
             return self._delete_documents(ids)
 
     def _delete_documents(self, ids: list[str]) -> int:
-        removed = self.store.delete(where={"doc_id": {"$in": ids}})
-        if self.image_store is not None:
-            old = self.image_store.get(where={"doc_id": {"$in": ids}})
-            if old:
-                removed += self.image_store.delete(ids=[r.id for r in old])
-                self._remove_orphan_files({str(r.metadata.get("image_sha256", "")) for r in old})
-        for s in (self.store, self.image_store):
-            if s is not None and hasattr(s, "flush"):
-                s.flush()
-        return removed
+        return delete_records(self.store, self.image_store, self.image_files, ids)
 
     # ---- documents ----------------------------------------------------------------------
     def documents(self, where: Mapping[str, Any] | None = None) -> list[DocumentInfo]:

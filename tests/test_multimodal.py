@@ -155,7 +155,7 @@ def test_other_image_encoder_is_refused_and_data_survives(scenes):
     pipe = open_collection("fp")
     pipe.ingest([scenes[0].to_document()])
     pipe.close()
-    with pytest.raises(FingerprintMismatchError, match="image encoder"):
+    with pytest.raises(FingerprintMismatchError, match="uses --image-encoder default, not open_clip:RN50"):
         open_collection("fp", image_encoder="open_clip:RN50")
     pipe = open_collection("fp")
     try:

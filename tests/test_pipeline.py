@@ -134,11 +134,12 @@ def test_collection_reopens_with_its_settings_and_rejects_others(encoder, tiny_e
     again = open_collection("notes")  # settings come from the fingerprint
     assert again.view.kind == "late" and again.chunk_tokens == 32 and again.count() == n
     again.close()
-    with pytest.raises(FingerprintMismatchError, match="view=late"):
+    with pytest.raises(FingerprintMismatchError, match="^collection 'notes' uses --view late, not heterag; "):
         open_collection("notes", view="heterag")
-    with pytest.raises(FingerprintMismatchError, match="collection 'notes' was built with .*all-MiniLM-L6-v2"):
+    with pytest.raises(FingerprintMismatchError, match=r"collection 'notes' uses --encoder default \(model .*all-MiniLM-L6-v2"):
         open_collection("notes", encoder=str(tiny_encoder_path))
-    with pytest.raises(FingerprintMismatchError, match=r"extra.chunk_tokens: 32 != 64"):
+    with pytest.raises(FingerprintMismatchError, match="collection 'notes' uses --chunk-tokens 32, not 64; use a new "
+                       "--collection name or `heterag drop notes` first"):
         open_collection("notes", chunk_tokens=64)
     check = open_collection("notes")
     assert check.count() == n  # nothing lost
