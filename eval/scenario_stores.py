@@ -7,13 +7,13 @@ then runs ``heterag sandbox run SCENARIO --store SPEC`` once per store, each in 
 
 * each entry of ``metrics`` (value and bootstrap interval);
 * every other number in ``report.json`` (per-query outcomes, the poison-count sweep, the defenses'
-  fitted thresholds and detection rates, injections...), except wall-clock times, run ids, collection
-  names, package versions and the scenario echo.
+  fitted thresholds and detection rates, injections...), except wall-clock times and speeds, run ids,
+  collection names, package versions and the scenario echo.
 
 Numbers are compared exactly (``==`` on the JSON floats). The servers are stopped at the end.
 
     nice -n 10 python eval/scenario_stores.py [--scenario eval/scenarios/m3att_synthetic.yaml]
-        [--stores chroma,chroma-http,pgvector] [--data synthetic:420] [--name scenario_stores]
+        [--stores chroma,chroma-http,pgvector] [--data synthetic:420] [--name scenario_stores] [--compare-only]
 
 Writes ``eval/out/NAME.json`` / ``.md`` (the comparison) and keeps each run's report under
 ``eval/out/NAME/<store>/``.
@@ -40,8 +40,8 @@ from _common import OUT_DIR, ROOT, write_report
 log = logging.getLogger("scenario_stores")
 
 #: report keys that are not outcomes of the scenario (times, ids, names, versions, the scenario echo)
-SKIP = {"run_id", "collection", "versions", "stage_seconds", "wall_seconds", "seconds", "scenario", "plots",
-        "fingerprint_before", "fingerprint_after"}
+SKIP = {"run_id", "collection", "versions", "stage_seconds", "wall_seconds", "seconds", "optimise_seconds",
+        "steps_per_second_per_image", "scenario", "plots", "fingerprint_before", "fingerprint_after"}
 
 
 def flatten(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -109,14 +109,19 @@ def main() -> None:
     ap.add_argument("--stores", default="chroma,chroma-http,pgvector")
     ap.add_argument("--data", default=None, help="override the scenario's data source (e.g. synthetic:420)")
     ap.add_argument("--name", default="scenario_stores")
+    ap.add_argument("--compare-only", action="store_true",
+                    help="compare the reports an earlier run left under eval/out/NAME/ instead of running again")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     kinds = [s.strip() for s in args.stores.split(",") if s.strip()]
     reports: dict[str, dict[str, Any]] = {}
-    with ExitStack() as stack:
-        specs = start_servers(kinds, stack)
-        for kind in kinds:
-            reports[kind] = run(args.scenario.resolve(), specs[kind], OUT_DIR / args.name / kind, args.data)
+    if args.compare_only:
+        reports = {k: json.loads((OUT_DIR / args.name / k / "report.json").read_text()) for k in kinds}
+    else:
+        with ExitStack() as stack:
+            specs = start_servers(kinds, stack)
+            for kind in kinds:
+                reports[kind] = run(args.scenario.resolve(), specs[kind], OUT_DIR / args.name / kind, args.data)
     first = kinds[0]
     metrics = list(reports[first]["metrics"])
     rows, md = [], [f"# {reports[first]['scenario']['name']} on {', '.join(kinds)} (seed {reports[first]['seed']}, "
