@@ -22,7 +22,8 @@ Two answer modes, both through library calls of :class:`heterag.generators.local
   without sources.
 
 Questions are answered in a seeded random order, every kind for each question, and the report is
-rewritten every ``--checkpoint`` questions: a run stopped early reports a seeded random subset.
+rewritten every ``--checkpoint`` questions: a run stopped early reports a seeded random subset,
+and ``--resume`` continues it (same arguments) where it stopped.
 Retrieved contexts are saved in ``eval/out/`` for the questions of both splits and reused.
 
 Reported per kind and mode: accuracy and macro-F1 (yes/no/maybe) with percentile bootstrap 95%
@@ -187,6 +188,9 @@ def main() -> int:
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite the report from the records of an earlier run's JSON (same arguments), no model calls")
     ap.add_argument("--checkpoint", type=int, default=10, help="rewrite the report every N questions")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue the run whose report (same arguments) is on disk: its answered questions are kept "
+                         "and the seeded order goes on after them")
     ap.add_argument("--tag", default="", help="suffix of the report's file name")
     ap.add_argument("--rebuild-contexts", action="store_true", help="retrieve again instead of reusing saved contexts")
     args = ap.parse_args()
@@ -242,7 +246,12 @@ def main() -> int:
     order = np.random.default_rng(args.seed).permutation(len(questions))
     records: dict[str, list[dict]] = {k: [] for k in kinds}
     done: list[int] = []
+    if args.resume:
+        records, done = resumed(args, order, kinds, questions)
+        print(f"resuming after {len(done)} answered questions", flush=True)
     for step, i in enumerate(tqdm(order, desc="questions", disable=not progress), start=1):
+        if step <= len(done):
+            continue
         q = questions[i]
         for kind in kinds:
             hits = contexts[kind][i]
@@ -339,6 +348,21 @@ def report(args, gen, load_s: float, n_docs: int, n_split: int, done: list[int],
            "load_seconds": load_s, "scoring": scoring, "free": free, "per_kind": per_kind,
            "chunks_to_documents_token_ratio": ratio, "records": records}
     print(f"written {write_report(report_name(args), out, md)}", flush=True)
+
+
+def resumed(args, order: np.ndarray, kinds: list[str], questions) -> tuple[dict[str, list[dict]], list[int]]:
+    """Records and answered question indices of the earlier run with the same arguments; exits when
+    there is none or it does not match (other questions, order or kinds)."""
+    path = OUT_DIR / f"{report_name(args)}.json"
+    if not path.is_file():
+        sys.exit(f"--resume: no earlier run at {path}")
+    saved = json.loads(path.read_text())
+    done = [int(i) for i in saved["question_indices"]]
+    records = saved["records"]
+    if list(records) != kinds or done != [int(i) for i in order[: len(done)]] or any(
+            len(r) != len(done) or [x["id"] for x in r] != [questions[i].id for i in done] for r in records.values()):
+        sys.exit(f"--resume: {path} is a run with other questions, order or kinds; start afresh without --resume")
+    return records, done
 
 
 def report_name(args) -> str:
