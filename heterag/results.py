@@ -62,8 +62,9 @@ def _int_or_none(value: object) -> int | None:
 class SourceRef:
     """Where a retrieved chunk comes from, in the user's terms (what a citation shows).
 
-    ``source`` is the file it was read from as stored: its path relative to the ingested folder (an
-    absolute path when two folders held the same relative path; "" for knowledge not read from a file).
+    ``source`` is the file it was read from as stored (``metadata["source"]`` of a document that has a
+    ``source_path``): its path relative to the ingested folder (an absolute path when two folders held the
+    same relative path; "" for knowledge not read from a file, which is then named by its title).
     ``page`` is the 1-based PDF page (None when not paged), ``section`` the heading path inside the file
     (``"Sampling > Timing"``; page and figure labels, and a first heading that repeats the title, left out) and
     ``figure`` the figure number of a figure item (a PDF's or DOCX's picture, an HTML image).
@@ -77,7 +78,8 @@ class SourceRef:
 
     @classmethod
     def of(cls, hit: Hit) -> SourceRef:
-        """The location of ``hit``, from its metadata (``source``, ``page``, ``figure``) and heading path."""
+        """The location of ``hit``, from its metadata (``source`` and ``source_path``, ``page``, ``figure``) and
+        heading path."""
         meta = hit.metadata
         page = _int_or_none(meta.get("page"))
         figure = _int_or_none(meta.get("figure"))
@@ -91,8 +93,9 @@ class SourceRef:
         title = _document_title(hit.title, figure)
         if parts and parts[0].strip().lower() == title.strip().lower():  # a page's h1 / a note's "# Title" repeats it
             parts = parts[1:]
-        return cls(source=str(meta.get("source") or ""), title=title, page=page, section=" > ".join(parts),
-                   figure=figure)
+        # a file's path; "source" without a file behind it names a data set (the demo's "pydoc_data.topics")
+        source = str(meta.get("source") or "") if meta.get("source_path") else ""
+        return cls(source=source, title=title, page=page, section=" > ".join(parts), figure=figure)
 
     def location(self) -> str:
         """``"estuary-paper.pdf, p. 2, figure 2"``, ``"field-guide.html, Sampling > Timing"``: file, page, section,

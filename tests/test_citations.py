@@ -28,31 +28,37 @@ def hit(**kw) -> Hit:
     return Hit(**{**base, **kw})
 
 
+def from_file(rel: str) -> dict[str, str]:
+    """The metadata of a document read from the file ``rel`` under /data."""
+    return {"source": rel, "source_path": f"/data/{rel}"}
+
+
 def test_source_ref_reads_file_page_section_and_figure():
-    page = hit(doc_id="paper.pdf", title="Tidal Forces", heading=("p. 4",), metadata={"source": "papers/paper.pdf"})
+    page = hit(doc_id="paper.pdf", title="Tidal Forces", heading=("p. 4",), metadata=from_file("papers/paper.pdf"))
     assert page.where == SourceRef(source="papers/paper.pdf", title="Tidal Forces", page=4)
     assert page.where.label() == 'papers/paper.pdf ("Tidal Forces"), p. 4'
-    ocr = hit(heading=("p. 2 (OCR)",), metadata={"source": "scan.pdf"}, title="scan")
+    ocr = hit(heading=("p. 2 (OCR)",), metadata=from_file("scan.pdf"), title="scan")
     assert ocr.where.label() == "scan.pdf, p. 2"  # a title that is only the file name is not repeated
     figure = hit(doc_id="paper.pdf#figure-2", title="Tidal Forces, figure 2", heading=("Figure 2",),
-                 metadata={"source": "paper.pdf", "page": 3, "figure": 2}, image="/home/x/images/70/70d9.png")
+                 metadata={**from_file("paper.pdf"), "page": 3, "figure": 2}, image="/home/x/images/70/70d9.png")
     assert figure.where.label() == 'paper.pdf ("Tidal Forces"), p. 3, figure 2'
     html = hit(title="Estuary Field Guide", heading=("Estuary Field Guide", "Sampling", "Timing"),
-               metadata={"source": "guide/field-guide.html"})
+               metadata=from_file("guide/field-guide.html"))
     assert html.where.section == "Sampling > Timing"  # the h1 repeating the title is left out
     assert html.where.label() == 'guide/field-guide.html ("Estuary Field Guide"), Sampling > Timing'
-    plain = hit(doc_id="q17", title="Python reference: with", heading=("Context managers",))
-    assert plain.where.label("q17") == "Python reference: with, Context managers"  # not from a file: title
+    plain = hit(doc_id="q17", title="Python reference: with", heading=("Context managers",),
+                metadata={"source": "pydoc_data.topics"})  # a data set, not a file: named by the title
+    assert plain.where.label("q17") == "Python reference: with, Context managers" and plain.where.source == ""
     assert hit(doc_id="q18").where.label("q18") == "q18"
 
 
 def test_a_citation_line_names_the_file_not_the_internal_image_copy():
     figure = hit(doc_id="paper.pdf#figure-2", title="Tidal Forces, figure 2", heading=("Figure 2",), score=0.748,
-                 text="Figure 2: Salinity   profile.", metadata={"source": "paper.pdf", "page": 2, "figure": 2},
+                 text="Figure 2: Salinity   profile.", metadata={**from_file("paper.pdf"), "page": 2, "figure": 2},
                  image="/home/x/collections/c/images/70/70d9.png")
     line = format_citation(citation_for(1, figure))
     assert line == '[1] paper.pdf ("Tidal Forces"), p. 2, figure 2 (score 0.748): Figure 2: Salinity profile.'
-    alone = hit(doc_id="harbour.png", metadata={"source": "pics/harbour.png"}, image="/c/images/1/1a.png", text="",
+    alone = hit(doc_id="harbour.png", metadata=from_file("pics/harbour.png"), image="/c/images/1/1a.png", text="",
                 score=1.0)
     assert format_citation(citation_for(2, alone)) == "[2] pics/harbour.png (score 1.000): (image without text)"
     stray = hit(doc_id="img-7", image="/c/images/1/1b.png", text="", score=1.0)  # no file to name: its stored copy
@@ -61,7 +67,7 @@ def test_a_citation_line_names_the_file_not_the_internal_image_copy():
 
 def test_the_app_shows_the_same_citation_and_keeps_source_text_as_text():
     evil = hit(doc_id="x.html", title="<b>Guide</b>", heading=("p. 3",), text="<script>alert(1)</script>",
-               metadata={"source": "docs/x<1>.html"})
+               metadata=from_file("docs/x<1>.html"))
     answer = Answer(text="See [1].", citations=(citation_for(1, evil),), hits=(evil,))
     page = render.sources_html(answer)
     assert render.text(evil.where.label("x.html")) in page and "<script>" not in page and "<b>Guide" not in page
