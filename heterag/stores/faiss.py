@@ -31,9 +31,10 @@ implemented), so deletes and re-upserted vectors would need tombstones and perio
 full rebuilds; ``IndexIVFFlat`` removes and adds ids in place, keeps rowids as its
 ids, is deterministic to train, and becomes exact by probing every list. Tuned on
 held-out data (``eval/stores_ef_sweep.py faiss``: 100k vectors of the store benchmark's
-kind with another seed, PubMedQA questions 200-399): nlist 316 gave recall@10
-0.960 / 0.974 / 0.979 / 0.984 at nprobe 39 / 52 / 63 / 79, at 1.1-2.3 ms a query
-against 7 ms for the exact scan.
+kind drawn with another seed, PubMedQA questions 200-399, one thread): nlist 316 gave
+recall@10 0.954 / 0.972 / 0.977 / 0.978 at nprobe 40 / 53 / 64 / 79 (1.2-2.5 ms a
+query); nlist 256 and 512 at the same probe fractions were within 0.01. On the store
+benchmark (eval/README.md, issue #12) the store reached recall@10 0.986 at 2.2 ms p50.
 
 Every upsert/delete is one SQLite transaction, then the in-memory index is updated.
 The index file is only written by :meth:`FaissStore.flush` / :meth:`FaissStore.close`,

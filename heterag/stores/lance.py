@@ -28,10 +28,12 @@ vectors in the partitions, so no quantisation error), built after the write that
   the search): exact among the matching rows, so a selective filter cannot starve the top-k.
 
 Why IVF_FLAT: on held-out data of the store benchmark's kind (``eval/stores_ef_sweep.py lancedb``:
-100k vectors with another seed, PubMedQA questions 200-399) it built in 14 s and reached recall@10
-0.939 / 0.966 / 0.968 / 0.981 at nprobes 32 / 48 / 64 / 80 of 316 (5-7 ms a query, against 235 ms
-for the exact scan on the same loaded machine); ``IVF_HNSW_SQ`` (one partition, ef 100) reached 0.972 at
-3.7 ms but took 123 s to build, and ``IVF_PQ`` loses recall to quantisation unless refined.
+100k vectors drawn with another seed, PubMedQA questions 200-399) one index of 316 partitions built in
+15 s and reached recall@10 0.940 / 0.955 / 0.966 / 0.974 at nprobes 32 / 48 / 64 / 80 (5.0-6.5 ms a
+query; nprobes = P/4 is the last). In a one-off trial on the same data (not in the sweep script), the
+exact scan took 235 ms a query on the loaded machine and ``IVF_HNSW_SQ`` (one partition, ef 100) reached
+0.972 at 3.7 ms but took 123 s to build; ``IVF_PQ`` would add quantisation error (refine needed).
+On the store benchmark (eval/README.md, issue #12) the store reached recall@10 1.000 at 17-21 ms p50.
 
 Upserts are ``merge_insert`` on ``id``. Fingerprints live in a side table ``heterag_fingerprints``.
 LanceDB writes new versions of immutable files, so readers in other processes see every committed write
