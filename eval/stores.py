@@ -55,7 +55,8 @@ def _settings() -> dict[str, str]:
     chroma = f"HNSW M=16, ef_c=100, ef_s={HNSW_CONFIG['hnsw']['ef_search']} (cosine)"
     return {"chroma": chroma, "chroma-http": chroma + " on a `chroma run` server",
             "pgvector": f"HNSW m={HNSW_M}, ef_construction={HNSW_EF_CONSTRUCTION}, ef_search=max({EF_SEARCH}, k)",
-            "milvus": "Milvus Lite AUTOINDEX (COSINE; FAISS HNSW per sealed segment)"}
+            "milvus": "Milvus Lite AUTOINDEX (COSINE; FAISS HNSW per sealed segment)",
+            "qdrant-memory": "qdrant-client local mode in memory: exact (numpy over all points; no HNSW in local mode)"}
 
 
 def index_settings(kind: str, store) -> str:
@@ -125,6 +126,8 @@ def servers(kind: str, root: Path):
         srv = start_postgres(root / "pg")
         pid = srv.get_pid()
         return srv.get_uri(), root / "pg", [pid] if pid else [], srv.cleanup
+    if kind == "qdrant-memory":  # the qdrant client's local mode held in memory (on disk it persists point by point)
+        return "qdrant::memory:", root, [], lambda: None
     if kind == "milvus":
         return f"milvus:{root / 'milvus' / 'bench.db'}", root / "milvus", [], lambda: None
     return kind, root / "store", [], lambda: None
