@@ -50,7 +50,7 @@ from .images import ImageFiles, ImageRef, load_image
 from .locking import WriteLock
 from .results import Answer, Hit
 from .stores.base import Fingerprint, Record, VectorStore
-from .views import RetrievalView, ViewEncoder
+from .views import RetrievalView, ViewEncoder, distinct_chunks
 
 #: Metadata keys written on image records and on the chunks of image items.
 IMAGE_KEYS = ("image_sha256", "image_path", "image_width", "image_height")
@@ -485,12 +485,13 @@ class Pipeline:
             docs = [cd for cd in docs if cd.doc.image is None]
             if not docs:
                 return []
-        wanted = [c.id for cd in docs for c in cd.chunks]
+        keep = {id(cd): distinct_chunks(self.view, cd) for cd in docs}  # one record per distinct chunk/view pair
+        wanted = [cd.chunks[i].id for cd in docs for i in keep[id(cd)]]
         present = {r.id for r in self.store.get(ids=wanted)} if wanted else set()
         image_ids = [image_record_id(cd.doc) for cd in docs if cd.doc.image is not None]
         if image_ids:
             present |= {r.id for r in self.image_store.get(ids=image_ids)}
-        todo = [cd for cd in docs if any(i not in present for i in _record_ids(cd))]
+        todo = [cd for cd in docs if any(i not in present for i in _record_ids(cd, keep[id(cd)]))]
         report.documents_unchanged += len(docs) - len(todo)
         if not todo:
             return []
@@ -504,6 +505,14 @@ class Pipeline:
         t = time.perf_counter()
         view_texts, vectors = self.view.embed(text_docs, self.encoder) if text_docs else ([], None)
         report.encode_seconds += time.perf_counter() - t
+        if any(len(keep[id(cd)]) < len(cd.chunks) for cd in todo):  # drop the repeats after embedding in context
+            rows, start = [], 0
+            for cd in text_docs:
+                rows += [start + i for i in keep[id(cd)]]
+                start += len(cd.chunks)
+            view_texts, vectors = [view_texts[r] for r in rows], (vectors[rows] if vectors is not None else None)
+            todo = [dataclasses.replace(cd, chunks=[cd.chunks[i] for i in keep[id(cd)]]) for cd in todo]
+            text_docs = [cd for cd in todo if cd.chunks]
         if self.guards and todo:
             todo, view_texts, vectors = self._guard(todo, text_docs, view_texts, vectors, image_vectors, report)
             if not todo:
@@ -826,8 +835,8 @@ def image_record_id(doc: Document) -> str:
     return content_hash("image", doc.id, doc.image.sha256)
 
 
-def _record_ids(cd: ChunkedDocument) -> list[str]:
-    ids = [c.id for c in cd.chunks]
+def _record_ids(cd: ChunkedDocument, keep: Sequence[int] | None = None) -> list[str]:
+    ids = [cd.chunks[i].id for i in keep] if keep is not None else [c.id for c in cd.chunks]
     if cd.doc.image is not None:
         ids.append(image_record_id(cd.doc))
     return ids

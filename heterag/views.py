@@ -55,6 +55,16 @@ class RetrievalView(Protocol):
         """View texts and unit-norm vectors, one per chunk, in document-then-chunk order."""
 
 
+def _encode_distinct(encoder: ViewEncoder, texts: list[str]) -> np.ndarray:
+    """``encoder.encode(texts)``, encoding each distinct text once (a long repeated run is one text)."""
+    distinct = list(dict.fromkeys(texts))
+    if len(distinct) == len(texts):
+        return encoder.encode(texts)
+    vectors = encoder.encode(distinct)
+    row = {t: i for i, t in enumerate(distinct)}
+    return vectors[[row[t] for t in texts]]
+
+
 def _normalize_rows(m: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(m, axis=1, keepdims=True)
     return (m / np.maximum(norms, 1e-12)).astype(np.float32)
@@ -72,7 +82,7 @@ class NaiveView:
 
     def embed(self, docs: Sequence[ChunkedDocument], encoder: ViewEncoder) -> tuple[list[str], np.ndarray]:
         texts = [t for cd in docs for t in self.texts(cd)]
-        return texts, encoder.encode(texts)
+        return texts, _encode_distinct(encoder, texts)
 
 
 @dataclass(frozen=True)
@@ -131,7 +141,7 @@ class HeteragView:
 
     def embed(self, docs: Sequence[ChunkedDocument], encoder: ViewEncoder) -> tuple[list[str], np.ndarray]:
         texts = [t for cd in docs for t in self.texts(cd)]
-        return texts, encoder.encode(texts)
+        return texts, _encode_distinct(encoder, texts)
 
 
 @dataclass(frozen=True)
@@ -191,6 +201,26 @@ class LateView:
 
 
 VIEWS: dict[str, Callable[..., RetrievalView]] = {"naive": NaiveView, "heterag": HeteragView, "late": LateView}
+
+
+def distinct_chunks(view: RetrievalView, cd: ChunkedDocument) -> list[int]:
+    """Positions in ``cd.chunks`` of the first chunk of each distinct (generation text, view text) pair.
+
+    A document stores one record per pair: a later identical chunk (a repeated disclaimer, a long run
+    of one word) would add nothing to retrieval or to the generator's context, and hundreds of
+    identical vectors make an HNSW index (Chroma's hnswlib) drop true best hits of other documents.
+    The view text is ``view.texts(cd)`` where the view renders one (naive, heterag); otherwise (late
+    chunking, whose vectors come from token windows) the chunk's heading path stands in for it.
+    Chunk ids do not change, so a document without repeats keeps all its chunks and ids.
+    """
+    texts = view.texts(cd) if callable(getattr(view, "texts", None)) else [" > ".join(c.heading) for c in cd.chunks]
+    seen: set[tuple[str, str]] = set()
+    keep: list[int] = []
+    for i, (c, v) in enumerate(zip(cd.chunks, texts, strict=True)):
+        if (c.text, v) not in seen:
+            seen.add((c.text, v))
+            keep.append(i)
+    return keep
 
 
 def make_view(kind: str, **options: Any) -> RetrievalView:

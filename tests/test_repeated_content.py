@@ -1,0 +1,85 @@
+"""Repeated content inside one document is stored once (issue 13, break-test bt13b findings 1 and 4)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from heterag import open_collection
+from heterag.cli import main
+
+QUESTIONS = {
+    "What causes the tides?": "tides.md",
+    "How do honey bees tell each other where flowers are?": "bees.txt",
+    "What is mandatory above the firn line?": "rope.txt",
+    "When are the ablation stakes read?": "stakes.txt",
+}
+
+
+def run(capsys, *argv: str) -> int:
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    capsys.readouterr()
+    return code
+
+
+def test_a_document_of_identical_chunks_is_stored_once_and_hides_nothing(capsys, tmp_path: Path):
+    """~200 identical chunks once put ~200 identical vectors into Chroma's HNSW index, which then
+    dropped other documents' best hits, differently per process. Now the run is a few records and
+    every reopening finds the right document first."""
+    root = tmp_path / "kb"
+    root.mkdir()
+    (root / "disclaimer.txt").write_text(("crevasse " * 4200).strip() + "\n")
+    (root / "tides.md").write_text("# Tides\n\nTides are caused mainly by the gravitational pull of the Moon.\n")
+    (root / "bees.txt").write_text("Honey bees communicate the direction of flowers with a waggle dance.\n")
+    (root / "rope.txt").write_text("Above the firn line, roping up is mandatory for every field team crossing "
+                                   "snow-covered glacier ice.\n")
+    (root / "stakes.txt").write_text("The ablation stakes are read every two weeks from June to September.\n")
+    assert run(capsys, "ingest", str(root), "--collection", "rep") == 0
+    rag = open_collection("rep", create=False)
+    try:
+        chunks = {d.id: d.chunks for d in rag.documents()}
+        assert rag.store.count() < 10, chunks
+        assert chunks["disclaimer.txt"] <= 3, chunks
+        records = rag.document_chunks("disclaimer.txt")
+        assert len({(r.text, r.metadata.get("view")) for r in records}) == len(records)  # no two alike
+    finally:
+        rag.close()
+    for _ in range(3):  # several reopenings (each loads the HNSW index again)
+        rag = open_collection("rep", create=False)
+        try:
+            for question, doc in QUESTIONS.items():
+                assert rag.retrieve(question, k=3)[0].doc_id == doc, question
+        finally:
+            rag.close()
+    # a second ingest of the same folder is a no-op (the dropped repeats are not "missing")
+    try:
+        code = main(["ingest", str(root), "--collection", "rep"])
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    assert code == 0 and "0 documents written" in out + err and "5 unchanged" in out + err, out + err
+
+
+def test_a_document_without_repeats_keeps_every_chunk_and_id(encoder):
+    """Chunk ids of documents without repeats are what they were before (re-ingesting old collections stays a no-op)."""
+    from heterag import Document
+    from heterag.chunking import chunk_document
+    from heterag.views import HeteragView, LateView, NaiveView, distinct_chunks
+
+    doc = Document.create(" ".join(f"Sentence number {i} talks about topic {i * 7}." for i in range(60)), id="d", title="T")
+    cd = chunk_document(doc, encoder.tokenize, 32)
+    assert len(cd.chunks) > 3
+    for view in (NaiveView(), HeteragView(), LateView()):
+        assert distinct_chunks(view, cd) == list(range(len(cd.chunks)))
+    rep = chunk_document(Document.create("same words here. " * 200, id="r", title="R"), encoder.tokenize, 16)
+    for view in (NaiveView(), HeteragView(), LateView()):
+        keep = distinct_chunks(view, rep)
+        assert keep[0] == 0 and len(keep) <= 4 < len(rep.chunks)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    pytest.main([__file__, "-q"])
