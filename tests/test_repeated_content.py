@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
+from format_samples import FIGURE_CAPTIONS, _png, chart
+from PIL import Image, ImageDraw
 
-from heterag import open_collection
+from corpora.files import iter_path
+from heterag import Document, open_collection
 from heterag.cli import main
 
 QUESTIONS = {
@@ -79,6 +83,75 @@ def test_a_document_without_repeats_keeps_every_chunk_and_id(encoder):
     for view in (NaiveView(), HeteragView(), LateView()):
         keep = distinct_chunks(view, rep)
         assert keep[0] == 0 and len(keep) <= 4 < len(rep.chunks)
+
+
+def _logo() -> Image.Image:
+    img = Image.new("RGB", (120, 60), "white")
+    d = ImageDraw.Draw(img)
+    d.rectangle([5, 5, 115, 55], outline="navy", width=4)
+    d.ellipse([15, 12, 50, 48], fill="darkred")
+    return img
+
+
+def test_a_logo_on_every_pdf_page_is_one_figure(tmp_path: Path):
+    """A letterhead logo on each of four pages was four figure items; now it is one, and the real
+    figure keeps its caption and number."""
+    from reportlab.lib.pagesizes import A4
+    from reportlab.lib.utils import ImageReader
+    from reportlab.pdfgen import canvas
+
+    path = tmp_path / "minutes.pdf"
+    c = canvas.Canvas(str(path), pagesize=A4)
+    _, height = A4
+    logo = _logo()
+    for page in range(1, 5):
+        c.drawImage(ImageReader(logo), 400, height - 80, width=120, height=60)
+        c.setFont("Helvetica", 11)
+        c.drawString(60, height - 120, f"Minutes of the glacier working group, meeting {page}.")
+        if page == 2:
+            c.drawImage(ImageReader(chart(1)), 60, height - 400, width=360, height=220)
+            c.drawString(60, height - 420, FIGURE_CAPTIONS[0])
+        c.showPage()
+    c.save()
+    docs, errors = split(iter_path(path))
+    assert errors == []
+    figures = {k: d for k, d in docs.items() if "#figure-" in k}
+    assert len(figures) == 2, sorted(figures)
+    assert len({d.image.sha256 for d in figures.values()}) == 2
+    captioned = [d for d in figures.values() if d.text == FIGURE_CAPTIONS[0]]
+    assert len(captioned) == 1 and captioned[0].metadata["figure"] == 1 and captioned[0].metadata["page"] == 2
+    (logo_item,) = [d for d in figures.values() if d is not captioned[0]]
+    assert logo_item.metadata["page"] == 1  # the first occurrence
+
+
+def test_a_picture_pasted_twice_in_a_docx_is_one_figure(tmp_path: Path):
+    import docx
+    from docx.shared import Inches
+
+    d = docx.Document()
+    d.add_heading("Survey report", 0)
+    d.add_paragraph("The survey covered the whole basin.")
+    d.add_picture(io.BytesIO(_png(chart(3))), width=Inches(3))
+    d.add_paragraph("Some text between the copies.")
+    d.add_picture(io.BytesIO(_png(chart(3))), width=Inches(3))
+    d.add_paragraph("Figure 1: Echo sounder depth profile across the harbour basin.", style="Caption")
+    path = tmp_path / "report.docx"
+    d.save(str(path))
+    docs, errors = split(iter_path(path))
+    assert errors == []
+    figures = [d for k, d in docs.items() if "#figure-" in k]
+    assert len(figures) == 1, sorted(docs)
+    assert figures[0].text.startswith("Figure 1: Echo sounder")  # the caption a repeat has
+
+
+def split(items):
+    docs, errors = {}, []
+    for it in items:
+        if isinstance(it, Document):
+            docs[it.id] = it
+        else:
+            errors.append(it)
+    return docs, errors
 
 
 if __name__ == "__main__":  # pragma: no cover

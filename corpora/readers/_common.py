@@ -62,6 +62,21 @@ def figure_item(rel: str, n: int, image: ImageRef, caption: str, title: str,
         return ItemError(doc_id, str(exc).removeprefix(f"{doc_id}: "))
 
 
+def distinct_figures(figures: list[tuple[ImageRef, str]]) -> dict[int, str]:
+    """The figures to keep when one image repeats within a document (a letterhead logo on every page, a
+    picture pasted twice): position of the first occurrence of each distinct image (same pixels, by
+    :attr:`ImageRef.sha256`) -> its caption, its own or else the first caption one of its repeats has."""
+    first: dict[str, int] = {}
+    keep: dict[int, str] = {}
+    for i, (ref, caption) in enumerate(figures):
+        if ref.sha256 not in first:
+            first[ref.sha256] = i
+            keep[i] = caption
+        elif not keep[first[ref.sha256]].strip() and caption.strip():
+            keep[first[ref.sha256]] = caption
+    return keep
+
+
 def figure_image(data: bytes | None, pil: Any, source: str) -> ImageRef | None:
     """An :class:`ImageRef` for an embedded image (its bytes, else a PIL image), or None when it is too small
     to be a figure or cannot be decoded."""

@@ -5,7 +5,8 @@
   with its cells joined by `` | `` (merged cells once), in document order.
 - Every embedded picture at least :data:`~._common.MIN_FIGURE_SIDE` pixels on each side becomes an
   image–text item ``<file>#figure-<k>`` whose text is its caption: the next paragraph (or the one
-  before) styled ``Caption`` or starting with ``Figure N``/``Fig. N``.
+  before) styled ``Caption`` or starting with ``Figure N``/``Fig. N``. A picture repeated in the file
+  (a logo in every section) is one figure: the first, with its caption, else the first a repeat has.
 - Title: the document's core property ``title``, else its ``Title`` paragraph or first heading,
   else the file name.
 """
@@ -22,7 +23,7 @@ from heterag.documents import Section
 from heterag.errors import InvalidInputError
 
 from ..base import LoadItem
-from ._common import CAPTION, check_file_size, figure_image, figure_item, make_document
+from ._common import CAPTION, check_file_size, distinct_figures, figure_image, figure_item, make_document
 
 _HEADING = re.compile(r"^heading\s*(\d)$", re.IGNORECASE)
 _BLIP = "{http://schemas.openxmlformats.org/drawingml/2006/main}blip"
@@ -98,11 +99,13 @@ def read_docx(path: Path, rel: str, max_document_bytes: int, options: Mapping[st
     title = (props.title or "").strip() or doc_title or path.stem
     yield make_document(rel, title, sections, max_document_bytes)
     used: set[int] = set()
-    for block, part in pictures:
-        ref = figure_image(part.blob, None, f"{rel} picture")
-        if ref is None:
-            continue
-        caption, n = _caption(blocks, block)
+    found = [(ref, *_caption(blocks, block)) for block, part in pictures
+             if (ref := figure_image(part.blob, None, f"{rel} picture")) is not None]
+    keep = distinct_figures([(ref, caption) for ref, caption, _ in found])  # a picture pasted twice is one figure
+    for i, caption in keep.items():
+        ref = found[i][0]
+        m = CAPTION.match(caption)
+        n = int(m.group(2)) if m else None
         k = n if n is not None and n not in used else max(used | {0}) + 1
         used.add(k)
         yield figure_item(rel, k, ref, caption, title)

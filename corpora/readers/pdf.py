@@ -7,6 +7,8 @@
   becomes an image–text item ``<file>#figure-<k>`` whose text is its caption: the ``Figure N``/``Fig. N``
   lines of the same page, matched to the page's images in reading order (the k-th image of a page
   takes its k-th caption; a figure without one keeps an empty text). Metadata: ``page``, ``figure``.
+  An image repeated in the file (a letterhead logo on every page) is one figure: its first
+  occurrence, with its caption, else the first caption a repeat has.
 - **Scanned pages** (no text layer, one or more images): the largest image is read with RapidOCR
   (``rapidocr_onnxruntime``, ONNX models inside its wheel, offline; ``pip install 'heterag[ocr]'``);
   the document gets ``metadata["ocr_pages"]`` (e.g. ``"3,4"``) and the page heading says ``(OCR)``.
@@ -28,7 +30,7 @@ from heterag.documents import ItemError, Section
 from heterag.errors import InvalidInputError
 
 from ..base import LoadItem
-from ._common import check_file_size, figure_image, figure_item, find_captions, make_document
+from ._common import CAPTION, check_file_size, distinct_figures, figure_image, figure_item, find_captions, make_document
 
 #: A page without a text layer is a scan when OCR reads at least this many letters or digits on it; with
 #: fewer (a chart read as "ll") its pictures are figures without captions.
@@ -130,14 +132,27 @@ def _read_pdf(path: Path, rel: str, max_document_bytes: int, options: Mapping[st
     elif not isinstance(doc, ItemError):
         yield doc
     used: set[int] = set()
+    found = [f for f in figures if not isinstance(f, ItemError)]
+    keep = distinct_figures([(f[2], f[3]) for f in found])  # type: ignore[index]
+    captions = {id(found[i]): (found[i][1] if c == found[i][3] else _number(c), c)  # type: ignore[index]
+                for i, c in keep.items()}
     for f in figures:
         if isinstance(f, ItemError):
             yield f
             continue
-        page_no, n, ref, caption = f  # type: ignore[misc]
-        k = n if n is not None and n not in used else max(used | {0}) + 1
+        if id(f) not in captions:  # a repeat of an image seen before in this file (a logo on every page)
+            continue
+        page_no, _, ref, _ = f  # type: ignore[misc]
+        n, caption = captions[id(f)]
+        k = n if n is not None and n not in used else \
+            min(set(range(1, len(captions) + 2)) - used - {c[0] for c in captions.values()})  # not a caption's number
         used.add(k)
         yield figure_item(rel, k, ref, caption, title, {"page": page_no})
+
+
+def _number(caption: str) -> int | None:
+    m = CAPTION.match(caption)
+    return int(m.group(2)) if m else None
 
 
 def _page_images(page: Any, source: str) -> list[tuple[Any, Any]]:
