@@ -53,7 +53,8 @@ def iter_path(
     - a single image file: one image item without text;
     - any other directory: every non-hidden file under it, recursively, sorted, read by the reader
       of its suffix (``.txt``/``.md`` here, PDF/HTML/DOCX/DICOM in :mod:`corpora.readers`); a file
-      of any other type is an :class:`ItemError` ``"unsupported file type .xyz"``;
+      of any other type is an :class:`ItemError` ``"unsupported file type .xyz"``, except a DICOM file
+      by its content (``DICM`` at byte 128: ``IM0001``, ``*.IMA``); a ``DICOMDIR`` index is passed over;
     - a file of a supported type: its document(s).
 
     ``options`` go to the format readers (e.g. ``{"dicom_patient_tags": True}``, see
@@ -90,7 +91,7 @@ def iter_path(
     if path.is_dir():
         return iter_text_dir(path, max_document_bytes, options=options)
     suffix = path.suffix.lower()
-    if suffix in READERS:
+    if suffix in READERS or _is_dicom(path):
         return _with_paths(_read_file(path, path.name, max_document_bytes, options), path.parent, content=True)
     raise InvalidInputError(
         f"{path}: unsupported file type {suffix or '(no extension)'}; give a "
@@ -172,13 +173,20 @@ def iter_text_dir(
 
 
 def _read_file(path: Path, rel: str, max_document_bytes: int, options: Mapping[str, Any]) -> Iterator[LoadItem]:
-    """The document(s) of one file, by its suffix."""
+    """The document(s) of one file, by its suffix; a file of no known suffix that is DICOM (``IM0001``,
+    ``x.IMA``) is read as DICOM; a ``DICOMDIR`` (a DICOM media index, no image) is passed over (logged)."""
     from .readers import READERS
 
     suffix = path.suffix.lower()
     if path.is_symlink() and not path.exists():  # before the type: a link's name says nothing about its target
         yield ItemError(rel, f"broken symlink or symlink loop ({_link_problem(path)})")
-    elif suffix in READERS:
+        return
+    if path.name.upper() == "DICOMDIR":
+        logger.info("%s: a DICOM directory index (DICOMDIR), not an image; passed over", rel)
+        return
+    if suffix not in READERS and _is_dicom(path):
+        suffix = ".dcm"
+    if suffix in READERS:
         try:
             yield from READERS[suffix](path, rel, max_document_bytes, options)
         except InvalidInputError as exc:
@@ -190,6 +198,21 @@ def _read_file(path: Path, rel: str, max_document_bytes: int, options: Mapping[s
             yield ItemError(rel, f"not readable as {suffix[1:].upper()} ({type(exc).__name__}: {str(exc).strip()[:200]})")
     else:
         yield ItemError(rel, f"unsupported file type {suffix or '(no extension)'}")
+
+
+#: Byte offset of the ``DICM`` marker after a DICOM file's 128-byte preamble (DICOM PS3.10 section 7.1).
+DICOM_MAGIC_OFFSET = 128
+
+
+def _is_dicom(path: Path) -> bool:
+    """Whether ``path`` is a DICOM file by its content: ``DICM`` at byte 128 (PACS and CD exports name
+    their files ``IM0001`` or ``*.IMA``, without ``.dcm``)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(DICOM_MAGIC_OFFSET)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
 
 
 def _link_problem(path: Path) -> str:
