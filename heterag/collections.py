@@ -134,6 +134,23 @@ def _legacy_identity(info: CollectionInfo, fp: Any, encoder: Any) -> str | None:
     return model
 
 
+def _same_text_model(a: str, b: str) -> bool:
+    from .encoders import same_text_model  # imported here: listing collections loads no model code
+
+    return same_text_model(a, b)
+
+
+def _stored_identity(info: CollectionInfo, fp: Any, encoder: Any) -> str | None:
+    """The fingerprint identity to keep for ``encoder`` on this collection: the legacy one
+    (:func:`_legacy_identity`), or the stored one when it names the same weights (the default encoder
+    recorded by its folder's hash); None means the encoder's own identity."""
+    legacy = _legacy_identity(info, fp, encoder)
+    if legacy is not None or fp is None:
+        return legacy
+    own = str(getattr(encoder, "identity", ""))
+    return fp.model if own and own != fp.model and _same_text_model(own, fp.model) else None
+
+
 def collection_info(name: str, home: Path | None = None) -> CollectionInfo:
     """How collection ``name`` was built (store, encoders, purpose, folder); raises
     :class:`CollectionNotFoundError` if it does not exist."""
@@ -331,7 +348,11 @@ def open_collection(
     none. An adapter other than the collection's raises :class:`FingerprintMismatchError` naming both
     and the ``heterag reembed`` command; a new collection keeps a copy of its adapter.
     """
-    # Every setting is checked before anything is written: a bad option never leaves a folder behind.
+    # Every setting is checked before anything is written: a bad option never leaves a folder behind. An
+    # existing collection's image encoder is compared first (checking an open_clip spec imports open_clip).
+    known = read_info(name, home)
+    if known is not None and image_encoder is not None and image_encoder != known.image_encoder:
+        raise FingerprintMismatchError(_other_setting(name, "--image-encoder", known.image_encoder, image_encoder))
     check_options(store=store, view=view, view_options=view_options, chunk_tokens=chunk_tokens,
                   image_encoder=image_encoder, purpose=purpose)
     fusion = Fusion.parse(fusion)
@@ -368,13 +389,19 @@ def open_collection(
         fp = vs.fingerprint()
         if fp is not None:
             _check_settings(name, fp, view=view, view_options=view_options, chunk_tokens=chunk_tokens)
-        if base_encoder is None:
-            base_encoder = load_text_encoder(encoder if encoder is not None else info.encoder)
-        if fp is not None and encoder is not None:
-            identity = _legacy_identity(info, fp, base_encoder) or str(getattr(base_encoder, "identity", ""))
-            if identity != fp.model:
+        if fp is not None and encoder is not None:  # compared by identity (name or weights hash) before it loads
+            from types import SimpleNamespace
+
+            from .encoders import resolve_text_model
+
+            given, target = resolve_text_model(encoder)
+            probe = SimpleNamespace(identity=given, path=Path(target) if given.startswith("local:") else None)
+            identity = _legacy_identity(info, fp, probe) or given
+            if not _same_text_model(identity, fp.model):
                 raise FingerprintMismatchError(_other_setting(
                     name, "--encoder", f"{info.encoder or 'default'} (model {fp.model})", f"{encoder} (model {identity})"))
+        if base_encoder is None:
+            base_encoder = load_text_encoder(encoder if encoder is not None else info.encoder)
         stored_settings = dict(fp.extra.get("view_settings", {})) if fp else {}
         view_kind = view or (fp.view if fp else DEFAULT_VIEW)
         if view_options is None and fp is not None and view_kind == fp.view:
@@ -395,7 +422,7 @@ def open_collection(
         pipeline = Pipeline(vs, enc, rview, generator, chunk_tokens=tokens, name=name, image_store=image_vs,
                             image_encoder=info.image_encoder, image_files=info.path / "images", fusion=fusion,
                             guards=guards, hit_filters=hit_filters, write_lock=WriteLock(info.path, name),
-                            encoder_identity=_legacy_identity(info, fp, base_encoder))
+                            encoder_identity=_stored_identity(info, fp, base_encoder))
     except BaseException:
         if vs is not None:
             vs.close()

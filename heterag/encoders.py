@@ -84,8 +84,87 @@ def resolve_text_model(name: str | None) -> tuple[str, str]:
     if path.exists():
         if not (path / "config.json").exists() and not (path / "modules.json").exists():
             raise InvalidInputError(f"text encoder path {path} has neither modules.json nor config.json")
-        return f"local:{path.resolve().name}@sha256-{model_files_hash(path)}", str(path.resolve())
+        digest = model_files_hash(path)
+        if digest == _default_hash():  # the default's own weights, wherever they lie, are the default encoder
+            return DEFAULT_TEXT_MODEL, str(path.resolve())
+        return f"local:{path.resolve().name}@sha256-{digest}", str(path.resolve())
     return name, name
+
+
+def _default_hash() -> str | None:
+    """:func:`model_files_hash` of the packaged default encoder's folder (None when it is not installed)."""
+    packaged = _packaged_default()
+    return model_files_hash(packaged) if packaged is not None else None
+
+
+def same_text_model(a: str, b: str) -> bool:
+    """Whether text-encoder identities ``a`` and ``b`` make the same vectors: equal, or the same weights hash
+    (a collection built from the default's own folder recorded ``local:model@sha256-<default's hash>``)."""
+    if a == b:
+        return True
+
+    def digest(identity: str) -> str | None:
+        if identity == DEFAULT_TEXT_MODEL:
+            return _default_hash()
+        return identity.split("@sha256-", 1)[1] if "@sha256-" in identity else None
+
+    da, db = digest(a), digest(b)
+    return da is not None and da == db
+
+
+def hub_cache_dir() -> Path:
+    """The local Hugging Face hub cache (``HF_HUB_CACHE``, else ``HF_HOME/hub``, else ``~/.cache/huggingface/hub``)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def _hub_candidates(name: str) -> list[str]:
+    """Hub repository ids sentence-transformers tries for ``name`` (a bare name also as ``sentence-transformers/NAME``)."""
+    return [name] if "/" in name else [name, f"sentence-transformers/{name}"]
+
+
+def cached_hub_model(name: str) -> str | None:
+    """The hub repository id of ``name`` whose files are in the local Hugging Face cache, or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for repo in _hub_candidates(name):
+        for filename in ("modules.json", "config.json"):
+            try:
+                found = try_to_load_from_cache(repo, filename, cache_dir=hub_cache_dir())
+            except Exception:  # noqa: BLE001 - a malformed repo id is simply not cached
+                found = None
+            if isinstance(found, str):
+                return repo
+    return None
+
+
+def check_hub_model(name: str, timeout: float = 10.0) -> None:
+    """One request to the hub for a model that is neither a local folder nor in the local cache.
+
+    Raises :class:`~heterag.errors.HeteragError` (one line naming ``name`` and the cause) when the hub cannot
+    be reached or has no such model, so a mistyped or offline name fails in seconds instead of going
+    through huggingface_hub's retry loop (about 80 s of warnings). Returns when the hub has the model: the
+    normal loader then downloads it. The endpoint is huggingface_hub's (``HF_ENDPOINT``).
+    """
+    import httpx
+    from huggingface_hub import constants
+
+    where = f"not a local folder nor in the Hugging Face cache ({hub_cache_dir()})"
+    last = ""
+    for repo in _hub_candidates(name):
+        url = f"{constants.ENDPOINT.rstrip('/')}/api/models/{repo}"
+        try:
+            r = httpx.get(url, timeout=timeout, follow_redirects=True)
+        except httpx.HTTPError as exc:
+            raise HeteragError(f"could not load text encoder {name!r}: {where}, and the hub {constants.ENDPOINT} "
+                               f"cannot be reached ({type(exc).__name__}: {str(exc) or 'no answer'}); give a local "
+                               "model folder") from exc
+        if r.status_code == 200:
+            return
+        last = f"HTTP {r.status_code}"
+    raise HeteragError(f"could not load text encoder {name!r}: {where}, and the hub {constants.ENDPOINT} has no such "
+                       f"model ({last}); check the name or give a local model folder")
 
 
 #: Files of a model folder that make its vectors: weights, tokenizer, configs (not READMEs or licences).
@@ -184,11 +263,15 @@ class TextEncoder:
         #: The local folder the model was loaded from (None for hub names and the packaged default).
         self.path: Path | None = Path(target) if self.identity.startswith("local:") else None
         self.batch_size = batch_size
+        local = Path(target).exists()
+        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+        if not local and cached_hub_model(target) is not None:
+            local = True  # in the local cache: loaded from it without a network round trip
+        elif not local and not offline:
+            check_hub_model(target)  # one request, before torch loads: an unreachable hub or unknown name fails fast
         from sentence_transformers import SentenceTransformer
 
         _quiet_hub_loading()
-        local = Path(target).exists()
-        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
         try:
             self.model = SentenceTransformer(target, device=device, local_files_only=local or offline)
         except Exception as exc:  # noqa: BLE001 - any loader failure becomes one clear message
