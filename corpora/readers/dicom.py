@@ -9,13 +9,21 @@
 - **Text**: a report when the file holds one (the ``TextValue`` items of a structured report's
   content sequence, ``ImageComments``), after a line made of modality, body part, study and series
   descriptions, so a question like "chest CT" finds it.
-- **Patient-identifying tags are never stored** (names, ids, birth date, address, other patient ids,
-  accession number, institution and physicians' names): neither in the metadata nor in the text. The
-  values those tags hold in the file are also removed from the report text wherever they appear in it
-  (names part by part and in the usual orders, ids, the birth date in common date formats), replaced
-  by ``[redacted]`` (:func:`redact_identifiers`), and so are they from the descriptive tags kept as metadata. Free text can still mention a person the tags do not
-  name; that cannot be detected reliably, so de-identify such reports before ingesting them. The file
-  name becomes the document id, so do not name files after patients.
+- **Patient-identifying tags are never stored** (:data:`IDENTIFYING_TAGS`: the patient's names, other
+  and birth names, mother's birth name, ids, issuer, birth date, address, phone numbers; referring,
+  performing, reading, requesting physicians and physicians of record; operators; study id,
+  accession number, institution name and address): neither in the metadata nor in the text. The
+  values those tags hold in the file are also removed from the report text and from the descriptive
+  tags kept as metadata wherever they appear, replaced by ``[redacted]`` (:func:`redact_identifiers`):
+  names as whole words, part by part, in the usual orders and without umlauts (``Müller``/``Mueller``);
+  ids, study and accession numbers (at least :data:`MIN_ID_CHARS` letters and digits) and phone numbers
+  with any separators (phone numbers also without their country code); addresses whole and part by part; the birth date in the spellings of
+  :func:`_date_patterns` (numeric in day-month-year, month-day-year and year-month-day order with
+  four- or two-digit years, and with English or German month names). Only what the file's tags hold
+  is found: free text can still name people, dates, ids or places the tags do not (a relative, a
+  phone number the tags lack, a date written another way); that cannot be detected reliably, so
+  de-identify such reports before ingesting them. The file name becomes the document id, so do not
+  name files after patients.
   ``options["dicom_patient_tags"] = True`` (``heterag ingest --dicom-patient-tags``) opts in to
   keeping the patient tags in :data:`PATIENT_TAGS` as metadata.
 - Compressed pixel data needs a decoder plugin (``pylibjpeg``, ``gdcm``); without one the file is one
@@ -24,6 +32,8 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -136,45 +146,117 @@ def _first(value: Any) -> float | None:
         return None
 
 
-#: Tags whose values are removed from the report text (unless ``dicom_patient_tags``).
-IDENTIFYING_TAGS = ("PatientName", "PatientID", "OtherPatientIDs", "PatientBirthDate", "PatientAddress",
-                    "AccessionNumber", "InstitutionName", "ReferringPhysicianName", "PerformingPhysicianName",
-                    "OperatorsName", "PatientMotherBirthName", "IssuerOfPatientID")
+#: Tags whose values are removed from the report text and the kept descriptions (unless ``dicom_patient_tags``):
+#: the patient's names, ids, birth date, address and phone numbers, the people named in the study
+#: (physicians, operators), the institution, and the study and accession numbers.
+IDENTIFYING_TAGS = ("PatientName", "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName", "PatientID",
+                    "OtherPatientIDs", "IssuerOfPatientID", "PatientBirthDate", "PatientAddress",
+                    "PatientTelephoneNumbers", "ReferringPhysicianName", "PerformingPhysicianName",
+                    "NameOfPhysiciansReadingStudy", "PhysiciansOfRecord", "RequestingPhysician", "OperatorsName",
+                    "StudyID", "AccessionNumber", "InstitutionName", "InstitutionAddress")
+#: Tags holding ids (and phone numbers), matched with any separators between their letter and digit runs.
+_ID_TAGS = ("PatientID", "OtherPatientIDs", "StudyID", "AccessionNumber", "PatientTelephoneNumbers")
+#: Ids shorter than this (letters and digits) are not searched for in the text: a StudyID "1" is no identifier.
+MIN_ID_CHARS = 4
 REDACTED = "[redacted]"
+#: Month names (English and German, full and abbreviated) for birth dates written out.
+_MONTHS = (("january", "jan", "januar", "jänner"), ("february", "feb", "februar"), ("march", "mar", "märz", "maerz"),
+           ("april", "apr"), ("may", "mai"), ("june", "jun", "juni"), ("july", "jul", "juli"),
+           ("august", "aug"), ("september", "sep", "sept"), ("october", "oct", "oktober", "okt"),
+           ("november", "nov"), ("december", "dec", "dezember", "dez"))
+_UMLAUTS = {"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss", "Ä": "Ae", "Ö": "Oe", "Ü": "Ue"}
 
 
-def _identifiers(ds: Any) -> list[str]:
-    """The identifying strings the file's own tags hold: whole values, name parts and their usual orders,
-    the birth date (DICOM ``YYYYMMDD``) also as ``YYYY-MM-DD``, ``DD/MM/YYYY``, ``MM/DD/YYYY``, ``DD.MM.YYYY``."""
-    found: list[str] = []
+def _values(ds: Any, keyword: str) -> list[str]:
+    raw = ds.get(keyword, None)
+    if raw is None:
+        return []
+    values = list(raw) if isinstance(raw, (list, tuple)) or type(raw).__name__ == "MultiValue" else [raw]
+    return [t for t in (str(v or "").strip() for v in values) if t]
+
+
+def _is_person_name(ds: Any, keyword: str) -> bool:
+    try:
+        return ds.data_element(keyword).VR == "PN"
+    except (KeyError, AttributeError):
+        return False
+
+
+def _name_variants(text: str) -> list[str]:
+    """A DICOM person name (``Family^Given^Middle^Prefix^Suffix``): the whole value, each part, the usual
+    orders, and spellings without umlauts (``Müller``: ``Mueller``, ``Muller``)."""
+    parts = [q.strip() for q in text.split("=")[0].split("^") if q.strip()]
+    found = [text, *(q for q in parts if len(q) >= 2)]
+    if len(parts) >= 2:
+        family, given = parts[0], parts[1]
+        found += [f"{given} {family}", f"{family}, {given}", f"{family} {given}"]
+    plain = [v.translate(str.maketrans(_UMLAUTS)) for v in found] + \
+        [unicodedata.normalize("NFKD", v).encode("ascii", "ignore").decode() for v in found]
+    return found + [v for v in plain if len(v) >= 2]
+
+
+def _id_pattern(value: str, lead: str = r"\+?") -> re.Pattern[str] | None:
+    """An id or phone number with optional separators (space, ``-``, ``_``, ``.``, ``/``, ``:``, ``#``,
+    brackets) between any two of its letters and digits: ``PID00123`` also matches ``PID 00123``,
+    ``pid-00123``; ``+43 512 555 0199`` also ``+43-512-5550199``. None for ids under :data:`MIN_ID_CHARS`."""
+    runs = re.findall(r"[^\W\d_]+|\d+", value)
+    if sum(len(r) for r in runs) < MIN_ID_CHARS:
+        return None
+    chars = [re.escape(c) for c in "".join(runs)]
+    body = r"[\s\-_./:#()]{0,3}".join(chars)  # a separator may stand between any two characters
+    return re.compile(r"(?<![^\W_])" + lead + body + r"(?![^\W_])", re.IGNORECASE)
+
+
+def _date_patterns(yyyymmdd: str) -> list[re.Pattern[str]]:
+    """A birth date in the spellings people write: numeric day-month-year, month-day-year and
+    year-month-day with ``.``, ``/``, ``-`` or spaces, leading zeros optional, four- or two-digit years
+    (``29.02.1948``, ``2/29/48``, ``1948-02-29``, ``29021948``); and with the month's name
+    (``29 February 1948``, ``Feb 29, 1948``, ``29. Februar 1948``, ``29th of Feb '48``)."""
+    y, m, d = yyyymmdd[:4], int(yyyymmdd[4:6]), int(yyyymmdd[6:])
+    if not 1 <= m <= 12 or not 1 <= d <= 31:
+        return [re.compile(r"(?<!\d)" + re.escape(yyyymmdd) + r"(?!\d)")]
+    year = f"(?:{y}|'?{y[2:]})"
+    day, month = f"0?{d}", f"0?{m}"
+    sep = r"\s*[./\-]\s*|\s+"
+    names = "|".join(re.escape(n) for n in sorted(_MONTHS[m - 1], key=len, reverse=True))
+    mon = rf"(?:{names})\.?"
+    nth = r"(?:st|nd|rd|th)?\.?"
+    forms = [rf"{day}(?:{sep}){month}(?:{sep}){year}", rf"{month}(?:{sep}){day}(?:{sep}){year}",
+             rf"{y}(?:{sep}){month}(?:{sep}){day}", rf"{y}{m:02d}{d:02d}|{d:02d}{m:02d}{y}|{m:02d}{d:02d}{y}",
+             rf"{day}{nth}\s*(?:of\s+)?{mon}[\s,]*{year}", rf"{mon}\s*{day}{nth}[\s,]*{year}"]
+    return [re.compile(r"(?<![\w])(?:" + f + r")(?![\w])", re.IGNORECASE) for f in forms]
+
+
+def _identifiers(ds: Any) -> list[str | re.Pattern[str]]:
+    """What the file's own :data:`IDENTIFYING_TAGS` hold, as text to remove: whole values; person names
+    (:func:`_name_variants`); ids and phone numbers with any separators (:func:`_id_pattern`); the birth
+    date in many spellings (:func:`_date_patterns`); addresses also part by part (split at commas)."""
+    found: list[str | re.Pattern[str]] = []
     for keyword in IDENTIFYING_TAGS:
-        raw = ds.get(keyword, None)
-        if raw is None:
-            continue
-        values = list(raw) if isinstance(raw, (list, tuple)) or type(raw).__name__ == "MultiValue" else [raw]
-        for value in values:
-            text = str(value or "").strip()
-            if not text:
-                continue
+        for text in _values(ds, keyword):
             found.append(text)
-            if "^" in text or "Name" in keyword:  # person name: Family^Given^Middle^Prefix^Suffix
-                parts = [q.strip() for q in text.split("=")[0].split("^") if q.strip()]
-                found.extend(q for q in parts if len(q) >= 2)
-                if len(parts) >= 2:
-                    family, given = parts[0], parts[1]
-                    found.extend([f"{given} {family}", f"{family}, {given}", f"{family} {given}"])
+            if _is_person_name(ds, keyword) or "^" in text:
+                found.extend(_name_variants(text))
+            if keyword in _ID_TAGS and (pattern := _id_pattern(text)) is not None:
+                found.append(pattern)
+            runs = re.findall(r"\d+", text)
+            if keyword == "PatientTelephoneNumbers" and text.startswith(("+", "00")) and len(runs) > 1:
+                national = _id_pattern(" ".join(runs[1:]), lead="0?")  # written without the country code
+                found.extend([national] if national is not None else [])
+            if keyword.endswith("Address"):
+                found.extend(p.strip() for p in re.split(r"[,^\n]", text) if len(p.strip()) >= 4)
             if keyword == "PatientBirthDate" and len(text) == 8 and text.isdigit():
-                y, m, d = text[:4], text[4:6], text[6:]
-                found.extend([f"{y}-{m}-{d}", f"{d}/{m}/{y}", f"{m}/{d}/{y}", f"{d}.{m}.{y}", f"{y}/{m}/{d}"])
+                found.extend(_date_patterns(text))
     return found
 
 
-def redact_identifiers(text: str, identifiers: list[str]) -> str:
-    """``text`` with every occurrence of each identifier (case-insensitive; names and ids as whole words)
-    replaced by ``[redacted]``; longer identifiers first, so a full name goes before its parts."""
-    import re
-
-    for ident in sorted(set(identifiers), key=len, reverse=True):
+def redact_identifiers(text: str, identifiers: list[str | re.Pattern[str]]) -> str:
+    """``text`` with every match of each identifier replaced by ``[redacted]``: compiled patterns first
+    (dates, ids), then strings, case-insensitive, names and ids as whole words, longer ones first so a
+    full name goes before its parts."""
+    for pattern in (i for i in identifiers if isinstance(i, re.Pattern)):
+        text = pattern.sub(REDACTED, text)
+    for ident in sorted({i for i in identifiers if isinstance(i, str) and i}, key=len, reverse=True):
         pattern = re.escape(ident)
         if ident[:1].isalnum():
             pattern = r"(?<!\w)" + pattern
