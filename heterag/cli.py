@@ -277,6 +277,14 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
     if args.generator not in GENERATORS:  # every option is checked before a model loads
         raise UnknownNameError("generator", args.generator, GENERATORS)
+    if args.generator == "local":  # the model is checked before a collection is opened or the demo built
+        from .generators.local import check_local_model
+
+        check_local_model(args.model or None)
+    elif args.generator == "transformers":
+        from .generators.hf import check_model_folder
+
+        check_model_folder(args.model)
     if args.fusion:
         from .fusion import Fusion
 
@@ -414,7 +422,7 @@ def _select_queries(path: str, queries: dict[str, str], qrels: dict) -> tuple[di
 def cmd_tune(args: argparse.Namespace) -> int:
     from .tuning_cli import add_tune_arguments, run_tune
 
-    parser = argparse.ArgumentParser(prog="heterag tune", description="Train a soft-prompt adapter for the text encoder "
+    parser = _Parser(prog="heterag tune", description="Train a soft-prompt adapter for the text encoder "
                                      "(adaptive prompt tuning: InfoNCE, in-batch and mined hard negatives).")
     add_tune_arguments(parser)
     return run_tune(parser.parse_args(args.train_args))
@@ -479,7 +487,7 @@ def cmd_eval_images(args: argparse.Namespace) -> int:
 def cmd_train_image_encoder(args: argparse.Namespace) -> int:
     from .training import add_train_arguments, run_train
 
-    parser = argparse.ArgumentParser(prog="heterag train-image-encoder", description="Train the offline default image "
+    parser = _Parser(prog="heterag train-image-encoder", description="Train the offline default image "
                                      "encoder (LiT-style, into the default text encoder's space).")
     add_train_arguments(parser)
     return run_train(parser.parse_args(args.train_args))

@@ -156,6 +156,9 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise InvalidInputError(f"train config: {message}")
+        for folder in self.folders:  # checked before any image is rendered or model loaded
+            if not folder.exists():
+                raise InvalidInputError(f"training folder {folder} does not exist")
 
     def architecture(self) -> DefaultArchitecture:
         return DefaultArchitecture(widths=self.widths, embed_dim=self.embed_dim, grid=self.grid)

@@ -78,6 +78,14 @@ def run_tune(args: argparse.Namespace) -> int:
     if out.suffix in (".safetensors", ".json"):
         out = out.with_suffix("")
     is_dir = target is not None and Path(target).is_dir() and not args.collection
+    if target and not is_dir:  # a folder or collection that is not there fails before any model loads
+        try:
+            known = read_info(target) is not None
+        except HeteragError:  # not even a collection name (a path)
+            known = False
+        if not known:
+            what = "a file, not a folder," if Path(target).is_file() and not args.collection else "no folder"
+            raise InvalidInputError(f"{target!r}: {what} and no collection of that name (heterag collections lists them)")
     enc = load_text_encoder(args.encoder)
     exclude: set[str] = set()
     if args.exclude_queries:

@@ -76,6 +76,12 @@ def _check_model_folder(model_path: str | Path) -> Path:
     return path
 
 
+def check_model_folder(model_path: str | Path) -> Path:
+    """Check ``model_path`` as :class:`TransformersGenerator` will, reading no weights: the model folder, or
+    :class:`GeneratorError` (one line) saying why it cannot be one. Commands call it before opening a collection."""
+    return _check_model_folder(model_path)
+
+
 def _resolve_dtype(dtype: Any) -> Any:
     """``None``, ``"auto"`` or a :class:`torch.dtype` (from a dtype or its name, e.g. ``"bfloat16"``)."""
     import torch

@@ -63,7 +63,7 @@ from ..images import ImageRef
 from ..prompting import DEFAULT_SYSTEM_PROMPT, parse_citations, start_generation
 from ..results import Answer, Hit
 from .base import StreamCallback
-from .hf import TransformersGenerator
+from .hf import TransformersGenerator, check_model_folder
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +187,33 @@ def dequantised_copy(gguf: str | Path, *, home: Path | None = None) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def check_local_model(model: str | Path | None) -> None:
+    """The checks of :func:`resolve_local_model` that read no weights and write nothing: a command checks its
+    ``--model`` with this before it opens or builds a collection. Raises as :func:`resolve_local_model` does,
+    and for a model folder without ``config.json`` or safetensors weights."""
+    if model is None or (isinstance(model, str) and model.strip().lower() in PACKAGED_NAMES):
+        if packaged_model() is None:
+            raise GeneratorError(f"the packaged local model (SmolLM2-135M-Instruct) is not installed: {INSTALL_HINT}")
+        return
+    if not isinstance(model, str | Path):
+        raise InvalidInputError(f"model must be a path or 'smollm2', got {type(model).__name__}")
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise GeneratorError(f"{path}: model does not exist (models are never downloaded; give a local folder or "
+                             "GGUF file, or 'smollm2' for the packaged model)")
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise GeneratorError(f"{path}: give a model folder or a .gguf file (pickled weights are never loaded)")
+        return
+    ggufs = sorted(path.glob("*.gguf"))
+    if ggufs and not any(path.glob("*.safetensors")):
+        if len(ggufs) > 1:
+            raise GeneratorError(f"{path}: {len(ggufs)} GGUF files; give the one to use: "
+                                 f"{', '.join(p.name for p in ggufs[:4])}")
+        return
+    check_model_folder(path)
 
 
 def resolve_local_model(model: str | Path | None) -> Path:
