@@ -493,6 +493,13 @@ class Pipeline:
             present |= {r.id for r in self.image_store.get(ids=image_ids)}
         todo = [cd for cd in docs if any(i not in present for i in _record_ids(cd, keep[id(cd)]))]
         report.documents_unchanged += len(docs) - len(todo)
+        changed = {id(cd) for cd in todo}
+        repeats = [cd.doc.id for cd in docs if len(keep[id(cd)]) < len(cd.chunks) and id(cd) not in changed]
+        if repeats:  # stored before repeats were dropped (one record per repeated chunk): drop the extra ones
+            kept_ids = set(wanted)
+            extra = [r.id for r in self.store.get(where={"doc_id": {"$in": repeats}}) if r.id not in kept_ids]
+            if extra:
+                report.stale_chunks_removed += self.store.delete(ids=extra)
         if not todo:
             return []
         image_vectors: dict[str, np.ndarray] = {}
