@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote
 
-from heterag.documents import ItemError, Section
+from heterag.documents import ItemError, Section, content_hash
 from heterag.errors import InvalidInputError
 from heterag.images import ImageRef
 
@@ -118,7 +118,10 @@ def read_html(path: Path, rel: str, max_document_bytes: int, options: Mapping[st
         sections = [Section(text)] if text else []
     title = page_title or first_h1 or path.stem
     images = _local_images(root, path, rel, max_document_bytes)
-    doc = make_document(rel, title, sections, max_document_bytes)
+    # the page's figures follow its image files: their hashes are part of the page (a changed or deleted
+    # image file makes the page count as changed, and its old figures are replaced or removed)
+    shown = {"figure_files": content_hash(*[[f.as_posix(), ref.sha256] for ref, _, f in images])} if images else {}
+    doc = make_document(rel, title, sections, max_document_bytes, shown)
     if not (isinstance(doc, ItemError) and doc.message == "no text found" and images):  # a page of pictures
         yield doc
     used: set[int] = set()
@@ -147,9 +150,12 @@ def _local_images(root: Any, path: Path, rel: str, max_document_bytes: int) -> l
         try:
             file = (path.parent / unquote(src.split("#", 1)[0].split("?", 1)[0])).resolve(strict=True)
         except (OSError, RuntimeError, ValueError):
-            log.info("%s: image %s not found", rel, src[:200])
+            log.warning("%s: image %s not found; the page is read without it", rel, src[:200])
             continue
-        if file in seen or not file.is_file() or not file.is_relative_to(base):
+        if file in seen or not file.is_file():
+            continue
+        if not file.is_relative_to(base):
+            log.warning("%s: image %s is outside the ingested folder %s; not read", rel, src[:200], base)
             continue
         if file.stat().st_size > FILE_SIZE_FACTOR * max_document_bytes:
             log.info("%s: image %s is too large", rel, src[:200])
