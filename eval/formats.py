@@ -4,7 +4,7 @@
 
 Builds ``--copies`` variants of each sample of ``tests/format_samples.py`` (a 3-page paper with two captioned
 figures, a field-guide web page, a report with a table and a captioned picture, a 5-frame chest CT) in a
-temporary folder (separate files; only the HTML copies differ in text), then ingests each format's folder
+temporary folder (distinct files: byte-identical copies would be one document; see :func:`vary`), then ingests each format's folder
 into its own fresh collection with the default settings (heterag view, 64-token chunks, default encoders)
 and reports what the ingest wrote and how long it took (text encoder already loaded; the first ingest
 also loads the image encoder, reported apart as ``warm-up``). No downloads.
@@ -31,6 +31,26 @@ WRITERS = {"pdf": (write_pdf, ".pdf"), "html": (write_html, ".html"), "docx": (w
            "dicom": (write_dicom, ".dcm")}
 
 
+def vary(fmt: str, path: Path, i: int) -> None:
+    """Make copy ``i`` a distinct file (byte-identical copies are one document, by design), text unchanged
+    but for a copy number."""
+    if fmt == "html":
+        path.write_text(path.read_text().replace("This guide", f"This guide (edition {i + 1})"))
+    elif fmt == "docx":
+        import docx
+
+        doc = docx.Document(str(path))
+        doc.add_paragraph(f"Copy {i + 1}.")
+        doc.save(str(path))
+    elif fmt == "dicom":
+        import pydicom
+
+        ds = pydicom.dcmread(path)
+        ds.SeriesNumber = i + 1
+        ds.save_as(path)
+    # PDF: each write already differs (document id and creation time)
+
+
 def build(root: Path, copies: int) -> dict[str, Path]:
     folders = {}
     for fmt, (writer, suffix) in WRITERS.items():
@@ -38,8 +58,7 @@ def build(root: Path, copies: int) -> dict[str, Path]:
         folder.mkdir(parents=True)
         for i in range(copies):
             path = writer(folder / f"sample-{i}{suffix}")
-            if fmt == "html":  # vary the text so copies are distinct documents
-                path.write_text(path.read_text().replace("This guide", f"This guide (edition {i + 1})"))
+            vary(fmt, path, i)
         folders[fmt] = folder
     return folders
 
