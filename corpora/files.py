@@ -228,6 +228,9 @@ def _link_problem(path: Path) -> str:
 def _document_files(root: Path, skip: frozenset[str] = frozenset()) -> list[str]:
     """Relative POSIX paths of the non-hidden files under ``root`` (suffixes in ``skip`` left out), sorted.
 
+    Hidden files (``.name``, which includes LibreOffice's ``.~lock.NAME#``) and Microsoft Office's lock
+    files (``~$NAME.docx``, written while a document is open) are passed over: they are not documents.
+
     A file reached twice (a symlink beside its target, two links to one file) is listed once, since its
     resolved path is its identity: under the path that is not a link when there is one, else the first.
     """
@@ -235,7 +238,7 @@ def _document_files(root: Path, skip: frozenset[str] = frozenset()) -> list[str]
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for name in filenames:
-            if name.startswith(".") or Path(name).suffix.lower() in skip:
+            if name.startswith((".", "~$")) or Path(name).suffix.lower() in skip:
                 continue
             found.append(Path(dirpath, name).relative_to(root).as_posix())
     chosen: dict[str, str] = {}

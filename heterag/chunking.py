@@ -25,6 +25,9 @@ from .errors import InvalidInputError
 DEFAULT_CHUNK_TOKENS = 64
 #: Smallest chunk size accepted (tokens).
 MIN_CHUNK_TOKENS = 8
+#: Largest chunk size: generation chunks are short passages, and encoders read at most 256-8192 tokens
+#: (all-MiniLM-L6-v2 truncates at 256), so a larger chunk is only ever a typo.
+MAX_CHUNK_TOKENS = 8192
 #: A chunk of ``n`` tokens spans at most ``n * MAX_CHARS_PER_TOKEN`` characters (English prose
 #: averages 4-5 characters per token, so ordinary text is cut by its token count).
 MAX_CHARS_PER_TOKEN = 8
@@ -75,9 +78,13 @@ _LABEL = re.compile(r"\b(?:(?:fig(?:ure)?s?|tab(?:le)?s?|chart|plate|scheme|pane
 
 
 def check_chunk_tokens(chunk_tokens: object) -> int:
-    """``chunk_tokens`` if it is an integer of at least :data:`MIN_CHUNK_TOKENS`, else :class:`InvalidInputError`."""
+    """``chunk_tokens`` if it is an integer from :data:`MIN_CHUNK_TOKENS` to :data:`MAX_CHUNK_TOKENS`, else
+    :class:`InvalidInputError`."""
     if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < MIN_CHUNK_TOKENS:
         raise InvalidInputError(f"chunk size must be an integer of at least {MIN_CHUNK_TOKENS} tokens, got {chunk_tokens!r}")
+    if chunk_tokens > MAX_CHUNK_TOKENS:
+        raise InvalidInputError(f"chunk size must be at most {MAX_CHUNK_TOKENS} tokens (encoders read 256-8192), "
+                                f"got {chunk_tokens}")
     return chunk_tokens
 
 

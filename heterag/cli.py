@@ -33,7 +33,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"heterag: error: {f'{command}: ' if command else ''}{message}\n")
 
 
-def _int_at_least(low: int, what: str):
+def _int_at_least(low: int, what: str, high: int | None = None):
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -41,6 +41,8 @@ def _int_at_least(low: int, what: str):
             raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, got {value}")
         return value
     return parse
 
@@ -57,7 +59,7 @@ def _float_in(low: float, what: str, *, open_low: bool = False):
     return parse
 
 
-_CHUNK_TOKENS = _int_at_least(8, "--chunk-tokens")
+_CHUNK_TOKENS = _int_at_least(8, "--chunk-tokens", 8192)  # heterag.chunking.MIN_CHUNK_TOKENS, MAX_CHUNK_TOKENS
 _NEIGHBOURS = _int_at_least(0, "--neighbours")
 
 
@@ -68,7 +70,7 @@ def _add_collection_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder", help="text encoder: sentence-transformers name or local path (default: packaged all-MiniLM-L6-v2)")
     p.add_argument("--view", help="retrieval view for a new collection: naive, heterag (default) or late")
     p.add_argument("--neighbours", type=_NEIGHBOURS, help="heterag view: neighbouring chunks on each side (default 1)")
-    p.add_argument("--chunk-tokens", type=_CHUNK_TOKENS, help="generation chunk size in tokens (at least 8; default 64)")
+    p.add_argument("--chunk-tokens", type=_CHUNK_TOKENS, help="generation chunk size in tokens (8 to 8192; default 64)")
     p.add_argument("--image-encoder", help="image encoder for a new collection: default (offline), default:DIR (retrained), "
                    "open_clip:ARCH[:PRETRAINED], open_clip:hf-hub:ORG/NAME or open_clip:ARCH:/path/to/checkpoint")
     p.add_argument("--adapter", help="text-encoder adapter (heterag tune --out ADAPTER); default: the collection's own, "
@@ -88,8 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("ingest", help="index text (BEIR, JSONL, .txt/.md folders) or images (captions folder, COCO, "
-                       "VQA-RAD, MedMNIST .npz, image folder, one image)")
+    what = ("index documents (a folder or file of PDF, HTML, DOCX, DICOM, .txt/.md; BEIR, JSONL) or images "
+            "(captions folder, COCO, VQA-RAD, MedMNIST .npz, image folder, one image)")
+    p = sub.add_parser("ingest", help=what, description=what[0].upper() + what[1:] + ".")
     p.add_argument("path")
     p.add_argument("--collection", required=True)
     p.add_argument("--split", help="COCO split (e.g. val2017) or MedMNIST split (train/val/test)")
@@ -196,6 +199,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _n(count: int, noun: str) -> str:
+    """``"1 chunk"``, ``"2 chunks"``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters (tabs, newlines in a file name) escaped, so a line stays one line."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def _cli_words(message: str) -> str:
+    """A library message in the command line's terms (its option names rather than the library's arguments)."""
+    return message.replace("raise max_document_bytes", "raise --max-doc-mb")
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     from corpora.files import iter_path
 
@@ -233,7 +251,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         for f in report.failures:
             note = (f"; its previous version stays in the collection (remove it with: heterag docs delete "
                     f"{f.source} --collection {args.collection})") if f.source in kept else ""
-            print(f"skipped {f}{note}", file=sys.stderr)
+            print(f"skipped {_cli_words(str(f))}{note}", file=sys.stderr)
         for f in report.duplicates + report.moved:  # notes, not failures: the exit status stays 0
             print(f"note: {f}", file=sys.stderr)
         empty = is_new and not report.documents_written
@@ -241,8 +259,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             images = pipe.image_store.count() if pipe.image_store is not None else 0
             gone = (f"; removed {len(removed)} document{'' if len(removed) == 1 else 's'} whose file is gone"
                     if removed else "")
-            print(f"{args.collection}: {report.summary()}{gone}; collection now holds {pipe.count()} chunks"
-                  + (f" and {images} images" if images else ""))
+            print(f"{args.collection}: {report.summary()}{gone}; collection now holds {_n(pipe.count(), 'chunk')}"
+                  + (f" and {_n(images, 'image')}" if images else ""))
     finally:
         pipe.close()
     if empty:  # nothing made it in: no collection is left behind, nor an empty folder of collections
@@ -504,7 +522,8 @@ def cmd_collections(args: argparse.Namespace) -> int:
     for r in [] if args.json else rows:
         view = r.get("view", "-") + "".join(f" {k}={v}" for k, v in r.get("view_settings", {}).items()
                                             if not isinstance(v, str))  # templates: see --json
-        print(f"{r['name']}: {r['documents']} documents, {r['chunks']} chunks, {r['images']} images; store {r['store']}, "
+        print(f"{r['name']}: {_n(r['documents'], 'document')}, {_n(r['chunks'], 'chunk')}, {_n(r['images'], 'image')}; "
+              f"store {r['store']}, "
               f"encoder {r['encoder']}, view {view}, chunk tokens {r.get('chunk_tokens', '-')}, "
               f"image encoder {r['image_encoder']}, adapter {r['adapter']}" + (f", purpose {r['purpose']}" if r["purpose"] else ""))
     return 0
@@ -535,7 +554,8 @@ def cmd_docs(args: argparse.Namespace) -> int:
             print(json.dumps([d.__dict__ for d in docs], indent=2, ensure_ascii=False))
         for d in [] if args.json else docs:
             image = f"  image {d.image}" if d.image else ""
-            print(f"{d.id}\t{d.title}\t{d.source or '-'}\t{d.chunks} chunks{image}")
+            print("\t".join(_printable(str(v)) for v in (d.id, d.title, d.source or "-")) + f"\t{_n(d.chunks, 'chunk')}"
+                  + _printable(image))
         if not docs and not args.json:
             print(f"collection {args.collection!r} holds no documents", file=sys.stderr)
         return 0

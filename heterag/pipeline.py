@@ -406,7 +406,10 @@ class Pipeline:
                     twins.verdicts[path] = False
                     twins.first.setdefault(sha, (path, holders[path]))
                     continue
-                twin = next((src for p, src in sorted(holders.items()) if twins.same_bytes(p, sha)), None)
+                # a stored twin is named by its file, relative to this file's ingest root when under it, else
+                # absolute: its stored id may be relative to another root
+                twin = next((_file_name(p, src, path, source) for p, src in sorted(holders.items())
+                             if twins.same_bytes(p, sha)), None)
                 if twin is None and sha in twins.first:
                     twin = twins.first[sha][1]
                 twins.verdicts[path] = twin is not None
@@ -418,8 +421,8 @@ class Pipeline:
                 for p, src in sorted(holders.items()):
                     if not os.path.exists(p):
                         twins.moved[p] = path
-                        report.moved.append(ItemError(source, f"same content as {src}, whose file is gone: stored "
-                                                              "in its place"))
+                        report.moved.append(ItemError(source, f"same content as {_file_name(p, src, path, source)}, whose file is "
+                                                              "gone: stored in its place"))
             old = [d for docs in self._stored_files(outdated).values() for d in docs] if outdated else []
             if old:
                 with self._writing():
@@ -827,6 +830,15 @@ class _Twins:
             except OSError:
                 self._hashes[path] = None
         return self._hashes[path] == sha
+
+
+def _file_name(path: str, source: str, here_path: str, here_source: str) -> str:
+    """The stored file at ``path`` (stored as ``source``) named so that a user ingesting the file ``here_path``
+    (``here_source`` relative to its ingest root) can find it: relative to that root when under it, else absolute."""
+    if not path:
+        return source
+    root = here_path[: -len(here_source)] if here_source and here_path.endswith("/" + here_source) else ""
+    return path[len(root):] if root and path.startswith(root) else path
 
 
 def image_fingerprint(encoder: Any) -> Fingerprint:
