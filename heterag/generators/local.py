@@ -17,9 +17,12 @@ and reused by every request (``reuse_prefix``), which cuts the time to the first
   GGUF file itself through llama.cpp (quantised weights, prompt prefixes shared between requests
   reused from its key-value cache). It needs a GGUF model (the packaged one or a ``.gguf`` file);
   prompts are still built and counted by the model's ``transformers`` tokenizer (taken from the
-  dequantised copy), so both engines see the same token ids. Measured on 2 busy cores
-  (``eval/local_llm_speed.py``): about 4x the tokens per second of ``transformers``, but a slower
-  prompt pass (time to the first token about 1.6-2x longer), so ``transformers`` stays the default.
+  dequantised copy), so both engines see the same token ids. Measured on the quiet 2-core machine
+  (``eval/local_llm_speed.py``, 5 passages, ~600 prompt tokens, one thread): ``transformers`` 1.45 s
+  to the first token (2.0 s without the prefix reuse) and 16 tokens/s; ``llama_cpp`` 2.7 s (1.4 s on
+  two threads) and 63 tokens/s (92 on two). ``transformers`` stays the default: it meets the 1.5 s
+  first-token target on one thread and installs from wheels, while llama-cpp-python compiles for about
+  30 minutes; ``llama_cpp`` pays off for long answers.
 
 A loaded model is shared by every ``local`` generator of the process (the
 app, the sandbox and the CLI reuse it); generation holds one lock per model and runs on
