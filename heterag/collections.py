@@ -16,7 +16,8 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -218,45 +219,43 @@ def describe_collection(name: str, home: Path | None = None) -> dict[str, Any]:
     return out
 
 
+@contextmanager
+def _open_stores(info: Any) -> Iterator[tuple[Any, Any, Any]]:
+    """``(text store, image store, image files)`` of a collection, opened without any model; closed after."""
+    from .images import ImageFiles
+
+    vs = open_store(info.store, info.store_path, collection="heterag")
+    try:
+        image_vs = open_store(info.store, info.store_path, collection="heterag_images")
+        try:
+            yield vs, image_vs, ImageFiles(info.path / "images")
+        finally:
+            image_vs.close()
+    finally:
+        vs.close()
+
+
 def collection_documents(name: str, where: dict[str, Any] | None = None, home: Path | None = None) -> list[Any]:
     """The documents of collection ``name`` (:class:`~heterag.pipeline.DocumentInfo`, sorted by id) and, with
     ``where={"doc_id": ID}``, one of them; reads the stores only, no model is loaded."""
-    from .images import ImageFiles
     from .pipeline import list_documents
 
-    info = collection_info(name, home)
-    vs = open_store(info.store, info.store_path, collection="heterag")
-    image_vs = None
-    try:
-        image_vs = open_store(info.store, info.store_path, collection="heterag_images")
-        return list_documents(vs, image_vs, ImageFiles(info.path / "images"), where)
-    finally:
-        vs.close()
-        if image_vs is not None:
-            image_vs.close()
+    with _open_stores(collection_info(name, home)) as (vs, image_vs, files):
+        return list_documents(vs, image_vs, files, where)
 
 
 def delete_documents(name: str, doc_ids: Sequence[str], home: Path | None = None) -> int:
     """Delete documents ``doc_ids`` of collection ``name`` (chunks, image records, unused image files) under
     its write lock; returns the records removed. Reads and writes the stores only: no model is loaded.
     Ids that are not stored are ignored (:func:`collection_documents` lists what is)."""
-    from .images import ImageFiles
     from .pipeline import delete_records
 
     ids = [d for d in doc_ids if isinstance(d, str) and d]
     info = collection_info(name, home)
     if not ids:
         return 0
-    with WriteLock(info.path, name)():
-        vs = open_store(info.store, info.store_path, collection="heterag")
-        image_vs = None
-        try:
-            image_vs = open_store(info.store, info.store_path, collection="heterag_images")
-            return delete_records(vs, image_vs, ImageFiles(info.path / "images"), ids)
-        finally:
-            vs.close()
-            if image_vs is not None:
-                image_vs.close()
+    with WriteLock(info.path, name)(), _open_stores(info) as (vs, image_vs, files):
+        return delete_records(vs, image_vs, files, ids)
 
 
 def document_chunks(name: str, doc_id: str, home: Path | None = None) -> list[Any]:

@@ -192,14 +192,15 @@ def dequantised_copy(gguf: str | Path, *, home: Path | None = None) -> Path:
     return target
 
 
-def check_local_model(model: str | Path | None) -> None:
-    """The checks of :func:`resolve_local_model` that read no weights and write nothing: a command checks its
-    ``--model`` with this before it opens or builds a collection. Raises as :func:`resolve_local_model` does,
-    and for a model folder without ``config.json`` or safetensors weights."""
+def _local_source(model: str | Path | None) -> tuple[Path, bool]:
+    """``(path, is_gguf)`` for ``model`` after the checks that read no weights and write nothing: the
+    packaged GGUF file, a ``.gguf`` file, a folder's only ``.gguf`` file (no safetensors beside it), or a
+    model folder (``is_gguf`` False). Raises as :func:`resolve_local_model` does."""
     if model is None or (isinstance(model, str) and model.strip().lower() in PACKAGED_NAMES):
-        if packaged_model() is None:
+        gguf = packaged_model()
+        if gguf is None:
             raise GeneratorError(f"the packaged local model (SmolLM2-135M-Instruct) is not installed: {INSTALL_HINT}")
-        return
+        return gguf, True
     if not isinstance(model, str | Path):
         raise InvalidInputError(f"model must be a path or 'smollm2', got {type(model).__name__}")
     path = Path(model).expanduser()
@@ -209,14 +210,23 @@ def check_local_model(model: str | Path | None) -> None:
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             raise GeneratorError(f"{path}: give a model folder or a .gguf file (pickled weights are never loaded)")
-        return
+        return path, True
     ggufs = sorted(path.glob("*.gguf"))
     if ggufs and not any(path.glob("*.safetensors")):
         if len(ggufs) > 1:
             raise GeneratorError(f"{path}: {len(ggufs)} GGUF files; give the one to use: "
                                  f"{', '.join(p.name for p in ggufs[:4])}")
-        return
-    check_model_folder(path)
+        return ggufs[0], True
+    return path, False
+
+
+def check_local_model(model: str | Path | None) -> None:
+    """The checks of :func:`resolve_local_model` that read no weights and write nothing: a command checks its
+    ``--model`` with this before it opens or builds a collection. Raises as :func:`resolve_local_model` does,
+    and for a model folder without ``config.json`` or safetensors weights."""
+    path, is_gguf = _local_source(model)
+    if not is_gguf:
+        check_model_folder(path)
 
 
 def resolve_local_model(model: str | Path | None) -> Path:
@@ -226,28 +236,8 @@ def resolve_local_model(model: str | Path | None) -> Path:
     Raises :class:`GeneratorError` naming the install command when the packaged model is missing,
     and for a path that does not exist.
     """
-    if model is None or (isinstance(model, str) and model.strip().lower() in PACKAGED_NAMES):
-        gguf = packaged_model()
-        if gguf is None:
-            raise GeneratorError(f"the packaged local model (SmolLM2-135M-Instruct) is not installed: {INSTALL_HINT}")
-        return dequantised_copy(gguf)
-    if not isinstance(model, str | Path):
-        raise InvalidInputError(f"model must be a path or 'smollm2', got {type(model).__name__}")
-    path = Path(model).expanduser()
-    if not path.exists():
-        raise GeneratorError(f"{path}: model does not exist (models are never downloaded; give a local folder or "
-                             "GGUF file, or 'smollm2' for the packaged model)")
-    if path.is_file():
-        if path.suffix.lower() != ".gguf":
-            raise GeneratorError(f"{path}: give a model folder or a .gguf file (pickled weights are never loaded)")
-        return dequantised_copy(path)
-    ggufs = sorted(path.glob("*.gguf"))
-    if ggufs and not any(path.glob("*.safetensors")):
-        if len(ggufs) > 1:
-            raise GeneratorError(f"{path}: {len(ggufs)} GGUF files; give the one to use: "
-                                 f"{', '.join(p.name for p in ggufs[:4])}")
-        return dequantised_copy(ggufs[0])
-    return path  # checked (config.json, safetensors only) by TransformersGenerator
+    path, is_gguf = _local_source(model)
+    return dequantised_copy(path) if is_gguf else path  # a folder is checked by TransformersGenerator
 
 
 def gguf_source(model: str | Path | None) -> Path | None:
