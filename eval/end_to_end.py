@@ -26,6 +26,12 @@ rewritten every ``--checkpoint`` questions: a run stopped early reports a seeded
 and ``--resume`` continues it (same arguments) where it stopped.
 Retrieved contexts are saved in ``eval/out/`` for the questions of both splits and reused.
 
+Scoring is also reported after **contextual calibration** (Zhao et al., 2021): each option's
+probability divided by its probability for content-free inputs (question and passages "N/A",
+"[MASK]", empty; the same number of passages), :meth:`OptionScores.calibrated`. It has no
+parameters to fit; it shows whether a small model's preference for one option hides what the
+passages say.
+
 Reported per kind and mode: accuracy and macro-F1 (yes/no/maybe) with percentile bootstrap 95%
 intervals (``--resamples``, seeded, the same resampled questions for every kind), paired
 differences between kinds, generation-context tokens per answer (model tokenizer, passages as
@@ -208,8 +214,13 @@ def main() -> int:
             for r in recs:
                 if "free_text" in r:
                     r["free"] = free_label(r["free_text"])  # the current rule
+        reference = {int(n): p for n, p in (saved.get("content_free") or {}).items()}
+        if not reference:  # runs from before calibration: the reference needs the model once
+            from heterag.generators.local import LocalGenerator
+
+            reference = content_free(LocalGenerator(**generator_kwargs(args)), records)
         report(args, saved["generator"], saved["load_seconds"], 1000, saved.get("split_questions", 500),
-               saved["question_indices"], list(records), records)
+               saved["question_indices"], list(records), records, reference)
         return 0
     require_data(default_data_dir() / "pubmedqa", "PubMedQA")
     data = load_pubmedqa(split=args.split)
@@ -219,15 +230,7 @@ def main() -> int:
     from heterag.generators.local import LocalGenerator
 
     t0 = time.perf_counter()
-    gen_kwargs = {"threads": args.threads, "max_new_tokens": args.max_new_tokens}
-    if args.engine:
-        gen_kwargs["engine"] = args.engine
-    if args.system_prompt:
-        from heterag.generators.local import SHORT_SYSTEM_PROMPT
-        from heterag.prompting import DEFAULT_SYSTEM_PROMPT
-
-        gen_kwargs["system_prompt"] = DEFAULT_SYSTEM_PROMPT if args.system_prompt == "default" else SHORT_SYSTEM_PROMPT
-    gen = LocalGenerator(**gen_kwargs)
+    gen = LocalGenerator(**generator_kwargs(args))
     load_s = time.perf_counter() - t0
     print(f"generator {gen!r} loaded in {load_s:.1f} s", flush=True)
 
@@ -244,6 +247,7 @@ def main() -> int:
     from tqdm import tqdm
 
     order = np.random.default_rng(args.seed).permutation(len(questions))
+    reference: dict[int, dict] = {}
     records: dict[str, list[dict]] = {k: [] for k in kinds}
     done: list[int] = []
     if args.resume:
@@ -270,17 +274,50 @@ def main() -> int:
             records[kind].append(rec)
         done.append(int(i))
         if step % args.checkpoint == 0 or step == len(order):
-            report(args, gen, load_s, len(docs), len(questions), done, kinds, records)
+            reference = content_free(gen, records, reference)
+            report(args, gen, load_s, len(docs), len(questions), done, kinds, records, reference)
     return 0
 
 
+def generator_kwargs(args) -> dict:
+    kwargs = {"threads": args.threads, "max_new_tokens": args.max_new_tokens}
+    if args.engine:
+        kwargs["engine"] = args.engine
+    if args.system_prompt:
+        from heterag.generators.local import SHORT_SYSTEM_PROMPT
+        from heterag.prompting import DEFAULT_SYSTEM_PROMPT
+
+        kwargs["system_prompt"] = DEFAULT_SYSTEM_PROMPT if args.system_prompt == "default" else SHORT_SYSTEM_PROMPT
+    return kwargs
+
+
+def content_free(gen, records: dict[str, list[dict]], known: dict[int, dict] | None = None) -> dict[int, dict]:
+    """Content-free option probabilities for every passage count the records used (``known`` ones kept)."""
+    known = dict(known or {})
+    for n in sorted({r["passages_used"] for recs in records.values() for r in recs} - set(known)):
+        known[n] = gen.content_free_probabilities(LABELS, passages=n)
+    return known
+
+
+def calibrated_label(rec: dict, reference: dict[int, dict]) -> str:
+    """The scored label after contextual calibration (:meth:`OptionScores.calibrated`)."""
+    from heterag.generators.local import OptionScores
+
+    probs = rec["probabilities"]
+    scores = OptionScores(LABELS, tuple(float(np.log(max(probs[o], 1e-300))) for o in LABELS), (1,) * len(LABELS),
+                          rec["passages_used"])
+    return scores.calibrated(reference[rec["passages_used"]]).best
+
+
 def report(args, gen, load_s: float, n_docs: int, n_split: int, done: list[int], kinds: list[str],
-           records: dict[str, list[dict]]) -> None:
-    """Statistics over the questions answered so far; prints and writes the report."""
+           records: dict[str, list[dict]], reference: dict[int, dict]) -> None:
+    """Statistics over the questions answered so far; prints and writes the report. ``reference``:
+    content-free option probabilities per passage count (:func:`content_free`)."""
     n = len(done)
     gold = [r["gold"] for r in records[kinds[0]]]
     idx = np.random.default_rng(args.seed).integers(0, n, size=(args.resamples, n))
     scoring = summarise(gold, {k: [x["scored"] for x in records[k]] for k in kinds}, idx)
+    calibrated = summarise(gold, {k: [calibrated_label(x, reference) for x in records[k]] for k in kinds}, idx)
     free_kinds = [k for k in kinds if k != "none"]
     sub = [j for j in range(n) if "free" in records[free_kinds[0]][j]] if free_kinds else []
     free = None
@@ -336,6 +373,15 @@ def report(args, gen, load_s: float, n_docs: int, n_split: int, done: list[int],
         f = free["paired"].get(name) if free else None
         lines.append(f"| {name} | {dci(d, 'accuracy')} | {dci(d, 'macro_f1')} | "
                      f"{dci(f, 'accuracy') if f else 'n/a'} | {dci(f, 'macro_f1') if f else 'n/a'} |")
+    lines += ["", "Scoring after contextual calibration (content-free reference per passage count: " + "; ".join(
+        f"{n} passages yes/no/maybe {p['yes']:.3f}/{p['no']:.3f}/{p['maybe']:.4f}" for n, p in sorted(reference.items())) + "):", "",
+        "| context | calibrated accuracy [95% CI] | calibrated macro-F1 [95% CI] | answers yes/no/maybe |", "|---|---|---|---|"]
+    for k in kinds:
+        labels = [calibrated_label(x, reference) for x in records[k]]
+        lines.append(f"| {k} | {ci(calibrated['kinds'][k], 'accuracy')} | {ci(calibrated['kinds'][k], 'macro_f1')} | "
+                     + "/".join(str(labels.count(lab)) for lab in LABELS) + " |")
+    lines += ["", "| difference (calibrated) | accuracy | macro-F1 |", "|---|---|---|"]
+    lines += [f"| {name} | {dci(d, 'accuracy')} | {dci(d, 'macro_f1')} |" for name, d in calibrated["paired"].items()]
     if ratio is not None:
         lines += ["", f"Short `heterag` chunks send {ratio:.3f}x the context tokens of whole documents."]
     lines += ["", "Label distribution (gold): " + ", ".join(f"{lab} {gold.count(lab)}" for lab in LABELS) + ".",
@@ -345,7 +391,8 @@ def report(args, gen, load_s: float, n_docs: int, n_split: int, done: list[int],
     md = "\n".join(lines)
     print(md, flush=True)
     out = {"split": args.split, "questions": n, "split_questions": n_split, "question_indices": done, "args": vars(args), "generator": gen if isinstance(gen, str) else repr(gen),
-           "load_seconds": load_s, "scoring": scoring, "free": free, "per_kind": per_kind,
+           "load_seconds": load_s, "scoring": scoring, "calibrated": calibrated,
+           "content_free": {str(n): p for n, p in reference.items()}, "free": free, "per_kind": per_kind,
            "chunks_to_documents_token_ratio": ratio, "records": records}
     print(f"written {write_report(report_name(args), out, md)}", flush=True)
 

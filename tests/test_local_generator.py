@@ -99,6 +99,39 @@ def test_scoring_mode_gives_each_options_log_likelihood(tmp_path: Path):
         gen.score_options(QUESTION, HITS, ["only one"])
 
 
+def test_contextual_calibration_divides_by_the_content_free_reference(tmp_path: Path):
+    """Zhao et al. (2021): p_cal(o) is proportional to p(o) / p_cf(o); the reference is the options'
+    probability averaged over content-free inputs with the same passage count."""
+    from heterag.generators.local import OptionScores
+
+    raw = OptionScores(("yes", "no", "maybe"), tuple(np.log([0.7, 0.29, 0.01]).tolist()), (1, 1, 1), 5)
+    assert raw.best == "yes"
+    cal = raw.calibrated({"yes": 0.8, "no": 0.19, "maybe": 0.01})  # the model says "yes" to anything
+    want = np.array([0.7 / 0.8, 0.29 / 0.19, 0.01 / 0.01])
+    assert list(cal.probabilities().values()) == pytest.approx((want / want.sum()).tolist())
+    assert cal.best == "no" and cal.passages_used == 5
+    assert raw.calibrated({"yes": 1 / 3, "no": 1 / 3, "maybe": 1 / 3}).best == "yes"  # a flat reference changes nothing
+    with pytest.raises(InvalidInputError, match="lack option"):
+        raw.calibrated({"yes": 0.5, "no": 0.5})
+    with pytest.raises(InvalidInputError, match="positive"):
+        raw.calibrated({"yes": 0.5, "no": 0.5, "maybe": 0.0})
+
+    gen = LocalGenerator(save_causal(tmp_path / "m"))
+    options = ["yes", "no", "maybe"]
+    ref = gen.content_free_probabilities(options, passages=2)
+    assert list(ref) == options and sum(ref.values()) == pytest.approx(1.0)
+    # the average of the three content-free inputs, each scored like a real question
+    from heterag.results import Hit
+
+    fill = lambda f: tuple(Hit(chunk_id=f"content-free-{i}", doc_id=f"content-free-{i}", text=f or "N/A",  # noqa: E731
+                               view="", score=0.0) for i in range(2))
+    each = [gen.score_options(f, fill(f), options).probabilities() for f in ("N/A", "[MASK]", "")]
+    assert [ref[o] for o in options] == pytest.approx([np.mean([e[o] for e in each]) for o in options], abs=1e-6)
+    assert gen.content_free_probabilities(options) != ref  # the passage count is part of the reference
+    with pytest.raises(InvalidInputError):
+        gen.content_free_probabilities(options, passages=-1)
+
+
 def test_prompt_prefix_is_computed_once_and_gives_the_same_answers(tmp_path: Path):
     """The chat template + system prompt's key-value cache is reused by every request (faster first
     token) and changes nothing: the same greedy tokens and option scores as a full prompt pass."""

@@ -52,7 +52,7 @@ import re
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -85,6 +85,8 @@ SHORT_SYSTEM_PROMPT = (
 )
 #: Engines that run the local model (see the module docstring).
 ENGINES = ("transformers", "llama_cpp")
+#: Content-free inputs of contextual calibration (Zhao et al., 2021, section 5).
+CONTENT_FREE = ("N/A", "[MASK]", "")
 
 #: A citation marker, complete (``[2]``, ``[1, 3]``) or cut off at the end of the text (``[2``, ``[1,``).
 _MARKER = re.compile(r"\s*\[(\d+(?:\s*[,;]\s*\d+)*)\]")
@@ -374,6 +376,26 @@ class OptionScores:
         lp = np.asarray(self.logprobs)
         p = np.exp(lp - lp.max())
         return dict(zip(self.options, (p / p.sum()).tolist(), strict=True))
+
+    def calibrated(self, content_free: Mapping[str, float]) -> OptionScores:
+        """Contextual calibration (Zhao et al., 2021, "Calibrate Before Use", ICML, section 5, eq. 1
+        with W = diag(p_cf)^-1, b = 0): each option's probability divided by its probability
+        ``content_free[option]`` for a content-free input (from
+        :meth:`LocalGenerator.content_free_probabilities`), renormalised. A small model that prefers
+        one option whatever the passages say then answers from how far the passages move it.
+
+        ``content_free`` maps every option to a probability in (0, 1]; the result's ``logprobs`` are
+        the calibrated log-probabilities (they sum to 1 in probability). Raises
+        :class:`InvalidInputError` when an option is missing or its probability is not positive.
+        """
+        missing = [o for o in self.options if o not in content_free]
+        if missing:
+            raise InvalidInputError(f"content-free probabilities lack option(s) {missing}; they have {sorted(content_free)}")
+        ref = np.array([float(content_free[o]) for o in self.options])
+        if not np.all(np.isfinite(ref)) or np.any(ref <= 0):
+            raise InvalidInputError(f"content-free probabilities must be positive, got {dict(zip(self.options, ref.tolist(), strict=True))}")
+        p = np.array(list(self.probabilities().values())) / ref
+        return replace(self, logprobs=tuple(np.log(p / p.sum()).tolist()))
 
 
 def _cache_of(output: Any) -> tuple[str, Any]:
@@ -685,6 +707,29 @@ class LocalGenerator(TransformersGenerator):
                 logprobs = self._option_logprobs_llama([int(t) for t in inputs["input_ids"][0]], option_ids)
         return OptionScores(options, tuple(logprobs), tuple(len(ids) for ids in option_ids), len(used))
 
+
+    def content_free_probabilities(self, options: Sequence[str], *, passages: int = 0, instruction: str | None = None,
+                                   fillers: Sequence[str] = CONTENT_FREE) -> dict[str, float]:
+        """The options' probabilities for content-free inputs, the reference of contextual calibration
+        (Zhao et al., 2021, "Calibrate Before Use", ICML, section 5): for each string of ``fillers``
+        (default "N/A", "[MASK]" and the empty string, the paper's choice), the question is that
+        string and each of ``passages`` passages (0-100) holds it ("N/A" for the empty string, as a
+        passage cannot be empty); the options' probabilities (:meth:`OptionScores.probabilities`) are
+        averaged over the fillers. Use the same ``passages`` count and ``instruction`` as the calls
+        to :meth:`score_options` being calibrated, then :meth:`OptionScores.calibrated`.
+        Raises :class:`InvalidInputError` for a passage count out of range or no fillers.
+        """
+        if not 0 <= int(passages) <= 100:
+            raise InvalidInputError(f"passages must be between 0 and 100, got {passages}")
+        if not fillers:
+            raise InvalidInputError("give at least one content-free filler string")
+        options = tuple(options)
+        total = np.zeros(len(options))
+        for filler in fillers:
+            hits = tuple(Hit(chunk_id=f"content-free-{i}", doc_id=f"content-free-{i}", text=filler or "N/A", view="",
+                             score=0.0) for i in range(int(passages)))
+            total += np.array(list(self.score_options(filler, hits, options, instruction=instruction).probabilities().values()))
+        return dict(zip(options, (total / len(fillers)).tolist(), strict=True))
 
     def _option_logprobs(self, inputs: Any, option_ids: list[list[int]]) -> list[float]:
         """transformers: the prompt's key-value cache computed once, each option continued from a copy."""
