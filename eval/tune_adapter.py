@@ -70,6 +70,7 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--prompt-tokens", type=int, default=4)
     ap.add_argument("--sides", default="query")
+    ap.add_argument("--deep", action="store_true", help="deep prompts: one at every encoder layer (TuneConfig.deep)")
     ap.add_argument("--pseudo", type=int, default=0, help="pseudo pairs for the label-free adapter (0: skip)")
     ap.add_argument("--pseudo-kind", default="title", help="title, conclusion or sentence (heterag.tuning.pseudo_pairs)")
     ap.add_argument("--pseudo-ranks", default=None, metavar="LO:HI", help="rank filter for pseudo pairs (untrained encoder)")
@@ -133,7 +134,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     folds = np.array_split(rng.permutation(qids), args.folds) if train_sets is None else [np.array(qids)]
     only = {int(x) for x in args.only_folds.split(",")} if args.only_folds else None
-    cfg = TuneConfig(prompt_tokens=args.prompt_tokens, sides=args.sides, epochs=args.epochs, temperature=args.temperature,
+    cfg = TuneConfig(prompt_tokens=args.prompt_tokens, sides=args.sides, deep=args.deep, epochs=args.epochs, temperature=args.temperature,
                      lr=args.lr if args.lr is not None else 5e-3, seed=args.seed, patience=1)
     results: dict[str, dict] = {}
 
@@ -263,8 +264,9 @@ def main() -> None:
 
 
 def _report(args, results, partial: bool) -> None:
-    name = args.name or f"tune_adapter_{args.dataset}_P{args.prompt_tokens}_{args.sides}"
-    lines = [f"# Adaptive prompt tuning: {args.dataset}, P={args.prompt_tokens}, sides={args.sides}, seed {args.seed}", "",
+    name = args.name or f"tune_adapter_{args.dataset}_P{args.prompt_tokens}_{args.sides}" + ("_deep" if args.deep else "")
+    deep = " (deep)" if args.deep else ""
+    lines = [f"# Adaptive prompt tuning: {args.dataset}, P={args.prompt_tokens}{deep}, sides={args.sides}, seed {args.seed}", "",
              "| view | adapter | nDCG@10 [95% CI] | ΔnDCG@10 [95% CI] | nDCG@1 [95% CI] | ΔnDCG@1 [95% CI] | size (bytes) | train s "
              "(mean) | query encode × |", "|---|---|---|---|---|---|---|---|---|"]
     for vname, res in results.items():

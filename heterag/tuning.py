@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from .adapters import AdaptedEncoder, Adapter, encoder_weights_hash, init_prompt, query_hash
+from .adapters import AdaptedEncoder, Adapter, encoder_layers, encoder_weights_hash, init_prompt, query_hash
 from .chunking import ChunkedDocument, chunk_document
 from .documents import Document, Section
 from .errors import InvalidInputError
@@ -423,6 +423,7 @@ class TuneConfig:
 
     prompt_tokens: int = 4  # chosen on SciFact fold 0 among 4, 8, 16 (eval/README.md, issue #10)
     sides: str = "query"
+    deep: bool = False  # a prompt at every layer's input (adapters.py, "Deep prompts"), not only the first
     full: bool = False
     temperature: float = 0.05
     lr: float | None = None
@@ -443,6 +444,8 @@ class TuneConfig:
             raise InvalidInputError(f"unknown sides {self.sides!r}; choose one of {', '.join(SIDES)}")
         if self.full and self.sides not in ("query", "shared"):
             raise InvalidInputError("--full fine-tunes the query side or both: use --sides query or shared")
+        if self.full and self.deep:
+            raise InvalidInputError("--deep is a prompt setting; --full fine-tunes every weight instead")
         if not self.full and not (1 <= self.prompt_tokens <= 256):
             raise InvalidInputError(f"--prompt-tokens must be 1..256, got {self.prompt_tokens}")
         if not (self.temperature > 0):
@@ -527,6 +530,7 @@ def train_adapter(pairs: PairSet, units: UnitIndex, encoder: Any, config: TuneCo
         pos_val, neg_val = mine(val, units, plain, config.mine_depth) if val else ([], [])
         P = config.prompt_tokens
         hidden = int(base._transformer.config.hidden_size)
+        depth = len(encoder_layers(base._transformer)) if config.deep and not config.full else 1
         params: dict[str, torch.nn.Parameter] = {}
         models = {"query": base._transformer, "view": base._transformer}
         if config.full:
@@ -542,7 +546,7 @@ def train_adapter(pairs: PairSet, units: UnitIndex, encoder: Any, config: TuneCo
         else:
             names = {"separate": ["query_prompt", "view_prompt"]}.get(config.sides, ["prompt"])
             for i, name in enumerate(names):
-                params[name] = torch.nn.Parameter(init_prompt(base, P, seed=config.seed + i))
+                params[name] = torch.nn.Parameter(init_prompt(base, P, seed=config.seed + i, depth=depth))
             trainable = list(params.values())
             lr = config.lr or 3e-3
         for prm in base._transformer.parameters():
@@ -689,7 +693,7 @@ def train_adapter(pairs: PairSet, units: UnitIndex, encoder: Any, config: TuneCo
     cfg = asdict(config)
     adapter = Adapter(
         kind="full" if config.full else "prompt", base_model=base.identity, base_hash=encoder_weights_hash(base),
-        prompt_tokens=0 if config.full else P, sides=config.sides, hidden=hidden, tensors=best_state,
+        prompt_tokens=0 if config.full else P, sides=config.sides, hidden=hidden, tensors=best_state, depth=depth,
         training={"source": pairs.source, "pairs": len(pairs.pairs), "skipped": pairs.skipped, "data_hash": pairs.data_hash(),
                   "seed": config.seed, "config": cfg, "metrics": metrics,
                   "trained_queries": sorted({query_hash(p.query) for p in usable}), **dict(extra_meta or {})},

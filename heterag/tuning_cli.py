@@ -2,7 +2,7 @@
 commands start without importing torch).
 
     heterag tune DIR_OR_COLLECTION --out ADAPTER [--pairs beir|pubmedqa|pseudo] [--prompt-tokens P]
-                 [--sides query|view|separate|shared] [--full] [--split train] [--view heterag]
+                 [--sides query|view|separate|shared] [--deep] [--full] [--split train] [--view heterag]
 
 ``DIR`` is a BEIR folder (pairs from ``qrels/train.tsv`` only; the test split is never trained
 on) or the PubMedQA folder (``--pairs pubmedqa``, its train questions); a collection name (or
@@ -36,6 +36,8 @@ def add_tune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder", default=None, help="text encoder (default: the packaged all-MiniLM-L6-v2)")
     p.add_argument("--prompt-tokens", type=int, default=4, help="P, soft-prompt vectors (default 4, chosen by measurement: eval/README.md)")
     p.add_argument("--sides", default="query", help="query (default), view, separate or shared")
+    p.add_argument("--deep", action="store_true", help="a prompt at every layer of the encoder, not only its input "
+                   "(deep prompt tuning; same cost per token, depth x the parameters)")
     p.add_argument("--full", action="store_true", help="fine-tune all encoder weights instead (for comparison)")
     p.add_argument("--temperature", type=float, default=0.05)
     p.add_argument("--lr", type=float, default=None)
@@ -61,7 +63,7 @@ def run_tune(args: argparse.Namespace) -> int:
     from .tuning import PairSet, TuneConfig, beir_pairs, build_unit_index, pseudo_pairs, pubmedqa_pairs, train_adapter
     from .views import make_view
 
-    config = TuneConfig(prompt_tokens=args.prompt_tokens, sides=args.sides, full=args.full, temperature=args.temperature,
+    config = TuneConfig(prompt_tokens=args.prompt_tokens, sides=args.sides, deep=args.deep, full=args.full, temperature=args.temperature,
                         lr=args.lr, batch_size=args.batch_size, hard_negatives=args.hard_negatives, epochs=args.epochs,
                         patience=args.patience, seed=args.seed, threads=args.threads)
     from .tuning import PSEUDO_KINDS

@@ -130,6 +130,59 @@ def test_late_view_prepends_the_view_prompt_to_each_window(encoder, docs):
     np.testing.assert_allclose(view.embed(cds, q_only)[1], plain, atol=1e-6)
 
 
+def _deep_adapter(encoder, P: int = 3, sides: str = "query", seed: int = 0) -> Adapter:
+    return Adapter(kind="prompt", base_model=encoder.identity, base_hash=encoder_weights_hash(encoder), prompt_tokens=P,
+                   sides=sides, hidden=int(encoder.dim), tensors={"prompt": init_prompt(encoder, P, seed, depth=6)}, depth=6)
+
+
+def test_deep_prompt_replaces_the_prompt_states_at_every_layer(encoder):
+    """A deep prompt (VPT-Deep / P-tuning v2) sets the prompt positions' states entering each layer;
+    changing one layer's vectors moves the vectors; other encoders on the same model are unaffected."""
+    deep = _deep_adapter(encoder)
+    assert deep.tensors["prompt"].shape == (6, 3, encoder.dim)
+    texts = ["Coffee protects the liver.", "Salt raises blood pressure."]
+    shallow = AdaptedEncoder(encoder, Adapter(kind="prompt", base_model=encoder.identity, base_hash=deep.base_hash,
+                                              prompt_tokens=3, sides="query", hidden=int(encoder.dim),
+                                              tensors={"prompt": deep.tensors["prompt"][0].clone()}))
+    ad = AdaptedEncoder(encoder, deep)
+    q_deep, q_shallow = ad.encode_queries(texts), shallow.encode_queries(texts)
+    assert np.abs(q_deep - q_shallow).max() > 1e-4  # the deep rows act
+    assert (q_deep * q_shallow).sum(1).min() > 0.95  # ... and start close to the shallow prompt (initialisation)
+    moved = deep.tensors["prompt"].clone()
+    moved[4] += 1.0  # only layer 4's prompt
+    other = AdaptedEncoder(encoder, Adapter(kind="prompt", base_model=encoder.identity, base_hash=deep.base_hash,
+                                            prompt_tokens=3, sides="query", hidden=int(encoder.dim),
+                                            tensors={"prompt": moved}, depth=6))
+    assert np.abs(other.encode_queries(texts) - q_deep).max() > 1e-4
+    # the hooks act only inside a deep adapter's own pass: the plain encoder gives its own vectors
+    np.testing.assert_allclose(AdaptedEncoder(encoder).encode(texts), encoder.encode(texts), atol=1e-5)
+    np.testing.assert_allclose(ad.encode(texts), encoder.encode(texts), atol=1e-5)  # query side only
+    # the text positions keep their offset and the prompt is not pooled
+    hidden, mask, offset = ad.hidden_states(ad.content_ids(texts[:1]), "query")
+    assert offset == 4 and mask[0, 1:4].sum() == 0
+
+
+def test_deep_adapter_files_round_trip_and_bad_depth_is_refused(tmp_path, encoder):
+    deep = _deep_adapter(encoder, P=4)
+    w, j = deep.save(tmp_path / "deep")
+    meta = json.loads(j.read_text())
+    assert meta["depth"] == 6 and w.stat().st_size < 200_000
+    back = load_adapter(tmp_path / "deep")
+    assert back.depth == 6 and back.hash == deep.hash and torch.equal(back.tensors["prompt"], deep.tensors["prompt"])
+    shallow = _prompt_adapter(encoder, P=4)
+    assert "depth" not in shallow.header()  # shallow adapters keep their old header and hash
+    meta["depth"] = 5  # the JSON says 5 layers, the tensor holds 6
+    j.write_text(json.dumps(meta))
+    with pytest.raises(InvalidInputError, match=r"shape \(6, 4, 384\), not \(5, P, 384\)"):
+        load_adapter(tmp_path / "deep")
+    with pytest.raises(InvalidInputError, match="exceeds the encoder's 6 layers"):
+        init_prompt(encoder, 2, depth=7)
+    too_deep = Adapter(kind="prompt", base_model=encoder.identity, base_hash=deep.base_hash, prompt_tokens=2, sides="query",
+                       hidden=int(encoder.dim), tensors={"prompt": torch.zeros(8, 2, encoder.dim)}, depth=8)
+    with pytest.raises(InvalidInputError, match="deep prompts for 8 layers; the encoder has 6"):
+        AdaptedEncoder(encoder, too_deep)
+
+
 # ---- files -----------------------------------------------------------------------------------
 def test_save_and_load_round_trip(tmp_path, encoder):
     a = _prompt_adapter(encoder, P=6, sides="separate")
@@ -210,6 +263,26 @@ def test_training_lowers_the_loss_is_seeded_and_leaves_the_encoder_frozen(encode
     assert bwh(encoder._transformer) == before  # frozen weights never change
     assert not any(p.requires_grad for p in encoder._transformer.parameters())
     assert r1.adapter.training["trained_queries"] and r1.adapter.training["data_hash"]
+
+
+def test_deep_prompt_training_learns_every_layer_and_keeps_the_encoder_frozen(encoder, docs):
+    from heterag import chunk_document, make_view
+
+    before = encoder_weights_hash(encoder)
+    cds = [chunk_document(d, encoder.tokenize, 64) for d in docs]
+    units = build_unit_index(cds, make_view("late"), encoder)
+    cfg = TuneConfig(prompt_tokens=2, deep=True, epochs=2, batch_size=4, hard_negatives=2, val_fraction=0.0, lr=1e-2,
+                     min_pairs=4)
+    res = train_adapter(_pairs(), units, encoder, cfg, progress=False)
+    a = res.adapter
+    assert a.depth == 6 and a.tensors["prompt"].shape == (6, 2, encoder.dim)
+    start = init_prompt(encoder, 2, seed=0, depth=6)
+    moved = (a.tensors["prompt"] - start).abs().amax(dim=(1, 2))
+    assert bool((moved > 1e-4).all()), moved  # every layer's prompt was trained
+    assert res.metrics["train_loss"][-1] < res.metrics["train_loss"][0]
+    assert encoder_weights_hash(encoder) == before
+    with pytest.raises(InvalidInputError, match="--deep is a prompt setting"):
+        TuneConfig(full=True, deep=True)
 
 
 def test_view_side_and_full_training_run(encoder, docs):
