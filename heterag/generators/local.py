@@ -55,6 +55,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -197,7 +198,8 @@ def dequantised_copy(gguf: str | Path, *, home: Path | None = None) -> Path:
 def _local_source(model: str | Path | None) -> tuple[Path, bool]:
     """``(path, is_gguf)`` for ``model`` after the checks that read no weights and write nothing: the
     packaged GGUF file, a ``.gguf`` file, a folder's only ``.gguf`` file (no safetensors beside it), or a
-    model folder (``is_gguf`` False). Raises as :func:`resolve_local_model` does."""
+    model folder (``is_gguf`` False); a GGUF file must start with the GGUF magic number. Raises as
+    :func:`resolve_local_model` does."""
     if model is None or (isinstance(model, str) and model.strip().lower() in PACKAGED_NAMES):
         gguf = packaged_model()
         if gguf is None:
@@ -212,13 +214,13 @@ def _local_source(model: str | Path | None) -> tuple[Path, bool]:
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             raise GeneratorError(f"{path}: give a model folder or a .gguf file (pickled weights are never loaded)")
-        return path, True
+        return _check_gguf(path), True
     ggufs = sorted(path.glob("*.gguf"))
     if ggufs and not any(path.glob("*.safetensors")):
         if len(ggufs) > 1:
             raise GeneratorError(f"{path}: {len(ggufs)} GGUF files; give the one to use: "
                                  f"{', '.join(p.name for p in ggufs[:4])}")
-        return ggufs[0], True
+        return _check_gguf(ggufs[0]), True
     return path, False
 
 
@@ -320,7 +322,9 @@ class _CitationGuard:
 
     def __call__(self, piece: str) -> None:
         self.raw += piece
-        self._pass(_clean(self.raw, self.n, final=False))
+        # trailing whitespace is held back too: a marker that follows it may be removed with it
+        # (engines streaming raw token pieces, e.g. llama.cpp, end pieces with a space or newline)
+        self._pass(_clean(self.raw, self.n, final=False).rstrip())
 
     def finish(self) -> str:
         self._pass(_clean(self.raw, self.n, final=True).rstrip())
@@ -447,6 +451,9 @@ class LocalGenerator(TransformersGenerator):
         if context_window is not None and (isinstance(context_window, bool) or not isinstance(context_window, int)
                                            or context_window < 64):
             raise InvalidInputError(f"context_window must be an integer >= 64, got {context_window!r}")
+        if context_window is not None and isinstance(max_new_tokens, int) and max_new_tokens >= context_window:
+            raise InvalidInputError(f"context_window {context_window} leaves no room for the prompt: the answer alone "
+                                    f"takes max_new_tokens={max_new_tokens} tokens; give a larger context_window")
         if embedder is not None and not isinstance(embedder, Embedder):
             raise InvalidInputError(f"embedder must provide encode() and count_tokens(), got {type(embedder).__name__}")
         self.threads = threads
@@ -638,8 +645,12 @@ class LocalGenerator(TransformersGenerator):
         over = self._prompt_tokens(self.model_inputs(question, hits[:1], image)) - budget
         keep = len(ids) - over - 8
         if keep < 16:
-            raise GeneratorError(f"the question leaves no room for a passage in the model's context of "
-                                 f"{self.context_size} tokens; ask a shorter question")
+            base = self._prompt_tokens(self.model_inputs(question, (), image))
+            answer = self.max_new_tokens if reserve is None else reserve
+            raise GeneratorError(f"no room for a passage in the model's context of {self.context_size} tokens: the prompt "
+                                 f"without passages takes {base} tokens (system prompt, instructions, question) and the "
+                                 f"answer {answer}; ask a shorter question, or give a larger context_window or a "
+                                 f"smaller max_new_tokens")
         cut = replace(first, text=self.tokenizer.decode(ids[:keep]) + " ...")
         return self.model_inputs(question, (cut,), image), (cut,)
 
@@ -669,8 +680,11 @@ class LocalGenerator(TransformersGenerator):
                         f"{self.context_size} tokens.) ")
         self._run(inputs, guard)
         text = guard.finish()
+        if not guard.passed.strip():  # nothing but markers citing passages that do not exist
+            raise GeneratorError(f"{self.path}: the model generated no text besides citations of sources that do not "
+                                 f"exist ({guard.raw.strip()[:60]!r})")
         if not parse_citations(text, used):
-            numbers = attribute(text, used, self.embedder)
+            numbers = attribute(guard.passed, used, self.embedder)  # the model's words, not our note
             if numbers:
                 marks = "".join(f"[{n}]" for n in numbers)
                 guard.emit(f" {marks} (The model cited no source; {marks} attributed by similarity to the answer.)")
@@ -687,11 +701,18 @@ class LocalGenerator(TransformersGenerator):
         The question is followed by ``instruction`` (default: "Answer with exactly one of: a, b, c.").
         Options are scored as the start of the assistant turn, with the prompt's key-value cache
         computed once. Returns :class:`OptionScores` (``best`` is the most likely option).
-        Raises :class:`InvalidInputError` for fewer than two options or an empty option.
+        Raises :class:`InvalidInputError` for fewer than two options, an empty or repeated option, a
+        string instead of a list of options, or a question that is not a string (it may be empty).
         """
+        if isinstance(options, str):
+            raise InvalidInputError(f"options must be a list of options, got the string {options!r}")
+        if not isinstance(question, str):
+            raise InvalidInputError(f"question must be a string, got {type(question).__name__}")
         options = tuple(options)
         if len(options) < 2 or any(not isinstance(o, str) or not o.strip() for o in options):
             raise InvalidInputError(f"give at least two non-empty options, got {options!r}")
+        if len(set(options)) < len(options):
+            raise InvalidInputError(f"options must be distinct, got {options!r}")
         instruction = instruction or f"Answer with exactly one of: {', '.join(options)}."
         q = f"{question.strip()}\n{instruction}" if question.strip() else instruction
         hits = tuple(hits)
@@ -717,10 +738,10 @@ class LocalGenerator(TransformersGenerator):
         passage cannot be empty); the options' probabilities (:meth:`OptionScores.probabilities`) are
         averaged over the fillers. Use the same ``passages`` count and ``instruction`` as the calls
         to :meth:`score_options` being calibrated, then :meth:`OptionScores.calibrated`.
-        Raises :class:`InvalidInputError` for a passage count out of range or no fillers.
+        Raises :class:`InvalidInputError` for a passage count that is not an integer from 0 to 100, or no fillers.
         """
-        if not 0 <= int(passages) <= 100:
-            raise InvalidInputError(f"passages must be between 0 and 100, got {passages}")
+        if isinstance(passages, bool) or not isinstance(passages, Integral) or not 0 <= passages <= 100:
+            raise InvalidInputError(f"passages must be an integer between 0 and 100, got {passages!r}")
         if not fillers:
             raise InvalidInputError("give at least one content-free filler string")
         options = tuple(options)

@@ -1,0 +1,142 @@
+"""Break-tests of the ``local`` generator (issue #11): inputs a demanding user gives that the first
+tests did not cover. Tiny random Llama models of ``test_hf_generator`` with a forced output; no
+packaged model needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers")
+
+from test_hf_generator import HITS, QUESTION, hit, save_causal  # noqa: E402
+
+from heterag.errors import GeneratorError, InvalidInputError  # noqa: E402
+from heterag.generators.hf import TransformersGenerator  # noqa: E402
+from heterag.generators.local import LocalGenerator, _CitationGuard, check_local_model  # noqa: E402
+
+
+def _stream(pieces: list[str], n: int = 2) -> tuple[str, str]:
+    """(answer text, streamed text) of the citation guard fed ``pieces`` as an engine streams them."""
+    out: list[str] = []
+    guard = _CitationGuard(n, out.append)
+    for piece in pieces:
+        guard(piece)
+    return guard.finish(), "".join(out)
+
+
+def test_bt_text_after_a_removed_marker_that_follows_whitespace_is_kept():
+    """Engines that stream raw token pieces (llama.cpp) can end a piece with whitespace (a newline)
+    just before a marker citing a passage that does not exist: the rest of the answer must survive."""
+    text, streamed = _stream(["Ice floats.\n", "[7", "] It is less dense than water."])
+    assert text == streamed
+    assert text.endswith("It is less dense than water.") and "[7" not in text
+    text, streamed = _stream(["Ice floats.\n\n", "[1]", " It is less dense."])  # a valid marker is kept as written
+    assert text == streamed == "Ice floats.\n\n[1] It is less dense."
+
+
+def test_bt_raw_piece_engine_through_generate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The same through ``generate``: an engine handing over raw pieces loses no text."""
+    folder = save_causal(tmp_path / "m", forced="Ice floats [2].")
+    gen = LocalGenerator(folder)
+
+    def raw_engine(self, inputs, on_token, extra=None):
+        pieces = ["Ice floats because it is less dense.\n", "[9", "] Water boils at 100 degrees", " [1", "]."]
+        for piece in pieces:
+            on_token(piece)
+        return "".join(pieces)
+
+    monkeypatch.setattr(TransformersGenerator, "_run", raw_engine)
+    streamed: list[str] = []
+    answer = gen.generate(QUESTION, HITS, on_token=streamed.append)
+    assert "".join(streamed) == answer.text
+    assert "Water boils at 100 degrees [1]." in answer.text and "[9" not in answer.text
+    assert [c.number for c in answer.citations] == [1]
+
+
+def test_bt_attribution_scores_the_model_text_not_the_fit_note(tmp_path: Path):
+    """When passages are left out, the answer starts with our note; attribution by similarity must
+    compare passages with what the model wrote, not with the note's words."""
+    folder = save_causal(tmp_path / "m", forced="Ice floats.")
+    decoy = hit(1, "Using sources: the rest do not fit the model context of tokens, so sources were left out. " * 2)
+    ice = hit(2, "Ice floats because it is less dense than liquid water.")
+    filler = tuple(hit(i, "Water boils at 100 degrees Celsius at sea level. " * 6) for i in range(3, 6))
+    hits = (decoy, ice, *filler)
+    probe = LocalGenerator(folder, max_new_tokens=16)
+    two = int(probe.model_inputs(QUESTION, hits[:2])["input_ids"].shape[-1])
+    three = int(probe.model_inputs(QUESTION, hits[:3])["input_ids"].shape[-1])
+    gen = LocalGenerator(folder, max_new_tokens=16, context_window=(two + three) // 2 + 16)
+    answer = gen.generate(QUESTION, hits)
+    assert answer.text.startswith("(Using 2 of 5 sources"), answer.text
+    assert [c.number for c in answer.citations] == [2], answer.text  # the ice passage, not the decoy
+    assert "attributed by similarity" in answer.text
+
+
+def test_bt_answer_of_only_invalid_markers_is_not_empty(tmp_path: Path):
+    """A model that writes nothing but a marker to a passage that does not exist: once the marker is
+    removed nothing is left. The user gets a clear error (as for a model that generates no text),
+    never an empty answer."""
+    folder = save_causal(tmp_path / "m", forced="[7]")
+    with pytest.raises(GeneratorError, match="no text"):
+        LocalGenerator(folder).generate(QUESTION, HITS)
+
+
+def test_bt_gguf_without_magic_is_refused_before_anything_opens(tmp_path: Path, capsys):
+    """``check_local_model`` (run by ``heterag ask`` before it opens a collection or indexes the demo,
+    which takes minutes) refuses a ``.gguf`` file that is not GGUF at all (empty, renamed), as
+    ``LocalGenerator`` does."""
+    from heterag.cli import main
+
+    empty = tmp_path / "empty.gguf"
+    empty.write_bytes(b"")
+    renamed = tmp_path / "weights.gguf"
+    renamed.write_bytes(b"\x80\x04 a pickle renamed to .gguf")
+    for path in (empty, renamed):
+        with pytest.raises(GeneratorError, match="not a GGUF file"):
+            check_local_model(path)
+    folder = tmp_path / "folder"  # a folder whose only .gguf is not GGUF
+    folder.mkdir()
+    (folder / "model.gguf").write_bytes(b"")
+    with pytest.raises(GeneratorError, match="not a GGUF file"):
+        check_local_model(folder)
+    assert main(["ask", "Why?", "--collection", "nosuch", "--generator", "local", "--model", str(empty)]) == 2
+    assert "not a GGUF file" in capsys.readouterr().err
+
+
+def test_bt_context_window_too_small_says_what_takes_the_room(tmp_path: Path):
+    """A context window that the answer alone fills is refused when the generator is made; one that
+    the instructions fill names their size instead of blaming a short question."""
+    folder = save_causal(tmp_path / "m", forced="Ice floats [2].")
+    with pytest.raises(InvalidInputError, match="max_new_tokens"):
+        LocalGenerator(folder, context_window=64)  # max_new_tokens 96 by default
+    gen = LocalGenerator(folder, max_new_tokens=16, context_window=80)
+    with pytest.raises(GeneratorError, match=r"prompt without passages takes \d+ tokens") as info:
+        gen.generate("Why?", HITS)
+    assert "context_window" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_bt_scoring_refuses_duplicate_and_string_options(tmp_path: Path):
+    """Duplicate options collapsed in ``probabilities()`` (a distribution not summing to 1) and broke
+    ``content_free_probabilities``; a string was scored letter by letter."""
+    gen = LocalGenerator(save_causal(tmp_path / "m"))
+    with pytest.raises(InvalidInputError, match="distinct"):
+        gen.score_options(QUESTION, HITS, ["yes", "yes", "no"])
+    with pytest.raises(InvalidInputError, match="distinct"):
+        gen.content_free_probabilities(["yes", "no", "yes"])
+    with pytest.raises(InvalidInputError, match="list of options"):
+        gen.score_options(QUESTION, HITS, "yes")
+    scores = gen.score_options(QUESTION, HITS, ["Yes", "yes", "YES"])  # case differs: three options
+    assert sum(scores.probabilities().values()) == pytest.approx(1.0) and len(scores.probabilities()) == 3
+
+
+def test_bt_scoring_bad_question_and_passage_count(tmp_path: Path):
+    gen = LocalGenerator(save_causal(tmp_path / "m"))
+    with pytest.raises(InvalidInputError, match="question must be a string"):
+        gen.score_options(None, HITS, ["yes", "no"])
+    for bad in ("x", 2.7, True):
+        with pytest.raises(InvalidInputError, match="passages"):
+            gen.content_free_probabilities(["yes", "no"], passages=bad)
+    empty_question = gen.score_options("", HITS, ["yes", "no"])  # allowed: the content-free inputs use it
+    assert np.isfinite(empty_question.logprobs).all()
