@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "GGUF file (default: the packaged SmolLM2)")
     p.add_argument("--base-url", help="openai: endpoint base URL (default $OPENAI_BASE_URL)")
     p.add_argument("--temperature", type=_float_in(0, "--temperature"), default=0.0)
+    p.add_argument("--threads", type=_int_at_least(1, "--threads"), help="local: CPU threads while generating "
+                   "(default 1, the fastest for a single request on a few cores)")
     p.add_argument("--json", action="store_true", help="print the answer and sources as JSON")
     _add_collection_options(p)
 
@@ -288,7 +290,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
             raise HeteragError("--generator transformers needs --model PATH (a local model folder)")
         gen_kwargs = {"model_path": args.model, "temperature": args.temperature}
     elif args.generator == "local":
-        gen_kwargs = {"model": args.model or None, "temperature": args.temperature}
+        gen_kwargs = {"model": args.model or None, "temperature": args.temperature, "threads": args.threads or 1}
+    if args.threads is not None and args.generator != "local":
+        raise HeteragError("--threads applies to --generator local only")
     if not args.question.strip() and not args.image:
         raise HeteragError("give a question, an --image, or both")
     from .generators import GENERATORS

@@ -140,3 +140,35 @@ def test_bt_scoring_bad_question_and_passage_count(tmp_path: Path):
             gen.content_free_probabilities(["yes", "no"], passages=bad)
     empty_question = gen.score_options("", HITS, ["yes", "no"])  # allowed: the content-free inputs use it
     assert np.isfinite(empty_question.logprobs).all()
+
+
+def test_bt_cli_ask_threads_option(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch):
+    """The issue makes the thread count configurable (1 by default); ``heterag ask`` offers it as
+    ``--threads N`` for the local generator, refuses it for others and refuses 0."""
+    from heterag import Document, open_collection
+    from heterag.cli import main
+    from heterag.generators import local
+
+    pipe = open_collection("icefacts", create=True)
+    pipe.ingest([Document.create("Ice floats because it is less dense than liquid water.", title="Ice", id="ice.md")])
+    pipe.close()
+    folder = save_causal(tmp_path / "m", forced="Ice floats because it is less dense [1].")
+    used: list[int] = []
+    real = local.torch_threads
+
+    def spy(n: int):
+        used.append(n)
+        return real(n)
+
+    monkeypatch.setattr(local, "torch_threads", spy)
+    ask = ["ask", QUESTION, "--collection", "icefacts", "--generator", "local", "--model", str(folder)]
+    assert main([*ask, "--threads", "2"]) == 0
+    assert "Ice floats because it is less dense [1]." in capsys.readouterr().out and set(used) == {2}
+    used.clear()
+    assert main(ask) == 0 and set(used) == {1}  # one thread by default
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main([*ask, "--threads", "0"])
+    assert "--threads" in capsys.readouterr().err
+    assert main(["ask", QUESTION, "--collection", "icefacts", "--threads", "2"]) == 2
+    assert "--threads" in capsys.readouterr().err
