@@ -172,3 +172,51 @@ def test_bt_cli_ask_threads_option(tmp_path: Path, capsys, monkeypatch: pytest.M
     assert "--threads" in capsys.readouterr().err
     assert main(["ask", QUESTION, "--collection", "icefacts", "--threads", "2"]) == 2
     assert "--threads" in capsys.readouterr().err
+
+
+def test_bt_code_in_answers_is_not_taken_for_citations(tmp_path: Path):
+    """Answers about code (the Python demo collection) index lists: ``lst[0]`` inside code is code,
+    not a citation of a passage that does not exist, and ``lst[1]`` is not a citation of passage 1.
+    Seen with the packaged model: ``return lst[0]`` in a fenced block came out as ``return lst``."""
+    from heterag.generators.local import _clean
+
+    assert _clean("```python\nreturn lst[0]\n```\nIt returns the first item [1].", 2, final=True) == \
+        "```python\nreturn lst[0]\n```\nIt returns the first item [1]."
+    assert _clean("Use `lst[0]` or `lst[-1]` [7].", 2, final=True) == "Use `lst[0]` or `lst[-1]`."
+    assert _clean("```python\nreturn lst[0", 2, final=True) == "```python\nreturn lst[0"  # cut off inside code
+    # streamed in pieces, an inline span split over pieces ends up exactly as the final text
+    for pieces in (["Use `lst", "[0]", " + 1`", " here [9]", "."], ["Use `lst[0]", " + `x` [1]", "."],
+                   ["A stray ` tick [", "7] and", "\n`b[0]`", " [2]"]):
+        text, streamed = _stream(pieces)
+        assert text == streamed == _clean("".join(pieces), 2, final=True), (pieces, text, streamed)
+    forced = "Use `lst[0]` for the first item [1]."
+    answer = LocalGenerator(save_causal(tmp_path / "a", forced=forced)).generate(QUESTION, HITS)
+    assert answer.text == forced and [c.number for c in answer.citations] == [1]
+    code_only = "Code:\n```\nice floats = lst[1]\n```"  # cites nothing outside code: attributed, the note outside the block
+    answer = LocalGenerator(save_causal(tmp_path / "b", forced=code_only)).generate(QUESTION, HITS)
+    assert answer.text.startswith(code_only) and "attributed by similarity" in answer.text
+    assert answer.text.count("```") == 2
+    cut_off = "Code:\n```\nice floats = lst[1]"  # generation stopped inside the block: closed before the note
+    answer = LocalGenerator(save_causal(tmp_path / "c", forced=cut_off)).generate(QUESTION, HITS)
+    assert answer.text.startswith(cut_off + "\n``` [") and answer.text.count("```") == 2, answer.text
+    assert answer.citations and "attributed by similarity" in answer.text
+
+
+@pytest.mark.parametrize("text", [
+    "Ice floats [2]. Water boils [7].\nSee [1, 9] and [3; 2]", "Ice floats.\n[7] It is less dense [2",
+    "Use `lst[0]` [1] and\n```python\nreturn lst[0]\n```\n [9] done [2].", "A stray ` tick [7] and `b[0]` [2]",
+    "Trailing spaces   \n\n  [8]  [1]  ", "[1][2][3] start and end [",
+])
+def test_bt_any_split_of_the_stream_gives_the_final_text(text: str):
+    """Whatever pieces the engine streams, what streams is the answer, and the answer is the final
+    clean-up of the whole text (no text lost to a removal reaching back into streamed text)."""
+    from heterag.generators.local import _clean
+
+    rng = np.random.default_rng(0)
+    want = _clean(text, 2, final=True).rstrip()
+    for _ in range(40):
+        cuts = sorted(rng.choice(np.arange(1, len(text)), size=min(len(text) - 1, int(rng.integers(1, 12))),
+                                 replace=False).tolist())
+        pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+        got, streamed = _stream(pieces)
+        assert got == streamed == want, pieces

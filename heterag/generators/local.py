@@ -92,6 +92,11 @@ CONTENT_FREE = ("N/A", "[MASK]", "")
 #: A citation marker, complete (``[2]``, ``[1, 3]``) or cut off at the end of the text (``[2``, ``[1,``).
 _MARKER = re.compile(r"\s*\[(\d+(?:\s*[,;]\s*\d+)*)\]")
 _PARTIAL_TAIL = re.compile(r"\s*\[[\d\s,;]*$")
+#: Code in an answer (a fenced block, to the end when not yet closed, or an inline span): ``lst[0]`` there
+#: is code, not a citation marker.
+_CODE = re.compile(r"```.*?(?:```|\Z)|`[^`\n]*`", re.DOTALL)
+#: An inline code span still open on the last line (held back while streaming: it may close).
+_OPEN_CODE = re.compile(r"`[^`\n]*\Z")
 
 _LOAD_LOCK = threading.Lock()
 _SHARED: dict[tuple[str, str, str], _Loaded] = {}
@@ -282,7 +287,8 @@ def torch_threads(n: int) -> Iterator[None]:
 
 def _clean(raw: str, n_passages: int, *, final: bool) -> str:
     """``raw`` without markers citing passages outside ``1..n_passages``; a trailing marker that may
-    still be growing is held back (dropped when ``final``). Valid numbers of a mixed marker stay."""
+    still be growing is held back (dropped when ``final``), and so is an inline code span not yet
+    closed (unless ``final``). Valid numbers of a mixed marker stay; code is left as written."""
 
     def fix(match: re.Match[str]) -> str:
         numbers = [int(x) for x in re.split(r"[,;]", match.group(1))]
@@ -292,9 +298,33 @@ def _clean(raw: str, n_passages: int, *, final: bool) -> str:
         lead = match.group(0)[: match.group(0).index("[")]
         return f"{lead}[{', '.join(map(str, valid))}]" if valid else ""
 
-    text = _MARKER.sub(fix, raw)
+    parts, last = [], 0  # markers inside code are code (``lst[0]``): left as written
+    for code in _CODE.finditer(raw):
+        parts += [_MARKER.sub(fix, raw[last:code.start()]), code.group(0)]
+        last = code.end()
+    text = "".join([*parts, _MARKER.sub(fix, raw[last:])])
+    spans = [m.span() for m in _CODE.finditer(text)]
+
+    def in_code(i: int) -> bool:
+        return any(a <= i < b for a, b in spans)
+
     tail = _PARTIAL_TAIL.search(text)
-    return text[: tail.start()] if tail else text
+    if tail and not in_code(tail.start() + len(tail.group(0)) - len(tail.group(0).lstrip())):
+        text = text[: tail.start()]
+    opened = None if final else _OPEN_CODE.search(text)
+    if opened and not in_code(opened.start()):
+        text = text[: opened.start()]
+    return text
+
+
+def _without_code(text: str) -> str:
+    """``text`` with its code (see ``_CODE``) blanked out, for counting citation markers."""
+    return _CODE.sub(" ", text)
+
+
+def _closed_code(text: str) -> str:
+    """The closing fence that ``text`` needs when it ends inside a fenced code block, else ``""``."""
+    return "\n```" if any(m.group(0).count("```") == 1 for m in _CODE.finditer(text)) else ""
 
 
 class _CitationGuard:
@@ -683,14 +713,15 @@ class LocalGenerator(TransformersGenerator):
         if not guard.passed.strip():  # nothing but markers citing passages that do not exist
             raise GeneratorError(f"{self.path}: the model generated no text besides citations of sources that do not "
                                  f"exist ({guard.raw.strip()[:60]!r})")
-        if not parse_citations(text, used):
+        if not parse_citations(_without_code(text), used):
             numbers = attribute(guard.passed, used, self.embedder)  # the model's words, not our note
             if numbers:
                 marks = "".join(f"[{n}]" for n in numbers)
-                guard.emit(f" {marks} (The model cited no source; {marks} attributed by similarity to the answer.)")
+                guard.emit(f"{_closed_code(guard.passed)} {marks} (The model cited no source; {marks} attributed by "
+                           "similarity to the answer.)")
                 text = guard.text
-        return Answer(text=text, citations=parse_citations(text, used), hits=hits, context_tokens=self.context_tokens(used),
-                      generator=self.name)
+        return Answer(text=text, citations=parse_citations(_without_code(text), used), hits=hits,
+                      context_tokens=self.context_tokens(used), generator=self.name)
 
     # ------------------------------------------------------------------ scoring mode
 
