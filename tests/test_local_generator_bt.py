@@ -220,3 +220,33 @@ def test_bt_any_split_of_the_stream_gives_the_final_text(text: str):
         pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
         got, streamed = _stream(pieces)
         assert got == streamed == want, pieces
+
+
+def test_bt_damaged_dequantised_copy_is_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A dequantised copy that lost a file (``config.json`` deleted, a disk cleaner) was never repaired:
+    every start dequantised the GGUF again (half a minute) and then failed on the old, damaged copy."""
+    import transformers
+
+    from heterag.generators.local import dequantised_copy
+
+    folder = save_causal(tmp_path / "tiny")
+    calls: list[str] = []
+
+    def fake_model(path, gguf_file=None, **kwargs):  # stands in for reading the GGUF file (slow, 100 MB)
+        calls.append(gguf_file)
+        return transformers.LlamaForCausalLM.from_pretrained(folder)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake_model)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained",
+                        lambda path, gguf_file=None, **kw: transformers.PreTrainedTokenizerFast.from_pretrained(folder))
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(64))
+    home = tmp_path / "models"
+    target = dequantised_copy(gguf, home=home)
+    assert (target / "config.json").is_file() and (target / "model.safetensors").is_file() and len(calls) == 1
+    assert dequantised_copy(gguf, home=home) == target and len(calls) == 1  # reused
+    (target / "config.json").unlink()
+    assert dequantised_copy(gguf, home=home) == target and len(calls) == 2
+    assert (target / "config.json").is_file()  # rebuilt, so the next start reuses it
+    assert LocalGenerator(target).generate(QUESTION, HITS).text
+    assert sorted(p.name for p in home.iterdir()) == [target.name]  # nothing left aside

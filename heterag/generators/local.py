@@ -158,13 +158,14 @@ def dequantised_copy(gguf: str | Path, *, home: Path | None = None) -> Path:
     """A model folder (config, tokenizer, ``model.safetensors``) made from ``gguf`` once and reused.
 
     The folder is ``<home>/<file stem>-<first 16 hex of the file's SHA-256>``; it is written in a
-    temporary folder beside it and renamed into place, so a crash never leaves half a model.
+    temporary folder beside it and renamed into place, so a crash never leaves half a model; a copy
+    that lost one of its files (weights, config, tokenizer) is made again.
     Raises :class:`GeneratorError` when the file cannot be read as a GGUF model.
     """
     gguf = _check_gguf(Path(gguf).expanduser().resolve())
     home = home or models_home()
     target = home / f"{gguf.stem}-{_sha256(gguf)[:16]}"
-    if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
+    if _complete(target):
         return target
     home.mkdir(parents=True, exist_ok=True)
     try:
@@ -190,14 +191,27 @@ def dequantised_copy(gguf: str | Path, *, home: Path | None = None) -> Path:
         config.save_pretrained(tmp)
         model.generation_config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if target.exists() and not _complete(target):  # a damaged copy (a file deleted): replace it
+            logger.warning("replacing the incomplete model copy %s", target)
+            damaged = home / f".{target.name}.{uuid.uuid4().hex}.damaged"
+            try:
+                os.replace(target, damaged)
+            except OSError:  # another process replaced it meanwhile
+                pass
+            shutil.rmtree(damaged, ignore_errors=True)
         try:
             os.replace(tmp, target)
         except OSError:  # another process finished first: use its copy
-            if not (target / "model.safetensors").is_file():
+            if not _complete(target):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _complete(folder: Path) -> bool:
+    """Whether a dequantised copy holds the files a model folder needs (weights, config, tokenizer)."""
+    return all((folder / name).is_file() for name in ("model.safetensors", "config.json", "tokenizer_config.json"))
 
 
 def _local_source(model: str | Path | None) -> tuple[Path, bool]:
