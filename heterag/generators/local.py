@@ -34,9 +34,10 @@ length, numbered passages with the instruction to cite them), this generator
 * fits the passages to the model's context: the lowest-ranked passages are left out (and the
   first one cut) until the prompt and the answer fit, and the answer says how many were used;
 * checks citations as they stream: a marker citing a passage that does not exist is removed, a
-  marker cut off at the end of generation is dropped, and an answer with no valid citation gets
-  its supporting passages attributed by similarity (the retrieval encoder's cosine when an
-  ``embedder`` is given, else word overlap), saying so;
+  marker cut off at the end of generation is dropped (brackets inside code, e.g. ``lst[0]`` in a
+  fenced block or an inline span, are code and left alone), and an answer with no valid citation
+  gets its supporting passages attributed by similarity to the model's words (the retrieval
+  encoder's cosine when an ``embedder`` is given, else word overlap), saying so;
 * scores fixed options (:meth:`LocalGenerator.score_options`): the log-likelihood of each option
   as the reply, so closed questions (yes/no/maybe, a label) measure knowledge use rather than
   formatting luck.
