@@ -250,3 +250,19 @@ def test_bt_damaged_dequantised_copy_is_rebuilt(tmp_path: Path, monkeypatch: pyt
     assert (target / "config.json").is_file()  # rebuilt, so the next start reuses it
     assert LocalGenerator(target).generate(QUESTION, HITS).text
     assert sorted(p.name for p in home.iterdir()) == [target.name]  # nothing left aside
+
+
+def test_bt_scoring_without_passages_checks_the_context(tmp_path: Path):
+    """Scoring with no passages (the content-free reference with ``passages=0``) skipped the fit to
+    the context: a prompt longer than ``context_window`` was scored anyway (past the window llama.cpp
+    was made with; past the model's positions, silently meaningless scores)."""
+    gen = LocalGenerator(save_causal(tmp_path / "m"), max_new_tokens=8, context_window=100)
+    prompt = int(gen.model_inputs("Why?\nAnswer with exactly one of: yes, no.", ())["input_ids"].shape[-1])
+    assert prompt > 100  # the tiny tokenizer spells the system prompt out in many tokens
+    with pytest.raises(GeneratorError, match="context of 100 tokens"):
+        gen.score_options("Why?", (), ["yes", "no"])
+    with pytest.raises(GeneratorError, match="context of 100 tokens"):
+        gen.content_free_probabilities(["yes", "no"])
+    longest = max(len(gen.tokenizer.encode(o, add_special_tokens=False)) for o in ("yes", "no"))
+    roomy = LocalGenerator(save_causal(tmp_path / "m"), max_new_tokens=8, context_window=prompt + longest + 1)
+    assert roomy.score_options("Why?", (), ["yes", "no"]).passages_used == 0  # the prompt and the options fit

@@ -768,6 +768,10 @@ class LocalGenerator(TransformersGenerator):
                 inputs, used = self.fit(q, hits, reserve=max(len(ids) for ids in option_ids) + 1)
             else:
                 inputs, used = self.model_inputs(q, ()), ()
+                need, context = self._prompt_tokens(inputs) + max(len(ids) for ids in option_ids) + 1, self.context_size
+                if context is not None and need > context:
+                    raise GeneratorError(f"the prompt and the longest option take {need} tokens, more than the model's "
+                                         f"context of {context} tokens; ask a shorter question or give shorter options")
             if self.engine == "transformers":
                 logprobs = self._option_logprobs(inputs, option_ids)
             else:
