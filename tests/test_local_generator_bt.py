@@ -266,3 +266,15 @@ def test_bt_scoring_without_passages_checks_the_context(tmp_path: Path):
     longest = max(len(gen.tokenizer.encode(o, add_special_tokens=False)) for o in ("yes", "no"))
     roomy = LocalGenerator(save_causal(tmp_path / "m"), max_new_tokens=8, context_window=prompt + longest + 1)
     assert roomy.score_options("Why?", (), ["yes", "no"]).passages_used == 0  # the prompt and the options fit
+
+
+def test_bt_a_single_passage_cut_short_is_said_plainly(tmp_path: Path):
+    """One passage, too long for the context: the note said "the rest do not fit" with no rest."""
+    folder = save_causal(tmp_path / "m", forced="Water boils at 100 degrees [1].")
+    long = (hit(1, "Water boils at 100 degrees Celsius at sea level. " * 12),)
+    probe = LocalGenerator(folder, max_new_tokens=16)
+    one = int(probe.model_inputs(QUESTION, long)["input_ids"].shape[-1])
+    answer = LocalGenerator(folder, max_new_tokens=16, context_window=one - 20 + 16).generate(QUESTION, long)
+    assert answer.text.startswith("(Using 1 of 1 sources, cut short: it does not fit the model's context of")
+    assert "the rest" not in answer.text and [c.number for c in answer.citations] == [1]
+    assert answer.citations[0].text.endswith(" ...") and len(answer.citations[0].text) < len(long[0].text)

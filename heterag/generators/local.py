@@ -719,10 +719,13 @@ class LocalGenerator(TransformersGenerator):
                   on_token: StreamCallback | None) -> Answer:
         inputs, used = self.fit(question, hits, image)
         guard = _CitationGuard(len(used), on_token)
-        if len(used) < len(hits) or (used and used[0].text != hits[0].text):
-            cut = " (the first one cut)" if used[0].text != hits[0].text else ""
-            guard.emit(f"(Using {len(used)} of {len(hits)} sources{cut}: the rest do not fit the model's context of "
-                        f"{self.context_size} tokens.) ")
+        cut = bool(used) and used[0].text != hits[0].text
+        if len(hits) == 1 and cut:  # no rest to speak of
+            guard.emit(f"(Using 1 of 1 sources, cut short: it does not fit the model's context of {self.context_size} "
+                       "tokens.) ")
+        elif len(used) < len(hits) or cut:
+            guard.emit(f"(Using {len(used)} of {len(hits)} sources{' (the first one cut)' if cut else ''}: the rest do "
+                       f"not fit the model's context of {self.context_size} tokens.) ")
         self._run(inputs, guard)
         text = guard.finish()
         if not guard.passed.strip():  # nothing but markers citing passages that do not exist
