@@ -791,8 +791,9 @@ class LocalGenerator(TransformersGenerator):
         (default "N/A", "[MASK]" and the empty string, the paper's choice), the question is that
         string and each of ``passages`` passages (0-100) holds it ("N/A" for the empty string, as a
         passage cannot be empty); the options' probabilities (:meth:`OptionScores.probabilities`) are
-        averaged over the fillers. Use the same ``passages`` count and ``instruction`` as the calls
-        to :meth:`score_options` being calibrated, then :meth:`OptionScores.calibrated`.
+        averaged over the fillers. Use the same ``passages`` count (the scores' ``passages_used``, which is
+        below the number of passages given when some did not fit) and ``instruction`` as the calls to
+        :meth:`score_options` being calibrated, then :meth:`OptionScores.calibrated`.
         Raises :class:`InvalidInputError` for a passage count that is not an integer from 0 to 100, or no fillers.
         """
         if isinstance(passages, bool) or not isinstance(passages, Integral) or not 0 <= passages <= 100:
