@@ -731,8 +731,8 @@ class LocalGenerator(TransformersGenerator):
         self._run(inputs, guard)
         text = guard.finish()
         if not guard.passed.strip():  # nothing but markers citing passages that do not exist
-            raise GeneratorError(f"{self.path}: the model generated no text besides citations of sources that do not "
-                                 f"exist ({guard.raw.strip()[:60]!r})")
+            raise GeneratorError(f"{self.path}: the model generated no text besides citation markers (of sources that "
+                                 f"do not exist, or cut off): {guard.raw.strip()[:60]!r}")
         if not parse_citations(_without_code(text), used):
             numbers = attribute(guard.passed, used, self.embedder)  # the model's words, not our note
             if numbers:
