@@ -61,6 +61,7 @@ from sklearn.metrics import f1_score
 from corpora import default_data_dir, load_pubmedqa
 from heterag import DEFAULT_CHUNK_TOKENS, Pipeline, load_text_encoder, make_view, open_store
 from heterag.documents import Document
+from heterag.errors import GeneratorError
 from heterag.results import Hit
 
 LABELS = ("yes", "no", "maybe")
@@ -268,9 +269,13 @@ def main() -> int:
                    "gold_in_context": any(h.doc_id == q.doc_id for h in hits[: scores.passages_used])}
             if step <= args.free_limit and hits:
                 t = time.perf_counter()
-                answer = gen.generate(q.question + FREE_SUFFIX, hits)
-                rec.update(free_text=answer.text, free=free_label(answer.text), free_seconds=time.perf_counter() - t,
-                           free_citations=[c.number for c in answer.citations])
+                try:
+                    answer = gen.generate(q.question + FREE_SUFFIX, hits)
+                    text, cited = answer.text, [c.number for c in answer.citations]
+                except GeneratorError as exc:  # e.g. nothing but invalid markers: off-format, not a crash of the run
+                    text, cited = f"(no answer: {exc})", []
+                rec.update(free_text=text, free=None if not cited and text.startswith("(no answer:") else free_label(text),
+                           free_seconds=time.perf_counter() - t, free_citations=cited)
             records[kind].append(rec)
         done.append(int(i))
         if step % args.checkpoint == 0 or step == len(order):
