@@ -213,7 +213,7 @@ def main() -> int:
         records = saved["records"]
         for recs in records.values():
             for r in recs:
-                if "free_text" in r:
+                if "free_text" in r and not r.get("free_error"):
                     r["free"] = free_label(r["free_text"])  # the current rule
         reference = {int(n): p for n, p in (saved.get("content_free") or {}).items()}
         if not reference:  # runs from before calibration: the reference needs the model once
@@ -271,11 +271,11 @@ def main() -> int:
                 t = time.perf_counter()
                 try:
                     answer = gen.generate(q.question + FREE_SUFFIX, hits)
-                    text, cited = answer.text, [c.number for c in answer.citations]
+                    rec.update(free_text=answer.text, free=free_label(answer.text),
+                               free_citations=[c.number for c in answer.citations])
                 except GeneratorError as exc:  # e.g. nothing but invalid markers: off-format, not a crash of the run
-                    text, cited = f"(no answer: {exc})", []
-                rec.update(free_text=text, free=None if not cited and text.startswith("(no answer:") else free_label(text),
-                           free_seconds=time.perf_counter() - t, free_citations=cited)
+                    rec.update(free_text="", free=None, free_citations=[], free_error=str(exc))
+                rec["free_seconds"] = time.perf_counter() - t
             records[kind].append(rec)
         done.append(int(i))
         if step % args.checkpoint == 0 or step == len(order):
