@@ -53,6 +53,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from _common import OUT_DIR, bootstrap_ci, require_data, write_report
@@ -190,6 +191,8 @@ def main() -> int:
                     help="the generator's system prompt: prompting.DEFAULT_SYSTEM_PROMPT or local.SHORT_SYSTEM_PROMPT "
                          "(default: the generator's own)")
     ap.add_argument("--engine", default=None, help="LocalGenerator engine (default: the generator's default)")
+    ap.add_argument("--model", default=None, help="a local model folder (safetensors) or .gguf file for the local generator "
+                    "(default: the packaged SmolLM2-135M-Instruct)")
     ap.add_argument("--resamples", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--report-only", action="store_true",
@@ -286,6 +289,8 @@ def main() -> int:
 
 def generator_kwargs(args) -> dict:
     kwargs = {"threads": args.threads, "max_new_tokens": args.max_new_tokens}
+    if getattr(args, "model", None):
+        kwargs["model"] = args.model
     if args.engine:
         kwargs["engine"] = args.engine
     if args.system_prompt:
@@ -418,7 +423,8 @@ def resumed(args, order: np.ndarray, kinds: list[str], questions) -> tuple[dict[
 
 
 def report_name(args) -> str:
-    return f"end_to_end_{args.split}" + (f"_{args.limit}" if args.limit else "") + \
+    model = f"_{Path(args.model).stem}" if getattr(args, "model", None) else ""
+    return f"end_to_end_{args.split}{model}" + (f"_{args.limit}" if args.limit else "") + \
         (f"_{args.system_prompt}" if args.system_prompt else "") + (f"_{args.tag}" if args.tag else "")
 
 
