@@ -80,7 +80,7 @@ def main() -> None:
                     "--pseudo pairs (label 'mixed')")
     ap.add_argument("--no-pseudo-alone", action="store_true", help="with --mix: skip the pseudo-only adapter")
     ap.add_argument("--full", action="store_true", help="also query-side full fine-tuning")
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=15, help="most epochs (patience 1); 4 in the runs before 2026-11-30 05:00")
     ap.add_argument("--full-epochs", type=int, default=2)
     ap.add_argument("--full-folds", default=None, help="folds for --full (default: all)")
     ap.add_argument("--corpus-docs", type=int, default=0, help="index only the judged documents plus seeded random others "

@@ -44,7 +44,7 @@ def add_tune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=15, help="most epochs (early stopping on held-out queries)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--hard-negatives", type=int, default=8)
-    p.add_argument("--patience", type=int, default=2)
+    p.add_argument("--patience", type=int, default=1, help="epochs without held-out improvement before stopping")
     p.add_argument("--pseudo-pairs", type=int, default=2000, help="pseudo-query pairs to generate (default 2000)")
     p.add_argument("--pseudo-kind", default="title", help="pseudo-queries: title (default: a document's title -> the "
                    "document without it), conclusion (its last sentence) or sentence (a random sentence of a chunk)")
