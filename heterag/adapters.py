@@ -223,11 +223,15 @@ def load_adapter(path: str | os.PathLike[str]) -> Adapter:
         tensors = load_file(str(weights))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise InvalidInputError(f"adapter file {weights} is corrupt or truncated: {' '.join(str(exc).split())[:200]}") from None
-    try:
-        P, hidden, sides, kind = int(header["prompt_tokens"]), int(header["hidden"]), str(header["sides"]), str(header["kind"])
-        depth = int(meta.get("depth", 1))
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"adapter JSON {meta_path} has a bad field: {exc}") from None
+    for name in ("prompt_tokens", "hidden", "depth"):  # whole numbers: 3.9 must not pass as 3
+        value = meta.get(name, 1)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidInputError(f"adapter JSON {meta_path} has a bad field: {name} must be a whole number, got {value!r}")
+    if not isinstance(meta.get("training") or {}, dict):
+        raise InvalidInputError(f"adapter JSON {meta_path} has a bad field: training must be an object, "
+                                f"got {type(meta['training']).__name__}")
+    P, hidden, sides, kind = int(header["prompt_tokens"]), int(header["hidden"]), str(header["sides"]), str(header["kind"])
+    depth = int(meta.get("depth", 1))
     if depth > 1:
         header["depth"] = depth
     if kind == "prompt":

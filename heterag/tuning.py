@@ -409,7 +409,9 @@ def pseudo_pairs(docs: Sequence[ChunkedDocument], view: RetrievalView, encoder: 
     notes = []
     if skipped:
         notes.append(f"skipped {skipped} {'documents' if kind != 'sentence' else 'chunks'} without a usable "
-                     f"{'title' if kind == 'title' else 'sentence'}")
+                     f"{'title' if kind == 'title' else 'sentence'}"
+                     + (" (documents without titles, e.g. plain text files: try the pseudo kind 'sentence' or 'conclusion')"
+                        if kind == "title" and not pairs else ""))
     if keep_ranks is not None:
         notes.append(f"rank filter {keep_ranks[0]}..{keep_ranks[1]}: dropped {easy} the untrained encoder already ranks "
                      f"better than {keep_ranks[0]} and {hopeless} it ranks worse than {keep_ranks[1]}")
@@ -452,9 +454,11 @@ class TuneConfig:
             raise InvalidInputError(f"--prompt-tokens must be 1..256, got {self.prompt_tokens}")
         if not (self.temperature > 0):
             raise InvalidInputError(f"temperature must be > 0, got {self.temperature}")
-        for name in ("batch_size", "epochs", "mine_depth"):
+        for name in ("batch_size", "epochs", "mine_depth", "patience"):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{name} must be >= 1")
+        if self.lr is not None and not (0 < self.lr < float("inf")):
+            raise InvalidInputError(f"lr must be > 0, got {self.lr}")
         if self.hard_negatives < 0 or not (0 <= self.val_fraction < 1):
             raise InvalidInputError("hard_negatives must be >= 0 and val_fraction in [0, 1)")
 
