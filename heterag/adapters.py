@@ -362,6 +362,9 @@ class AdaptedEncoder:
     """
 
     def __init__(self, base: Any, adapter: Adapter | None = None):
+        if isinstance(base, AdaptedEncoder):  # adapters do not stack: each is trained on the frozen base encoder
+            held = base.adapter.describe() if base.adapter is not None else "an adapter wrapper"
+            raise InvalidInputError(f"this encoder already has {held}; adapt its base encoder (.base) instead")
         self.base = base
         self.adapter = adapter
         self.identity = base.identity

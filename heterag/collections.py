@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .chunking import DEFAULT_CHUNK_TOKENS, check_chunk_tokens
 from .errors import CollectionNotFoundError, FingerprintMismatchError, InvalidInputError
@@ -31,6 +31,9 @@ from .locking import WriteLock
 from .pipeline import Pipeline
 from .stores import open_store, parse_store_url, probe_store
 from .views import make_view
+
+if TYPE_CHECKING:
+    from .adapters import Adapter
 
 log = logging.getLogger(__name__)
 
@@ -331,7 +334,7 @@ def open_collection(
     guards: Sequence[IngestGuard] = (),
     hit_filters: Sequence[HitFilter] = (),
     purpose: str | None = None,
-    adapter: str | os.PathLike[str] | None = None,
+    adapter: str | os.PathLike[str] | Adapter | None = None,
 ) -> Pipeline:
     """Open collection ``name`` as a :class:`Pipeline`, creating it if ``create``.
 
@@ -342,7 +345,7 @@ def open_collection(
     switched on for this pipeline (:mod:`heterag.guards`). ``purpose`` is recorded when the
     collection is created (``"experiment"`` marks a sandbox-made collection; see
     :func:`collection_info`). Writes take the collection's cross-process write lock
-    (:mod:`heterag.locking`). ``adapter`` is a soft-prompt adapter (path, see :mod:`heterag.adapters`)
+    (:mod:`heterag.locking`). ``adapter`` is a soft-prompt adapter (path or :class:`~heterag.adapters.Adapter`, see :mod:`heterag.adapters`)
     for the text encoder: omitted, the one the collection was embedded with is used; ``"none"`` means
     none. An adapter other than the collection's raises :class:`FingerprintMismatchError` naming both
     and the ``heterag reembed`` command; a new collection keeps a copy of its adapter.
@@ -372,9 +375,11 @@ def open_collection(
     adapter_obj = None
     if adapter is None and info.adapter:
         adapter = info.path / info.adapter
-    if adapter is not None and str(adapter).lower() != "none":
-        from .adapters import load_adapter
+    from .adapters import Adapter, load_adapter
 
+    if isinstance(adapter, Adapter):  # an adapter already loaded (or trained) in this process
+        adapter_obj = adapter
+    elif adapter is not None and str(adapter).lower() != "none":
         adapter_obj = load_adapter(adapter)
     # a new collection's encoder is loaded before anything is written (a bad one fails first); an existing
     # collection's settings are checked against its fingerprint before any model loads

@@ -211,7 +211,8 @@ class Pipeline:
                 raise FingerprintMismatchError(
                     f"{where} was embedded with adapter {existing.adapter} but is being opened with adapter "
                     f"{self.fingerprint.adapter}{f' ({source})' if source else ''}; re-embed it with: heterag reembed "
-                    f"--collection {name or 'NAME'} --adapter {source or 'none'}")
+                    f"--collection {name or 'NAME'} --adapter "
+                    f"{source or ('none' if self.fingerprint.adapter == 'none' else 'PATH (save the adapter first)')}")
             existing.check(self.fingerprint, where=where)
         store.set_fingerprint(self.fingerprint)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from test_adapters import TOPICS, _beir, _deep_adapter, _prompt_adapter, _run
 
-from heterag import Document, InvalidInputError
+from heterag import Document, FingerprintMismatchError, InvalidInputError
 from heterag.adapters import AdaptedEncoder, load_adapter
 from heterag.tuning import TuneConfig, build_unit_index, pseudo_pairs
 
@@ -96,3 +96,35 @@ def test_deep_adapter_and_plain_encoder_in_threads_match_serial_runs(encoder):
     for key, runs in got.items():
         for r in runs:
             np.testing.assert_allclose(r, serial[key], atol=1e-5)
+
+
+def test_adapting_an_adapted_encoder_is_one_line_error(tmp_path, encoder):
+    """``adapt(adapt(enc, A), B)`` used to raise AttributeError ('_transformer')."""
+    from heterag.adapters import adapt
+
+    a = _prompt_adapter(encoder, P=4)
+    a.save(tmp_path / "a")
+    once = adapt(encoder, tmp_path / "a")
+    with pytest.raises(InvalidInputError, match="already has adapter .*adapt its base encoder"):
+        adapt(once, tmp_path / "a")
+    assert adapt(once.base, a).adapter_hash == once.adapter_hash
+
+
+def test_open_collection_takes_an_adapter_object(tmp_path, encoder):
+    """``open_collection(name, adapter=Adapter)`` (as ``adapt`` takes) used to raise TypeError from Path()."""
+    from heterag import open_collection
+
+    docs = [Document.create(text, title=title, id=f"d{i}") for i, (title, text, _) in enumerate(TOPICS)]
+    a = _prompt_adapter(encoder, P=4)
+    a.save(tmp_path / "a")
+    rag = open_collection("bt", adapter=a, view="naive")
+    rag.ingest(docs[:3])
+    assert rag.fingerprint.adapter == a.hash and rag.retrieve(TOPICS[0][2], k=1)[0].doc_id == "d0"
+    rag.close()
+    rag = open_collection("bt", adapter=load_adapter(tmp_path / "a"))  # the same adapter, loaded from disk
+    assert rag.retrieve(TOPICS[0][2], k=1)[0].doc_id == "d0"
+    rag.close()
+    # an unsaved adapter object: the re-embed hint must not say "--adapter none"
+    with pytest.raises(FingerprintMismatchError, match="reembed --collection bt --adapter PATH") as e:
+        open_collection("bt", adapter=_prompt_adapter(encoder, P=4, seed=5))
+    assert "--adapter none" not in str(e.value)
