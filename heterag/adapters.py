@@ -175,19 +175,22 @@ class Adapter:
         from safetensors.torch import save_file
 
         weights, meta_path = adapter_paths(path)
-        weights.parent.mkdir(parents=True, exist_ok=True)
         tmp_w = weights.with_name(weights.name + f".{os.getpid()}.tmp")
         tmp_j = meta_path.with_name(meta_path.name + f".{os.getpid()}.tmp")
         try:
+            weights.parent.mkdir(parents=True, exist_ok=True)
             save_file({k: v.detach().to("cpu").float().contiguous() for k, v in self.tensors.items()}, str(tmp_w),
                       metadata={"heterag_adapter": self.hash})
             meta = {**self.header(), "hash": self.hash, "training": self.training}
             tmp_j.write_text(json.dumps(meta, indent=2, sort_keys=True))
             os.replace(tmp_w, weights)
             os.replace(tmp_j, meta_path)
+        except OSError as exc:
+            raise InvalidInputError(f"cannot write the adapter {weights}: {exc.strerror or exc}") from None
         finally:
-            tmp_w.unlink(missing_ok=True)
-            tmp_j.unlink(missing_ok=True)
+            for tmp in (tmp_w, tmp_j):
+                if tmp.is_file():
+                    tmp.unlink()
         self.source = str(weights.with_suffix(""))
         return weights, meta_path
 

@@ -452,8 +452,10 @@ class TuneConfig:
             raise InvalidInputError("--deep is a prompt setting; --full fine-tunes every weight instead")
         if not self.full and not (1 <= self.prompt_tokens <= 256):
             raise InvalidInputError(f"--prompt-tokens must be 1..256, got {self.prompt_tokens}")
-        if not (self.temperature > 0):
-            raise InvalidInputError(f"temperature must be > 0, got {self.temperature}")
+        if not (0 < self.temperature < float("inf")):
+            raise InvalidInputError(f"temperature must be > 0 and finite, got {self.temperature}")
+        if self.seed < 0 or (self.threads is not None and self.threads < 1):
+            raise InvalidInputError(f"seed must be >= 0 and threads >= 1, got seed {self.seed}, threads {self.threads}")
         for name in ("batch_size", "epochs", "mine_depth", "patience"):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{name} must be >= 1")

@@ -79,6 +79,7 @@ def run_tune(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix in (".safetensors", ".json"):
         out = out.with_suffix("")
+    check_writable(out)
     is_dir = target is not None and Path(target).is_dir() and not args.collection
     if target and not is_dir:  # a folder or collection that is not there fails before any model loads
         try:
@@ -165,6 +166,16 @@ def run_tune(args: argparse.Namespace) -> int:
                       "pairs": len(pairs.pairs), "skipped": pairs.skipped, **{k: result.metrics[k] for k in (
                           "seconds", "best_epoch", "stopped", "train_queries", "held_out_queries")}}))
     return 0
+
+
+def check_writable(out: Path) -> None:
+    """Raise :class:`InvalidInputError` before any training when the adapter ``out`` cannot be written
+    (its nearest existing folder is a file or not writable). Creates nothing."""
+    folder = out.expanduser().absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise InvalidInputError(f"cannot write the adapter {out}: {folder} is not a writable folder")
 
 
 def parse_ranks(text: str | None) -> tuple[int, int] | None:

@@ -15,8 +15,9 @@ from heterag.adapters import AdaptedEncoder, load_adapter
 from heterag.tuning import TuneConfig, build_unit_index, pseudo_pairs
 
 
-@pytest.mark.parametrize("field,value", [("lr", -1.0), ("lr", 0.0), ("lr", float("nan")), ("patience", 0), ("patience", -1)])
-def test_tune_config_refuses_nonpositive_lr_and_patience(field, value):
+@pytest.mark.parametrize("field,value", [("lr", -1.0), ("lr", 0.0), ("lr", float("nan")), ("patience", 0), ("patience", -1),
+                                         ("temperature", float("inf")), ("seed", -1), ("threads", -2), ("threads", 0)])
+def test_tune_config_refuses_bad_lr_patience_temperature_seed_threads(field, value):
     """``--lr -1`` used to end in a torch ValueError traceback; ``--patience -1`` trained and reported
     'no held-out improvement for -1'."""
     with pytest.raises(InvalidInputError, match=field):
@@ -128,3 +129,18 @@ def test_open_collection_takes_an_adapter_object(tmp_path, encoder):
     with pytest.raises(FingerprintMismatchError, match="reembed --collection bt --adapter PATH") as e:
         open_collection("bt", adapter=_prompt_adapter(encoder, P=4, seed=5))
     assert "--adapter none" not in str(e.value)
+
+
+def test_cli_tune_unwritable_out_is_one_line_before_training(tmp_path, capsys):
+    """``--out`` under a file (or an unwritable folder) used to train, then end in a FileNotFoundError traceback."""
+    root = _beir(tmp_path / "b")
+    (tmp_path / "afile").write_text("x")
+    code, out, err = _run(capsys, "tune", str(root), "--out", str(tmp_path / "afile" / "sub" / "x"), "--epochs", "1")
+    assert code == 2 and "cannot write the adapter" in err and len(err.strip().splitlines()) == 1 and not out
+
+
+def test_adapter_save_into_a_file_path_is_one_line_error(tmp_path, encoder):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(InvalidInputError, match="cannot write the adapter"):
+        _prompt_adapter(encoder, P=2).save(tmp_path / "afile" / "x")
+    assert (tmp_path / "afile").read_text() == "x"
