@@ -5,9 +5,12 @@ The new vectors are built *alongside* the serving ones, in a fresh store folder
 (no source files needed): each document's chunks are reassembled (:func:`chunked_from_records`)
 and embedded through the collection's view with the new adapter; image records are copied as they
 are. Only when the new store is complete is ``collection.json`` replaced (one atomic rename) to point
-at it and name the new adapter; the old folder is removed afterwards. A kill at any moment before
-the rename leaves the old embeddings serving (and a leftover folder that the next run removes);
-after it, the new ones. The collection's write lock is held throughout.
+at it and name the new adapter. A kill at any moment before the rename leaves the old embeddings
+serving (and a leftover folder that the next run removes); after it, the new ones. The replaced
+store folder is kept until the next re-embed starts (which removes every store folder but the
+serving one): a reader that opened the collection before the switch (an app, a concurrent
+``heterag ask``) goes on reading the complete old vectors with the adapter they were made with,
+instead of a folder deleted under it. The collection's write lock is held throughout.
 """
 
 from __future__ import annotations
@@ -125,9 +128,10 @@ def reembed_collection(name: str, adapter: str | os.PathLike[str] | None, *, hom
     lock = WriteLock(info.path, name)
     with lock():
         info = collection_info(name, home)  # as of now, under the lock
-        for leftover in info.path.glob("store-*"):
-            if leftover.name != info.store_dir:
+        for leftover in [*info.path.glob("store-*"), info.path / "store"]:  # crashed builds, replaced stores
+            if leftover.name != info.store_dir and leftover.is_dir():
                 shutil.rmtree(leftover, ignore_errors=True)
+                _forget_store_clients(leftover)
         old_vs = open_store(info.store, info.store_path, collection="heterag")
         old_images = open_store(info.store, info.store_path, collection="heterag_images")
         try:
@@ -194,10 +198,8 @@ def reembed_collection(name: str, adapter: str | os.PathLike[str] | None, *, hom
         if new is not None:
             new.save(info.path / "adapters" / new.hash)
             adapter_rel = f"adapters/{new.hash}"
-        old_dir = info.store_path
         _write_info(replace(info, adapter=adapter_rel, store_dir=new_dir))  # the switch: one atomic rename
-        shutil.rmtree(old_dir, ignore_errors=True)
-        _forget_store_clients(old_dir)
+        # the old folder stays for readers that opened it before the switch; the next run removes it
     report = ReembedReport(name, old_hash, new_hash, len(records), len(image_records), time.perf_counter() - t0)
     log.info("%s", report.summary())
     return report

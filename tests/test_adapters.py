@@ -379,12 +379,37 @@ def test_reembed_switches_adapters_and_a_crash_leaves_the_old_vectors_serving(tm
     assert rag.fingerprint.adapter == a.hash and set(after) == set(before)
     assert not np.allclose(np.stack([after[k] for k in before]), np.stack(list(before.values())), atol=1e-4)
     rag.close()
-    assert not (collection_info("r").path / "store").exists()  # the old folder is gone after the switch
+    first = collection_info("r")
+    assert (first.path / "store").is_dir()  # the replaced folder stays for readers opened before the switch
     reembed_collection("r", "none")
     rag = open_collection("r")
     again = {r.id: r.vector for r in rag.store.get(include_vectors=True)}
     np.testing.assert_allclose(np.stack([again[k] for k in before]), np.stack(list(before.values())), atol=1e-4)
     rag.close()
+    now = collection_info("r")
+    assert not (now.path / "store").exists()  # the next run removed the folder replaced two switches ago
+    assert sorted(p.name for p in now.path.glob("store*")) == sorted({first.store_dir, now.store_dir})
+
+
+def test_a_reader_opened_before_reembed_keeps_serving_after_the_switch(tmp_path, encoder, docs):
+    """A reader (an app, a concurrent ask) that opened the collection before the switch must not find its
+    store deleted under it: it goes on answering from the complete old vectors (bt #10 finding)."""
+    from heterag.reembed import reembed_collection
+
+    a = _prompt_adapter(encoder, sides="view", seed=1)
+    a.save(tmp_path / "a")
+    rag = open_collection("rr")
+    rag.ingest(docs)
+    rag.close()
+    reader = open_collection("rr")
+    want = [h.doc_id for h in reader.retrieve(TOPICS[3][2], k=3)]
+    reembed_collection("rr", tmp_path / "a", batch_documents=4)
+    assert [h.doc_id for h in reader.retrieve(TOPICS[3][2], k=3)] == want  # not an empty store
+    assert reader.store.count() == len({r.id for r in reader.store.get(include_vectors=False)}) > 0
+    reader.close()
+    fresh = open_collection("rr")
+    assert fresh.fingerprint.adapter == a.hash and fresh.retrieve(TOPICS[3][2], k=1)
+    fresh.close()
 
 
 # ---- CLI -----------------------------------------------------------------------------------------
