@@ -183,6 +183,7 @@ class Adapter:
                       metadata={"heterag_adapter": self.hash})
             meta = {**self.header(), "hash": self.hash, "training": self.training}
             tmp_j.write_text(json.dumps(meta, indent=2, sort_keys=True))
+            os.chmod(tmp_w, os.stat(tmp_j).st_mode & 0o777)  # safetensors writes 0600; readable like its JSON
             os.replace(tmp_w, weights)
             os.replace(tmp_j, meta_path)
         except OSError as exc:

@@ -195,6 +195,7 @@ def test_save_and_load_round_trip(tmp_path, encoder):
     meta = json.loads(j.read_text())
     assert {"base_model", "base_hash", "prompt_tokens", "sides", "hash", "training"} <= set(meta)
     assert w.stat().st_size < 200_000
+    assert w.stat().st_mode & 0o777 == j.stat().st_mode & 0o777  # the weights are as readable as their JSON (not 0600)
 
 
 def test_truncated_or_corrupt_adapter_is_one_line_error(tmp_path, encoder):
