@@ -327,7 +327,8 @@ def report(args, gen, load_s: float, n_docs: int, n_split: int, done: list[int],
     gold = [r["gold"] for r in records[kinds[0]]]
     idx = np.random.default_rng(args.seed).integers(0, n, size=(args.resamples, n))
     scoring = summarise(gold, {k: [x["scored"] for x in records[k]] for k in kinds}, idx)
-    calibrated = summarise(gold, {k: [calibrated_label(x, reference) for x in records[k]] for k in kinds}, idx)
+    calibrated_labels = {k: [calibrated_label(x, reference) for x in records[k]] for k in kinds}
+    calibrated = summarise(gold, calibrated_labels, idx)
     free_kinds = [k for k in kinds if k != "none"]
     sub = [j for j in range(n) if "free" in records[free_kinds[0]][j]] if free_kinds else []
     free = None
@@ -387,9 +388,8 @@ def report(args, gen, load_s: float, n_docs: int, n_split: int, done: list[int],
         f"{n} passages yes/no/maybe {p['yes']:.3f}/{p['no']:.3f}/{p['maybe']:.4f}" for n, p in sorted(reference.items())) + "):", "",
         "| context | calibrated accuracy [95% CI] | calibrated macro-F1 [95% CI] | answers yes/no/maybe |", "|---|---|---|---|"]
     for k in kinds:
-        labels = [calibrated_label(x, reference) for x in records[k]]
         lines.append(f"| {k} | {ci(calibrated['kinds'][k], 'accuracy')} | {ci(calibrated['kinds'][k], 'macro_f1')} | "
-                     + "/".join(str(labels.count(lab)) for lab in LABELS) + " |")
+                     + "/".join(str(calibrated_labels[k].count(lab)) for lab in LABELS) + " |")
     lines += ["", "| difference (calibrated) | accuracy | macro-F1 |", "|---|---|---|"]
     lines += [f"| {name} | {dci(d, 'accuracy')} | {dci(d, 'macro_f1')} |" for name, d in calibrated["paired"].items()]
     if ratio is not None:

@@ -236,8 +236,6 @@ def load_adapter(path: str | os.PathLike[str]) -> Adapter:
                                 f"got {type(meta['training']).__name__}")
     P, hidden, sides, kind = int(header["prompt_tokens"]), int(header["hidden"]), str(header["sides"]), str(header["kind"])
     depth = int(meta.get("depth", 1))
-    if depth > 1:
-        header["depth"] = depth
     if kind == "prompt":
         names = ["query_prompt", "view_prompt"] if sides == "separate" else ["prompt"]
         if sorted(tensors) != sorted(names):

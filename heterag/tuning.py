@@ -538,7 +538,7 @@ def train_adapter(pairs: PairSet, units: UnitIndex, encoder: Any, config: TuneCo
         pos_val, neg_val = mine(val, units, plain, config.mine_depth) if val else ([], [])
         P = config.prompt_tokens
         hidden = int(base._transformer.config.hidden_size)
-        depth = len(encoder_layers(base._transformer)) if config.deep and not config.full else 1
+        depth = len(encoder_layers(base._transformer)) if config.deep else 1  # --deep excludes --full
         params: dict[str, torch.nn.Parameter] = {}
         models = {"query": base._transformer, "view": base._transformer}
         if config.full:

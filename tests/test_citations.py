@@ -6,21 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+from cli_helpers import run
 from format_samples import FIGURE_CAPTIONS, write_html, write_pdf
 
-from heterag.cli import main
 from heterag.prompting import citation_for
 from heterag.results import Answer, Hit, SourceRef, format_citation
 from heterag.ui import render
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def hit(**kw) -> Hit:

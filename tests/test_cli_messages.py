@@ -10,20 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import run
 
 from heterag import collections as hc
-from heterag.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture()

@@ -4,18 +4,9 @@ bounds, file names with control characters, plurals, the ingest help text, where
 from __future__ import annotations
 
 import pytest
+from cli_helpers import run
 
-from heterag.cli import main
 from heterag.collections import list_collections
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_an_oversize_file_names_the_cli_option(capsys, tmp_path):

@@ -5,20 +5,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from cli_helpers import split
 from format_samples import PATIENT, write_dicom
 
 from corpora.files import iter_path
-from heterag import Document, ItemError
-
-
-def split(items) -> tuple[dict[str, Document], list[ItemError]]:
-    docs, errors = {}, []
-    for it in items:
-        if isinstance(it, Document):
-            docs[it.id] = it
-        else:
-            errors.append(it)
-    return docs, errors
 
 
 def test_dicom_files_without_dcm_are_read_by_content_and_dicomdir_is_passed_over(tmp_path: Path, caplog):

@@ -8,19 +8,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from cli_helpers import run
 
 from heterag import open_collection
-from heterag.cli import main
 from heterag.collections import list_collections
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture()

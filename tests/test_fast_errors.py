@@ -3,18 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from cli_helpers import run
 
-from heterag.cli import main
 from heterag.collections import list_collections
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:  # argparse's usage errors
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _never(what: str):

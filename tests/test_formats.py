@@ -8,31 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import run, split
 from format_samples import FIGURE_CAPTIONS, PATIENT, write_dicom, write_encrypted_pdf, write_samples, write_scanned_pdf
 
 from corpora.files import iter_path
-from heterag import Document, ItemError, open_collection
-from heterag.cli import main
+from heterag import open_collection
 from heterag.collections import collection_dir, list_collections
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def split(items) -> tuple[dict[str, Document], list[ItemError]]:
-    docs, errors = {}, []
-    for it in items:
-        if isinstance(it, Document):
-            docs[it.id] = it
-        else:
-            errors.append(it)
-    return docs, errors
 
 
 @pytest.fixture(scope="module")

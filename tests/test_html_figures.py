@@ -7,20 +7,11 @@ import logging
 from pathlib import Path
 
 import pytest
+from cli_helpers import run
 from format_samples import chart
 
 from corpora.files import iter_path
-from heterag.cli import main
 from heterag.collections import collection_documents
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture()

@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 
 import pytest
+from cli_helpers import split
 from format_samples import FIGURE_CAPTIONS, _png, chart
 from PIL import Image, ImageDraw
 
@@ -87,7 +88,6 @@ def test_a_document_of_identical_chunks_is_stored_once_and_hides_nothing(capsys,
 
 def test_a_document_without_repeats_keeps_every_chunk_and_id(encoder):
     """Chunk ids of documents without repeats are what they were before (re-ingesting old collections stays a no-op)."""
-    from heterag import Document
     from heterag.chunking import chunk_document
     from heterag.views import HeteragView, LateView, NaiveView, distinct_chunks
 
@@ -159,16 +159,6 @@ def test_a_picture_pasted_twice_in_a_docx_is_one_figure(tmp_path: Path):
     figures = [d for k, d in docs.items() if "#figure-" in k]
     assert len(figures) == 1, sorted(docs)
     assert figures[0].text.startswith("Figure 1: Echo sounder")  # the caption a repeat has
-
-
-def split(items):
-    docs, errors = {}, []
-    for it in items:
-        if isinstance(it, Document):
-            docs[it.id] = it
-        else:
-            errors.append(it)
-    return docs, errors
 
 
 if __name__ == "__main__":  # pragma: no cover

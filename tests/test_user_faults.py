@@ -11,22 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import run
 
 from heterag import Document, chunk_document, open_collection
-from heterag.cli import main
 from heterag.collections import list_collections
 from heterag.errors import FingerprintMismatchError, HeteragError
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:  # argparse's usage errors
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture()
