@@ -2,7 +2,7 @@
 layouts (captions folders, COCO 2017, VQA-RAD, MedMNIST ``.npz``, image folders) and the
 built-in ``synthetic_scenes`` generator.
 
-Ingestion sources yield :data:`LoadItem` values (a :class:`~heterag.documents.Document` or an
+Ingestion sources yield :data:`LoadItem` values (a :class:`~heterag.core.documents.Document` or an
 :class:`ItemError`) so one bad item never aborts a load; benchmark loaders return a
 :class:`RetrievalDataset`.
 """

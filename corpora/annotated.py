@@ -4,7 +4,7 @@ An :class:`AnnotatedImage` is one knowledge item of an image layout (a COCO phot
 VQA-RAD radiograph, a MedMNIST tile, a synthetic scene): the validated image, its text
 (caption, report or label text), optional object annotations (label, box, mask) and
 question–answer pairs. :meth:`AnnotatedImage.to_document` turns it into the
-:class:`~heterag.documents.Document` the pipeline ingests; benchmarks and the sandbox
+:class:`~heterag.core.documents.Document` the pipeline ingests; benchmarks and the sandbox
 keep the annotations (object masks for MrM, gold answers for VQA).
 """
 
@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from heterag.documents import Document, MetadataValue
-from heterag.images import ImageRef
+from heterag.core.documents import Document, MetadataValue
+from heterag.core.images import ImageRef
 
 
 @dataclass(frozen=True)

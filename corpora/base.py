@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from heterag.documents import Document, ItemError
-from heterag.errors import InvalidInputError
+from heterag.core.documents import Document, ItemError
+from heterag.core.errors import InvalidInputError
 
 #: Environment variable that overrides where the shared real data lives.
 DATA_DIR_ENV = "HETERAG_DATA_DIR"

@@ -18,8 +18,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from heterag.documents import DEFAULT_MAX_DOCUMENT_BYTES, Document
-from heterag.errors import InvalidInputError
+from heterag.core.documents import DEFAULT_MAX_DOCUMENT_BYTES, Document
+from heterag.core.errors import InvalidInputError
 
 from .base import (
     ItemError,

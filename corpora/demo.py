@@ -6,9 +6,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from heterag.collections import collection_info, open_collection
-from heterag.errors import CollectionNotFoundError
-from heterag.pipeline import IngestReport, Pipeline
+from heterag.collections.collection import collection_info, open_collection
+from heterag.core.errors import CollectionNotFoundError
+from heterag.pipeline.pipeline import IngestReport, Pipeline
 
 from .pydoc_topics import load_pydoc_topics
 

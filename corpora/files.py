@@ -11,7 +11,6 @@ and as ``metadata["source"]``, so re-ingesting an edited file replaces its old v
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
 import errno
 import itertools
@@ -21,18 +20,15 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from heterag.documents import DEFAULT_MAX_DOCUMENT_BYTES, Document, Section, file_sha256
-from heterag.errors import InvalidInputError
+from heterag.core.documents import DEFAULT_MAX_DOCUMENT_BYTES, Document, file_sha256
+from heterag.core.errors import InvalidInputError
 
-from .base import ItemError, LoadItem, item_error, utf8_error_message
+from .base import ItemError, LoadItem, item_error
 from .layouts.jsonl import JSONL_SUFFIXES, iter_jsonl_documents
-from .markdown import parse_markdown
+from .readers import READERS
+from .readers.text import MARKDOWN_SUFFIXES, TEXT_SUFFIXES, load_text_file
 
 logger = logging.getLogger(__name__)
-
-#: File suffixes read as Markdown and as plain text (JSON lines: :mod:`corpora.layouts.jsonl`).
-MARKDOWN_SUFFIXES = frozenset({".md", ".markdown"})
-TEXT_SUFFIXES = frozenset({".txt"})
 
 
 def iter_path(
@@ -52,7 +48,7 @@ def iter_path(
 
     - a single image file: one image item without text;
     - any other directory: every non-hidden file under it, recursively, sorted, read by the reader
-      of its suffix (``.txt``/``.md`` here, PDF/HTML/DOCX/DICOM in :mod:`corpora.readers`); a file
+      of its suffix (text/Markdown/PDF/HTML/DOCX/DICOM, :data:`corpora.readers.READERS`); a file
       of any other type is an :class:`ItemError` ``"unsupported file type .xyz"``, except a DICOM file
       by its content (``DICM`` at byte 128: ``IM0001``, ``*.IMA``); a ``DICOMDIR`` index is passed over;
     - a file of a supported type: its document(s).
@@ -68,7 +64,6 @@ def iter_path(
     exist or is a file of an unsupported type.
     """
     from .layouts import IMAGE_SUFFIXES, LAYOUT_IMAGE_FOLDER, detect_layout, read_layout
-    from .readers import READERS
 
     path = Path(path)
     options = dict(options or {})
@@ -175,8 +170,6 @@ def iter_text_dir(
 def _read_file(path: Path, rel: str, max_document_bytes: int, options: Mapping[str, Any]) -> Iterator[LoadItem]:
     """The document(s) of one file, by its suffix; a file of no known suffix that is DICOM (``IM0001``,
     ``x.IMA``) is read as DICOM; a ``DICOMDIR`` (a DICOM media index, no image) is passed over (logged)."""
-    from .readers import READERS
-
     suffix = path.suffix.lower()
     if path.is_symlink() and not path.exists():  # before the type: a link's name says nothing about its target
         yield ItemError(rel, f"broken symlink or symlink loop ({_link_problem(path)})")
@@ -254,63 +247,6 @@ def _document_files(root: Path, skip: frozenset[str] = frozenset()) -> list[str]
         else:
             logger.info("%s and %s are the same file; reading it once, as %s", chosen[key], rel, chosen[key])
     return sorted(chosen.values())
-
-
-def load_text_file(path: Path, rel: str, max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES) -> LoadItem:
-    """Load one ``.txt``/``.md`` file as a document with id and source ``rel``.
-
-    The size is checked with ``stat`` before reading, so an oversized file is never read.
-    Markdown is split into sections on its headings; plain text is one section titled by
-    the file stem.
-    """
-    text = _read_text(path, rel, max_document_bytes)
-    if isinstance(text, ItemError):
-        return text
-    stem = Path(rel).stem
-    if path.suffix.lower() in MARKDOWN_SUFFIXES:
-        title, sections = parse_markdown(text, default_title=stem)
-    else:
-        title, sections = stem, [Section(text=text)]
-    try:
-        return Document.create(
-            sections=sections, title=title, id=rel, metadata={"source": rel}, source=rel, max_bytes=max_document_bytes
-        )
-    except InvalidInputError as exc:
-        return item_error(rel, exc)
-
-
-def _read_text(path: Path, rel: str, max_document_bytes: int) -> str | ItemError:
-    """The decoded text of ``path``, or an :class:`ItemError` saying why it is unusable."""
-    try:
-        size = path.stat().st_size
-        if size > max_document_bytes:
-            return ItemError(
-                rel,
-                f"file is {_human_size(size)}, over the {_human_size(max_document_bytes)} limit per document "
-                "(split it, or raise max_document_bytes)",
-            )
-        data = path.read_bytes()
-    except OSError as exc:
-        return ItemError(rel, f"cannot read file ({exc.strerror or exc})")
-    if b"\x00" in data:
-        return ItemError(rel, "contains NUL bytes (binary file?)")
-    offset = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
-    try:
-        text = data[offset:].decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return ItemError(rel, utf8_error_message(exc, offset_base=offset))
-    if not text.strip():
-        return ItemError(rel, "file is empty or whitespace only")
-    return text
-
-
-def _human_size(n_bytes: int) -> str:
-    """``"512 bytes"``, ``"3.2 KiB"``, ``"50.0 MiB"``."""
-    if n_bytes < 1024:
-        return f"{n_bytes} bytes"
-    if n_bytes < 2**20:
-        return f"{n_bytes / 1024:.1f} KiB"
-    return f"{n_bytes / 2**20:.1f} MiB"
 
 
 __all__ = [

@@ -21,11 +21,11 @@ layout, :func:`iter_image_layout` reads it):
 
 Every loader validates its input: a problem with the layout as a whole (missing folder,
 unreadable annotation file, CSV without a caption column) raises
-:class:`~heterag.errors.InvalidInputError` at call time, naming the file; a problem with one
+:class:`~heterag.core.errors.InvalidInputError` at call time, naming the file; a problem with one
 item (missing or corrupt image, a line that is not JSON, a malformed annotation) is yielded as
-an :class:`~heterag.documents.ItemError` naming the file and line/record, and the rest loads.
+an :class:`~heterag.core.documents.ItemError` naming the file and line/record, and the rest loads.
 Images are opened (and validated) lazily, one item at a time, through
-:class:`~heterag.images.ImageRef`.
+:class:`~heterag.core.images.ImageRef`.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from heterag.documents import Section
+from heterag.core.documents import Section
 
 #: An ATX heading: up to 3 spaces, 1-6 '#', then a space or end of line; an optional
 #: closing run of '#' (preceded by a space) is not part of the heading text.

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from heterag.documents import Document, Section
-from heterag.errors import InvalidInputError
+from heterag.core.documents import Document, Section
+from heterag.core.errors import InvalidInputError
 
 from .base import RetrievalDataset, default_data_dir
 

@@ -12,7 +12,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 
-from heterag.documents import Document, Section
+from heterag.core.documents import Document, Section
 
 logger = logging.getLogger(__name__)
 

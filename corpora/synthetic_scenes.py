@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from heterag.documents import Document
-from heterag.errors import InvalidInputError
-from heterag.images import ImageRef
+from heterag.core.documents import Document
+from heterag.core.errors import InvalidInputError
+from heterag.core.images import ImageRef
 
 from .annotated import AnnotatedImage, ObjectAnnotation, QAPair
 

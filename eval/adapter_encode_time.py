@@ -19,8 +19,8 @@ from _common import require_data, write_report
 
 from corpora import default_data_dir
 from heterag import chunk_document, load_text_encoder, make_view
-from heterag.adapters import AdaptedEncoder, Adapter, encoder_weights_hash, init_prompt
-from heterag.tuning import beir_pairs
+from heterag.encoding.adapters import AdaptedEncoder, Adapter, encoder_weights_hash, init_prompt
+from heterag.training.prompts import beir_pairs
 
 
 def ratio(fa, fb, rounds: int) -> tuple[float, float, float]:

@@ -61,9 +61,9 @@ from sklearn.metrics import f1_score
 
 from corpora import default_data_dir, load_pubmedqa
 from heterag import DEFAULT_CHUNK_TOKENS, Pipeline, load_text_encoder, make_view, open_store
-from heterag.documents import Document
-from heterag.errors import GeneratorError
-from heterag.results import Hit
+from heterag.core.documents import Document
+from heterag.core.errors import GeneratorError
+from heterag.core.results import Hit
 
 LABELS = ("yes", "no", "maybe")
 KINDS = ("heterag", "naive", "documents", "oracle", "none")
@@ -295,7 +295,7 @@ def generator_kwargs(args) -> dict:
         kwargs["engine"] = args.engine
     if args.system_prompt:
         from heterag.generators.local import SHORT_SYSTEM_PROMPT
-        from heterag.prompting import DEFAULT_SYSTEM_PROMPT
+        from heterag.generators.prompting import DEFAULT_SYSTEM_PROMPT
 
         kwargs["system_prompt"] = DEFAULT_SYSTEM_PROMPT if args.system_prompt == "default" else SHORT_SYSTEM_PROMPT
     return kwargs

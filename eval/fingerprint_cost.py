@@ -15,7 +15,7 @@ import time
 import _common  # noqa: F401  (puts the checkout on sys.path)
 import numpy as np
 
-from heterag.content import _digest
+from heterag.pipeline.content import _digest
 from heterag.stores import open_store
 from heterag.stores.base import Record
 

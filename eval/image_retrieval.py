@@ -1,6 +1,6 @@
 """Image retrieval figures: near-duplicate robustness, text-to-image recall, ingest throughput, query latency.
 
-* Near-duplicate Recall@1 (``mask``, ``jpeg50``, ``crop90``; see :mod:`heterag.image_eval`) on
+* Near-duplicate Recall@1 (``mask``, ``jpeg50``, ``crop90``; see :mod:`heterag.evaluation.images`) on
   VQA-RAD's 315 radiographs and on 1,000 held-out synthetic scenes (seed 1; the shipped
   default encoder was trained on seed 0), for the ``default`` encoder and a random-init
   ``open_clip`` ViT-B-32 (``--clip-arch``; no pretrained weights can be downloaded here).
@@ -23,8 +23,8 @@ from _common import percentiles_ms, require_data, wilson_ci, write_report
 
 from corpora import default_data_dir, generate_scenes, load_vqa_rad
 from heterag import open_collection
-from heterag.image_encoders import load_image_encoder
-from heterag.image_eval import VARIANTS, evaluate_images, perturb
+from heterag.encoding.image_encoders import load_image_encoder
+from heterag.evaluation.images import VARIANTS, evaluate_images, perturb
 
 log = logging.getLogger("image_retrieval")
 

@@ -29,7 +29,7 @@ from heterag import (
     make_view,
     rank_documents,
 )
-from heterag.metrics import ndcg_at_k, recall_at_k
+from heterag.evaluation.metrics import ndcg_at_k, recall_at_k
 
 VIEWS = ("naive", "heterag", "late")
 

@@ -27,10 +27,18 @@ from _common import bootstrap_ci, require_data, write_report
 
 from corpora import default_data_dir
 from heterag import chunk_document, load_text_encoder, make_view
-from heterag.adapters import AdaptedEncoder, init_prompt
-from heterag.metrics import ndcg_at_k
-from heterag.tuning import PairSet, TuneConfig, beir_pairs, build_unit_index, pseudo_pairs, pubmedqa_pairs, train_adapter
-from heterag.tuning_cli import parse_ranks
+from heterag.cli.tune import parse_ranks
+from heterag.encoding.adapters import AdaptedEncoder, init_prompt
+from heterag.evaluation.metrics import ndcg_at_k
+from heterag.training.prompts import (
+    PairSet,
+    TuneConfig,
+    beir_pairs,
+    build_unit_index,
+    pseudo_pairs,
+    pubmedqa_pairs,
+    train_adapter,
+)
 
 log = logging.getLogger("tune_adapter")
 
@@ -72,7 +80,7 @@ def main() -> None:
     ap.add_argument("--sides", default="query")
     ap.add_argument("--deep", action="store_true", help="deep prompts: one at every encoder layer (TuneConfig.deep)")
     ap.add_argument("--pseudo", type=int, default=0, help="pseudo pairs for the label-free adapter (0: skip)")
-    ap.add_argument("--pseudo-kind", default="title", help="title, conclusion or sentence (heterag.tuning.pseudo_pairs)")
+    ap.add_argument("--pseudo-kind", default="title", help="title, conclusion or sentence (heterag.training.prompts.pseudo_pairs)")
     ap.add_argument("--pseudo-ranks", default=None, metavar="LO:HI", help="rank filter for pseudo pairs (untrained encoder)")
     ap.add_argument("--score-folds", default=None, help="score the pseudo adapter only on these folds' queries "
                     "(e.g. 1,2,3,4 when fold 0 chose its variant)")
@@ -245,7 +253,7 @@ def main() -> None:
             evaluate_folds("full", TuneConfig(full=True, sides="query", epochs=args.full_epochs, batch_size=32, seed=args.seed,
                                               temperature=args.temperature, patience=1), labelled, ff)
         # view-side encode-time ratio for a view prompt of the same P (what a view/shared/separate adapter costs)
-        from heterag.adapters import Adapter, encoder_weights_hash
+        from heterag.encoding.adapters import Adapter, encoder_weights_hash
 
         if not args.no_view_ratio:
             vp = Adapter(kind="prompt", base_model=enc.identity, base_hash=encoder_weights_hash(enc), prompt_tokens=args.prompt_tokens,

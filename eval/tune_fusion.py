@@ -21,7 +21,7 @@ from _common import write_report
 
 from corpora import generate_scenes
 from heterag import Fusion, open_collection
-from heterag.image_eval import perturb
+from heterag.evaluation.images import perturb
 
 RULES = {
     "weighted text=1 image=1 cross=1": "weighted:text=1,image=1,cross=1",

@@ -16,7 +16,7 @@ from _common import require_data, write_report
 
 from corpora import default_data_dir, load_pubmedqa
 from heterag import DEFAULT_CHUNK_TOKENS, LateView, load_text_encoder, make_view, rank_documents
-from heterag.metrics import ndcg_at_k, recall_at_k
+from heterag.evaluation.metrics import ndcg_at_k, recall_at_k
 
 
 def main() -> None:

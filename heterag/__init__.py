@@ -16,7 +16,7 @@ Public API (the sandbox and the UI use only these names)::
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from .errors import (
+from heterag.core.errors import (
     CollectionLockedError,
     CollectionNotFoundError,
     DimensionMismatchError,
@@ -30,21 +30,23 @@ from .errors import (
 #: Where each public name lives. They are imported on first use (PEP 562), so ``import heterag`` (and
 #: ``heterag --help``, or any command that needs no model) loads neither numpy-heavy modules nor torch.
 _LAZY = {
-    "chunking": ("DEFAULT_CHUNK_TOKENS", "ChunkedDocument", "chunk_document"),
-    "collections": ("CollectionInfo", "collection_info", "heterag_home", "list_collections", "load_text_encoder",
-                    "open_collection"),
-    "content": ("ContentDiff", "ContentFingerprint", "content_fingerprint"),
-    "documents": ("Chunk", "Document", "ItemError", "Section", "content_hash"),
-    "evaluation": ("evaluate", "rank_documents"),
-    "fusion": ("Fusion",),
+    "ingest.chunking": ("DEFAULT_CHUNK_TOKENS", "ChunkedDocument", "chunk_document"),
+    "collections.collection": ("CollectionInfo", "collection_info", "list_collections", "open_collection"),
+    "core.home": ("heterag_home",),
+    "encoding.text_encoder": ("load_text_encoder",),
+    "pipeline.content": ("ContentDiff", "ContentFingerprint", "content_fingerprint"),
+    "core.documents": ("Chunk", "Document", "ItemError", "Section", "content_hash"),
+    "evaluation.retrieval": ("evaluate", "rank_documents"),
+    "retrieval.fusion": ("Fusion",),
     "generators": ("ExtractiveGenerator", "Generator", "OpenAIGenerator", "make_generator"),
-    "guards": ("DroppedHit", "HitFilter", "IngestGuard", "IngestItem", "Retrieval", "RetrievalQuery", "Verdict"),
-    "images": ("ImageFiles", "ImageRef", "load_image"),
-    "locking": ("WriteLock",),
-    "pipeline": ("IngestReport", "Pipeline"),
-    "results": ("Answer", "Citation", "Hit", "SourceRef"),
+    "ingest.guards": ("IngestGuard", "IngestItem", "Verdict"),
+    "retrieval.hit_filters": ("DroppedHit", "HitFilter", "Retrieval", "RetrievalQuery"),
+    "core.images": ("ImageFiles", "ImageRef", "load_image"),
+    "core.locking": ("WriteLock",),
+    "pipeline.pipeline": ("IngestReport", "Pipeline"),
+    "core.results": ("Answer", "Citation", "Hit", "SourceRef"),
     "stores": ("STORES", "Fingerprint", "Record", "ScoredRecord", "VectorStore", "open_store"),
-    "views": ("VIEWS", "HeteragView", "LateView", "NaiveView", "RetrievalView", "make_view"),
+    "ingest.views": ("VIEWS", "HeteragView", "LateView", "NaiveView", "RetrievalView", "make_view"),
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 
@@ -63,27 +65,23 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what static tools see
-    from .chunking import DEFAULT_CHUNK_TOKENS, ChunkedDocument, chunk_document
-    from .collections import (
-        CollectionInfo,
-        collection_info,
-        heterag_home,
-        list_collections,
-        load_text_encoder,
-        open_collection,
-    )
-    from .content import ContentDiff, ContentFingerprint, content_fingerprint
-    from .documents import Chunk, Document, ItemError, Section, content_hash
-    from .evaluation import evaluate, rank_documents
-    from .fusion import Fusion
-    from .generators import ExtractiveGenerator, Generator, OpenAIGenerator, make_generator
-    from .guards import DroppedHit, HitFilter, IngestGuard, IngestItem, Retrieval, RetrievalQuery, Verdict
-    from .images import ImageFiles, ImageRef, load_image
-    from .locking import WriteLock
-    from .pipeline import IngestReport, Pipeline
-    from .results import Answer, Citation, Hit, SourceRef
-    from .stores import STORES, Fingerprint, Record, ScoredRecord, VectorStore, open_store
-    from .views import VIEWS, HeteragView, LateView, NaiveView, RetrievalView, make_view
+    from heterag.collections.collection import CollectionInfo, collection_info, list_collections, open_collection
+    from heterag.core.documents import Chunk, Document, ItemError, Section, content_hash
+    from heterag.core.home import heterag_home
+    from heterag.core.images import ImageFiles, ImageRef, load_image
+    from heterag.core.locking import WriteLock
+    from heterag.core.results import Answer, Citation, Hit, SourceRef
+    from heterag.encoding.text_encoder import load_text_encoder
+    from heterag.evaluation.retrieval import evaluate, rank_documents
+    from heterag.generators import ExtractiveGenerator, Generator, OpenAIGenerator, make_generator
+    from heterag.ingest.chunking import DEFAULT_CHUNK_TOKENS, ChunkedDocument, chunk_document
+    from heterag.ingest.guards import IngestGuard, IngestItem, Verdict
+    from heterag.ingest.views import VIEWS, HeteragView, LateView, NaiveView, RetrievalView, make_view
+    from heterag.pipeline.content import ContentDiff, ContentFingerprint, content_fingerprint
+    from heterag.pipeline.pipeline import IngestReport, Pipeline
+    from heterag.retrieval.fusion import Fusion
+    from heterag.retrieval.hit_filters import DroppedHit, HitFilter, Retrieval, RetrievalQuery
+    from heterag.stores import STORES, Fingerprint, Record, ScoredRecord, VectorStore, open_store
 
 __version__ = "0.1.0"
 

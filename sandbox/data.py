@@ -8,7 +8,7 @@ for MedMNIST), and the parts take their ``count`` or ``fraction`` in the order k
 reference, candidates, test.
 
 Items of the source that cannot be read (a corrupt or truncated image, a bad caption record) are never
-dropped silently: :func:`load_items` collects them (as :class:`~heterag.documents.ItemError`, naming the
+dropped silently: :func:`load_items` collects them (as :class:`~heterag.core.documents.ItemError`, naming the
 file and why) in ``unreadable``; they cannot be stored, so they take no part in the split.
 :class:`ScenarioData` keeps them and every report lists and counts them; membership inference keeps each
 as a non-member target with status ``corrupt`` and the neutral score (see :mod:`sandbox.membership`).
@@ -25,8 +25,8 @@ from corpora.annotated import AnnotatedImage
 from corpora.base import default_data_dir
 from corpora.image_layouts import LAYOUT_MEDMNIST, detect_image_layout, iter_image_layout
 from corpora.synthetic_scenes import generate_scenes
-from heterag.documents import ItemError
-from heterag.images import ImageRef
+from heterag.core.documents import ItemError
+from heterag.core.images import ImageRef
 
 from .scenario import PARTS, DataConfig, ScenarioError
 from .tasks import Task, make_task

@@ -48,7 +48,7 @@ from heterag import (
     content_fingerprint,
     heterag_home,
 )
-from heterag.errors import InvalidInputError
+from heterag.core.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
 

@@ -51,8 +51,8 @@ from tqdm.auto import tqdm
 
 from corpora.annotated import AnnotatedImage
 from heterag import HeteragError, InvalidInputError, Pipeline, content_fingerprint, open_collection
-from heterag.documents import ItemError
-from heterag.images import ImageRef
+from heterag.core.documents import ItemError
+from heterag.core.images import ImageRef
 
 from .attacks.answer_match import AnswerMatcher
 from .attacks.counterfact import ZeroShotProxy
@@ -70,9 +70,9 @@ from .attacks.mrm import (
 )
 from .attacks.proposals import AnnotationProposer, make_proposer
 from .data import ScenarioData, load_items, split_items
+from .experiment import Stages, collection_name_for, open_index, package_versions, show_progress
 from .injection import ReversibleInjection, RunLock, SandboxBusyError, leftovers, list_journals, new_run_id
 from .metrics import mean_ci, metric
-from .runner import Stages, _progress, _versions, collection_name_for, open_index
 from .scenario import MIA_DEFENSES, Scenario, ScenarioError
 from .tasks import Task
 
@@ -191,7 +191,7 @@ class RefusalGenerator:
         self.inner, self.name = inner, f"{getattr(inner, 'name', 'generator')}+refusal"
 
     def generate(self, question: str, hits: Sequence[Any], **kw: Any) -> Any:
-        from heterag.results import Answer
+        from heterag.core.results import Answer
 
         if any(p in (question or "").lower() for p in REFUSAL_PATTERNS):
             return Answer(text=REFUSAL_ANSWER, citations=(), hits=tuple(hits), context_tokens=0, generator=self.name)
@@ -427,7 +427,7 @@ class Attacker:
         q = self.m.trials
         variants = (lambda im: [augment(im, a) for a in AUGMENTATIONS]) if probing else None
         xs, queries, failed = [], [], []
-        for t in tqdm(targets, desc=desc, unit="target", disable=not _progress(), leave=False):
+        for t in tqdm(targets, desc=desc, unit="target", disable=not show_progress(), leave=False):
             o = self.oracle()
             logs = [run_trials(o, mq, PROMPTS[prompt], q, self.matcher, variants) for mq in t.masks]
             xs.append([lg.first_success(q) for lg in logs])
@@ -455,12 +455,12 @@ class Attacker:
             o = self.oracle()
             scores = np.full(len(targets), 0.5)
             if method == "mba":
-                for i, it in enumerate(tqdm(items, desc=f"{desc} mba", disable=not _progress(), leave=False)):
+                for i, it in enumerate(tqdm(items, desc=f"{desc} mba", disable=not show_progress(), leave=False)):
                     if it.text.strip() and self.hard is not None:
                         masked, words = self.hard.mask(it.text, self.m.mba_words)
                         scores[i] = mba_score(o.ask(MBA_PROMPT + masked, None), words)
             elif method == "qb-mia":
-                for i, t in enumerate(tqdm(targets, desc=f"{desc} qb-mia", disable=not _progress(), leave=False)):
+                for i, t in enumerate(tqdm(targets, desc=f"{desc} qb-mia", disable=not show_progress(), leave=False)):
                     if t.status in ("ok", "no_proposal"):
                         scores[i] = qb_score(o.ask(QB_PROMPT, t.image))
             else:
@@ -468,7 +468,7 @@ class Attacker:
                 answers: list[str | None] = []
                 images: list[ImageRef] = []
                 idx = []
-                for i, t in enumerate(tqdm(targets, desc=f"{desc} {method}", disable=not _progress(), leave=False)):
+                for i, t in enumerate(tqdm(targets, desc=f"{desc} {method}", disable=not show_progress(), leave=False)):
                     if t.status in ("ok", "no_proposal"):
                         answers.append(o.ask(SB_PROMPT, mask_left(t.image, f)))
                         images.append(t.image)
@@ -552,7 +552,7 @@ def _augmented_index(scn: Scenario, data: MembershipData, core: ScenarioData) ->
     try:
         docs = [dataclasses.replace(it, image=augment(it.image, k)).to_document(augmentation=k)
                 for it, k in zip(data.knowledge_base, kinds, strict=True)]
-        report = pipe.ingest(docs, progress=_progress(), total=len(docs))
+        report = pipe.ingest(docs, progress=show_progress(), total=len(docs))
         if report.failures:
             raise InvalidInputError(f"augmented store ingest failed for {len(report.failures)} item(s)")
     except BaseException:
@@ -582,7 +582,7 @@ def _run(scn: Scenario, data: MembershipData, core: ScenarioData, pipe: Pipeline
     with stages("proposals"):
         targets = [prepare_target(it, bool(y), proposer, proxy, vocab, m.masks, min_area=m.min_area, max_area=m.max_area,
                                    label_keys=m.label_keys, max_side=m.max_side)
-                   for it, y in tqdm(list(zip(items, labels, strict=True)), desc="proposals", disable=not _progress(), leave=False)]
+                   for it, y in tqdm(list(zip(items, labels, strict=True)), desc="proposals", disable=not show_progress(), leave=False)]
         shadow = [prepare_target(it, True, proposer, proxy, vocab, m.masks, min_area=m.min_area, max_area=m.max_area,
                                    label_keys=m.label_keys, max_side=m.max_side)
                   for it in data.shadow]
@@ -700,7 +700,7 @@ def _run(scn: Scenario, data: MembershipData, core: ScenarioData, pipe: Pipeline
     return {
         "kind": "membership",
         "run_id": run_id, "collection": name, "live": live, "data": data.sizes(),
-        "scenario": scn.model_dump(mode="json", by_alias=True), "seed": seed, "versions": _versions(),
+        "scenario": scn.model_dump(mode="json", by_alias=True), "seed": seed, "versions": package_versions(),
         "methods": list(m.methods), "vocabulary_size": len(vocab), "p_t": calib,
         "targets_by_status": {s: status.count(s) for s in sorted(set(status))},
         "shadow_without_mask": sum(1 for t in shadow if not t.masks),
@@ -716,7 +716,7 @@ def _run(scn: Scenario, data: MembershipData, core: ScenarioData, pipe: Pipeline
 
 
 def _load_encoder(spec: str) -> Any:
-    from heterag.image_encoders import load_image_encoder
+    from heterag.encoding.image_encoders import load_image_encoder
 
     try:
         return load_image_encoder(spec)

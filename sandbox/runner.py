@@ -22,35 +22,27 @@ The same seed gives the same numbers (the data split, k-means, PGD and the boots
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import logging
-import os
-import platform
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from heterag import HeteragError, Hit, InvalidInputError, Pipeline, collection_info, content_fingerprint, open_collection
+from heterag import HeteragError, Hit, InvalidInputError, Pipeline, content_fingerprint
 
 from .attacks.m3att import AttackInputs, PoisonSet, build_m3att, build_query_copy
 from .attacks.objectives import neighbour_thresholds
 from .attacks.upper_bound import fit_free_vectors
 from .data import Query, ScenarioData, load_scenario_data
-from .injection import ReversibleInjection, RunLock, SandboxBusyError, check_live, new_run_id
+from .experiment import Stages, open_index, package_versions, show_progress
+from .injection import ReversibleInjection, RunLock, SandboxBusyError, new_run_id
 from .metrics import hit_at_k, mean_ci, metric, normalised_drop, paired_ci
 from .scenario import Scenario
 
 log = logging.getLogger(__name__)
-
-
-def _progress() -> bool:
-    return not os.environ.get("HETERAG_NO_PROGRESS")
 
 
 @dataclass
@@ -65,72 +57,13 @@ class QueryResult:
         return [h.doc_id in poison_ids for h in self.hits]
 
 
-class Stages:
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        t = time.perf_counter()
-        log.info("stage %s", name)
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("heterag", "torch", "numpy", "scikit-learn", "scipy", "chromadb", "faiss-cpu", "open_clip_torch"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
-def collection_name_for(scn: Scenario, data: ScenarioData) -> str:
-    """Experiment collection name: a hash of the knowledge base and the RAG settings (so reruns reuse it)."""
-    h = hashlib.sha256()
-    h.update(json.dumps(scn.rag.model_dump(exclude={"generator", "top_k", "fusion", "collection", "allow_live"}),
-                        sort_keys=True).encode())
-    for it in data.knowledge_base:
-        h.update(it.id.encode())
-        h.update(it.image.sha256.encode())
-    return f"sandbox-{scn.name[:30]}-{h.hexdigest()[:12]}".replace("_", "-")
-
-
-def open_index(scn: Scenario, data: ScenarioData, *, allow_live: bool = False) -> tuple[Pipeline, str]:
-    rag = scn.rag
-    if rag.collection:
-        check_live(rag.collection, rag.allow_live or allow_live)
-        pipe = open_collection(rag.collection, create=False, fusion=rag.fusion)
-        return pipe, rag.collection
-    name = collection_name_for(scn, data)
-    pipe = open_collection(name, store=rag.store, encoder=rag.text_encoder, view=rag.view, image_encoder=rag.image_encoder,
-                           fusion=rag.fusion, purpose="experiment")
-    try:
-        if collection_info(name).purpose != "experiment":
-            raise InvalidInputError(f"collection {name!r} exists and is not an experiment collection")
-        report = pipe.ingest([it.to_document() for it in data.knowledge_base], progress=_progress(),
-                             total=len(data.knowledge_base))
-        if report.failures:
-            raise InvalidInputError(f"knowledge base ingest failed for {len(report.failures)} item(s): {report.failures[0]}")
-    except BaseException:
-        pipe.close()
-        raise
-    return pipe, name
-
-
 def ask_all(pipe: Pipeline, data: ScenarioData, k: int, desc: str, *, cite: set[str] | None = None,
             where: dict[str, Any] | None = None) -> list[QueryResult]:
     """Every test query through the pipeline (and its hit filters): hits and the reader's answer; and,
     where a hit belongs to a document in ``cite`` (the poisons), the sources the generator cites (it can
     only cite what it was given, so other queries need no generation to know it cites no poison)."""
     out = []
-    for q in tqdm(data.queries, desc=desc, unit="q", disable=not _progress(), leave=False):
+    for q in tqdm(data.queries, desc=desc, unit="q", disable=not show_progress(), leave=False):
         res = pipe.search(q.text, k=k, image=q.image, where=where)
         hits = list(res.hits)
         answer = data.task.read(q.text, hits)
@@ -423,7 +356,7 @@ def _run_locked(scn: Scenario, data: ScenarioData, pipe: Pipeline, name: str, lo
     report.update({
         "scenario": scn.model_dump(mode="json", by_alias=True),
         "seed": scn.seed,
-        "versions": _versions(),
+        "versions": package_versions(),
         "fingerprint_before": fp_before.digest,
         "fingerprint_after": fp_after.digest,
         "fingerprint_explained": [o.explained for o in outcomes if o is not None and o.explained],
@@ -446,7 +379,7 @@ def make_poisons(scn: Scenario, data: ScenarioData, inputs: AttackInputs, pipe: 
     if a.name == "query_copy":
         return build_query_copy(data.test, data.task, [], a.editor.name, run_id=run_id)
     return build_m3att(a, inputs, pipe.image_encoder, n, seed=scn.seed, run_id=run_id, random_baseline=a.name == "random",
-                       progress=_progress())
+                       progress=show_progress())
 
 
 def add_attack_metrics(metrics: dict, suffix: str, clean: Sequence[QueryResult], run: AttackRun, kb_size: int,

@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
-from heterag.errors import HeteragError, InvalidInputError
+from heterag.core.errors import HeteragError, InvalidInputError
 
 #: Attacks a scenario may name.
 ATTACKS = ("m3att", "random", "query_copy", "none", "mrm")

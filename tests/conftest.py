@@ -100,7 +100,7 @@ def tiny_encoder_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from sentence_transformers import SentenceTransformer, models
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from heterag.encoders import _packaged_default
+    from heterag.encoding.text_encoder import _packaged_default
 
     out = tmp_path_factory.mktemp("tiny-encoder")
     tok = AutoTokenizer.from_pretrained(str(_packaged_default()))

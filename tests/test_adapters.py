@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from heterag import Document, FingerprintMismatchError, InvalidInputError, LateView, open_collection
-from heterag.adapters import (
+from heterag.cli.main import main
+from heterag.encoding.adapters import (
     AdaptedEncoder,
     Adapter,
     adapter_paths,
@@ -20,8 +21,7 @@ from heterag.adapters import (
     init_prompt,
     load_adapter,
 )
-from heterag.cli import main
-from heterag.tuning import PairSet, TrainPair, TuneConfig, beir_pairs, build_unit_index, pseudo_pairs, train_adapter
+from heterag.training.prompts import PairSet, TrainPair, TuneConfig, beir_pairs, build_unit_index, pseudo_pairs, train_adapter
 
 TOPICS = [
     ("Aspirin and heart attacks", "Daily low-dose aspirin reduced the rate of first heart attacks in middle-aged men. "
@@ -233,7 +233,7 @@ def test_tampered_tensor_fails_the_content_hash(tmp_path, encoder):
 
 
 def test_adapter_for_another_base_model_is_refused(tmp_path, encoder, tiny_encoder_path):
-    from heterag.encoders import TextEncoder
+    from heterag.encoding.text_encoder import TextEncoder
 
     tiny = TextEncoder(str(tiny_encoder_path))
     _prompt_adapter(tiny, P=4).save(tmp_path / "tiny")
@@ -259,7 +259,7 @@ def test_training_lowers_the_loss_is_seeded_and_leaves_the_encoder_frozen(encode
     r2 = train_adapter(_pairs(), units, encoder, cfg, progress=False)
     assert r1.adapter.hash == r2.adapter.hash  # seeded
     assert r1.metrics["train_loss"][-1] < r1.metrics["train_loss"][0]
-    from heterag.adapters import base_weights_hash as bwh
+    from heterag.encoding.adapters import base_weights_hash as bwh
 
     assert bwh(encoder._transformer) == before  # frozen weights never change
     assert not any(p.requires_grad for p in encoder._transformer.parameters())
@@ -357,8 +357,8 @@ def test_collection_refuses_another_adapter_naming_both_and_the_reembed_command(
 
 
 def test_reembed_switches_adapters_and_a_crash_leaves_the_old_vectors_serving(tmp_path, encoder, docs):
-    from heterag.collections import collection_info
-    from heterag.reembed import reembed_collection
+    from heterag.collections.collection import collection_info
+    from heterag.collections.reembed import reembed_collection
 
     a = _prompt_adapter(encoder, sides="view", seed=1)
     a.save(tmp_path / "a")
@@ -395,7 +395,7 @@ def test_reembed_switches_adapters_and_a_crash_leaves_the_old_vectors_serving(tm
 def test_a_reader_opened_before_reembed_keeps_serving_after_the_switch(tmp_path, encoder, docs):
     """A reader (an app, a concurrent ask) that opened the collection before the switch must not find its
     store deleted under it: it goes on answering from the complete old vectors (bt #10 finding)."""
-    from heterag.reembed import reembed_collection
+    from heterag.collections.reembed import reembed_collection
 
     a = _prompt_adapter(encoder, sides="view", seed=1)
     a.save(tmp_path / "a")

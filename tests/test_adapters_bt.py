@@ -11,8 +11,8 @@ import pytest
 from test_adapters import TOPICS, _beir, _deep_adapter, _prompt_adapter, _run
 
 from heterag import Document, FingerprintMismatchError, InvalidInputError
-from heterag.adapters import AdaptedEncoder, load_adapter
-from heterag.tuning import TuneConfig, build_unit_index, pseudo_pairs
+from heterag.encoding.adapters import AdaptedEncoder, load_adapter
+from heterag.training.prompts import TuneConfig, build_unit_index, pseudo_pairs
 
 
 @pytest.mark.parametrize("field,value", [("lr", -1.0), ("lr", 0.0), ("lr", float("nan")), ("patience", 0), ("patience", -1),
@@ -101,7 +101,7 @@ def test_deep_adapter_and_plain_encoder_in_threads_match_serial_runs(encoder):
 
 def test_adapting_an_adapted_encoder_is_one_line_error(tmp_path, encoder):
     """``adapt(adapt(enc, A), B)`` used to raise AttributeError ('_transformer')."""
-    from heterag.adapters import adapt
+    from heterag.encoding.adapters import adapt
 
     a = _prompt_adapter(encoder, P=4)
     a.save(tmp_path / "a")

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from heterag import Document, InvalidInputError, open_collection
-from heterag.catalog import delete_documents, list_documents, thumbnail_data_uri
-from heterag.cli import main
+from heterag.cli.main import main
 from heterag.ui import render
+from heterag.ui.catalog import delete_documents, list_documents, thumbnail_data_uri
 from heterag.ui.config import DEMOS, AppConfig, ChatSettings, load_config_file, parse_args
 from heterag.ui.service import ChatService, Done, Failed, Notice, Token
 from heterag.ui.uploads import UploadLimits, stage_uploads
@@ -369,7 +369,7 @@ def test_config_values_of_the_wrong_type_are_refused_in_one_line(tmp_path):
 
 
 def test_a_port_in_use_is_one_line_before_anything_loads():
-    from heterag.errors import HeteragError
+    from heterag.core.errors import HeteragError
     from heterag.ui.server import serve
 
     with socket.socket() as s:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 from heterag import Document, InvalidInputError, open_collection
-from heterag.adapters import Adapter, encoder_weights_hash, init_prompt
-from heterag.collections import collection_info
+from heterag.collections.collection import collection_info
+from heterag.encoding.adapters import Adapter, encoder_weights_hash, init_prompt
 from heterag.ui.config import AppConfig, ChatSettings, load_config_file, parse_args
 from heterag.ui.service import ChatService, Done, Failed
 

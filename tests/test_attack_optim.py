@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from corpora.synthetic_scenes import render_scene
-from heterag.errors import InvalidInputError
-from heterag.image_encoders import image_pixels, load_image_encoder
+from heterag.core.errors import InvalidInputError
+from heterag.encoding.image_encoders import image_pixels, load_image_encoder
 from sandbox.attacks import (
     coverage,
     fit_free_vectors,

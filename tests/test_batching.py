@@ -11,10 +11,10 @@ import time
 import numpy as np
 import pytest
 
-from heterag.batching import MicroBatcher
-from heterag.encoders import TextEncoder
+from heterag.core.results import Hit
+from heterag.encoding.batching import MicroBatcher
+from heterag.encoding.text_encoder import TextEncoder
 from heterag.generators.extractive import ExtractiveGenerator
-from heterag.results import Hit
 
 
 def _together(n: int, target) -> list:

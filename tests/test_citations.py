@@ -9,8 +9,8 @@ import pytest
 from cli_helpers import run
 from format_samples import FIGURE_CAPTIONS, write_html, write_pdf
 
-from heterag.prompting import citation_for
-from heterag.results import Answer, Hit, SourceRef, format_citation
+from heterag.core.results import Answer, Hit, SourceRef, format_citation
+from heterag.generators.prompting import citation_for
 from heterag.ui import render
 
 

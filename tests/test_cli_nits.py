@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from cli_helpers import run
 
-from heterag.collections import list_collections
+from heterag.collections.collection import list_collections
 
 
 def test_an_oversize_file_names_the_cli_option(capsys, tmp_path):
@@ -42,7 +42,7 @@ def test_chunk_tokens_has_an_upper_bound_and_says_it(capsys, value):
 
 def test_the_library_refuses_an_oversize_chunk_too():
     from heterag import open_collection
-    from heterag.errors import InvalidInputError
+    from heterag.core.errors import InvalidInputError
 
     with pytest.raises(InvalidInputError, match="at most 8192 tokens"):
         open_collection("kb", chunk_tokens=100_000)

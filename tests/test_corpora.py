@@ -20,8 +20,8 @@ from corpora import (
     load_pydoc_topics,
     parse_markdown,
 )
-from heterag.documents import Document
-from heterag.errors import InvalidInputError
+from heterag.core.documents import Document
+from heterag.core.errors import InvalidInputError
 
 # --------------------------------------------------------------------------- helpers
 

@@ -14,8 +14,8 @@ import torch
 
 from corpora.synthetic_scenes import generate_scenes
 from heterag import Document, Hit, ImageRef, RetrievalQuery, UnknownNameError, open_collection
-from heterag.errors import InvalidInputError
-from heterag.image_encoders import image_pixels
+from heterag.core.errors import InvalidInputError
+from heterag.encoding.image_encoders import image_pixels
 from sandbox.attacks import pgd
 from sandbox.defenses import (
     DEFENSES,

@@ -11,7 +11,7 @@ import pytest
 from cli_helpers import run
 
 from heterag import open_collection
-from heterag.collections import list_collections
+from heterag.collections.collection import list_collections
 
 
 @pytest.fixture()
@@ -62,7 +62,7 @@ def test_collections_lists_counts_and_settings(capsys, kb):
     line = out.strip()
     assert line.startswith("kb: 3 documents, 3 chunks, 0 images; store faiss") and "chunk tokens 32" in line
     assert "view heterag " in line and " neighbours=1" in line and "\n" not in line
-    from heterag.collections import describe_collection
+    from heterag.collections.collection import describe_collection
 
     info = describe_collection("kb")
     assert info["documents"] == 3 and info["chunk_tokens"] == 32 and info["encoder_identity"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from heterag import Document, open_collection
-from heterag.errors import FingerprintMismatchError, HeteragError
+from heterag.core.errors import FingerprintMismatchError, HeteragError
 
 
 @pytest.fixture()
@@ -30,7 +30,7 @@ def no_hub(tmp_path, monkeypatch) -> Path:
 
 
 def test_a_hub_name_not_on_this_machine_fails_in_seconds_with_one_line(no_hub):
-    from heterag.encoders import TextEncoder
+    from heterag.encoding.text_encoder import TextEncoder
 
     start = time.monotonic()
     with pytest.raises(HeteragError) as err:
@@ -43,7 +43,7 @@ def test_a_hub_name_not_on_this_machine_fails_in_seconds_with_one_line(no_hub):
 def test_a_name_the_hub_does_not_have_is_said_so(no_hub, monkeypatch):
     from huggingface_hub import constants
 
-    from heterag.encoders import TextEncoder
+    from heterag.encoding.text_encoder import TextEncoder
 
     class NotFound(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - http.server's name
@@ -65,7 +65,7 @@ def test_a_name_the_hub_does_not_have_is_said_so(no_hub, monkeypatch):
 
 def test_a_hub_model_in_the_local_cache_loads_from_it_without_the_network(no_hub, tiny_encoder_path):
     """The real loading path for hub names stays: a cached model is found by its hub name, offline."""
-    from heterag.encoders import TextEncoder
+    from heterag.encoding.text_encoder import TextEncoder
 
     snapshot = no_hub / "models--someone--tiny" / "snapshots" / "0123abcd"
     shutil.copytree(tiny_encoder_path, snapshot)
@@ -84,13 +84,14 @@ def tiny_collection(tiny_encoder_path) -> str:
 
 
 def test_another_encoder_is_refused_before_any_model_loads(tiny_collection, monkeypatch, no_hub):
-    import heterag.collections as collections
-    import heterag.image_encoders as image_encoders
+    import heterag.collections.collection as collections
+    import heterag.encoding.image_encoders as image_encoders
+    import heterag.encoding.text_encoder as text_encoder
 
     def no_loading(*args, **kwargs):
         raise AssertionError("a model was loaded before the options were compared")
 
-    monkeypatch.setattr(collections, "_ENCODERS", {})
+    monkeypatch.setattr(text_encoder, "_ENCODERS", {})
     monkeypatch.setattr(collections, "load_text_encoder", no_loading)
     monkeypatch.setattr(image_encoders, "check_image_encoder_spec", no_loading)  # would import open_clip
     start = time.monotonic()
@@ -102,7 +103,13 @@ def test_another_encoder_is_refused_before_any_model_loads(tiny_collection, monk
 
 
 def test_the_default_encoders_own_weight_folder_is_the_default_encoder(tmp_path):
-    from heterag.encoders import DEFAULT_TEXT_MODEL, _packaged_default, model_files_hash, resolve_text_model, same_text_model
+    from heterag.encoding.text_encoder import (
+        DEFAULT_TEXT_MODEL,
+        _packaged_default,
+        model_files_hash,
+        resolve_text_model,
+        same_text_model,
+    )
 
     packaged = _packaged_default()
     if packaged is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from cli_helpers import run
 
-from heterag.collections import list_collections
+from heterag.collections.collection import list_collections
 
 
 def _never(what: str):
@@ -17,10 +17,10 @@ def _never(what: str):
 @pytest.mark.parametrize("generator", ["local", "transformers"])
 def test_ask_checks_the_generator_model_before_building_the_demo(capsys, monkeypatch, generator, heterag_home):
     import corpora.demo
-    import heterag.collections
+    import heterag.collections.collection
 
     monkeypatch.setattr(corpora.demo, "open_demo", _never("the demo build"))
-    monkeypatch.setattr(heterag.collections, "open_collection", _never("opening a collection"))
+    monkeypatch.setattr(heterag.collections.collection, "open_collection", _never("opening a collection"))
     code, out, err = run(capsys, "ask", "hi", "--generator", generator, "--model", "nosuchmodel")
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and "nosuchmodel" in err and "does not exist" in err and "never downloaded" in err
@@ -28,9 +28,9 @@ def test_ask_checks_the_generator_model_before_building_the_demo(capsys, monkeyp
 
 
 def test_train_image_encoder_checks_its_folders_first(capsys, monkeypatch, tmp_path):
-    import heterag.training
+    import heterag.cli.train_image_encoder
 
-    monkeypatch.setattr(heterag.training, "train_image_encoder", _never("training"))
+    monkeypatch.setattr(heterag.cli.train_image_encoder, "train_image_encoder", _never("training"))
     code, _, err = run(capsys, "train-image-encoder", "--folder", str(tmp_path / "nonexistent"), "--out", str(tmp_path / "w"))
     assert code == 2 and err.count("\n") == 1 and "nonexistent does not exist" in err
     assert not (tmp_path / "w").exists()
@@ -38,9 +38,9 @@ def test_train_image_encoder_checks_its_folders_first(capsys, monkeypatch, tmp_p
 
 @pytest.mark.parametrize("target", ["/nonexistent/beir", "nosuchcollection"])
 def test_tune_names_a_missing_folder_or_collection_before_loading_a_model(capsys, monkeypatch, tmp_path, target):
-    import heterag.collections
+    import heterag.collections.collection
 
-    monkeypatch.setattr(heterag.collections, "load_text_encoder", _never("loading the text encoder"))
+    monkeypatch.setattr(heterag.collections.collection, "load_text_encoder", _never("loading the text encoder"))
     code, _, err = run(capsys, "tune", target, "--out", str(tmp_path / "a"))
     assert code == 2 and err.count("\n") == 1
     assert f"{target!r}: no folder and no collection of that name" in err and "bad collection name" not in err

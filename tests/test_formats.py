@@ -13,7 +13,7 @@ from format_samples import FIGURE_CAPTIONS, PATIENT, write_dicom, write_encrypte
 
 from corpora.files import iter_path
 from heterag import open_collection
-from heterag.collections import collection_dir, list_collections
+from heterag.collections.collection import collection_dir, list_collections
 
 
 @pytest.fixture(scope="module")

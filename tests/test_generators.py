@@ -21,8 +21,10 @@ import pytest
 from chat_server import ChatServer, image_urls
 from PIL import Image
 
-from heterag.embedding import Embedder
-from heterag.errors import GeneratorError, InvalidInputError, UnknownNameError
+from heterag.core.errors import GeneratorError, InvalidInputError, UnknownNameError
+from heterag.core.images import ImageRef
+from heterag.core.results import Hit
+from heterag.encoding.embedder import Embedder
 from heterag.generators import (
     GENERATORS,
     ExtractiveGenerator,
@@ -31,8 +33,7 @@ from heterag.generators import (
     make_generator,
 )
 from heterag.generators.extractive import NO_ANSWER_IN_SOURCES, split_sentences
-from heterag.images import ImageRef
-from heterag.prompting import (
+from heterag.generators.prompting import (
     DEFAULT_IMAGE_QUESTION,
     DEFAULT_SYSTEM_PROMPT,
     NO_SOURCES_ANSWER,
@@ -46,7 +47,6 @@ from heterag.prompting import (
     number_hits,
     parse_citations,
 )
-from heterag.results import Hit
 
 # --------------------------------------------------------------------------- a small real embedder
 

@@ -23,7 +23,7 @@ from heterag import (
     content_fingerprint,
     open_collection,
 )
-from heterag.errors import InvalidInputError
+from heterag.core.errors import InvalidInputError
 
 TEXTS = [
     "Photosynthesis converts light energy into chemical energy in chloroplasts.",

@@ -21,11 +21,11 @@ from PIL import Image
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from heterag.errors import GeneratorError, InvalidInputError  # noqa: E402
+from heterag.core.errors import GeneratorError, InvalidInputError  # noqa: E402
+from heterag.core.images import ImageRef  # noqa: E402
+from heterag.core.results import Hit  # noqa: E402
 from heterag.generators import GENERATORS, Generator, TransformersGenerator, make_generator  # noqa: E402
-from heterag.images import ImageRef  # noqa: E402
-from heterag.prompting import DEFAULT_IMAGE_QUESTION, NO_SOURCES_ANSWER  # noqa: E402
-from heterag.results import Hit  # noqa: E402
+from heterag.generators.prompting import DEFAULT_IMAGE_QUESTION, NO_SOURCES_ANSWER  # noqa: E402
 
 IMAGE_SIDE = 32  # the tiny CLIP's input size
 PATCH = 8
@@ -494,7 +494,7 @@ def test_cli_ask_with_image_through_a_local_vlm(vlm_forced: Path, tmp_path: Path
     import json
 
     from corpora.synthetic_scenes import render_scene, write_caption_folder
-    from heterag.cli import main
+    from heterag.cli.main import main
 
     folder = write_caption_folder(tmp_path / "scenes", 6, seed=3, size=64)
     assert main(["ingest", str(folder), "--collection", "vlm-scenes"]) == 0

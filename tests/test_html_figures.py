@@ -11,7 +11,7 @@ from cli_helpers import run
 from format_samples import chart
 
 from corpora.files import iter_path
-from heterag.collections import collection_documents
+from heterag.collections.collection import collection_documents
 
 
 @pytest.fixture()

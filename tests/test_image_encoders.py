@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 
 from corpora.synthetic_scenes import generate_scenes
-from heterag.errors import InvalidInputError, UnknownNameError
-from heterag.image_encoders import (
+from heterag.core.errors import InvalidInputError, UnknownNameError
+from heterag.core.images import ImageRef
+from heterag.encoding.image_encoders import (
     DEFAULT_CONFIG,
     DEFAULT_WEIGHTS,
     IMAGE_ENCODERS,
@@ -24,8 +25,7 @@ from heterag.image_encoders import (
     load_image_encoder,
     preprocess_pixels,
 )
-from heterag.images import ImageRef
-from heterag.training import jpeg, recall_at
+from heterag.training.image_encoder import jpeg, recall_at
 
 #: The smallest open_clip architecture (ViT-S/32 image tower, 10-layer 256-wide text tower).
 SMALL_ARCH = "ViT-S-32-alt"
@@ -65,7 +65,7 @@ def _unit_rows(x: np.ndarray) -> bool:
 def test_registry_and_identities(default_encoder, clip_encoder):
     assert set(IMAGE_ENCODERS) == {"default", "open_clip"}
     assert load_image_encoder("default") is default_encoder is load_image_encoder(None)
-    from heterag.image_encoders import DEFAULT_WEIGHTS, WEIGHTS_DIR, _sha256_file
+    from heterag.encoding.image_encoders import DEFAULT_WEIGHTS, WEIGHTS_DIR, _sha256_file
 
     assert default_encoder.identity == f"heterag-default-image-v1:sha256-{_sha256_file(WEIGHTS_DIR / DEFAULT_WEIGHTS)[:16]}"
     assert default_encoder.text_identity == "sentence-transformers/all-MiniLM-L6-v2"

@@ -39,8 +39,8 @@ from corpora.image_layouts import (
     rle_to_string,
     split_vqa_rad,
 )
-from heterag.documents import ItemError
-from heterag.errors import InvalidInputError
+from heterag.core.documents import ItemError
+from heterag.core.errors import InvalidInputError
 
 # ----------------------------------------------------------------------------- helpers
 

@@ -1,4 +1,4 @@
-"""heterag.images: every bad image is one clear error naming the file; unusual valid images convert correctly."""
+"""heterag.core.images: every bad image is one clear error naming the file; unusual valid images convert correctly."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from heterag import Document
-from heterag.errors import InvalidInputError
-from heterag.images import ImageFiles, ImageRef, load_image, pil_to_tensor, tensor_to_pil
+from heterag.core.errors import InvalidInputError
+from heterag.core.images import ImageFiles, ImageRef, load_image, pil_to_tensor, tensor_to_pil
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:

@@ -25,15 +25,15 @@ from corpora.layouts import (
     register_layout,
     unregister_layout,
 )
-from heterag.documents import Document, ItemError
-from heterag.errors import InvalidInputError
+from heterag.core.documents import Document, ItemError
+from heterag.core.errors import InvalidInputError
 
 TOY_MODULE = '''
 """A toy layout: a folder with ``toy.manifest``, one document per ``id<TAB>text`` line."""
 
 from pathlib import Path
 
-from heterag.documents import Document, ItemError
+from heterag.core.documents import Document, ItemError
 
 
 class ToyLayout:

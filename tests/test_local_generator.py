@@ -15,15 +15,15 @@ pytest.importorskip("transformers")
 
 from test_hf_generator import HITS, QUESTION, hit, save_causal  # noqa: E402
 
-from heterag.errors import GeneratorError, InvalidInputError  # noqa: E402
+from heterag.core.errors import GeneratorError, InvalidInputError  # noqa: E402
 from heterag.generators import GENERATORS, make_generator  # noqa: E402
 from heterag.generators.local import (  # noqa: E402
     LocalGenerator,
-    _clean,
     attribute,
     packaged_model,
     resolve_local_model,
 )
+from heterag.generators.local.citations import _clean  # noqa: E402
 
 
 def _run(gen: LocalGenerator, question: str = QUESTION, hits=HITS):
@@ -121,7 +121,7 @@ def test_contextual_calibration_divides_by_the_content_free_reference(tmp_path: 
     ref = gen.content_free_probabilities(options, passages=2)
     assert list(ref) == options and sum(ref.values()) == pytest.approx(1.0)
     # the average of the three content-free inputs, each scored like a real question
-    from heterag.results import Hit
+    from heterag.core.results import Hit
 
     fill = lambda f: tuple(Hit(chunk_id=f"content-free-{i}", doc_id=f"content-free-{i}", text=f or "N/A",  # noqa: E731
                                view="", score=0.0) for i in range(2))
@@ -231,7 +231,7 @@ def test_packaged_model_reuses_its_system_prompt_prefix(packaged):
 
 def test_cli_ask_with_the_local_generator(tmp_path: Path, capsys):
     from heterag import Document, open_collection
-    from heterag.cli import main
+    from heterag.cli.main import main
 
     pipe = open_collection("icefacts", create=True)
     pipe.ingest([Document.create("Ice floats because it is less dense than liquid water.", title="Ice", id="ice.md")])

@@ -13,9 +13,10 @@ pytest.importorskip("transformers")
 
 from test_hf_generator import HITS, QUESTION, hit, save_causal  # noqa: E402
 
-from heterag.errors import GeneratorError, InvalidInputError  # noqa: E402
+from heterag.core.errors import GeneratorError, InvalidInputError  # noqa: E402
 from heterag.generators.hf import TransformersGenerator  # noqa: E402
-from heterag.generators.local import LocalGenerator, _CitationGuard, check_local_model  # noqa: E402
+from heterag.generators.local import LocalGenerator, check_local_model  # noqa: E402
+from heterag.generators.local.citations import _CitationGuard  # noqa: E402
 
 
 def _stream(pieces: list[str], n: int = 2) -> tuple[str, str]:
@@ -87,7 +88,7 @@ def test_bt_gguf_without_magic_is_refused_before_anything_opens(tmp_path: Path, 
     """``check_local_model`` (run by ``heterag ask`` before it opens a collection or indexes the demo,
     which takes minutes) refuses a ``.gguf`` file that is not GGUF at all (empty, renamed), as
     ``LocalGenerator`` does."""
-    from heterag.cli import main
+    from heterag.cli.main import main
 
     empty = tmp_path / "empty.gguf"
     empty.write_bytes(b"")
@@ -146,8 +147,8 @@ def test_bt_cli_ask_threads_option(tmp_path: Path, capsys, monkeypatch: pytest.M
     """The issue makes the thread count configurable (1 by default); ``heterag ask`` offers it as
     ``--threads N`` for the local generator, refuses it for others and refuses 0."""
     from heterag import Document, open_collection
-    from heterag.cli import main
-    from heterag.generators import local
+    from heterag.cli.main import main
+    from heterag.generators.local import generator as local  # the module whose torch_threads LocalGenerator calls
 
     pipe = open_collection("icefacts", create=True)
     pipe.ingest([Document.create("Ice floats because it is less dense than liquid water.", title="Ice", id="ice.md")])
@@ -178,7 +179,7 @@ def test_bt_code_in_answers_is_not_taken_for_citations(tmp_path: Path):
     """Answers about code (the Python demo collection) index lists: ``lst[0]`` inside code is code,
     not a citation of a passage that does not exist, and ``lst[1]`` is not a citation of passage 1.
     Seen with the packaged model: ``return lst[0]`` in a fenced block came out as ``return lst``."""
-    from heterag.generators.local import _clean
+    from heterag.generators.local.citations import _clean
 
     assert _clean("```python\nreturn lst[0]\n```\nIt returns the first item [1].", 2, final=True) == \
         "```python\nreturn lst[0]\n```\nIt returns the first item [1]."
@@ -210,7 +211,7 @@ def test_bt_code_in_answers_is_not_taken_for_citations(tmp_path: Path):
 def test_bt_any_split_of_the_stream_gives_the_final_text(text: str):
     """Whatever pieces the engine streams, what streams is the answer, and the answer is the final
     clean-up of the whole text (no text lost to a removal reaching back into streamed text)."""
-    from heterag.generators.local import _clean
+    from heterag.generators.local.citations import _clean
 
     rng = np.random.default_rng(0)
     want = _clean(text, 2, final=True).rstrip()

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from heterag.metrics import evaluate_rankings, mrr_at_k, ndcg_at_k, recall_at_k
+from heterag.evaluation.metrics import evaluate_rankings, mrr_at_k, ndcg_at_k, recall_at_k
 
 
 def test_ndcg_graded_gains_and_log2_discount():

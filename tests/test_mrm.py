@@ -14,10 +14,10 @@ from scipy import stats
 
 from corpora.synthetic_scenes import generate_scenes
 from heterag import HeteragError, InvalidInputError, content_fingerprint, open_collection
-from heterag.cli import main
+from heterag.cli.main import main
+from heterag.core.images import ImageRef
+from heterag.core.results import Answer
 from heterag.generators import ExtractiveGenerator, OpenAIGenerator
-from heterag.images import ImageRef
-from heterag.results import Answer
 from sandbox.attacks.answer_match import AnswerMatcher
 from sandbox.attacks.counterfact import MaskFeatures, ZeroShotProxy, features, rank_masks
 from sandbox.attacks.mia_baselines import HardWords, mask_left, mba_score, qb_score
@@ -160,7 +160,7 @@ def test_annotation_mode_labels_and_counterfact_ranking():
 
 
 def test_zero_shot_proxy_uses_the_image_encoders_text_side():
-    from heterag.image_encoders import load_image_encoder
+    from heterag.encoding.image_encoders import load_image_encoder
 
     proxy = ZeroShotProxy(load_image_encoder("default"))
     p = proxy.probabilities([SCENES[0].image, SCENES[1].image], ["red circle", "blue square", "green star"])
@@ -423,7 +423,7 @@ def test_transformers_segmenter_from_a_local_folder_gives_labelled_masks(tmp_pat
 
 
 def test_the_proxy_is_pluggable_with_an_open_clip_model():
-    from heterag.image_encoders import load_image_encoder
+    from heterag.encoding.image_encoders import load_image_encoder
 
     proxy = ZeroShotProxy(load_image_encoder("open_clip:ViT-S-32-alt"))  # random init: the loading and scoring path
     p = proxy.probabilities([SCENES[0].image], ["red circle", "blue square"])

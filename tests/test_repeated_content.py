@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 
 from corpora.files import iter_path
 from heterag import Document, open_collection
-from heterag.cli import main
+from heterag.cli.main import main
 
 QUESTIONS = {
     "What causes the tides?": "tides.md",
@@ -88,8 +88,8 @@ def test_a_document_of_identical_chunks_is_stored_once_and_hides_nothing(capsys,
 
 def test_a_document_without_repeats_keeps_every_chunk_and_id(encoder):
     """Chunk ids of documents without repeats are what they were before (re-ingesting old collections stays a no-op)."""
-    from heterag.chunking import chunk_document
-    from heterag.views import HeteragView, LateView, NaiveView, distinct_chunks
+    from heterag.ingest.chunking import chunk_document
+    from heterag.ingest.views import HeteragView, LateView, NaiveView, distinct_chunks
 
     doc = Document.create(" ".join(f"Sentence number {i} talks about topic {i * 7}." for i in range(60)), id="d", title="T")
     cd = chunk_document(doc, encoder.tokenize, 32)

@@ -6,7 +6,7 @@ register itself there to be tested (server backends also name their session serv
 
 * scores are cosine similarities, best first, for any (also non-unit) vectors;
   stored vectors come back as given;
-* filters behave exactly like :func:`heterag.filters.matches` (the reference);
+* filters behave exactly like :func:`heterag.stores.filters.matches` (the reference);
 * every failed call (bad dimension, NaN, duplicate ids...) leaves the store unchanged;
 * query results carry no vectors (``record.vector is None``).
 
@@ -25,15 +25,15 @@ import numpy as np
 import pytest
 from store_servers import chroma_server, milvus_lite, pg_server, store_spec  # noqa: F401 - session fixtures
 
-from heterag.errors import (
+from heterag.core.errors import (
     DimensionMismatchError,
     FingerprintMismatchError,
     HeteragError,
     InvalidInputError,
     UnknownNameError,
 )
-from heterag.filters import matches
 from heterag.stores import STORES, Fingerprint, Record, VectorStore, open_store
+from heterag.stores.filters import matches
 
 logger = logging.getLogger(__name__)
 

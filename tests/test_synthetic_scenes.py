@@ -26,7 +26,7 @@ from corpora.synthetic_scenes import (
     render_scene,
     write_caption_folder,
 )
-from heterag.errors import InvalidInputError
+from heterag.core.errors import InvalidInputError
 
 
 @pytest.fixture(scope="module")

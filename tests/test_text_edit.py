@@ -14,7 +14,7 @@ from chat_server import ChatServer
 
 from corpora.annotated import QAPair
 from corpora.synthetic_scenes import COLOURS, render_scene
-from heterag.errors import GeneratorError, InvalidInputError, UnknownNameError
+from heterag.core.errors import GeneratorError, InvalidInputError, UnknownNameError
 from sandbox.editors import EDITORS, STRATEGIES, Edit, EditedText, LLMEditor, RuleEditor, make_editor
 from sandbox.editors import lexicon as lx
 from sandbox.editors.llm import EDIT_SYSTEM_PROMPT

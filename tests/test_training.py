@@ -12,18 +12,17 @@ import torch
 from PIL import Image
 
 from corpora.synthetic_scenes import generate_scenes, write_caption_folder
-from heterag.errors import InvalidInputError
-from heterag.image_encoders import DEFAULT_CONFIG, DEFAULT_WEIGHTS, DefaultImageEncoder, load_image_encoder
-from heterag.training import (
+from heterag.cli.train_image_encoder import add_train_arguments, run_train
+from heterag.core.errors import InvalidInputError
+from heterag.encoding.image_encoders import DEFAULT_CONFIG, DEFAULT_WEIGHTS, DefaultImageEncoder, load_image_encoder
+from heterag.training.image_encoder import (
     TrainConfig,
-    add_train_arguments,
     augment,
     build_training_data,
     instance_loss,
     lit_loss,
     procedural_image,
     recall_at,
-    run_train,
     train_image_encoder,
 )
 
@@ -112,7 +111,7 @@ def test_augment_is_seeded_and_covers_the_near_duplicate_perturbations():
 
 def test_perturbations_and_recall():
     img = Image.fromarray(np.random.default_rng(0).integers(1, 256, size=(50, 80, 3), dtype=np.uint8))
-    from heterag.image_eval import perturb  # the benchmark's perturbations, shared with training's validation
+    from heterag.evaluation.images import perturb  # the benchmark's perturbations, shared with training's validation
 
     masked = np.asarray(perturb(img, "mask", rng=np.random.default_rng(0)))
     assert masked.shape == (50, 80, 3) and abs((masked == 0).all(axis=2).mean() - 0.2) < 0.02

@@ -14,8 +14,8 @@ import pytest
 from cli_helpers import run
 
 from heterag import Document, chunk_document, open_collection
-from heterag.collections import list_collections
-from heterag.errors import FingerprintMismatchError, HeteragError
+from heterag.collections.collection import list_collections
+from heterag.core.errors import FingerprintMismatchError, HeteragError
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -34,7 +34,7 @@ def test_a_whitespace_free_run_is_cut_into_chunks_bounded_in_characters(encoder)
     rng = random.Random(0)
     dna = "".join(rng.choice("ACGT") for _ in range(50_000))  # one unknown token to the tokenizer
     doc = Document.create(f"The sequence follows. {dna} End.")
-    from heterag.chunking import max_chunk_chars
+    from heterag.ingest.chunking import max_chunk_chars
 
     cd = chunk_document(doc, encoder.tokenize, 64)
     limit = max_chunk_chars(64)
@@ -56,7 +56,7 @@ def test_context_tokens_count_a_long_run_by_its_length(capsys, tmp_path):
     code, out, _ = run(capsys, "ask", "What is the BRCA1 sequence?", "--collection", "genes", "-k", "3", "--json")
     import json
 
-    from heterag.chunking import max_chunk_chars
+    from heterag.ingest.chunking import max_chunk_chars
 
     payload = json.loads(out)
     assert code == 0 and all(len(h["text"]) <= max_chunk_chars(64) for h in payload["retrieved"])
@@ -103,9 +103,9 @@ def test_library_refuses_bad_settings_before_writing(heterag_home):
         with pytest.raises(HeteragError):
             open_collection("never", **kwargs)
     assert list_collections() == [] and not (heterag_home / "collections" / "never").exists()
-    from heterag.pipeline import Pipeline
+    from heterag.ingest.views import make_view
+    from heterag.pipeline.pipeline import Pipeline
     from heterag.stores import open_store
-    from heterag.views import make_view
 
     store = open_store("faiss", heterag_home / "raw", collection="heterag")
     try:
@@ -146,7 +146,7 @@ def test_another_model_in_a_folder_of_the_same_name_is_refused(two_models):
     again.close()
     copy = a.parent.parent / "elsewhere" / "renamed"
     shutil.copytree(a, copy)
-    from heterag.encoders import TextEncoder
+    from heterag.encoding.text_encoder import TextEncoder
 
     assert TextEncoder(str(copy)).identity.split("@")[1] == rag.fingerprint.model.split("@")[1]  # identity = content
 
@@ -155,10 +155,10 @@ def test_a_collection_made_before_weight_hashes_keeps_opening_with_its_own_encod
     """Legacy rule: a ``local:NAME`` fingerprint opens only with the encoder folder its collection.json records."""
     import json
 
-    from heterag.collections import collection_dir, load_text_encoder
-    from heterag.pipeline import Pipeline
+    from heterag.collections.collection import collection_dir, load_text_encoder
+    from heterag.ingest.views import make_view
+    from heterag.pipeline.pipeline import Pipeline
     from heterag.stores import open_store
-    from heterag.views import make_view
 
     a, b = two_models
     folder = collection_dir("old")
@@ -210,8 +210,8 @@ def test_an_image_only_hit_is_a_source_with_its_path_and_the_answer_says_so(caps
 def test_train_image_encoder_writes_under_the_heterag_home_and_never_into_the_package(capsys, heterag_home):
     import argparse
 
-    from heterag import training
-    from heterag.image_encoders import WEIGHTS_DIR
+    from heterag.cli import train_image_encoder as training
+    from heterag.encoding.image_encoders import WEIGHTS_DIR
 
     assert training.TrainConfig().out_dir == heterag_home / "image_encoders" / "default"
     parser = argparse.ArgumentParser()
@@ -228,7 +228,7 @@ def test_train_image_encoder_writes_under_the_heterag_home_and_never_into_the_pa
 def test_output_into_a_closed_pipe_exits_quietly(tmp_path):
     script = textwrap.dedent("""
         import sys
-        import heterag.cli as cli
+        import heterag.cli.main as cli
         def flood(args):
             for i in range(200000):
                 print("line", i, "of a long answer")
@@ -260,7 +260,7 @@ def test_commands_that_need_no_model_do_not_import_torch(capsys, notes, heterag_
     assert run(capsys, "ingest", str(notes), "--collection", "kb", "--store", "faiss")[0] == 0
     script = textwrap.dedent(f"""
         import sys
-        from heterag.cli import main
+        from heterag.cli.main import main
         try:
             code = main({argv!r})
         except SystemExit as exc:

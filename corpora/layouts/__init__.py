@@ -9,8 +9,8 @@ A :class:`LayoutReader` has a ``name``, a ``title`` and ``description`` for mess
 (``images``: :meth:`~LayoutReader.read` yields :class:`~corpora.annotated.AnnotatedImage` items
 rather than documents; ``splits``: it takes ``split=``), ``detect(path) -> bool`` (cheap: file
 names, no parsing) and ``read(path, **options)``, which validates the layout as a whole at call time
-(raising :class:`~heterag.errors.InvalidInputError` naming the file) and returns an iterator of items
-and :class:`~heterag.documents.ItemError` values for unusable ones.
+(raising :class:`~heterag.core.errors.InvalidInputError` naming the file) and returns an iterator of items
+and :class:`~heterag.core.documents.ItemError` values for unusable ones.
 
 :data:`LAYOUT_READERS` is checked in order and the first reader whose ``detect`` is true wins:
 
@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from heterag.errors import InvalidInputError
+from heterag.core.errors import InvalidInputError
 
 from . import beir, captions, coco, image_folder, jsonl, medmnist, vqa_rad
 from ._common import IMAGE_SUFFIXES, ImageItem

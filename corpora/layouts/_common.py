@@ -8,9 +8,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from heterag.documents import RESERVED_METADATA_KEYS, ItemError, MetadataValue, validate_metadata
-from heterag.errors import InvalidInputError
-from heterag.images import ImageRef
+from heterag.core.documents import RESERVED_METADATA_KEYS, ItemError, MetadataValue, validate_metadata
+from heterag.core.errors import InvalidInputError
+from heterag.core.images import ImageRef
 
 from ..annotated import AnnotatedImage
 from ..base import item_error

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from heterag.documents import DEFAULT_MAX_DOCUMENT_BYTES
+from heterag.core.documents import DEFAULT_MAX_DOCUMENT_BYTES
 
 from ..base import LoadItem
 from ..beir import is_beir_dir, iter_beir_corpus

@@ -14,8 +14,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from heterag.documents import ItemError, MetadataValue
-from heterag.errors import InvalidInputError
+from heterag.core.documents import ItemError, MetadataValue
+from heterag.core.errors import InvalidInputError
 
 from ..annotated import AnnotatedImage
 from ..base import item_error, iter_jsonl, require_dir

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from heterag.documents import ItemError
-from heterag.errors import InvalidInputError
+from heterag.core.documents import ItemError
+from heterag.core.errors import InvalidInputError
 
 from ..annotated import AnnotatedImage, ObjectAnnotation
 from ..base import item_error, require_dir

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from heterag.documents import ItemError
+from heterag.core.documents import ItemError
 
 from ..annotated import AnnotatedImage
 from ..base import require_dir

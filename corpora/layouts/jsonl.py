@@ -6,8 +6,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from heterag.documents import DEFAULT_MAX_DOCUMENT_BYTES, Document, Section
-from heterag.errors import InvalidInputError
+from heterag.core.documents import DEFAULT_MAX_DOCUMENT_BYTES, Document, Section
+from heterag.core.errors import InvalidInputError
 
 from ..base import ItemError, LoadItem, item_error, iter_jsonl
 

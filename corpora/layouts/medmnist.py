@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from heterag.errors import InvalidInputError
-from heterag.images import ImageRef
+from heterag.core.errors import InvalidInputError
+from heterag.core.images import ImageRef
 
 from ..annotated import AnnotatedImage
 from ..base import item_error

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from heterag.documents import ItemError, MetadataValue
-from heterag.errors import InvalidInputError
+from heterag.core.documents import ItemError, MetadataValue
+from heterag.core.errors import InvalidInputError
 
 from ..annotated import AnnotatedImage, QAPair
 from ..base import default_data_dir, item_error, require_dir

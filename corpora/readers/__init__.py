@@ -1,8 +1,8 @@
 """Document-format readers: one module per format behind one small protocol and one registry.
 
 A :data:`Reader` is ``reader(path, rel, max_document_bytes, options) -> Iterator[LoadItem]``: it
-yields the file's documents and an :class:`~heterag.documents.ItemError` for whatever in it cannot be
-used, and raises :class:`~heterag.errors.InvalidInputError` for a file it cannot read at all (the
+yields the file's documents and an :class:`~heterag.core.documents.ItemError` for whatever in it cannot be
+used, and raises :class:`~heterag.core.errors.InvalidInputError` for a file it cannot read at all (the
 caller turns that into one ``skipped <file>: <reason>`` line). ``rel`` is the file's path relative to
 the ingested root: the id and ``metadata["source"]`` of its main document; figures and other parts of
 a file are image items with ids ``<rel>#figure-<n>``. ``options`` are the ingest options (see each
@@ -17,7 +17,7 @@ Readers import their library (pypdf, BeautifulSoup, python-docx, pydicom) only w
 =========  =====================  ==========================================================
 format     module                 library (licence)
 =========  =====================  ==========================================================
-text, MD   :mod:`corpora.files`   the standard library (Markdown headings: :mod:`corpora.markdown`)
+text, MD   :mod:`.text`           the standard library (Markdown headings: :mod:`corpora.markdown`)
 PDF        :mod:`.pdf`            pypdf (BSD-3); OCR of scanned pages: rapidocr_onnxruntime
                                   (Apache-2.0, the ``ocr`` extra)
 HTML       :mod:`.html`           beautifulsoup4 (MIT), the standard library's HTML parser
@@ -33,14 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from ..base import LoadItem
+from .text import load_text_file
 
 #: ``reader(path, rel, max_document_bytes, options)``: the documents (and per-part errors) of one file.
 Reader = Callable[[Path, str, int, Mapping[str, Any]], Iterator[LoadItem]]
 
 
 def _text(path: Path, rel: str, max_bytes: int, options: Mapping[str, Any]) -> Iterator[LoadItem]:
-    from ..files import load_text_file
-
     yield load_text_file(path, rel, max_bytes)
 
 

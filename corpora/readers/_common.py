@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from heterag.documents import Document, ItemError, Section
-from heterag.errors import InvalidInputError
-from heterag.images import ImageRef
+from heterag.core.documents import Document, ItemError, Section
+from heterag.core.errors import InvalidInputError
+from heterag.core.images import ImageRef
 
 #: Images smaller than this on either side (icons, rules, bullets) are not figures.
 MIN_FIGURE_SIDE = 32

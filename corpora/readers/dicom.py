@@ -40,9 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from heterag.documents import Document, Section
-from heterag.errors import InvalidInputError
-from heterag.images import ImageRef
+from heterag.core.documents import Document, Section
+from heterag.core.errors import InvalidInputError
+from heterag.core.images import ImageRef
 
 from ..base import LoadItem
 from ._common import check_file_size

@@ -19,8 +19,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from heterag.documents import Section
-from heterag.errors import InvalidInputError
+from heterag.core.documents import Section
+from heterag.core.errors import InvalidInputError
 
 from ..base import LoadItem
 from ._common import CAPTION, check_file_size, distinct_figures, figure_image, figure_item, make_document

@@ -29,9 +29,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote
 
-from heterag.documents import ItemError, Section, content_hash
-from heterag.errors import InvalidInputError
-from heterag.images import ImageRef
+from heterag.core.documents import ItemError, Section, content_hash
+from heterag.core.errors import InvalidInputError
+from heterag.core.images import ImageRef
 
 from ..base import LoadItem
 from ._common import CAPTION, FILE_SIZE_FACTOR, figure_image, figure_item, make_document

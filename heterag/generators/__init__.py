@@ -19,12 +19,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import UnknownNameError
-from .base import Generator, StreamCallback
-from .extractive import ExtractiveGenerator
-from .hf import TransformersGenerator
-from .local import LocalGenerator
-from .openai import OpenAIGenerator
+from heterag.core.errors import UnknownNameError
+from heterag.generators.base import Generator, StreamCallback
+from heterag.generators.extractive import ExtractiveGenerator
+from heterag.generators.hf import TransformersGenerator
+from heterag.generators.local import LocalGenerator
+from heterag.generators.openai import OpenAIGenerator
 
 #: Generator factories by name; each takes the generator's keyword arguments.
 GENERATORS: dict[str, Callable[..., Generator]] = {
@@ -38,7 +38,7 @@ GENERATORS: dict[str, Callable[..., Generator]] = {
 def make_generator(name: str, **kwargs: Any) -> Generator:
     """Build the generator registered as ``name`` with ``kwargs``.
 
-    Raises :class:`~heterag.errors.UnknownNameError` for a name not in :data:`GENERATORS`.
+    Raises :class:`~heterag.core.errors.UnknownNameError` for a name not in :data:`GENERATORS`.
     """
     try:
         factory = GENERATORS[name]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
-from ..images import ImageRef
-from ..results import Answer, Hit
+from heterag.core.images import ImageRef
+from heterag.core.results import Answer, Hit
 
 #: Called with each piece of answer text as it is produced (streaming).
 StreamCallback = Callable[[str], None]

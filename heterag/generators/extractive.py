@@ -33,12 +33,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..embedding import Embedder
-from ..errors import GeneratorError, InvalidInputError
-from ..images import ImageRef
-from ..prompting import NO_SOURCES_ANSWER, citation_for, validate_query_image, validate_question
-from ..results import Answer, Citation, Hit
-from .base import StreamCallback
+from heterag.core.errors import GeneratorError, InvalidInputError
+from heterag.core.images import ImageRef
+from heterag.core.results import Answer, Citation, Hit
+from heterag.encoding.embedder import Embedder
+from heterag.generators.base import StreamCallback
+from heterag.generators.prompting import NO_SOURCES_ANSWER, citation_for, validate_query_image, validate_question
 
 logger = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ def select_sentences(
 class ExtractiveGenerator:
     """Answers by quoting the retrieved sentences most similar to the question, each cited as ``[n]``.
 
-    Needs no network or language model; ``embedder`` is any :class:`~heterag.embedding.Embedder`
+    Needs no network or language model; ``embedder`` is any :class:`~heterag.encoding.embedder.Embedder`
     (normally the retrieval encoder). ``min_score`` (absolute) and ``min_relative`` (share of the
     best sentence's relevance) keep weak sentences out; the defaults suit cosine-similarity
     sentence encoders such as all-MiniLM-L6-v2. ``temperature`` 0 is deterministic; above 0 each

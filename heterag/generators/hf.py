@@ -7,11 +7,11 @@ from ``*.safetensors`` weights (pickled ``.bin`` checkpoints are refused, never 
   the folder has a processor with an image processor, e.g. LLaVA, Qwen2-VL, SmolVLM): the user
   turn holds the query image after ``"Query image:"``, then the images of up to ``max_images``
   retrieved image items after ``"Source [n] image:"``, then the sources block and the question
-  (:func:`heterag.prompting.build_user_parts`), rendered with the processor's chat template
+  (:func:`heterag.generators.prompting.build_user_parts`), rendered with the processor's chat template
   (fallback: a plain prompt with the model's image token).
 * **Causal LMs** (``AutoModelForCausalLM`` + ``AutoTokenizer``): the text prompt of
-  :func:`heterag.prompting.build_messages`, rendered with the tokenizer's chat template when
-  it has one, else as a plain prompt (:func:`heterag.prompting.build_plain_prompt`). A query
+  :func:`heterag.generators.prompting.build_messages`, rendered with the tokenizer's chat template when
+  it has one, else as a plain prompt (:func:`heterag.generators.prompting.build_plain_prompt`). A query
   image cannot be shown to such a model; the prompt says so.
 
 Special tokens that appear in the question or the retrieved text (``</s>``, ``<image>``,
@@ -35,9 +35,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import GeneratorError, InvalidInputError
-from ..images import ImageRef
-from ..prompting import (
+from heterag.core.errors import GeneratorError, InvalidInputError
+from heterag.core.images import ImageRef
+from heterag.core.results import Answer, Hit
+from heterag.generators.base import StreamCallback
+from heterag.generators.prompting import (
     DEFAULT_SYSTEM_PROMPT,
     PromptImage,
     build_plain_prompt,
@@ -47,8 +49,6 @@ from ..prompting import (
     parse_citations,
     start_generation,
 )
-from ..results import Answer, Hit
-from .base import StreamCallback
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class TransformersGenerator:
 
     ``model_path`` is a local model folder (``config.json``, ``*.safetensors``, tokenizer or
     processor files); nothing is downloaded. The model is loaded at construction, so a bad
-    folder fails early with a :class:`~heterag.errors.GeneratorError`.
+    folder fails early with a :class:`~heterag.core.errors.GeneratorError`.
     ``temperature`` 0 decodes greedily; above it tokens are sampled and ``seed`` makes the
     sequence of answers reproducible. ``device`` is a torch device (``"cpu"``, ``"cuda"``...),
     ``dtype`` a torch dtype or its name (``None``: the library's default; ``"auto"``: the

@@ -1,7 +1,7 @@
 """Generator for any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, llama.cpp, Ollama...).
 
 The request is ``POST {base_url}/chat/completions`` with the messages of
-:func:`heterag.prompting.build_messages`: the system prompt, then a user message holding
+:func:`heterag.generators.prompting.build_messages`: the system prompt, then a user message holding
 the retrieved text inside a delimited ``<sources>`` block and the question.
 
 With a query image and/or hits of image items (and ``send_images``), the user message
@@ -35,9 +35,11 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ..errors import GeneratorError, InvalidInputError
-from ..images import ImageRef
-from ..prompting import (
+from heterag.core.errors import GeneratorError, InvalidInputError
+from heterag.core.images import ImageRef
+from heterag.core.results import Answer, Hit
+from heterag.generators.base import StreamCallback
+from heterag.generators.prompting import (
     DEFAULT_SYSTEM_PROMPT,
     PromptImage,
     build_messages,
@@ -47,8 +49,6 @@ from ..prompting import (
     parse_citations,
     start_generation,
 )
-from ..results import Answer, Hit
-from .base import StreamCallback
 
 logger = logging.getLogger(__name__)
 

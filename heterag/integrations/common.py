@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..results import Hit
+from heterag.core.results import Hit
 
 
 def node_metadata(hit: Hit) -> dict[str, Any]:

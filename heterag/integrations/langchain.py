@@ -19,7 +19,7 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict
 
-from .common import node_metadata as hit_metadata
+from heterag.integrations.common import node_metadata as hit_metadata
 
 
 class HeteragRetriever(BaseRetriever):

@@ -15,7 +15,7 @@ from typing import Any
 from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.schema import ImageNode, NodeWithScore, QueryBundle, TextNode
 
-from .common import node_metadata
+from heterag.integrations.common import node_metadata
 
 
 class HeteragLlamaRetriever(BaseRetriever):

@@ -6,36 +6,36 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from .base import Fingerprint, Record, ScoredRecord, VectorStore
-from .url import StoreURL, parse_store_url
+from heterag.stores.base import Fingerprint, Record, ScoredRecord, VectorStore
+from heterag.stores.url import StoreURL, parse_store_url
 
 
 def _chroma(url: StoreURL, path: Path, collection: str) -> VectorStore:
-    from .chroma import ChromaStore
+    from heterag.stores.chroma import ChromaStore
 
     return ChromaStore(path, collection)
 
 
 def _faiss(url: StoreURL, path: Path, collection: str) -> VectorStore:
-    from .faiss import FaissStore
+    from heterag.stores.faiss import FaissStore
 
     return FaissStore(path, collection)
 
 
 def _chroma_http(url: StoreURL, path: Path, collection: str) -> VectorStore:
-    from .chroma_http import ChromaHttpStore
+    from heterag.stores.chroma_http import ChromaHttpStore
 
     return ChromaHttpStore(url, server_collection(path, collection))
 
 
 def _pgvector(url: StoreURL, path: Path, collection: str) -> VectorStore:
-    from .pgvector import PgVectorStore
+    from heterag.stores.pgvector import PgVectorStore
 
     return PgVectorStore(url, server_collection(path, collection))
 
 
 def _qdrant(url: StoreURL, path: Path, collection: str) -> VectorStore:
-    from .qdrant import QdrantStore
+    from heterag.stores.qdrant import QdrantStore
 
     if url.location is None:
         return QdrantStore(url, str(path), collection)
@@ -43,25 +43,25 @@ def _qdrant(url: StoreURL, path: Path, collection: str) -> VectorStore:
 
 
 def _lancedb(url: StoreURL, path: Path, collection: str) -> VectorStore:
-    from .lance import LanceStore
+    from heterag.stores.lance import LanceStore
 
     return LanceStore(url, path, collection if url.location is None else server_collection(path, collection))
 
 
 def _milvus(url: StoreURL, path: Path, collection: str) -> VectorStore:
-    from .milvus import MilvusStore
+    from heterag.stores.milvus import MilvusStore
 
     return MilvusStore(url, path, collection if url.location is None else server_collection(path, collection))
 
 
 def _langchain(url: StoreURL, path: Path, collection: str) -> VectorStore:
-    from .frameworks import open_memory
+    from heterag.stores.frameworks import open_memory
 
     return open_memory("langchain", url.spec, str(path), collection)
 
 
 def _llamaindex(url: StoreURL, path: Path, collection: str) -> VectorStore:
-    from .frameworks import open_memory
+    from heterag.stores.frameworks import open_memory
 
     return open_memory("llamaindex", url.spec, str(path), collection)
 
@@ -88,23 +88,23 @@ STORES: dict[str, Callable[[StoreURL, Path, str], VectorStore]] = {
 
 def probe_store(name: str) -> None:
     """Check that the server behind store spec ``name`` answers (and takes the credentials), in at most
-    a few seconds; raises :class:`~heterag.errors.StoreUnavailableError` naming the URL. No-op for
+    a few seconds; raises :class:`~heterag.core.errors.StoreUnavailableError` naming the URL. No-op for
     embedded stores."""
     url = parse_store_url(name)
     if url.kind == "chroma-http":
-        from .chroma_http import heartbeat
+        from heterag.stores.chroma_http import heartbeat
 
         heartbeat(url)
     elif url.kind == "pgvector":
-        from .pgvector import connect
+        from heterag.stores.pgvector import connect
 
         connect(url).close()
     elif url.kind == "qdrant" and url.location and url.location.startswith(("http://", "https://")):
-        from .qdrant import probe
+        from heterag.stores.qdrant import probe
 
         probe(url.location).close()
     elif url.kind == "milvus" and url.location and url.location.startswith(("http://", "https://")):
-        from .milvus import probe as probe_milvus
+        from heterag.stores.milvus import probe as probe_milvus
 
         probe_milvus(url)
 
@@ -114,8 +114,8 @@ def open_store(name: str, path: str | Path, collection: str = "default") -> Vect
 
     ``name`` is a store spec (:func:`heterag.stores.url.parse_store_url`: ``chroma``, ``faiss``,
     ``chroma-http://HOST:PORT``, ``postgresql://...``). Embedded stores keep their files under
-    ``path``; server stores keep nothing there and use it as a namespace (:func:`server_collection`). Raises :class:`~heterag.errors.UnknownNameError` for an
-    unknown spec (listing the accepted forms) and :class:`~heterag.errors.StoreUnavailableError`
+    ``path``; server stores keep nothing there and use it as a namespace (:func:`server_collection`). Raises :class:`~heterag.core.errors.UnknownNameError` for an
+    unknown spec (listing the accepted forms) and :class:`~heterag.core.errors.StoreUnavailableError`
     when a server cannot be reached.
     """
     url = parse_store_url(name)

@@ -16,8 +16,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..documents import MetadataValue, validate_metadata
-from ..errors import DimensionMismatchError, FingerprintMismatchError, InvalidInputError
+from heterag.core.documents import MetadataValue, validate_metadata
+from heterag.core.errors import DimensionMismatchError, FingerprintMismatchError, InvalidInputError
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ Notes on the chromadb (1.5.x) behaviour this adapter works around:
   token into ``<path>/.heterag-generation``; before each operation a store compares the token
   with the one its client has seen and, if another process wrote since, closes the shared
   client (stopping chromadb's cached ``System``) and reopens it. Writers of one collection
-  are serialised by :mod:`heterag.locking`, which makes the check-then-write sequence safe.
+  are serialised by :mod:`heterag.core.locking`, which makes the check-then-write sequence safe.
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ import numpy as np
 from chromadb.config import Settings
 from chromadb.errors import InvalidArgumentError, NotFoundError
 
-from ..errors import DimensionMismatchError, HeteragError, InvalidInputError
-from ..filters import normalize
-from .base import Fingerprint, Record, ScoredRecord, as_matrix, check_query_vector, record_metadata
+from heterag.core.errors import DimensionMismatchError, HeteragError, InvalidInputError
+from heterag.stores.base import Fingerprint, Record, ScoredRecord, as_matrix, check_query_vector, record_metadata
+from heterag.stores.filters import normalize
 
 logger = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ import chromadb
 import httpx
 from chromadb.config import Settings
 
-from ..errors import HeteragError, InvalidInputError, StoreUnavailableError
-from .chroma import ChromaStore
-from .url import StoreURL
+from heterag.core.errors import HeteragError, InvalidInputError, StoreUnavailableError
+from heterag.stores.chroma import ChromaStore
+from heterag.stores.url import StoreURL
 
 logger = logging.getLogger(__name__)
 

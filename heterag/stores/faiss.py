@@ -69,9 +69,9 @@ from typing import Any
 import faiss
 import numpy as np
 
-from ..errors import DimensionMismatchError, HeteragError, InvalidInputError
-from ..filters import normalize
-from .base import Fingerprint, Record, ScoredRecord, as_matrix, check_query_vector, record_metadata
+from heterag.core.errors import DimensionMismatchError, HeteragError, InvalidInputError
+from heterag.stores.base import Fingerprint, Record, ScoredRecord, as_matrix, check_query_vector, record_metadata
+from heterag.stores.filters import normalize
 
 logger = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ def _leaf_sql(key: str, op: str, value: Any) -> tuple[str, list[Any]]:
 
 
 def filter_sql(node: Mapping[str, Any]) -> tuple[str, list[Any]]:
-    """Translate a canonical filter tree (see :func:`heterag.filters.normalize`) to SQL."""
+    """Translate a canonical filter tree (see :func:`heterag.stores.filters.normalize`) to SQL."""
     (key, cond), = node.items()
     if key in ("$and", "$or"):
         pieces = [filter_sql(c) for c in cond]

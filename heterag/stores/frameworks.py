@@ -9,7 +9,7 @@ collection for the life of the process; this is how the conformance suite holds 
 
 What each framework store does: it keeps the vectors and runs the nearest-neighbour search (LangChain:
 ``similarity_search_by_vector`` with a filter callable; LlamaIndex: ``query`` with ``node_ids``). What the
-adapter adds: heterag's filter semantics (:func:`heterag.filters.matches`, evaluated over the stored
+adapter adds: heterag's filter semantics (:func:`heterag.stores.filters.matches`, evaluated over the stored
 metadata, then passed to the search as the set of allowed ids), exact cosine scores recomputed from the
 stored vectors (kept, as given, with the text and typed metadata in one JSON metadata entry
 ``_heterag``), all-or-nothing validation before any write, and the fingerprint.
@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DimensionMismatchError, HeteragError, InvalidInputError
-from ..filters import matches, normalize
-from .base import Fingerprint, Record, ScoredRecord, as_matrix, check_query_vector, record_metadata
+from heterag.core.errors import DimensionMismatchError, HeteragError, InvalidInputError
+from heterag.stores.base import Fingerprint, Record, ScoredRecord, as_matrix, check_query_vector, record_metadata
+from heterag.stores.filters import matches, normalize
 
 FIELD = "_heterag"
 _NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,253}[A-Za-z0-9])?$")

@@ -56,10 +56,10 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 
-from ..errors import DimensionMismatchError, HeteragError, InvalidInputError
-from ..filters import normalize
-from .base import Fingerprint, Record, ScoredRecord, as_matrix, check_query_vector, record_metadata
-from .url import StoreURL
+from heterag.core.errors import DimensionMismatchError, HeteragError, InvalidInputError
+from heterag.stores.base import Fingerprint, Record, ScoredRecord, as_matrix, check_query_vector, record_metadata
+from heterag.stores.filters import normalize
+from heterag.stores.url import StoreURL
 
 logger = logging.getLogger(__name__)
 

@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DimensionMismatchError, HeteragError, InvalidInputError, StoreUnavailableError
-from ..filters import normalize
-from .base import Fingerprint, Record, ScoredRecord, as_matrix, check_query_vector, record_metadata
-from .url import StoreURL, redact
+from heterag.core.errors import DimensionMismatchError, HeteragError, InvalidInputError, StoreUnavailableError
+from heterag.stores.base import Fingerprint, Record, ScoredRecord, as_matrix, check_query_vector, record_metadata
+from heterag.stores.filters import normalize
+from heterag.stores.url import StoreURL, redact
 
 logger = logging.getLogger(__name__)
 

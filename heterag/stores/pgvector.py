@@ -9,7 +9,7 @@ Layout in the database (current schema):
   The table is created when the dimension becomes known (first upsert or fingerprint) and
   recreated for another dimension only while empty and without fingerprint.
 
-Filters are translated to SQL on the jsonb column with the semantics of :func:`heterag.filters.matches`:
+Filters are translated to SQL on the jsonb column with the semantics of :func:`heterag.stores.filters.matches`:
 jsonb equality already tells ``true`` from ``1`` and equates ``1`` with ``1.0``; order comparisons only
 apply to JSON numbers (compared as exact ``numeric``). Filtered queries run with
 ``hnsw.iterative_scan = strict_order`` (pgvector >= 0.8), so a selective filter still returns ``k`` rows
@@ -17,7 +17,7 @@ in exact distance order, and ``hnsw.ef_search = clamp(k, 200, 1000)`` (:data:`EF
 
 Every call is one transaction; writers of one collection are serialised by a transaction-level
 advisory lock, so several processes can write and query one collection at once. Connection and
-authentication failures raise :class:`~heterag.errors.StoreUnavailableError` (one line, password hidden)
+authentication failures raise :class:`~heterag.core.errors.StoreUnavailableError` (one line, password hidden)
 within :data:`CONNECT_TIMEOUT_S` seconds.
 """
 
@@ -37,10 +37,10 @@ from pgvector.psycopg import register_vector
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from ..errors import DimensionMismatchError, HeteragError, InvalidInputError, StoreUnavailableError
-from ..filters import normalize
-from .base import Fingerprint, Record, ScoredRecord, as_matrix, check_query_vector, record_metadata
-from .url import StoreURL
+from heterag.core.errors import DimensionMismatchError, HeteragError, InvalidInputError, StoreUnavailableError
+from heterag.stores.base import Fingerprint, Record, ScoredRecord, as_matrix, check_query_vector, record_metadata
+from heterag.stores.filters import normalize
+from heterag.stores.url import StoreURL
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def _leaf_sql(key: str, op: str, value: Any) -> tuple[sql.Composable, list[Any]]
 
 
 def filter_sql(node: Mapping[str, Any]) -> tuple[sql.Composable, list[Any]]:
-    """Translate a canonical filter tree (:func:`heterag.filters.normalize`) to a SQL condition and its parameters."""
+    """Translate a canonical filter tree (:func:`heterag.stores.filters.normalize`) to a SQL condition and its parameters."""
     (key, cond), = node.items()
     if key in ("$and", "$or"):
         parts, params = [], []

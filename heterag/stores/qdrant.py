@@ -32,10 +32,10 @@ import numpy as np
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 
-from ..errors import DimensionMismatchError, HeteragError, InvalidInputError, StoreUnavailableError
-from ..filters import normalize
-from .base import Fingerprint, Record, ScoredRecord, as_matrix, check_query_vector, record_metadata
-from .url import StoreURL, redact
+from heterag.core.errors import DimensionMismatchError, HeteragError, InvalidInputError, StoreUnavailableError
+from heterag.stores.base import Fingerprint, Record, ScoredRecord, as_matrix, check_query_vector, record_metadata
+from heterag.stores.filters import normalize
+from heterag.stores.url import StoreURL, redact
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def _present(h: str) -> qm.FieldCondition:
 
 
 def to_qdrant_filter(node: Mapping[str, Any]) -> qm.Filter:
-    """Translate a canonical filter tree (:func:`heterag.filters.normalize`) to a Qdrant ``Filter``."""
+    """Translate a canonical filter tree (:func:`heterag.stores.filters.normalize`) to a Qdrant ``Filter``."""
     (key, cond), = node.items()
     if key == "$and":
         return qm.Filter(must=[to_qdrant_filter(c) for c in cond])

@@ -27,7 +27,7 @@ spec                            backend         where the vectors live
 A spec without a location (``chroma``, ``faiss``) keeps the store inside the collection's own
 folder; a spec with one (a server URL) is *shared*: several heterag collections, and several
 processes, use one server, so collections get the heterag collection name as a prefix there
-(:func:`heterag.collections.open_collection_store`). Passwords never appear in messages
+(:func:`heterag.collections.collection.open_collection_store`). Passwords never appear in messages
 (:meth:`StoreURL.display`).
 """
 
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from ..errors import InvalidInputError, UnknownNameError
+from heterag.core.errors import InvalidInputError, UnknownNameError
 
 #: backend kind -> the spec forms it accepts (shown when a spec is not understood)
 SYNTAX: dict[str, str] = {

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidInputError
+from heterag.core.errors import InvalidInputError
 
 #: The collection setting that means "the built-in demos": text questions go to ``demo``,
 #: questions with an image to ``demo-scenes``.
@@ -163,7 +163,7 @@ def parse_args(argv: Sequence[str] | None = None) -> AppConfig:
         raise InvalidInputError(f"--stream-interval must be from 0 to 5 seconds, got {cfg.stream_interval:g}")
     cfg.chat.check()
     if cfg.adapter.strip() and cfg.adapter.strip().lower() != "none":
-        from ..adapters import load_adapter
+        from heterag.encoding.adapters import load_adapter
 
         load_adapter(cfg.adapter.strip())  # a missing or corrupt adapter is one line before anything else loads
     return cfg

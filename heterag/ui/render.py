@@ -14,10 +14,10 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
-from ..catalog import DocumentInfo, thumbnail_data_uri
-from ..images import ImageRef
-from ..prompting import cited_numbers
-from ..results import Answer, Hit
+from heterag.core.images import ImageRef
+from heterag.core.results import Answer, Hit
+from heterag.generators.prompting import cited_numbers
+from heterag.ui.catalog import DocumentInfo, thumbnail_data_uri
 
 SNIPPET_CHARS = 600
 
@@ -56,7 +56,7 @@ def _snippet(s: str) -> str:
 
 def sources_html(answer: Answer) -> str:
     """Every retrieved hit of ``answer``, numbered as the answer cites them: thumbnail, where it comes from
-    (file, page, section, figure and title, as :meth:`heterag.results.SourceRef.label` writes it for
+    (file, page, section, figure and title, as :meth:`heterag.core.results.SourceRef.label` writes it for
     ``heterag ask``), score, the generation chunk, and the retrieval view that matched."""
     if not answer.hits:
         return '<div class="hr-sources"><p class="hr-none">No sources were retrieved.</p></div>'

@@ -15,8 +15,8 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-from ..errors import HeteragError
-from .config import DEMOS, AppConfig, parse_args
+from heterag.core.errors import HeteragError
+from heterag.ui.config import DEMOS, AppConfig, parse_args
 
 log = logging.getLogger("heterag.ui")
 
@@ -35,9 +35,9 @@ def serve(cfg: AppConfig, *, block: bool = True):
     _check_address(cfg.host, cfg.port)
     upload_dir = tempfile.mkdtemp(prefix="heterag-ui-")  # mode 0700
     os.environ["GRADIO_TEMP_DIR"] = upload_dir  # read by gradio at import: set before importing it
-    from .render import CSS
-    from .service import ChatService
-    from .webapp import build_app
+    from heterag.ui.render import CSS
+    from heterag.ui.service import ChatService
+    from heterag.ui.webapp import build_app
 
     t0 = time.perf_counter()
     service = ChatService(cfg)

@@ -21,17 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..collections import list_collections, open_collection
-from ..documents import ItemError
-from ..errors import CollectionNotFoundError, HeteragError, InvalidInputError
-from ..fusion import Fusion
-from ..generators import make_generator
-from ..generators.base import Generator
-from ..images import ImageRef
-from ..pipeline import IngestReport, Pipeline
-from ..results import Answer
-from .config import DEMOS, AppConfig, ChatSettings
-from .uploads import UploadLimits, stage_uploads
+from heterag.collections.collection import list_collections, open_collection
+from heterag.core.documents import ItemError
+from heterag.core.errors import CollectionNotFoundError, HeteragError, InvalidInputError
+from heterag.core.images import ImageRef
+from heterag.core.results import Answer
+from heterag.generators import make_generator
+from heterag.generators.base import Generator
+from heterag.pipeline.pipeline import IngestReport, Pipeline
+from heterag.retrieval.fusion import Fusion
+from heterag.ui.config import DEMOS, AppConfig, ChatSettings
+from heterag.ui.uploads import UploadLimits, stage_uploads
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def _remove_unfinished(name: str) -> None:
     """Remove the folder a failed creation of collection ``name`` left without its ``collection.json``."""
     import shutil
 
-    from ..collections import collection_dir
+    from heterag.collections.collection import collection_dir
 
     try:
         folder = collection_dir(name)

@@ -11,9 +11,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from ..collections import open_collection
-from ..errors import HeteragError
-from ..images import ImageRef
+from heterag.collections.collection import open_collection
+from heterag.core.errors import HeteragError
+from heterag.core.images import ImageRef
 
 
 def main(argv: Sequence[str] | None = None) -> int:

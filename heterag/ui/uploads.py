@@ -25,8 +25,7 @@ from pathlib import Path
 
 from corpora.image_layouts import IMAGE_SUFFIXES
 from corpora.readers import READERS
-
-from ..documents import Document, ItemError
+from heterag.core.documents import Document, ItemError
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +74,7 @@ class StagedUploads:
     def items(self) -> Iterator[Document | ItemError]:
         """Documents (and per-item errors) from every staged source; single files are labelled by their user name."""
         from corpora.files import iter_path
-
-        from ..errors import HeteragError
+        from heterag.core.errors import HeteragError
 
         for label, path in self.sources:
             try:

@@ -18,12 +18,12 @@ from typing import Any
 
 import gradio as gr
 
-from ..catalog import delete_documents, list_documents
-from ..errors import HeteragError, InvalidInputError
-from ..images import ImageRef
-from . import render
-from .config import DEMOS, GENERATOR_NAMES, ChatSettings
-from .service import ChatService, Done, Failed, Notice, Token, one_line
+from heterag.core.errors import HeteragError, InvalidInputError
+from heterag.core.images import ImageRef
+from heterag.ui import render
+from heterag.ui.catalog import delete_documents, list_documents
+from heterag.ui.config import DEMOS, GENERATOR_NAMES, ChatSettings
+from heterag.ui.service import ChatService, Done, Failed, Notice, Token, one_line
 
 log = logging.getLogger(__name__)
 

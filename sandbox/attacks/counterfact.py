@@ -15,7 +15,7 @@ a mask is informative when the object is *not* predictable from context.)
 
 The default proxy is zero-shot: the collection's image encoder embeds the masked image, its text
 side embeds ``template.format(label)`` for every vocabulary label, and ``p = softmax(cos / tau)``.
-Any encoder :func:`heterag.image_encoders.load_image_encoder` loads can stand in (e.g. an open_clip
+Any encoder :func:`heterag.encoding.image_encoders.load_image_encoder` loads can stand in (e.g. an open_clip
 model). Where the data has no label for an object, it is the proxy's top label for the object
 region alone (everything else blacked out).
 """
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from heterag import InvalidInputError
-from heterag.images import ImageRef
+from heterag.core.images import ImageRef
 
 
 @dataclass(frozen=True)

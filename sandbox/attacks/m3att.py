@@ -42,8 +42,8 @@ from PIL import Image
 from corpora.annotated import AnnotatedImage
 from corpora.synthetic_scenes import BACKGROUND_COLOURS
 from heterag import Document, ImageRef
-from heterag.errors import InvalidInputError
-from heterag.image_encoders import load_image_encoder
+from heterag.core.errors import InvalidInputError
+from heterag.encoding.image_encoders import load_image_encoder
 
 from ..editors import Edit, EditedText, make_editor
 from ..editors.lexicon import COLOUR_NEIGHBOURS

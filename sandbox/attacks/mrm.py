@@ -37,7 +37,7 @@ from scipy import stats
 
 from corpora.annotated import AnnotatedImage
 from heterag import InvalidInputError
-from heterag.images import ImageRef
+from heterag.core.images import ImageRef
 
 from .answer_match import AnswerMatcher
 from .counterfact import MaskFeatures, ZeroShotProxy, features, rank_masks

@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from corpora.annotated import AnnotatedImage
 from heterag import InvalidInputError, UnknownNameError
-from heterag.images import ImageRef
+from heterag.core.images import ImageRef
 
 log = logging.getLogger(__name__)
 

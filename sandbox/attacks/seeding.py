@@ -20,8 +20,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from heterag.errors import InvalidInputError
-from heterag.image_encoders import ImageEncoder
+from heterag.core.errors import InvalidInputError
+from heterag.encoding.image_encoders import ImageEncoder
 
 from ._checks import as_matrix, positive_int, unit_rows
 from .pgd import pgd_by_size

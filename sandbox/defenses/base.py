@@ -25,7 +25,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from heterag import Hit, ImageRef, InvalidInputError, Pipeline, RetrievalQuery
-from heterag.guards import HitFilter, IngestGuard
+from heterag.ingest.guards import IngestGuard
+from heterag.retrieval.hit_filters import HitFilter
 
 DIRECTIONS = ("reject_below", "reject_above", "none")
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from heterag.errors import UnknownNameError
+from heterag.core.errors import UnknownNameError
 
 from .base import STRATEGIES, Edit, EditedText, TextEditor
 from .llm import LLMEditor
@@ -52,7 +52,7 @@ EDITORS: dict[str, Callable[..., TextEditor]] = {
 def make_editor(name: str, **options: Any) -> TextEditor:
     """Build the editor registered as ``name`` with ``options``.
 
-    Raises :class:`~heterag.errors.UnknownNameError` (listing the choices) for a name not in :data:`EDITORS`.
+    Raises :class:`~heterag.core.errors.UnknownNameError` (listing the choices) for a name not in :data:`EDITORS`.
     """
     try:
         factory = EDITORS[name]

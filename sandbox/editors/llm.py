@@ -11,7 +11,7 @@ reply with a JSON object only::
 
 The reply is validated (JSON object, non-empty ``text`` that differs from the original, at
 least one edit, every edit with the requested strategy, ``before`` found in the original and
-``after`` in the new text); a reply that fails raises :class:`~heterag.errors.GeneratorError`
+``after`` in the new text); a reply that fails raises :class:`~heterag.core.errors.GeneratorError`
 with a one-line message naming the problem, or, with ``fallback=True``, the
 :class:`~sandbox.editors.rule.RuleEditor` edits the text instead (logged as a warning; so do
 transport and HTTP errors of the endpoint).
@@ -26,9 +26,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from heterag.errors import GeneratorError, InvalidInputError
+from heterag.core.errors import GeneratorError, InvalidInputError
+from heterag.core.results import Hit
 from heterag.generators import make_generator
-from heterag.results import Hit
 
 from .base import STRATEGIES, Edit, EditedText
 from .rule import RuleEditor, check_strategies
