@@ -53,7 +53,7 @@ def iter_beir_corpus(
     yielded as :class:`ItemError` naming ``corpus.jsonl:<line>``. A missing directory or corpus
     file raises :class:`InvalidInputError`.
     """
-    corpus = _beir_file(Path(path), CORPUS_FILE)
+    corpus = beir_file(Path(path), CORPUS_FILE)
     yield from _corpus_items(corpus, max_document_bytes, strict=False)
 
 
@@ -69,13 +69,13 @@ def load_beir(
     file (and line).
     """
     root = Path(path)
-    corpus_file = _beir_file(root, CORPUS_FILE)
-    queries_file = _beir_file(root, QUERIES_FILE)
-    qrels_file = _beir_file(root, f"{QRELS_DIR}/{split}.tsv")
+    corpus_file = beir_file(root, CORPUS_FILE)
+    queries_file = beir_file(root, QUERIES_FILE)
+    qrels_file = beir_file(root, f"{QRELS_DIR}/{split}.tsv")
 
     qrels = read_qrels(qrels_file)
     queries = read_queries(queries_file)
-    documents = _load_documents(corpus_file, max_document_bytes)
+    documents = load_corpus_documents(corpus_file, max_document_bytes)
     qrels = _drop_unknown(qrels, queries, {d.id for d in documents}, qrels_file)
     queries = {qid: queries[qid] for qid in qrels}
     logger.info(
@@ -136,7 +136,7 @@ def _qrels_row(line: str, source: str, is_first: bool) -> tuple[str, str, int] |
         raise InvalidInputError(f"{source}: score {score!r} is not an integer") from None
 
 
-def _beir_file(root: Path, name: str) -> Path:
+def beir_file(root: Path, name: str) -> Path:
     """Path of ``name`` inside BEIR directory ``root``, raising a clear error if absent."""
     require_dir(root, "BEIR directory")
     path = root / name
@@ -151,7 +151,7 @@ def _available_splits(root: Path) -> str:
     return f" (available splits: {', '.join(splits)})" if splits else ""
 
 
-def _load_documents(corpus: Path, max_document_bytes: int) -> list[Document]:
+def load_corpus_documents(corpus: Path, max_document_bytes: int) -> list[Document]:
     """All usable documents of a corpus; unusable records are counted and logged."""
     documents: list[Document] = []
     skipped = 0

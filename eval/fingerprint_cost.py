@@ -15,7 +15,7 @@ import time
 import _common  # noqa: F401  (puts the checkout on sys.path)
 import numpy as np
 
-from heterag.pipeline.content import _digest
+from heterag.pipeline.content import parts_digest
 from heterag.stores import open_store
 from heterag.stores.base import Record
 
@@ -33,7 +33,7 @@ def main() -> None:
                 st.upsert([Record(f"id{s + i:07d}", v[i], "x", {"doc_id": f"d{(s + i) // 3}"}) for i in range(len(v))])
             t = time.perf_counter()
             ids = frozenset(st.ids())
-            _digest({"text": ids})
+            parts_digest({"text": ids})
             print(f"{kind}: {len(ids)} records, ids + digest {time.perf_counter() - t:.2f} s")
             st.close()
 

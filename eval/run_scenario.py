@@ -9,7 +9,7 @@ import sys
 
 import _common  # noqa: F401  (puts the checkout on sys.path)
 
-from heterag.cli.main import main
+from heterag.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["sandbox", "run", *sys.argv[1:]]))

@@ -84,7 +84,7 @@ def start_servers(kinds: list[str], stack: ExitStack) -> dict[str, str]:
 def run(scenario: Path, spec: str, out: Path, data: str | None) -> dict[str, Any]:
     home = Path(tempfile.mkdtemp(prefix="heterag-scenario-home-"))
     env = dict(os.environ, HETERAG_HOME=str(home), HETERAG_NO_PROGRESS="1")
-    cmd = [sys.executable, "-m", "heterag.cli.main", "sandbox", "run", str(scenario), "--out", str(out), "--store", spec]
+    cmd = [sys.executable, "-m", "heterag.cli", "sandbox", "run", str(scenario), "--out", str(out), "--store", spec]
     if data:
         cmd += ["--data", data]
     t0 = time.perf_counter()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from heterag import Document, ItemError
-from heterag.cli.main import main
+from heterag.cli import main
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from heterag import Document, FingerprintMismatchError, InvalidInputError, LateView, open_collection
-from heterag.cli.main import main
+from heterag.cli import main
 from heterag.encoding.adapters import (
     AdaptedEncoder,
     Adapter,

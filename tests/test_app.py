@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from heterag import Document, InvalidInputError, open_collection
-from heterag.cli.main import main
+from heterag.cli import main
 from heterag.ui import render
 from heterag.ui.catalog import delete_documents, list_documents, thumbnail_data_uri
 from heterag.ui.config import DEMOS, AppConfig, ChatSettings, load_config_file, parse_args

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from heterag.cli.main import main
+from heterag.cli import main
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

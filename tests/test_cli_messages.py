@@ -111,7 +111,7 @@ def test_sync_of_an_emptied_folder_still_removes_its_documents(capsys, notes):
 def test_docs_delete_loads_no_model(capsys, notes, heterag_home):
     """Found by a break-test: ``docs delete`` imported torch and loaded the encoder (8 s)."""
     assert run(capsys, "ingest", str(notes), "--collection", "kb")[0] == 0
-    code = ("import sys; from heterag.cli.main import main; rc = main(['docs', 'delete', 'tides.md', '--collection', 'kb']); "
+    code = ("import sys; from heterag.cli import main; rc = main(['docs', 'delete', 'tides.md', '--collection', 'kb']); "
             "print('torch' in sys.modules, 'sentence_transformers' in sys.modules); sys.exit(rc)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT,
                           env={**os.environ, "HETERAG_HOME": str(heterag_home)})

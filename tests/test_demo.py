@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from heterag import list_collections
-from heterag.cli.main import main
+from heterag.cli import main
 
 
 def test_quick_start_question_is_answered_from_the_python_reference(capsys):

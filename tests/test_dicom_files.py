@@ -76,7 +76,7 @@ def test_identifying_values_in_any_usual_spelling_never_reach_the_collection(tmp
     """bt13b finding 2: birth dates with month names or two-digit years, ids with a space, and the values
     of the other identifying tags (other and birth names, phone, physicians, study id, accession number,
     institution, address) were stored word for word."""
-    from heterag.cli.main import main
+    from heterag.cli import main
 
     root = tmp_path / "scans"
     root.mkdir()

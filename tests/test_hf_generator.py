@@ -494,7 +494,7 @@ def test_cli_ask_with_image_through_a_local_vlm(vlm_forced: Path, tmp_path: Path
     import json
 
     from corpora.synthetic_scenes import render_scene, write_caption_folder
-    from heterag.cli.main import main
+    from heterag.cli import main
 
     folder = write_caption_folder(tmp_path / "scenes", 6, seed=3, size=64)
     assert main(["ingest", str(folder), "--collection", "vlm-scenes"]) == 0

@@ -231,7 +231,7 @@ def test_packaged_model_reuses_its_system_prompt_prefix(packaged):
 
 def test_cli_ask_with_the_local_generator(tmp_path: Path, capsys):
     from heterag import Document, open_collection
-    from heterag.cli.main import main
+    from heterag.cli import main
 
     pipe = open_collection("icefacts", create=True)
     pipe.ingest([Document.create("Ice floats because it is less dense than liquid water.", title="Ice", id="ice.md")])

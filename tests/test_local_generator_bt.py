@@ -16,7 +16,7 @@ from test_hf_generator import HITS, QUESTION, hit, save_causal  # noqa: E402
 from heterag.core.errors import GeneratorError, InvalidInputError  # noqa: E402
 from heterag.generators.hf import TransformersGenerator  # noqa: E402
 from heterag.generators.local import LocalGenerator, check_local_model  # noqa: E402
-from heterag.generators.local.citations import _CitationGuard  # noqa: E402
+from heterag.generators.local.citations import CitationGuard as _CitationGuard  # noqa: E402
 
 
 def _stream(pieces: list[str], n: int = 2) -> tuple[str, str]:
@@ -88,7 +88,7 @@ def test_bt_gguf_without_magic_is_refused_before_anything_opens(tmp_path: Path, 
     """``check_local_model`` (run by ``heterag ask`` before it opens a collection or indexes the demo,
     which takes minutes) refuses a ``.gguf`` file that is not GGUF at all (empty, renamed), as
     ``LocalGenerator`` does."""
-    from heterag.cli.main import main
+    from heterag.cli import main
 
     empty = tmp_path / "empty.gguf"
     empty.write_bytes(b"")
@@ -147,7 +147,7 @@ def test_bt_cli_ask_threads_option(tmp_path: Path, capsys, monkeypatch: pytest.M
     """The issue makes the thread count configurable (1 by default); ``heterag ask`` offers it as
     ``--threads N`` for the local generator, refuses it for others and refuses 0."""
     from heterag import Document, open_collection
-    from heterag.cli.main import main
+    from heterag.cli import main
     from heterag.generators.local import generator as local  # the module whose torch_threads LocalGenerator calls
 
     pipe = open_collection("icefacts", create=True)

@@ -10,7 +10,7 @@ from store_servers import chroma_server, pg_server  # noqa: F401 - session fixtu
 
 from corpora.synthetic_scenes import generate_scenes
 from heterag import Document, collection_info, content_fingerprint, open_collection
-from heterag.cli.main import main
+from heterag.cli import main
 from heterag.collections.migrate import migrate_collection
 from heterag.core.errors import InvalidInputError
 from heterag.stores import open_store, parse_store_url

@@ -14,7 +14,7 @@ from scipy import stats
 
 from corpora.synthetic_scenes import generate_scenes
 from heterag import HeteragError, InvalidInputError, content_fingerprint, open_collection
-from heterag.cli.main import main
+from heterag.cli import main
 from heterag.core.images import ImageRef
 from heterag.core.results import Answer
 from heterag.generators import ExtractiveGenerator, OpenAIGenerator

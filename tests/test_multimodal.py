@@ -13,7 +13,7 @@ from test_images import write_bomb
 
 from corpora.synthetic_scenes import generate_scenes, render_scene, write_caption_folder
 from heterag import STORES, Document, FingerprintMismatchError, open_collection
-from heterag.cli.main import main
+from heterag.cli import main
 from heterag.core.errors import InvalidInputError
 from heterag.core.images import ImageRef
 from heterag.retrieval.fusion import Fusion

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 
 from corpora.files import iter_path
 from heterag import Document, open_collection
-from heterag.cli.main import main
+from heterag.cli import main
 
 QUESTIONS = {
     "What causes the tides?": "tides.md",

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from heterag import Document, content_fingerprint, open_collection
-from heterag.cli.main import main
+from heterag.cli import main
 from heterag.core.errors import InvalidInputError
 from sandbox.data import load_scenario_data
 from sandbox.experiment import open_index
@@ -260,7 +260,7 @@ def test_kill_9_mid_injection_then_clean_restores_the_fingerprint(tmp_path, hete
     pipe.close()
     path = write(tmp_path, scn_dict)
     env = {**os.environ, "HETERAG_NO_PROGRESS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "heterag.cli.main", "sandbox", "run", str(path), "--out", str(tmp_path / "out")],
+    proc = subprocess.Popen([sys.executable, "-m", "heterag.cli", "sandbox", "run", str(path), "--out", str(tmp_path / "out")],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 240
@@ -285,9 +285,9 @@ def test_kill_9_mid_injection_then_clean_restores_the_fingerprint(tmp_path, hete
     dirty = content_fingerprint(pipe)
     pipe.close()
     assert dirty != before  # the killed run left its poisons
-    out = subprocess.run([sys.executable, "-m", "heterag.cli.main", "sandbox", "runs"], capture_output=True, text=True, env=env)
+    out = subprocess.run([sys.executable, "-m", "heterag.cli", "sandbox", "runs"], capture_output=True, text=True, env=env)
     assert name in out.stdout and "leftover" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "heterag.cli.main", "sandbox", "clean", "--collection", name],
+    out = subprocess.run([sys.executable, "-m", "heterag.cli", "sandbox", "clean", "--collection", name],
                          capture_output=True, text=True, env=env)
     assert out.returncode == 0 and "removed 2 injected document(s)" in out.stdout, out.stdout + out.stderr
     pipe = open_collection(name, create=False)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from heterag.cli.main import main
+from heterag.cli import main
 from sandbox.cli import override_store
 from sandbox.scenario import ScenarioError, parse_scenario
 

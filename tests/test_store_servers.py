@@ -16,7 +16,7 @@ import pytest
 from store_servers import chroma_server, free_port, milvus_lite, pg_server  # noqa: F401 - session fixtures
 
 from heterag import Document, open_collection
-from heterag.cli.main import main
+from heterag.cli import main
 from heterag.core.errors import DimensionMismatchError, StoreUnavailableError, UnknownNameError
 from heterag.stores import STORES, Record, open_store, parse_store_url
 

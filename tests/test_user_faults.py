@@ -228,7 +228,7 @@ def test_train_image_encoder_writes_under_the_heterag_home_and_never_into_the_pa
 def test_output_into_a_closed_pipe_exits_quietly(tmp_path):
     script = textwrap.dedent("""
         import sys
-        import heterag.cli.main as cli
+        import heterag.cli.commands as cli
         def flood(args):
             for i in range(200000):
                 print("line", i, "of a long answer")
@@ -260,7 +260,7 @@ def test_commands_that_need_no_model_do_not_import_torch(capsys, notes, heterag_
     assert run(capsys, "ingest", str(notes), "--collection", "kb", "--store", "faiss")[0] == 0
     script = textwrap.dedent(f"""
         import sys
-        from heterag.cli.main import main
+        from heterag.cli import main
         try:
             code = main({argv!r})
         except SystemExit as exc:

@@ -2,6 +2,6 @@
 
 import sys
 
-from heterag.cli.main import main
+from heterag.cli import main
 
 sys.exit(main())

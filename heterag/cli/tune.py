@@ -1,4 +1,4 @@
-"""``heterag tune``: argument parsing and the run (kept apart from :mod:`heterag.cli.main` so that other
+"""``heterag tune``: argument parsing and the run (kept apart from :mod:`heterag.cli.commands` so that other
 commands start without importing torch).
 
     heterag tune DIR_OR_COLLECTION --out ADAPTER [--pairs beir|pubmedqa|pseudo] [--prompt-tokens P]
@@ -200,9 +200,9 @@ def parse_ranks(text: str | None) -> tuple[int, int] | None:
 
 
 def _beir_documents(path: str):
-    from corpora.beir import _beir_file, _load_documents
+    from corpora.beir import beir_file, load_corpus_documents
 
-    return _load_documents(_beir_file(Path(path), "corpus.jsonl"), 10 * 2**20)
+    return load_corpus_documents(beir_file(Path(path), "corpus.jsonl"), 10 * 2**20)
 
 
 __all__ = ["add_tune_arguments", "run_tune", "HeteragError"]

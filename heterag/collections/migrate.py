@@ -32,7 +32,7 @@ from pathlib import Path
 from heterag.collections.collection import _write_info, collection_info
 from heterag.core.errors import HeteragError, InvalidInputError
 from heterag.core.locking import WriteLock
-from heterag.pipeline.content import _digest
+from heterag.pipeline.content import parts_digest
 from heterag.stores import VectorStore, open_store, parse_store_url
 from heterag.stores.url import StoreURL
 
@@ -216,7 +216,7 @@ def migrate_collection(
                 s.close()
         _write_info(replace(info, store=target, store_dir=new_dir))  # the switch: one atomic rename
     report = MigrateReport(name, src_url.display(), dst_url.display(), counts, copied, resumed, checked,
-                           _digest(dict(ids)), time.perf_counter() - t0)
+                           parts_digest(dict(ids)), time.perf_counter() - t0)
     log.info("%s", report.summary())
     return report
 

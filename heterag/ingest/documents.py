@@ -19,7 +19,7 @@ from heterag.stores.base import Record, VectorStore
 
 @dataclass(frozen=True)
 class DocumentInfo:
-    """One stored document, as :meth:`Pipeline.documents` lists it."""
+    """One stored document, as :meth:`DocumentManager.documents` lists it."""
 
     id: str
     title: str
@@ -31,7 +31,7 @@ class DocumentInfo:
 
 def list_documents(store: VectorStore, image_store: VectorStore | None = None, image_files: ImageFiles | None = None,
                    where: Mapping[str, Any] | None = None) -> list[DocumentInfo]:
-    """The documents held by a text store and its image store (see :meth:`Pipeline.documents`); needs no encoder."""
+    """The documents held by a text store and its image store (see :meth:`DocumentManager.documents`); needs no encoder."""
     found: dict[str, dict[str, Any]] = {}
     for s in (store, image_store):
         if s is None or not s.count():

@@ -456,7 +456,7 @@ def _delete(pipe: Indexer, ids: list[str]) -> int:
 
 @dataclass
 class _Twins:
-    """What one ingest has decided about byte-identical files (see :meth:`Pipeline._skip_duplicates`)."""
+    """What one ingest has decided about byte-identical files (see :meth:`Indexer._skip_duplicates`)."""
 
     verdicts: dict[str, bool] = field(default_factory=dict)  # source_path -> left out as a copy
     first: dict[str, tuple[str, str]] = field(default_factory=dict)  # file hash -> (source_path, source) kept

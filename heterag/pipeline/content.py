@@ -67,7 +67,9 @@ class ContentFingerprint:
         return hash(self.digest)
 
 
-def _digest(parts: dict[str, frozenset[str]]) -> str:
+def parts_digest(parts: dict[str, frozenset[str]]) -> str:
+    """SHA-256 (hex) over named sets of ids (``{"text": ids, "images": ids, ...}``), independent of their order:
+    the digest of :func:`content_fingerprint`, also used to compare a migrated copy with its source."""
     h = hashlib.sha256()
     for name in sorted(parts):
         h.update(f"[{name}:{len(parts[name])}]".encode())
@@ -84,4 +86,4 @@ def content_fingerprint(pipeline: Pipeline) -> ContentFingerprint:
         parts["image"] = frozenset(pipeline.image_store.ids())
     if pipeline.image_files is not None:
         parts["files"] = frozenset(pipeline.image_files.shas())
-    return ContentFingerprint(_digest(parts), parts)
+    return ContentFingerprint(parts_digest(parts), parts)

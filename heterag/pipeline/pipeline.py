@@ -170,7 +170,6 @@ class Pipeline(Indexer, DocumentManager, Retriever):
     def _writing(self):
         return self.write_lock() if self.write_lock is not None else contextlib.nullcontext()
 
-
     def answer(
         self,
         question: str | None = None,
@@ -194,7 +193,6 @@ class Pipeline(Indexer, DocumentManager, Retriever):
         self.store.close()
         if self.image_store is not None:
             self.image_store.close()
-
 
 
 def image_fingerprint(encoder: Any) -> Fingerprint:

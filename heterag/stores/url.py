@@ -27,7 +27,7 @@ spec                            backend         where the vectors live
 A spec without a location (``chroma``, ``faiss``) keeps the store inside the collection's own
 folder; a spec with one (a server URL) is *shared*: several heterag collections, and several
 processes, use one server, so collections get the heterag collection name as a prefix there
-(:func:`heterag.collections.collection.open_collection_store`). Passwords never appear in messages
+(:func:`heterag.stores.server_collection`). Passwords never appear in messages
 (:meth:`StoreURL.display`).
 """
 

@@ -2,5 +2,6 @@
 adapters for the text encoder (:mod:`~heterag.training.prompts`).
 
 They train on data sets read through :mod:`corpora` (synthetic scenes, image layouts, BEIR,
-PubMedQA), so they sit above it, beside the apps; the library below never imports them.
+PubMedQA), so they sit above it and below the apps (the command line runs them); the library never
+imports them.
 """

@@ -172,13 +172,13 @@ def beir_pairs(path: Any, split: str = "train") -> tuple[PairSet, list[Document]
     """
     from pathlib import Path
 
-    from corpora.beir import _beir_file, _load_documents, read_qrels, read_queries
+    from corpora.beir import beir_file, load_corpus_documents, read_qrels, read_queries
 
     root = Path(path)
-    qrels_file = _beir_file(root, f"qrels/{split}.tsv")
+    qrels_file = beir_file(root, f"qrels/{split}.tsv")
     qrels = read_qrels(qrels_file)
-    queries = read_queries(_beir_file(root, "queries.jsonl"))
-    documents = _load_documents(_beir_file(root, "corpus.jsonl"), 10 * 2**20)
+    queries = read_queries(beir_file(root, "queries.jsonl"))
+    documents = load_corpus_documents(beir_file(root, "corpus.jsonl"), 10 * 2**20)
     known = {d.id for d in documents}
     pairs, skipped, examples = [], 0, []
     for qid, rels in qrels.items():

@@ -1,6 +1,6 @@
 """Citation checks of the local generator's streamed answer.
 
-:class:`_CitationGuard` passes the generated pieces on as they stream, with the markers citing a
+:class:`CitationGuard` passes the generated pieces on as they stream, with the markers citing a
 passage that does not exist removed and a marker cut off at the end of generation dropped; brackets
 inside code (a fenced block or an inline span, e.g. ``lst[0]``) are code and left alone.
 :func:`attribute` names the passages that support an answer that cites none, by similarity to the
@@ -63,17 +63,17 @@ def _clean(raw: str, n_passages: int, *, final: bool) -> str:
     return text
 
 
-def _without_code(text: str) -> str:
+def without_code(text: str) -> str:
     """``text`` with its code (see ``_CODE``) blanked out, for counting citation markers."""
     return _CODE.sub(" ", text)
 
 
-def _closed_code(text: str) -> str:
+def closed_code(text: str) -> str:
     """The closing fence that ``text`` needs when it ends inside a fenced code block, else ``""``."""
     return "\n```" if any(m.group(0).count("```") == 1 for m in _CODE.finditer(text)) else ""
 
 
-class _CitationGuard:
+class CitationGuard:
     """Passes generated pieces on to ``callback`` with invalid citation markers removed."""
 
     def __init__(self, n_passages: int, callback: StreamCallback | None):

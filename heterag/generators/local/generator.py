@@ -19,11 +19,11 @@ from heterag.core.results import Answer, Hit
 from heterag.encoding.embedder import Embedder
 from heterag.generators.base import StreamCallback
 from heterag.generators.hf import TransformersGenerator
-from heterag.generators.local.citations import _CitationGuard, _closed_code, _without_code, attribute
+from heterag.generators.local.citations import CitationGuard, attribute, closed_code, without_code
 from heterag.generators.local.model import (
     ENGINES,
     FAST_HINT,
-    _Loaded,
+    LoadedModel,
     gguf_source,
     llama_cpp_available,
     resolve_local_model,
@@ -87,7 +87,7 @@ class LocalGenerator(PromptFitting, OptionScoring, TransformersGenerator):
         self.embedder = embedder
         self.reuse_prefix = bool(reuse_prefix)
         self._window = context_window
-        self._shared: _Loaded | None = None
+        self._shared: LoadedModel | None = None
         folder = resolve_local_model(model)  # raises for a missing model, makes the dequantised copy once
         gguf = gguf_source(model)
         if engine == "llama_cpp":
@@ -118,13 +118,13 @@ class LocalGenerator(PromptFitting, OptionScoring, TransformersGenerator):
             with self._lock, self._threads():
                 self._prefix()  # now rather than in the first request
 
-    def _load_engine(self) -> _Loaded:
+    def _load_engine(self) -> LoadedModel:
         """Load the model with this generator's engine (once per process: see :func:`shared_model`)."""
         if self.engine == "transformers":
             super()._load()
         else:
             self._load_llama()
-        return _Loaded(self.config, self.is_vision, self.tokenizer, self.model, self.image_token, self.processor,
+        return LoadedModel(self.config, self.is_vision, self.tokenizer, self.model, self.image_token, self.processor,
                        threading.RLock(), self._llama)
 
     def _load_llama(self) -> None:
@@ -217,7 +217,7 @@ class LocalGenerator(PromptFitting, OptionScoring, TransformersGenerator):
     def _generate(self, question: str, hits: tuple[Hit, ...], image: ImageRef | None,
                   on_token: StreamCallback | None) -> Answer:
         inputs, used = self.fit(question, hits, image)
-        guard = _CitationGuard(len(used), on_token)
+        guard = CitationGuard(len(used), on_token)
         cut = bool(used) and used[0].text != hits[0].text
         if len(hits) == 1 and cut:  # no rest to speak of
             guard.emit(f"(Using 1 of 1 sources, cut short: it does not fit the model's context of {self.context_size} "
@@ -230,14 +230,14 @@ class LocalGenerator(PromptFitting, OptionScoring, TransformersGenerator):
         if not guard.passed.strip():  # nothing but markers citing passages that do not exist
             raise GeneratorError(f"{self.path}: the model generated no text besides citation markers (of sources that "
                                  f"do not exist, or cut off): {guard.raw.strip()[:60]!r}")
-        if not parse_citations(_without_code(text), used):
+        if not parse_citations(without_code(text), used):
             numbers = attribute(guard.passed, used, self.embedder)  # the model's words, not our note
             if numbers:
                 marks = "".join(f"[{n}]" for n in numbers)
-                guard.emit(f"{_closed_code(guard.passed)} {marks} (The model cited no source; {marks} attributed by "
+                guard.emit(f"{closed_code(guard.passed)} {marks} (The model cited no source; {marks} attributed by "
                            "similarity to the answer.)")
                 text = guard.text
-        return Answer(text=text, citations=parse_citations(_without_code(text), used), hits=hits,
+        return Answer(text=text, citations=parse_citations(without_code(text), used), hits=hits,
                       context_tokens=self.context_tokens(used), generator=self.name)
 
 

@@ -40,11 +40,11 @@ FAST_HINT = "pip install llama-cpp-python   (or: pip install -e '.[llm-fast]'; c
 ENGINES = ("transformers", "llama_cpp")
 
 _LOAD_LOCK = threading.Lock()
-_SHARED: dict[tuple[str, str, str], _Loaded] = {}
+_SHARED: dict[tuple[str, str, str], LoadedModel] = {}
 
 
 @dataclass
-class _Loaded:
+class LoadedModel:
     config: Any
     is_vision: bool
     tokenizer: Any
@@ -57,9 +57,9 @@ class _Loaded:
     prefixes: dict[str, tuple[tuple[int, ...], str, Any]] = field(default_factory=dict)
 
 
-def shared_model(key: tuple[str, str, str], load: Callable[[], _Loaded]) -> _Loaded:
+def shared_model(key: tuple[str, str, str], load: Callable[[], LoadedModel]) -> LoadedModel:
     """The model loaded for ``key`` in this process: ``load()`` runs the first time only (under a lock), and
-    every later call, from any ``local`` generator, gets the same :class:`_Loaded`."""
+    every later call, from any ``local`` generator, gets the same :class:`LoadedModel`."""
     with _LOAD_LOCK:
         shared = _SHARED.get(key)
         if shared is None:
@@ -244,7 +244,7 @@ def torch_threads(n: int) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
-def _cache_of(output: Any) -> tuple[str, Any]:
+def cache_of(output: Any) -> tuple[str, Any]:
     """(keyword, value) of a forward pass's key-value cache: ``cache`` in recent transformers,
     ``past_key_values`` before."""
     if getattr(output, "cache", None) is not None:

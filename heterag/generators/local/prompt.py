@@ -18,7 +18,7 @@ from typing import Any
 from heterag.core.errors import GeneratorError
 from heterag.core.images import ImageRef
 from heterag.core.results import Hit
-from heterag.generators.local.model import _cache_of
+from heterag.generators.local.model import cache_of
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class PromptFitting:
         ids = tuple(a[: ends[-1] + 1])
         with torch.inference_mode():
             out = self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True)
-        name, cache = _cache_of(out)
+        name, cache = cache_of(out)
         found = self._shared.prefixes[self.system_prompt] = (ids, name, cache)
         logger.debug("%s: the prompt's first %d tokens are computed once and reused", self.path, len(ids))
         return found

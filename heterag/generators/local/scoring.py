@@ -16,7 +16,7 @@ import numpy as np
 
 from heterag.core.errors import GeneratorError, InvalidInputError
 from heterag.core.results import Hit
-from heterag.generators.local.model import _cache_of
+from heterag.generators.local.model import cache_of
 
 #: Content-free inputs of contextual calibration (Zhao et al., 2021, section 5).
 CONTENT_FREE = ("N/A", "[MASK]", "")
@@ -45,7 +45,7 @@ class OptionScores:
         """Contextual calibration (Zhao et al., 2021, "Calibrate Before Use", ICML, section 5, eq. 1
         with W = diag(p_cf)^-1, b = 0): each option's probability divided by its probability
         ``content_free[option]`` for a content-free input (from
-        :meth:`LocalGenerator.content_free_probabilities`), renormalised. A small model that prefers
+        :meth:`heterag.generators.local.LocalGenerator.content_free_probabilities`), renormalised. A small model that prefers
         one option whatever the passages say then answers from how far the passages move it.
 
         ``content_free`` maps every option to a probability in (0, 1]; the result's ``logprobs`` are
@@ -139,7 +139,7 @@ class OptionScoring:
                 out = self.model(input_ids=inputs["input_ids"][:, done:].to(self.device), use_cache=True, **reuse)
             else:
                 out = self.model(**inputs, use_cache=True)
-            cache_name, prompt_cache = _cache_of(out)
+            cache_name, prompt_cache = cache_of(out)
             last = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
             for ids in option_ids:
                 total = float(last[ids[0]])

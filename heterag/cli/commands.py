@@ -1,4 +1,5 @@
-"""``heterag`` command line: ingest, ask, eval, collections, docs, drop, train-image-encoder, tune, reembed.
+"""``heterag`` command line: ingest, ask, eval, collections, docs, drop, train-image-encoder, tune, reembed,
+migrate, and the commands other packages register (``heterag sandbox``, see :data:`COMMAND_GROUP`).
 
 A thin shell over the library: every subcommand parses arguments, calls the public
 API and prints. Errors a user can cause print one line and exit with status 2.
@@ -189,11 +190,22 @@ def build_parser() -> argparse.ArgumentParser:
     for name, entry in _plugin_entries():
         try:
             handler = entry.load()(sub)  # register(subparsers) -> handler(args) -> int
+            if name not in sub.choices:
+                raise HeteragError(f"{entry.value} added no {name!r} command")
         except Exception as exc:  # a stale or broken plugin must not take the whole command line down
             logging.getLogger(__name__).warning("heterag: command %r (%s) not available: %s", name, entry.value, exc)
+            if name in sub.choices:  # it added its parser, then failed: running the command says why
+                sub.choices[name].set_defaults(plugin_handler=_unavailable(name, exc))
             continue
         sub.choices[name].set_defaults(plugin_handler=handler)
     return parser
+
+
+def _unavailable(name: str, exc: BaseException):
+    def handler(args: argparse.Namespace) -> int:
+        raise HeteragError(f"command {name!r} is not available: {exc}")
+
+    return handler
 
 
 #: Entry-point group through which packages above heterag add subcommands (the sandbox's ``heterag sandbox``):
