@@ -34,6 +34,7 @@ _LAZY = {
     "collections.collection": ("CollectionInfo", "collection_info", "list_collections", "open_collection"),
     "core.home": ("heterag_home",),
     "encoding.text_encoder": ("load_text_encoder",),
+    "encoding.image_encoders": ("ImageEncoder", "load_image_encoder"),
     "pipeline.content": ("ContentDiff", "ContentFingerprint", "content_fingerprint"),
     "core.documents": ("Chunk", "Document", "ItemError", "Section", "content_hash"),
     "evaluation.retrieval": ("evaluate", "rank_documents"),
@@ -45,7 +46,7 @@ _LAZY = {
     "core.locking": ("WriteLock",),
     "pipeline.pipeline": ("IngestReport", "Pipeline"),
     "core.results": ("Answer", "Citation", "Hit", "SourceRef"),
-    "stores": ("STORES", "Fingerprint", "Record", "ScoredRecord", "VectorStore", "open_store"),
+    "stores": ("STORES", "Fingerprint", "Record", "ScoredRecord", "VectorStore", "open_store", "parse_store_url"),
     "ingest.views": ("VIEWS", "HeteragView", "LateView", "NaiveView", "RetrievalView", "make_view"),
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
@@ -71,6 +72,7 @@ if TYPE_CHECKING:  # what static tools see
     from heterag.core.images import ImageFiles, ImageRef, load_image
     from heterag.core.locking import WriteLock
     from heterag.core.results import Answer, Citation, Hit, SourceRef
+    from heterag.encoding.image_encoders import ImageEncoder, load_image_encoder
     from heterag.encoding.text_encoder import load_text_encoder
     from heterag.evaluation.retrieval import evaluate, rank_documents
     from heterag.generators import ExtractiveGenerator, Generator, OpenAIGenerator, make_generator
@@ -81,7 +83,7 @@ if TYPE_CHECKING:  # what static tools see
     from heterag.pipeline.pipeline import IngestReport, Pipeline
     from heterag.retrieval.fusion import Fusion
     from heterag.retrieval.hit_filters import DroppedHit, HitFilter, Retrieval, RetrievalQuery
-    from heterag.stores import STORES, Fingerprint, Record, ScoredRecord, VectorStore, open_store
+    from heterag.stores import STORES, Fingerprint, Record, ScoredRecord, VectorStore, open_store, parse_store_url
 
 __version__ = "0.1.0"
 
@@ -95,5 +97,5 @@ __all__ = [
     "make_view", "open_collection", "open_store", "rank_documents",
     "CollectionInfo", "collection_info", "ContentDiff", "ContentFingerprint", "content_fingerprint",
     "CollectionLockedError", "DroppedHit", "HitFilter", "IngestGuard", "IngestItem", "Retrieval", "RetrievalQuery",
-    "Verdict", "WriteLock", "SourceRef",
+    "Verdict", "WriteLock", "SourceRef", "ImageEncoder", "load_image_encoder", "parse_store_url",
 ]

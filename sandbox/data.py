@@ -25,8 +25,7 @@ from corpora.annotated import AnnotatedImage
 from corpora.base import default_data_dir
 from corpora.image_layouts import LAYOUT_MEDMNIST, detect_image_layout, iter_image_layout
 from corpora.synthetic_scenes import generate_scenes
-from heterag.core.documents import ItemError
-from heterag.core.images import ImageRef
+from heterag import ImageRef, ItemError
 
 from .scenario import PARTS, DataConfig, ScenarioError
 from .tasks import Task, make_task

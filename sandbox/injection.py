@@ -43,12 +43,12 @@ from heterag import (
     Document,
     HeteragError,
     IngestReport,
+    InvalidInputError,
     Pipeline,
     collection_info,
     content_fingerprint,
     heterag_home,
 )
-from heterag.core.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
 

@@ -50,9 +50,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from corpora.annotated import AnnotatedImage
-from heterag import HeteragError, InvalidInputError, Pipeline, content_fingerprint, open_collection
-from heterag.core.documents import ItemError
-from heterag.core.images import ImageRef
+from heterag import HeteragError, ImageRef, InvalidInputError, ItemError, Pipeline, content_fingerprint, open_collection
 
 from .attacks.answer_match import AnswerMatcher
 from .attacks.counterfact import ZeroShotProxy
@@ -191,7 +189,7 @@ class RefusalGenerator:
         self.inner, self.name = inner, f"{getattr(inner, 'name', 'generator')}+refusal"
 
     def generate(self, question: str, hits: Sequence[Any], **kw: Any) -> Any:
-        from heterag.core.results import Answer
+        from heterag import Answer
 
         if any(p in (question or "").lower() for p in REFUSAL_PATTERNS):
             return Answer(text=REFUSAL_ANSWER, citations=(), hits=tuple(hits), context_tokens=0, generator=self.name)
@@ -217,8 +215,7 @@ def _with_prompt(generator: Any) -> Any:
 def make_mia_generator(scn: Scenario, pipe: Pipeline) -> Any:
     """The system's generator: the extractive generator with sampling (temperature 0.5,
     seeded by the scenario unless its options say otherwise) or any registered generator (``openai``)."""
-    from heterag import make_generator
-    from heterag.generators import ExtractiveGenerator
+    from heterag import ExtractiveGenerator, make_generator
 
     g = scn.rag.generator
     if g.name == "extractive":
@@ -716,7 +713,7 @@ def _run(scn: Scenario, data: MembershipData, core: ScenarioData, pipe: Pipeline
 
 
 def _load_encoder(spec: str) -> Any:
-    from heterag.encoding.image_encoders import load_image_encoder
+    from heterag import load_image_encoder
 
     try:
         return load_image_encoder(spec)

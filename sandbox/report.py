@@ -155,7 +155,7 @@ PLOTS = ("asr_vs_rate.png", "defenses.png", "pgd_similarity.png", "roc.png", "ro
 def prepare_out(out_dir: str | Path) -> Path:
     """Create the report folder (or check an existing one) and remove plots of an earlier report in it;
     raises :class:`InvalidInputError` with one line if it cannot be used."""
-    from heterag.core.errors import InvalidInputError
+    from heterag import InvalidInputError
 
     if not str(out_dir).strip():
         raise InvalidInputError("--out: give a folder for the report")

@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
-from heterag.core.errors import HeteragError, InvalidInputError
+from heterag import HeteragError, InvalidInputError
 
 #: Attacks a scenario may name.
 ATTACKS = ("m3att", "random", "query_copy", "none", "mrm")
@@ -119,7 +119,7 @@ class RagConfig(_Strict):
     @field_validator("store")
     @classmethod
     def _store_spec(cls, v: str) -> str:
-        from heterag.stores import parse_store_url
+        from heterag import parse_store_url
 
         try:
             parse_store_url(v)  # an unknown scheme lists the accepted forms

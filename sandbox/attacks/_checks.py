@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from heterag.core.errors import InvalidInputError
+from heterag import InvalidInputError
 
 
 def as_matrix(name: str, x: Any, *, dim: int | None = None, min_rows: int = 1) -> np.ndarray:

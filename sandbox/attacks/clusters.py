@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from heterag.core.errors import InvalidInputError
+from heterag import InvalidInputError
 
 from ._checks import as_matrix, positive_int, unit_rows
 

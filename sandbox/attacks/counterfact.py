@@ -27,8 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from heterag import InvalidInputError
-from heterag.core.images import ImageRef
+from heterag import ImageRef, InvalidInputError
 
 
 @dataclass(frozen=True)

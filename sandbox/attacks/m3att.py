@@ -41,9 +41,7 @@ from PIL import Image
 
 from corpora.annotated import AnnotatedImage
 from corpora.synthetic_scenes import BACKGROUND_COLOURS
-from heterag import Document, ImageRef
-from heterag.core.errors import InvalidInputError
-from heterag.encoding.image_encoders import load_image_encoder
+from heterag import Document, ImageRef, InvalidInputError, load_image_encoder
 
 from ..editors import Edit, EditedText, make_editor
 from ..editors.lexicon import COLOUR_NEIGHBOURS

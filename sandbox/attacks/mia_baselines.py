@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from heterag.core.images import ImageRef
+from heterag import ImageRef
 
 from .answer_match import norm_words, singular
 

@@ -36,8 +36,7 @@ import numpy as np
 from scipy import stats
 
 from corpora.annotated import AnnotatedImage
-from heterag import InvalidInputError
-from heterag.core.images import ImageRef
+from heterag import ImageRef, InvalidInputError
 
 from .answer_match import AnswerMatcher
 from .counterfact import MaskFeatures, ZeroShotProxy, features, rank_masks

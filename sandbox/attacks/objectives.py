@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from heterag.core.errors import InvalidInputError
+from heterag import InvalidInputError
 
 from ._checks import as_matrix, as_vector, positive_float, positive_int, unit_rows
 

@@ -44,8 +44,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from corpora.annotated import AnnotatedImage
-from heterag import InvalidInputError, UnknownNameError
-from heterag.core.images import ImageRef
+from heterag import ImageRef, InvalidInputError, UnknownNameError
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from heterag.core.errors import InvalidInputError
-from heterag.encoding.image_encoders import ImageEncoder
+from heterag import ImageEncoder, InvalidInputError
 
 from ._checks import as_matrix, positive_int, unit_rows
 from .pgd import pgd_by_size

@@ -16,8 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from heterag.core.errors import InvalidInputError
-from heterag.encoding.image_encoders import ImageEncoder
+from heterag import ImageEncoder, InvalidInputError
 
 from ._checks import as_matrix, pixel_batch
 from .pgd import uint8_to_pixels

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from heterag.core.errors import InvalidInputError
+from heterag import InvalidInputError
 
 from ._checks import as_matrix, as_vector, positive_float, positive_int, unit_rows
 from .clusters import profile_clusters

@@ -24,9 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from heterag import Hit, ImageRef, InvalidInputError, Pipeline, RetrievalQuery
-from heterag.ingest.guards import IngestGuard
-from heterag.retrieval.hit_filters import HitFilter
+from heterag import Hit, HitFilter, ImageRef, IngestGuard, InvalidInputError, Pipeline, RetrievalQuery
 
 DIRECTIONS = ("reject_below", "reject_above", "none")
 

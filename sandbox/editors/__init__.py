@@ -36,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from heterag.core.errors import UnknownNameError
+from heterag import UnknownNameError
 
 from .base import STRATEGIES, Edit, EditedText, TextEditor
 from .llm import LLMEditor

@@ -26,9 +26,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from heterag.core.errors import GeneratorError, InvalidInputError
-from heterag.core.results import Hit
-from heterag.generators import make_generator
+from heterag import GeneratorError, Hit, InvalidInputError, make_generator
 
 from .base import STRATEGIES, Edit, EditedText
 from .rule import RuleEditor, check_strategies

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
-from heterag.core.errors import InvalidInputError
+from heterag import InvalidInputError
 
 from . import lexicon as lx
 from .base import STRATEGIES, Edit, EditedText
