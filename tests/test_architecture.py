@@ -139,9 +139,8 @@ def test_a_broken_command_plugin_costs_only_its_own_command(monkeypatch, capsys,
         sub.add_parser("other-name")
         return lambda args: 0
 
-    monkeypatch.setattr(commands, "_plugin_entries", lambda: [("gone", _Entry("gone", ImportError("No module named 'gone'"))),
-                                                             ("half", _Entry("half", half_register)),
-                                                             ("misnamed", _Entry("misnamed", misnamed))])
+    monkeypatch.setattr(commands, "_plugin_entries", lambda: [_Entry("gone", ImportError("No module named 'gone'")),
+                                                             _Entry("half", half_register), _Entry("misnamed", misnamed)])
     assert commands.main(["collections"]) == 0  # every other command works
     assert commands.main(["half"]) == 2
     assert capsys.readouterr().err == "heterag: error: command 'half' is not available: half-installed\n"

@@ -187,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--overwrite", action="store_true", help="replace a different collection of that name in the target")
     m.add_argument("--sample", type=int, default=20, help="sample queries compared between source and copy (default 20)")
 
-    for name, entry in _plugin_entries():
+    for entry in _plugin_entries():
+        name = entry.name
         try:
             handler = entry.load()(sub)  # register(subparsers) -> handler(args) -> int
             if name not in sub.choices:
@@ -214,10 +215,10 @@ def _unavailable(name: str, exc: BaseException):
 COMMAND_GROUP = "heterag.commands"
 
 
-def _plugin_entries() -> list[tuple[str, Any]]:
+def _plugin_entries() -> list[Any]:
     from importlib.metadata import entry_points
 
-    return sorted((e.name, e) for e in entry_points(group=COMMAND_GROUP))
+    return sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name)
 
 
 def _n(count: int, noun: str) -> str:

@@ -25,7 +25,6 @@ from heterag.core.documents import Document, ItemError, content_hash, file_sha25
 from heterag.core.errors import HeteragError, InvalidInputError
 from heterag.core.images import ImageFiles
 from heterag.ingest.chunking import ChunkedDocument, chunk_document
-from heterag.ingest.documents import delete_records
 from heterag.ingest.guards import IngestGuard, IngestItem, Verdict
 from heterag.ingest.views import RetrievalView, ViewEncoder, distinct_chunks
 from heterag.stores.base import Record, VectorStore
@@ -75,7 +74,8 @@ class Indexer:
 
     Uses the pipeline's stores (``store``, ``image_store``, ``image_files``), its text ``encoder``,
     ``view`` and ``chunk_tokens``, its ``image_encoder`` (loaded and checked on first use), its
-    ingest ``guards`` and ``_writing()`` (its write lock); guards receive the pipeline itself.
+    ingest ``guards``, ``_writing()`` (its write lock) and ``_delete_documents`` (from
+    :class:`~heterag.ingest.documents.DocumentManager`, to drop replaced parts); guards receive the pipeline itself.
     """
 
     store: VectorStore
@@ -87,6 +87,7 @@ class Indexer:
     guards: list[IngestGuard]
     image_encoder: Any
     _writing: Callable[[], AbstractContextManager[Any]]
+    _delete_documents: Callable[[list[str]], int]
 
     def chunk(self, doc: Document) -> ChunkedDocument:
         return chunk_document(doc, self.encoder.tokenize, self.chunk_tokens)
@@ -240,7 +241,7 @@ class Indexer:
             old = [d for docs in self._stored_files(outdated).values() for d in docs] if outdated else []
             if old:
                 with self._writing():
-                    report.stale_chunks_removed += _delete(self, old)
+                    report.stale_chunks_removed += self._delete_documents(old)
         return [item for item in batch if not (isinstance(item, Document)
                                                 and twins.verdicts.get(str(item.metadata.get("source_path") or "")))]
 
@@ -265,7 +266,7 @@ class Indexer:
                 for doc_id in docs]
         if gone:
             with self._writing():
-                report.stale_chunks_removed += _delete(self, gone)
+                report.stale_chunks_removed += self._delete_documents(gone)
 
     def _drop_old_parts(self, files: Mapping[str, set[str]], report: IngestReport) -> None:
         """Remove stored documents of re-read files that this version of the file no longer has
@@ -274,7 +275,7 @@ class Indexer:
         gone = [doc_id for path, docs in stored.items() for doc_id in docs if doc_id not in files.get(path, set())]
         if gone:
             with self._writing():
-                report.stale_chunks_removed += _delete(self, gone)
+                report.stale_chunks_removed += self._delete_documents(gone)
 
     def _collect(self, batch: Sequence[Any], report: IngestReport) -> list[ChunkedDocument]:
         chunked: dict[str, ChunkedDocument] = {}
@@ -448,10 +449,6 @@ class Indexer:
         for sha in filter(None, shas):
             if not self.image_store.get(where={"image_sha256": sha}):
                 self.image_files.remove(sha)
-
-
-def _delete(pipe: Indexer, ids: list[str]) -> int:
-    return delete_records(pipe.store, pipe.image_store, pipe.image_files, ids)
 
 
 @dataclass
