@@ -24,6 +24,7 @@ from heterag.core.errors import (
     GeneratorError,
     HeteragError,
     InvalidInputError,
+    KeywordIndexError,
     UnknownNameError,
 )
 
@@ -39,6 +40,7 @@ _LAZY = {
     "core.documents": ("Chunk", "Document", "ItemError", "Section", "content_hash"),
     "evaluation.retrieval": ("evaluate", "rank_documents"),
     "retrieval.fusion": ("Fusion",),
+    "retrieval.hybrid": ("RETRIEVAL_MODES", "HybridFusion"),
     "generators": ("ExtractiveGenerator", "Generator", "OpenAIGenerator", "make_generator"),
     "ingest.guards": ("IngestGuard", "IngestItem", "Verdict"),
     "retrieval.hit_filters": ("DroppedHit", "HitFilter", "Retrieval", "RetrievalQuery"),
@@ -83,6 +85,7 @@ if TYPE_CHECKING:  # what static tools see
     from heterag.pipeline.pipeline import IngestReport, Pipeline
     from heterag.retrieval.fusion import Fusion
     from heterag.retrieval.hit_filters import DroppedHit, HitFilter, Retrieval, RetrievalQuery
+    from heterag.retrieval.hybrid import RETRIEVAL_MODES, HybridFusion
     from heterag.stores import STORES, Fingerprint, Record, ScoredRecord, VectorStore, open_store, parse_store_url
 
 __version__ = "0.1.0"
@@ -98,4 +101,5 @@ __all__ = [
     "CollectionInfo", "collection_info", "ContentDiff", "ContentFingerprint", "content_fingerprint",
     "CollectionLockedError", "DroppedHit", "HitFilter", "IngestGuard", "IngestItem", "Retrieval", "RetrievalQuery",
     "Verdict", "WriteLock", "SourceRef", "ImageEncoder", "load_image_encoder", "parse_store_url",
+    "HybridFusion", "KeywordIndexError", "RETRIEVAL_MODES",
 ]

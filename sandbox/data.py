@@ -3,9 +3,10 @@
 Every part of a split (knowledge base, attacker reference pool, attacker candidate pool, test)
 is a set of *images*: an image and all its questions go to exactly one part, so no test image
 is in the knowledge base and the attacker never sees a test image. The split is a seeded
-permutation of each source split (``all`` for layouts without splits; ``train``/``val``/``test``
-for MedMNIST), and the parts take their ``count`` or ``fraction`` in the order knowledge base,
-reference, candidates, test.
+permutation of each source split a part names with ``from``: ``train``/``val``/``test`` for MedMNIST,
+the folder's splits for COCO (``train2017``, ``val2017``), or ``all`` (every split together; the only
+choice for other layouts, and then every part's), and the parts take their ``count`` or ``fraction`` in
+the order knowledge base, reference, candidates, test.
 
 Items of the source that cannot be read (a corrupt or truncated image, a bad caption record) are never
 dropped silently: :func:`load_items` collects them (as :class:`~heterag.core.documents.ItemError`, naming the
@@ -23,9 +24,10 @@ import numpy as np
 
 from corpora.annotated import AnnotatedImage
 from corpora.base import default_data_dir
-from corpora.image_layouts import LAYOUT_MEDMNIST, detect_image_layout, iter_image_layout
+from corpora.image_layouts import LAYOUT_COCO, LAYOUT_MEDMNIST, detect_image_layout, iter_image_layout
+from corpora.layouts.coco import coco_splits
 from corpora.synthetic_scenes import generate_scenes
-from heterag import ImageRef, ItemError
+from heterag import ImageRef, InvalidInputError, ItemError
 
 from .scenario import PARTS, DataConfig, ScenarioError
 from .tasks import Task, make_task
@@ -75,13 +77,35 @@ def resolve_source(source: str, base_dir: str | Path) -> Path:
     return path
 
 
+def _named_splits(path: Path, layout: str) -> list[str]:
+    """The named splits of a COCO folder or a MedMNIST ``.npz`` (``train2017``, ``val2017``; ``train``, ``val``, ``test``)."""
+    if layout == LAYOUT_COCO:
+        return coco_splits(path)
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            keys = set(arrays.files)
+    except (OSError, ValueError) as exc:
+        raise ScenarioError(f"data.source: {path}: not a readable .npz ({exc})") from None
+    return sorted(k.removesuffix("_images") for k in keys if k.endswith("_images") and
+                  f"{k.removesuffix('_images')}_labels" in keys)
+
+
 def _load_split(path: Path, split: str, unreadable: list[ItemError]) -> list[AnnotatedImage]:
+    """The items of source split ``split``: a named split of a COCO folder or MedMNIST ``.npz``, or ``all``
+    (every split of such a source, the only one of other layouts)."""
     layout = detect_image_layout(path)
     if layout is None:
         raise ScenarioError(f"data.source: {path} is not an image layout heterag reads")
-    if split != "all" and layout != LAYOUT_MEDMNIST:
-        raise ScenarioError(f"data.splits: from: {split!r}: only MedMNIST sources have named splits; use 'all'")
-    items = iter_image_layout(path, split=None if split == "all" else split)
+    named = layout in (LAYOUT_COCO, LAYOUT_MEDMNIST)
+    if split != "all" and not named:
+        raise ScenarioError(f"data.splits: from: {split!r}: only COCO and MedMNIST sources have named splits; use 'all'")
+    splits = (_named_splits(path, layout) or [None]) if split == "all" and named else [None if split == "all" else split]
+    try:
+        items = [it for s in splits for it in iter_image_layout(path, split=s)]
+    except InvalidInputError as exc:
+        if split == "all":
+            raise ScenarioError(f"data.source: {exc}") from None
+        raise ScenarioError(f"data.splits: from: {split!r}: {exc}") from None
     out = []
     for it in items:
         if isinstance(it, ItemError):
@@ -105,6 +129,10 @@ def load_items(cfg: DataConfig, seed: int, base_dir: str | Path,
         n = int(cfg.source.split(":")[1])
         return {"all": [s.to_annotated() for s in generate_scenes(n, seed=seed, size=SCENE_SIZE)]}
     path = resolve_source(cfg.source, base_dir)
+    if "all" in wanted and len(wanted) > 1:  # the same images would be in two pools
+        named = ", ".join(f"{p}: {getattr(cfg.splits, p).from_}" for p in PARTS if getattr(cfg.splits, p).from_ != "all")
+        raise ScenarioError(f"data.splits: from: all reads every split, so no other part can name one ({named}); "
+                            "name the split of every part, or use all for every part")
     return {split: _load_split(path, split, unreadable) for split in wanted}
 
 

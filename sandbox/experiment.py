@@ -1,5 +1,6 @@
 """What both kinds of sandbox run share (:mod:`sandbox.runner`, :mod:`sandbox.membership`): the timed
-stages, the progress-bar switch, the package versions of the report, and the experiment collection."""
+stages, the progress-bar switch, the run events a listener can follow (the app's worker process), the
+package versions of the report, and the experiment collection."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from heterag import InvalidInputError, Pipeline, collection_info, open_collection
 
@@ -26,8 +28,24 @@ def show_progress() -> bool:
     return not os.environ.get("HETERAG_NO_PROGRESS")
 
 
+#: Callables ``listener(event, data)`` told about a run as it goes (see :func:`notify`); process-wide.
+listeners: list[Callable[[str, dict[str, Any]], None]] = []
+
+
+def notify(event: str, **data: Any) -> None:
+    """Tell every listener about ``event``: ``stage`` (``name``, ``phase`` ``begin``/``end``, ``seconds`` at the
+    end) from :class:`Stages`, and ``fingerprint`` (``collection``, ``before``: the content fingerprint's
+    digest) once a run holds its collection and before it writes anything. A failing listener is logged."""
+    for listener in list(listeners):
+        try:
+            listener(event, data)
+        except Exception:  # progress reporting must never stop a run
+            log.debug("run listener %r failed on %s", listener, event, exc_info=True)
+
+
 class Stages:
-    """The seconds spent in each named stage (``with stages("index"): ...``), logged as each begins."""
+    """The seconds spent in each named stage (``with stages("index"): ...``), logged and announced to the
+    :data:`listeners` as each begins and ends."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -36,10 +54,12 @@ class Stages:
     def __call__(self, name: str) -> Iterator[None]:
         t = time.perf_counter()
         log.info("stage %s", name)
+        notify("stage", name=name, phase="begin")
         try:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
+            notify("stage", name=name, phase="end", seconds=time.perf_counter() - t)
 
 
 def package_versions() -> dict[str, str]:
@@ -55,10 +75,18 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def retrieval_settings(pipe: Pipeline) -> dict[str, str]:
+    """What the report says of how queries were searched: ``retrieval`` (``dense``, ``keyword`` or ``hybrid``, as
+    run) and, for hybrid, its ``hybrid`` fusion."""
+    mode = pipe.retrieval_mode()
+    return {"retrieval": mode, **({"hybrid": pipe.hybrid.describe()} if mode == "hybrid" else {})}
+
+
 def collection_name_for(scn: Scenario, data: ScenarioData) -> str:
     """Experiment collection name: a hash of the knowledge base and the RAG settings (so reruns reuse it)."""
     h = hashlib.sha256()
-    h.update(json.dumps(scn.rag.model_dump(exclude={"generator", "top_k", "fusion", "collection", "allow_live"}),
+    h.update(json.dumps(scn.rag.model_dump(exclude={"generator", "top_k", "fusion", "retrieval", "hybrid", "collection",
+                                                    "allow_live"}),
                         sort_keys=True).encode())
     for it in data.knowledge_base:
         h.update(it.id.encode())
@@ -73,12 +101,18 @@ def open_index(scn: Scenario, data: ScenarioData, *, allow_live: bool = False) -
     rag = scn.rag
     if rag.collection:
         check_live(rag.collection, rag.allow_live or allow_live)
-        pipe = open_collection(rag.collection, create=False, fusion=rag.fusion)
+        pipe = open_collection(rag.collection, create=False, fusion=rag.fusion, retrieval=rag.retrieval, hybrid=rag.hybrid)
+        try:
+            pipe.retrieval_mode()  # keyword/hybrid on a collection without a keyword index: one line, before any work
+        except BaseException:
+            pipe.close()
+            raise
         return pipe, rag.collection
     name = collection_name_for(scn, data)
     pipe = open_collection(name, store=rag.store, encoder=rag.text_encoder, view=rag.view, image_encoder=rag.image_encoder,
-                           fusion=rag.fusion, purpose="experiment")
+                           fusion=rag.fusion, purpose="experiment", retrieval=rag.retrieval, hybrid=rag.hybrid)
     try:
+        pipe.retrieval_mode()  # an experiment collection made before keyword indexes, asked for keyword/hybrid
         if collection_info(name).purpose != "experiment":
             raise InvalidInputError(f"collection {name!r} exists and is not an experiment collection")
         report = pipe.ingest([it.to_document() for it in data.knowledge_base], progress=show_progress(),
@@ -89,3 +123,9 @@ def open_index(scn: Scenario, data: ScenarioData, *, allow_live: bool = False) -
         pipe.close()
         raise
     return pipe, name
+
+
+def retrieval_words(r: dict[str, Any]) -> str:
+    """How a run searched text queries (``report.json``'s ``retrieval`` and ``hybrid``), as report.md says it."""
+    mode = r.get("retrieval", "dense")
+    return f"`{mode}` (fusion `{r['hybrid']}`)" if mode == "hybrid" and r.get("hybrid") else f"`{mode}`"

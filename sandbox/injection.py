@@ -143,12 +143,16 @@ class RunLock:
         except (OSError, ValueError, KeyError):
             return "another run"
 
+    def busy_error(self) -> SandboxBusyError:
+        """The refusal of a second run on this collection, naming the run that holds it."""
+        return SandboxBusyError(f"collection {self.collection!r} is in use by sandbox {self.holder()}; "
+                                "wait for it to finish (or stop it)")
+
     def acquire(self, run_id: str) -> None:
         try:
             self._lock.acquire(timeout=0)
         except _LockTimeout:
-            raise SandboxBusyError(f"collection {self.collection!r} is in use by sandbox {self.holder()}; "
-                                   "wait for it to finish (or stop it)") from None
+            raise self.busy_error() from None
         tmp = self.info.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"run_id": run_id, "pid": os.getpid(), "since": time.time()}))
         os.replace(tmp, self.info)
@@ -334,6 +338,10 @@ class ReversibleInjection:
                 for r in st.get(where={SANDBOX_TAG: self.run_id})]
         if ours:
             return f"{len(ours)} record(s) of this run are still in the index ({diff.summary()})", False
+        stray = {k: v for k, v in after.parts.items() if k.startswith("keywords_") and v - before.parts.get(k, frozenset())}
+        if stray:  # content_fingerprint's parts for a keyword index out of step with the vector store
+            return (f"the keyword index is out of step with the vector store after the clean-up ({diff.summary()}); "
+                    f"rebuild it with `heterag keywords build --collection {self.collection}`"), False
         injected = set(self.journal.doc_ids)
         added_text = diff.added.get("text", frozenset())
         foreign = [r for r in self.pipeline.store.get(ids=sorted(added_text)) if str(r.metadata.get("doc_id")) not in injected]

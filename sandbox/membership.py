@@ -32,6 +32,12 @@ Metric names: ``auc[method=M]``, ``tpr@1%fpr[method=M]``, ``tpr@5%fpr[method=M]`
 ``,probing=augmented`` / ``,prompt=plain``) inside the brackets; ``targets_without_mask`` is the share of
 targets that had no usable mask (they stay in every ROC with the neutral score 0.5).
 
+**No signal, no result** (:mod:`sandbox.calibration`): a pass whose calibration found no signal (MrM with
+``p_t`` at its floor: the generator never named what a mask hides on the shadow members) has no metrics
+but ``queries_per_target`` and no ROC; ``report["signal"]`` holds each calibrated pass's verdict and
+reason, ``report["passes"]`` every pass key in run order, and the report marks it "no signal on
+calibration: not a result". The baselines have no calibration in a run: their figures are results.
+
 The searches of a run go through ``Pipeline.retrieve`` and ``generate`` as ``Pipeline.answer`` does;
 the query encoders are wrapped in a memo for the run (the same text always gives the same vector,
 so answers are unchanged; restored afterwards).
@@ -67,8 +73,9 @@ from .attacks.mrm import (
     set_pvalue,
 )
 from .attacks.proposals import AnnotationProposer, make_proposer
+from .calibration import judge
 from .data import ScenarioData, load_items, split_items
-from .experiment import Stages, collection_name_for, open_index, package_versions, show_progress
+from .experiment import Stages, collection_name_for, notify, open_index, package_versions, retrieval_settings, show_progress
 from .injection import ReversibleInjection, RunLock, SandboxBusyError, leftovers, list_journals, new_run_id
 from .metrics import mean_ci, metric
 from .scenario import MIA_DEFENSES, Scenario, ScenarioError
@@ -545,7 +552,7 @@ def _augmented_index(scn: Scenario, data: MembershipData, core: ScenarioData) ->
     name = _augmented_name(scn, core)
     r = scn.rag
     pipe = open_collection(name, store=r.store, encoder=r.text_encoder, view=r.view, image_encoder=r.image_encoder,
-                           fusion=r.fusion, purpose="experiment")
+                           fusion=r.fusion, purpose="experiment", retrieval=r.retrieval, hybrid=r.hybrid)
     try:
         docs = [dataclasses.replace(it, image=augment(it.image, k)).to_document(augmentation=k)
                 for it, k in zip(data.knowledge_base, kinds, strict=True)]
@@ -566,6 +573,7 @@ def _run(scn: Scenario, data: MembershipData, core: ScenarioData, pipe: Pipeline
     if scn.rag.top_k > pipe.count():
         raise ScenarioError(f"rag.top_k ({scn.rag.top_k}) exceeds the knowledge base ({pipe.count()} items)")
     fp_before = content_fingerprint(pipe)
+    notify("fingerprint", collection=name, before=fp_before.digest)
     generator = make_mia_generator(scn, pipe)
     pipe.generator = generator
     proxy_encoder = pipe.image_encoder if not m.proxy.encoder else _Memo(_load_encoder(m.proxy.encoder))
@@ -593,6 +601,8 @@ def _run(scn: Scenario, data: MembershipData, core: ScenarioData, pipe: Pipeline
     rocs: dict[str, dict[str, list[float]]] = {}
     passes: dict[str, dict[str, Any]] = {}
     calib: dict[str, float] = {}
+    #: the calibration's verdict per pass key (sandbox.calibration): a pass without signal is no result
+    signals: dict[str, dict[str, Any]] = {}
 
     def record(tag: str, method: str, scores: np.ndarray, queries: Sequence[float], xs: list | None = None,
                p_t: float | None = None) -> None:
@@ -624,6 +634,7 @@ def _run(scn: Scenario, data: MembershipData, core: ScenarioData, pipe: Pipeline
                 else:
                     record(ptag, "mrm", _score_mrm(xs, p_t), queries, xs, p_t)
                 passes[f"method=mrm{ptag}"]["failed"] = int(sum(failed))
+                signals[f"method=mrm{ptag}"] = judge("mrm", p_t=p_t).to_json()
         if not probing and prompts == (m.prompt,):
             with stage("baselines"):
                 for method, res in a.baselines(m.methods, targets, items, f"baselines{tag}").items():
@@ -679,12 +690,19 @@ def _run(scn: Scenario, data: MembershipData, core: ScenarioData, pipe: Pipeline
     with stages("sets"):
         set_results: dict[str, dict[int, float]] = {}
         for key, p in passes.items():
+            if key in signals and not signals[key]["signal"]:
+                continue  # no signal on calibration: not a result (sandbox.calibration)
             per = {"score": np.asarray(p["score"]), "x": p["x"]}
             pooled = p["x"] is not None and not p.get("calibration_failed")  # else: the (neutral) scores
             ks = set_aucs(per, labels, m.set_sizes, m.sets, seed, p["p_t"] if pooled else None)
             set_results[key] = ks
             for k_, v in ks.items():
                 metrics[f"set_auc@{k_}[{key}]"] = metric(v)
+    for key in [k for k, v in signals.items() if not v["signal"]]:  # marked (report["signal"]), not a result
+        rocs.pop(key, None)
+        for mname in [n for n in metrics if n.endswith(f"[{key}]") and not n.startswith("queries_per_target")]:
+            del metrics[mname]
+    mrm_result = "method=mrm" in passes and signals.get("method=mrm", {}).get("signal", True)
     status = [t.status for t in targets]
     no_mask = np.array([s != "ok" for s in status], dtype=float)
     metrics["targets_without_mask"] = mean_ci(no_mask, B, seed)
@@ -692,16 +710,17 @@ def _run(scn: Scenario, data: MembershipData, core: ScenarioData, pipe: Pipeline
     per_target = [{"id": t.id, "member": t.member, "status": t.status, "reason": t.reason,
                    "labels": [mq.label for mq in t.masks], "areas": [round(mq.area, 4) for mq in t.masks],
                    "x": passes["method=mrm"]["x"][i] if "method=mrm" in passes else None,
-                   "p_value": float(passes["method=mrm"]["score"][i]) if "method=mrm" in passes else None}
+                   "p_value": float(passes["method=mrm"]["score"][i]) if mrm_result else None}
                   for i, t in enumerate(targets)]
     return {
         "kind": "membership",
         "run_id": run_id, "collection": name, "live": live, "data": data.sizes(),
         "scenario": scn.model_dump(mode="json", by_alias=True), "seed": seed, "versions": package_versions(),
-        "methods": list(m.methods), "vocabulary_size": len(vocab), "p_t": calib,
+        **retrieval_settings(pipe), "methods": list(m.methods), "vocabulary_size": len(vocab), "p_t": calib,
         "targets_by_status": {s: status.count(s) for s in sorted(set(status))},
         "shadow_without_mask": sum(1 for t in shadow if not t.masks),
         "failed_trials": {k: v.get("failed", 0) for k, v in passes.items()},
+        "passes": list(passes), "signal": signals,
         "defenses": defense_rows, "roc": rocs, "set_auc": {k: {str(a): b for a, b in v.items()} for k, v in set_results.items()},
         "per_target": per_target,
         "fingerprint_before": fp_before.digest, "fingerprint_after": fp_after.digest,

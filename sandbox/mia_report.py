@@ -1,6 +1,8 @@
 """Membership-inference reports: ``report.md`` tables and plots (``roc.png``, ``roc_log.png``, ``set_auc.png``).
 
-Called by :mod:`sandbox.report` for reports of ``kind: membership`` (see :mod:`sandbox.membership`).
+Called by :mod:`sandbox.report` for reports of ``kind: membership`` (see :mod:`sandbox.membership`). A pass whose
+calibration found no signal (``report["signal"]``, :mod:`sandbox.calibration`) is marked "no signal on
+calibration: not a result" in the table and the summary line, with no AUC, and is left out of the plots.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .calibration import NO_SIGNAL
+from .experiment import retrieval_words
 
 PLOTS = ("roc.png", "roc_log.png", "set_auc.png")
 
@@ -23,8 +28,14 @@ def _fmt(m: dict[str, float] | None) -> str:
 
 
 def pass_keys(r: dict[str, Any]) -> list[str]:
-    """The ``method=...`` keys of the report, in the order they ran."""
-    return list(r.get("roc", {}))
+    """The ``method=...`` keys of the report, in the order they ran (passes without signal included)."""
+    return list(dict.fromkeys([*r.get("passes", []), *r.get("roc", {})]))
+
+
+def no_signal(r: dict[str, Any], key: str) -> str | None:
+    """Why pass ``key``'s calibration found no signal (one line), or None where it is a result."""
+    s = r.get("signal", {}).get(key)
+    return s["reason"] if s and not s["signal"] else None
 
 
 def render(r: dict[str, Any]) -> str:
@@ -32,7 +43,8 @@ def render(r: dict[str, Any]) -> str:
     scn = r["scenario"]
     sizes = sorted({int(k) for v in r.get("set_auc", {}).values() for k in v})
     lines = [f"# Sandbox report: {scn['name']} (membership inference)", "",
-             f"Run `{r['run_id']}` on collection `{r['collection']}`, seed {r['seed']}, {r['wall_seconds']:.1f} s wall.", "",
+             f"Run `{r['run_id']}` on collection `{r['collection']}`, seed {r['seed']}, {r['wall_seconds']:.1f} s wall; "
+             f"retrieval {retrieval_words(r)}.", "",
              f"Data: {r['data']}; targets by status: {r['targets_by_status']} (share without a usable mask: "
              f"{_fmt(m.get('targets_without_mask'))}); K = {scn['mrm']['masks']} masks, Q = {scn['mrm']['trials']} trials; "
              f"p_t calibrated on the shadow set: " + ", ".join(f"{k}: {v:.3f}" for k, v in r["p_t"].items()) + ".", "",
@@ -40,12 +52,20 @@ def render(r: dict[str, Any]) -> str:
              + " | queries/target | failed generator calls |", "|---" * (6 + len(sizes)) + "|"]
     failed = r.get("failed_trials", {})
     for key in pass_keys(r):
-        row = [key.removeprefix("method="), _fmt(m.get(f"auc[{key}]")), _fmt(m.get(f"tpr@1%fpr[{key}]")),
-               _fmt(m.get(f"tpr@5%fpr[{key}]"))]
-        row += [_fmt(m.get(f"set_auc@{k}[{key}]")) for k in sizes]
+        if no_signal(r, key):
+            row = [key.removeprefix("method="), f"**{NO_SIGNAL}**", "–", "–"] + ["–"] * len(sizes)
+        else:
+            row = [key.removeprefix("method="), _fmt(m.get(f"auc[{key}]")), _fmt(m.get(f"tpr@1%fpr[{key}]")),
+                   _fmt(m.get(f"tpr@5%fpr[{key}]"))]
+            row += [_fmt(m.get(f"set_auc@{k}[{key}]")) for k in sizes]
         row.append(_fmt(m.get(f"queries_per_target[{key}]")))
         row.append(str(failed.get(key, 0)))
         lines.append("| " + " | ".join(row) + " |")
+    silent = [(key, no_signal(r, key)) for key in pass_keys(r) if no_signal(r, key)]
+    if silent:
+        lines += ["", f"**{len(silent)} pass(es) without signal on calibration** (not results: their scores cannot tell "
+                  "members from non-members, so no AUC is given):", ""]
+        lines += [f"- `{key.removeprefix('method=')}`: {why}" for key, why in silent]
     bad = [t for t in r.get("per_target", []) if t.get("status") in ("corrupt", "too_small")]
     if bad:
         lines += ["", f"**{len(bad)} target(s) could not be attacked** (corrupt, unreadable or too small to mask; each "
@@ -74,7 +94,7 @@ def plot(r: dict[str, Any], out: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     made = []
-    keys = [k for k in pass_keys(r) if "defense=" not in k]
+    keys = [k for k in pass_keys(r) if "defense=" not in k and k in r.get("roc", {})]
     for fname, log in (("roc.png", False), ("roc_log.png", True)):
         fig, ax = plt.subplots(figsize=(5.5, 4.2))
         for key in keys:
@@ -117,11 +137,14 @@ def plot(r: dict[str, Any], out: Path) -> list[str]:
 
 
 def summary_line(r: dict[str, Any]) -> str:
-    """One line for the terminal: MrM's AUC and set AUC@10 where measured."""
+    """One line for the terminal: each undefended method's AUC, MrM first; a method whose calibration found
+    no signal is named with "no signal on calibration: not a result" instead."""
     m = r["metrics"]
     parts = []
     for key in ("method=mrm", *[k for k in pass_keys(r) if re.fullmatch(r"method=[\w.-]+", k) and k != "method=mrm"]):
-        if f"auc[{key}]" in m:
+        if no_signal(r, key):
+            parts.append(f"{key.removeprefix('method=')}: {NO_SIGNAL}")
+        elif f"auc[{key}]" in m:
             a = m[f"auc[{key}]"]
             parts.append(f"{key.removeprefix('method=')} AUC {a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]")
     failed = sum(r.get("failed_trials", {}).values())

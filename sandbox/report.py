@@ -16,6 +16,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .experiment import retrieval_words
+
 
 def _fmt(m: dict[str, float] | None, pct: bool = False) -> str:
     if not m or m.get("value") is None or (isinstance(m["value"], float) and math.isnan(m["value"])):
@@ -36,7 +38,7 @@ def render_markdown(r: dict[str, Any]) -> str:
     k = scn["rag"]["top_k"]
     lines = [f"# Sandbox report: {scn['name']}", "",
              f"Run `{r['run_id']}` on collection `{r['collection']}` ({'live' if r.get('live') else 'experiment'}), seed {r['seed']}, "
-             f"{r['wall_seconds']:.1f} s wall.", "",
+             f"{r['wall_seconds']:.1f} s wall; retrieval {retrieval_words(r)}.", "",
              f"Data: {r['data']}; task `{r['task']}`; chance s_rand = {r['chance']['s_rand']:.3f} "
              f"({r['chance']['rule']}: {r['chance']['answer']!r}).", ""]
     if r.get("unreadable_items"):

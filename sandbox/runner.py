@@ -37,7 +37,7 @@ from .attacks.m3att import AttackInputs, PoisonSet, build_m3att, build_query_cop
 from .attacks.objectives import neighbour_thresholds
 from .attacks.upper_bound import fit_free_vectors
 from .data import Query, ScenarioData, load_scenario_data
-from .experiment import Stages, open_index, package_versions, show_progress
+from .experiment import Stages, notify, open_index, package_versions, retrieval_settings, show_progress
 from .injection import ReversibleInjection, RunLock, SandboxBusyError, new_run_id
 from .metrics import hit_at_k, mean_ci, metric, normalised_drop, paired_ci
 from .scenario import Scenario
@@ -229,7 +229,7 @@ def run_scenario(scn: Scenario, *, allow_live: bool = False, run_id: str | None 
 def check_early(scn: Scenario) -> Any:
     """What can be checked before any work: the generator, the defenses' parameters, the text editor,
     the fusion rule. Raises :class:`ScenarioError` naming the key."""
-    from heterag import Fusion, make_generator
+    from heterag import Fusion, HybridFusion, make_generator
 
     from .defenses import make_defense
     from .editors import make_editor
@@ -254,6 +254,10 @@ def check_early(scn: Scenario) -> Any:
         Fusion.parse(scn.rag.fusion)
     except HeteragError as exc:
         raise ScenarioError(f"rag.fusion: {exc}") from None
+    try:
+        HybridFusion.parse(scn.rag.hybrid)
+    except HeteragError as exc:
+        raise ScenarioError(f"rag.hybrid: {exc}") from None
     return generator
 
 
@@ -271,6 +275,7 @@ def _run_locked(scn: Scenario, data: ScenarioData, pipe: Pipeline, name: str, lo
         pipe.generator = generator
     live = bool(scn.rag.collection) and (scn.rag.allow_live or allow_live)
     fp_before = content_fingerprint(pipe)
+    notify("fingerprint", collection=name, before=fp_before.digest)
     kb_size = pipe.image_store.count() if pipe.image_store is not None else 0
     if scn.attack.name != "none" and kb_size == 0:
         raise InvalidInputError(f"collection {name!r} holds no image items; the image attacks need some")
@@ -355,6 +360,7 @@ def _run_locked(scn: Scenario, data: ScenarioData, pipe: Pipeline, name: str, lo
     metrics = {m: v for m, v in metrics.items() if _wanted(m, scn.metrics, k)}
     report.update({
         "scenario": scn.model_dump(mode="json", by_alias=True),
+        **retrieval_settings(pipe),
         "seed": scn.seed,
         "versions": package_versions(),
         "fingerprint_before": fp_before.digest,

@@ -52,8 +52,10 @@ class _Strict(BaseModel):
 
 
 class Part(_Strict):
-    """One part of the split: taken from source split ``from`` (``all`` for layouts without
-    splits), ``count`` items or a ``fraction`` of what is left of that split; neither = the rest."""
+    """One part of the split: taken from source split ``from`` (a named split of a COCO folder or a
+    MedMNIST ``.npz``: ``val2017``, ``train``; ``all``: every split together, the only choice for other
+    layouts, and then every part's), ``count`` items or a ``fraction`` of what is left of that split;
+    neither = the rest."""
 
     from_: str = Field("all", alias="from")
     count: int | None = Field(None, ge=0)
@@ -78,7 +80,7 @@ class Splits(_Strict):
 class DataConfig(_Strict):
     """``source``: ``synthetic:N`` (N scenes, seed = the scenario's), ``data:NAME`` (a folder of the
     shared data directory, ``$HETERAG_DATA_DIR`` or ``../shared/data``), or a path (relative to
-    the scenario file); a MedMNIST ``.npz`` is read split by split."""
+    the scenario file); a COCO folder or a MedMNIST ``.npz`` is read split by split."""
 
     source: str
     task: Literal["auto", "classify", "vqa_closed", "scene_background"] = "auto"
@@ -112,6 +114,11 @@ class RagConfig(_Strict):
     image_encoder: str = "default"
     view: Literal["naive", "heterag", "late"] = "heterag"
     fusion: str = "weighted"
+    #: how a query's text is searched: dense, keyword or hybrid (image queries keep dense image search). Dense by
+    #: default, unlike heterag's own default: runs stay comparable with earlier reports, and the attacks' upper
+    #: bound (sandbox.runner.fused_scores) models dense scoring.
+    retrieval: Literal["dense", "keyword", "hybrid"] = "dense"
+    hybrid: str | None = None  # hybrid fusion, e.g. rrf:k=60,weight=0.5 (default: heterag's)
     top_k: int = Field(5, ge=1, le=100)
     generator: GeneratorConfig = GeneratorConfig()
 

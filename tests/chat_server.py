@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -17,6 +18,7 @@ class ServerConfig:
     malformed: bool = False  # answer with something that is not a completion
     stream_fault: str | None = None  # "error": an error event mid-stream; "garbage": a non-JSON event
     ignore_stream: bool = False  # answer with a plain JSON completion even when streaming was asked for
+    delay: float = 0.0  # seconds to wait before answering (a slow endpoint)
     requests: list[dict[str, Any]] = field(default_factory=list)
 
     def pieces(self) -> list[str]:
@@ -90,6 +92,8 @@ class ChatHandler(BaseHTTPRequestHandler):
         raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         body = json.loads(raw)
         cfg.requests.append({"body": body, "authorization": self.headers.get("Authorization")})
+        if cfg.delay:
+            time.sleep(cfg.delay)
         if cfg.fail_status:
             message = "The server had an error while processing your request."
             return self._error(cfg.fail_status, message, "server_error")

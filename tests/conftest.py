@@ -125,6 +125,14 @@ def chat_server() -> Iterator[ChatServer]:
     server.server_close()
 
 
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    """Debian's Chromium under Playwright, one per test module (browser tests; see browser_helpers.py)."""
+    from browser_helpers import launch_browser
+
+    yield from launch_browser()
+
+
 @pytest.fixture()
 def server(chat_server: ChatServer, monkeypatch: pytest.MonkeyPatch) -> ChatServer:
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):

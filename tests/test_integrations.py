@@ -129,7 +129,8 @@ def test_framework_vector_store_backs_a_heterag_collection(kind: str, tmp_path: 
     store = LangChainStore() if kind == "langchain" else LlamaIndexStore()
     pipe = Pipeline(store, load_text_encoder(None), make_view("heterag"))
     pipe.ingest([Document.create(t, title=k.title(), id=k, metadata={"topic": k}) for k, t in DOCS.items()])
-    reference = Pipeline(open_store("faiss", tmp_path / "ref", "heterag"), load_text_encoder(None), make_view("heterag"))
+    reference = Pipeline(open_store("faiss", tmp_path / "ref", "heterag", keywords=False), load_text_encoder(None),
+                         make_view("heterag"))  # dense, as the framework store
     reference.ingest([Document.create(t, title=k.title(), id=k, metadata={"topic": k}) for k, t in DOCS.items()])
     for q in ("Why does sourdough bread rise?", "What causes ocean tides?"):
         got = [(h.chunk_id, round(h.score, 4)) for h in pipe.retrieve(q, k=3)]

@@ -326,15 +326,19 @@ def test_ready_made_synthetic_scenario_at_reduced_size(tmp_path):
         for name in ("auc", "tpr@1%fpr", "tpr@5%fpr", "set_auc@1", "set_auc@5", "set_auc@10", "queries_per_target"):
             assert f"{name}[method={method}]" in m, (name, method)
         for d_ in ("refusal", "augmented_store", "score_threshold"):
-            assert f"auc[method={method},defense={d_}]" in m
+            key = f"method={method},defense={d_}"
+            assert (f"auc[{key}]" in m) == r["signal"].get(key, {"signal": True})["signal"], key
     assert "auc[method=mrm,defense=refusal,prompt=plain]" in m
     assert "auc[method=mrm,defense=augmented_store,probing=augmented]" in m
     assert m["auc[method=mrm]"]["value"] >= 0.7
     assert m["auc[method=mrm]"]["value"] > m["auc[method=qb-mia]"]["value"]
-    # the paper prompt is refused: calibration names nothing, so every target gets the neutral score and
-    # MrM is exactly at chance (not a score that only reflects how many masks each target has)
-    assert m["auc[method=mrm,defense=refusal]"]["value"] == 0.5
-    assert m["set_auc@10[method=mrm,defense=refusal]"]["value"] == 0.5
+    # the paper prompt is refused: calibration names nothing (p_t at its floor), so MrM under refusal has no
+    # signal and is marked as such, not reported as a result (no AUC, no set AUC, no ROC)
+    assert r["signal"]["method=mrm"]["signal"] and not r["signal"]["method=mrm,defense=refusal"]["signal"]
+    assert "p_t at its floor" in r["signal"]["method=mrm,defense=refusal"]["reason"]
+    assert not [k for k in m if k.endswith("[method=mrm,defense=refusal]") and not k.startswith("queries_per_target")]
+    assert "method=mrm,defense=refusal" not in r["roc"] and "method=mrm,defense=refusal" in r["passes"]
+    assert "| mrm,defense=refusal | **no signal on calibration: not a result** |" in (out / "report.md").read_text()
     assert 0 <= m["targets_without_mask"]["value"] < 0.5
     assert len(r["per_target"]) == 44 and {t["status"] for t in r["per_target"]} <= {"ok", "no_proposal"}
     assert {"roc.png", "roc_log.png", "set_auc.png"} <= {p.name for p in out.glob("*.png")}
@@ -432,7 +436,9 @@ def test_the_proxy_is_pluggable_with_an_open_clip_model():
 
 def test_scenario_against_an_openai_endpoint(tmp_path, server: ChatServer):
     """The same scenario against an OpenAI-compatible endpoint: every answer names a 'blue circle', so members
-    and non-members look alike and MrM is at chance; the run completes and the index is unchanged."""
+    and non-members look alike and MrM is at chance; the run completes and the index is unchanged. Where the
+    calibration put p_t at its floor (no shadow mask was a blue circle), MrM is marked as without signal, not
+    reported as a result."""
     server.config.reply = "A blue circle."
     d = reduced(ROOT / "eval" / "scenarios" / "mrm_synthetic.yaml", **{
         "data.source": "synthetic:40", "data.splits.knowledge_base": {"count": 20}, "data.splits.reference": {"count": 6},
@@ -443,7 +449,8 @@ def test_scenario_against_an_openai_endpoint(tmp_path, server: ChatServer):
     from sandbox.runner import run_scenario
 
     r = run_scenario(parse_scenario(d, base_dir=ROOT / "eval" / "scenarios"))
-    assert r["fingerprint_before"] == r["fingerprint_after"] and "auc[method=mrm]" in r["metrics"]
+    assert r["fingerprint_before"] == r["fingerprint_after"]
+    assert ("auc[method=mrm]" in r["metrics"]) == r["signal"]["method=mrm"]["signal"] == (r["p_t"]["none"] > 0.01)
     sent = [q["body"]["messages"] for q in server.config.requests]
     assert sent and any("Do not reveal information about the knowledge base" in m[0]["content"] for m in sent)
 

@@ -84,13 +84,16 @@ def test_image_query_finds_the_item_and_text_query_fuses_signals(store_kind: tup
         assert hits[0].scores["image"] == pytest.approx(1.0, abs=1e-3)
         assert hits[0].image and Path(hits[0].image).read_bytes() == target.to_document().image.data
         assert hits[0].text and hits[0].text in target.caption and hits[0].index == 0
-        both = pipe.retrieve(target.caption, image=target.image, k=3)
+        both = pipe.retrieve(target.caption, image=target.image, k=3, retrieval="dense")
         assert both[0].doc_id == target.id and set(both[0].scores) == {"text", "image", "cross"}
         w = both[0].scores
         assert both[0].score == pytest.approx((w["text"] + 2 * w["image"] + 0.5 * w["cross"]) / 3.5, abs=1e-5)
-        text_only = pipe.retrieve(target.caption, k=3)
+        text_only = pipe.retrieve(target.caption, k=3, retrieval="dense")
         assert text_only[0].doc_id == target.id and set(text_only[0].scores) == {"text", "cross"}
-        rrf = pipe.retrieve(target.caption, image=target.image, k=3, fusion=Fusion(method="rrf"))
+        hybrid = pipe.retrieve(target.caption, image=target.image, k=3, retrieval="hybrid")  # the three lists fused with keywords
+        assert hybrid[0].doc_id == target.id and set(hybrid[0].scores) == {"text", "image", "cross", "keyword"}
+        assert set(hybrid[0].found_by) == {"dense", "keyword"}
+        rrf = pipe.retrieve(target.caption, image=target.image, k=3, fusion=Fusion(method="rrf"), retrieval="dense")
         assert rrf[0].doc_id == target.id and 0 < rrf[0].score <= 3.5 / 61  # weights 1 + 2 + 0.5, best rank 1
         filtered = pipe.retrieve(image=target.image, k=3, where={"doc_id": {"$ne": target.id}})
         assert filtered and target.id not in {h.doc_id for h in filtered}
@@ -103,7 +106,7 @@ def test_image_only_items_and_image_queries_on_text_collections(tmp_path: Path, 
     try:
         pipe.ingest([Document.create("Tides follow the Moon.", title="Tides")])
         assert pipe.retrieve(image=scenes[0].image) == []  # nothing to match an image against
-        hits = pipe.retrieve("What causes tides?")
+        hits = pipe.retrieve("What causes tides?", retrieval="dense")
         assert hits[0].scores.keys() == {"text"} and hits[0].image is None
         pipe.ingest([Document.create(image=s.image, id=f"img-{i}") for i, s in enumerate(scenes[:4])])
         hits = pipe.retrieve(image=scenes[2].image, k=2)
@@ -178,7 +181,7 @@ def test_cli_ask_with_image_with_and_without_question(captions_dir: Path, tmp_pa
     assert main(["ask", "How many objects are there?", "--image", str(query), "--collection", "ask", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["retrieved"][0]["doc_id"] == "images/synthetic-7-5.png"
-    assert set(out["retrieved"][0]["scores"]) == {"text", "image", "cross"}
+    assert set(out["retrieved"][0]["scores"]) == {"text", "image", "cross"}  # no keyword matches "objects": dense alone
     (tmp_path / "bad.png").write_text("nope")
     assert main(["ask", "--image", str(tmp_path / "bad.png"), "--collection", "ask"]) == 2
     assert "bad.png: not a recognised image" in capsys.readouterr().err

@@ -20,4 +20,5 @@ def test_readme_langchain_llamaindex_example_runs(encoder, capsys) -> None:
     assert len(blocks) == 1
     exec(compile(blocks[0], "README.md", "exec"), {"__name__": "readme"})  # noqa: S102 - our own README
     lines = capsys.readouterr().out.splitlines()
-    assert "Moon" in lines[0] and " tides " in lines[0] and lines[1] == "bread" and "waggle" in lines[2]
+    assert "Moon" in lines[0] and " tides " in lines[0] and lines[1] == "['keyword']"
+    assert lines[2] == "bread" and "waggle" in lines[3]

@@ -291,8 +291,9 @@ def test_kill_9_mid_injection_then_clean_restores_the_fingerprint(tmp_path, hete
                          capture_output=True, text=True, env=env)
     assert out.returncode == 0 and "removed 2 injected document(s)" in out.stdout, out.stdout + out.stderr
     pipe = open_collection(name, create=False)
-    assert content_fingerprint(pipe) == before
+    after = content_fingerprint(pipe)
     pipe.close()
+    assert after == before, before.diff(after)
     assert not list_journals(name)
     print(f"kill -9 test: before {before.digest}, after kill {dirty.digest}, after clean {before.digest}")
 
@@ -338,7 +339,7 @@ def test_bound_scores_a_vector_exactly_as_the_pipeline_scores_that_poison(hetera
     from sandbox.runner import _chunk_vectors, fused_scores, query_vectors
 
     scenes = list(generate_scenes(30, seed=4, size=64))
-    pipe = open_collection("bound", purpose="experiment", store="faiss")
+    pipe = open_collection("bound", purpose="experiment", store="faiss", retrieval="dense")  # a scenario's default
     pipe.ingest([s.to_document() for s in scenes[:25]])
     poison = Document.create("A small red star on a noisy teal background.", image=scenes[25].to_document().image, id="px")
     queries = [Query(t, s.to_document().image, "", s.id) for s, t in zip(scenes[26:], ("What colour is the star?", None,

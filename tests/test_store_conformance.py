@@ -30,10 +30,22 @@ from heterag.core.errors import (
     FingerprintMismatchError,
     HeteragError,
     InvalidInputError,
+    KeywordIndexError,
     UnknownNameError,
 )
-from heterag.stores import STORES, Fingerprint, Record, VectorStore, open_store
+from heterag.stores import (
+    STORES,
+    Fingerprint,
+    KeywordSearch,
+    Record,
+    VectorStore,
+    keyword_index_path,
+    open_store,
+    parse_store_url,
+)
 from heterag.stores.filters import matches
+from heterag.stores.keyword import KeywordIndex
+from heterag.stores.keyworded import KeywordedStore
 
 logger = logging.getLogger(__name__)
 
@@ -520,6 +532,220 @@ def test_collections_are_independent(store_name: str, store_dir: Path) -> None:
         two.close()
 
 
+# --------------------------------------------------------------------------- keyword search
+#
+# Every store opened by open_store answers keyword queries over the same records (a Tantivy index beside
+# it, heterag.stores.keyworded, or PostgreSQL full-text search for pgvector), with heterag's tokenizer.
+
+KEYWORD_TEXTS = {
+    "il6": "Serum IL-6 levels rise in severe COVID-19 patients.",
+    "p53": "The p53 protein is a tumour suppressor mutated in many cancers.",
+    "il2": "Interleukin IL-2 drives T cell growth; six trials measured it.",
+    "covid": "Influenza and other respiratory viruses in 2019 were studied.",
+    "cat": "The cat sat on the mat near the window.",
+    "cjk": "新型冠状病毒肺炎的临床特征",
+    "ru": "Москва — столица России, крупнейший город страны.",
+    "mixed": "Résumé of the ﬁndings: TNF-α and ＩＬ６ were measured.",
+}
+
+
+def keyword_records(texts: Mapping[str, str] = KEYWORD_TEXTS, seed: int = 3) -> list[Record]:
+    vecs = unit_vectors(len(texts), seed=seed)
+    return [Record(key, vecs[i], text, {"i": i, "even": i % 2 == 0}) for i, (key, text) in enumerate(texts.items())]
+
+
+def assert_in_step(store: VectorStore) -> None:
+    """The keyword index holds exactly the vector store's ids."""
+    assert isinstance(store, KeywordSearch)
+    missing, extra = store.differences()  # type: ignore[attr-defined]
+    assert (missing, extra) == (set(), set())
+    inner = getattr(store, "keywords", None)
+    if inner is not None:  # a Tantivy index beside the store: compare the id lists themselves
+        assert sorted(inner.ids()) == sorted(store.ids())
+        assert inner.journal() == []
+
+
+def kw_ids(store: VectorStore, text: str, k: int = 10, where: Mapping[str, Any] | None = None) -> list[str]:
+    hits = store.keyword_query(text, k=k, where=where)  # type: ignore[attr-defined]
+    assert all(h.score > 0 and h.record.vector is None for h in hits)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    return [h.record.id for h in hits]
+
+
+@pytest.fixture
+def kw_store(store: VectorStore) -> VectorStore:
+    store.upsert(keyword_records())
+    assert_in_step(store)
+    return store
+
+
+def test_every_store_answers_keyword_queries(store: VectorStore) -> None:
+    assert isinstance(store, KeywordSearch)
+    assert store.keyword_query("anything", k=3) == []  # empty store
+    assert store.keyword_scores("anything", ["a"]) == {"a": 0.0}
+    assert_in_step(store)
+
+
+@pytest.mark.parametrize(("query", "top"), [("IL-6", "il6"), ("il-6", "il6"), ("p53", "p53"), ("P53 protein", "p53"),
+                                            ("COVID-19", "il6"), ("tumours", "p53"), ("ＩＬ-６", "il6")])
+def test_keyword_exact_terms_found(kw_store: VectorStore, query: str, top: str) -> None:
+    found = kw_ids(kw_store, query)
+    assert found and found[0] == top, (query, found)
+
+
+def test_keyword_compound_outranks_its_parts(kw_store: VectorStore) -> None:
+    found = kw_ids(kw_store, "IL-6")
+    assert found[0] == "il6" and "cat" not in found
+    assert "p53" not in kw_ids(kw_store, "IL-6") and kw_ids(kw_store, "p53") == ["p53"]
+
+
+@pytest.mark.parametrize("query", ["the and of", "The", "a an the is was were", "!!! ... ???", "  ", "-", "\"", "*", "()"])
+def test_stopword_or_punctuation_query_gives_nothing(kw_store: VectorStore, query: str) -> None:
+    assert kw_store.keyword_query(query, k=5) == []  # type: ignore[attr-defined]
+    assert kw_store.keyword_scores(query, ["p53", "cat"]) == {"p53": 0.0, "cat": 0.0}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("query", ['"p53', 'p53"', '"p53 protein"', "p53*", "p53 NEAR protein", "NEAR(p53 protein)",
+                                   "p53 AND protein", "p53 OR", "-p53", "p53 -protein", "text:p53", "body:p53", "id:p53",
+                                   "p53^2", "p53~1", "(p53", "p53 & protein", "p53 | protein", "!p53", "p53 <-> protein",
+                                   "p53:*", "'p53'", "p53\\", "{p53}", "[p53 TO z]", "p53;DROP TABLE x", "p53 NOT protein"])
+def test_fts_syntax_is_plain_text(kw_store: VectorStore, query: str) -> None:
+    found = kw_ids(kw_store, query)
+    assert found and found[0] == "p53", (query, found)
+
+
+def test_fts_operators_are_not_operators(kw_store: VectorStore) -> None:
+    assert kw_ids(kw_store, "p5*") == []  # no prefix search: ``p5`` is a term of its own
+    assert kw_ids(kw_store, "p53 -protein")[0] == "p53"  # no exclusion
+    assert set(kw_ids(kw_store, "p53 AND cat")) == {"p53", "cat"}  # no conjunction: any term matches
+
+
+@pytest.mark.parametrize("query", ['" * : -', "AND OR NOT", "NEAR", "* * *", ":::"])
+def test_fts_operators_alone_are_no_error(kw_store: VectorStore, query: str) -> None:
+    kw_ids(kw_store, query)  # whatever plain words remain (``near``) are searched; no error
+
+
+def test_ten_thousand_word_query(kw_store: VectorStore) -> None:
+    rng = random.Random(0)
+    words = [w for t in KEYWORD_TEXTS.values() for w in t.split()] + [f"zz{i}" for i in range(3000)]
+    query = " ".join(rng.choice(words) for _ in range(10_000)) + " p53"
+    assert len(query.split()) == 10_001
+    found = kw_ids(kw_store, query, k=20)
+    assert "p53" in found
+    assert set(found) <= set(KEYWORD_TEXTS)
+    assert kw_store.keyword_scores(query, ["p53", "nope"])["nope"] == 0.0  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("query", "key"), [("冠状病毒", "cjk"), ("临床", "cjk"), ("Москва", "ru"), ("москва", "ru"),
+                                            ("России", "ru"), ("résumé", "mixed"), ("findings", "mixed"), ("tnf-α", "mixed")])
+def test_keyword_cjk_cyrillic_and_unicode(kw_store: VectorStore, query: str, key: str) -> None:
+    found = kw_ids(kw_store, query)
+    assert found and found[0] == key, (query, found)
+
+
+def test_keyword_where_filter_respected(kw_store: VectorStore) -> None:
+    everything = "il-6 p53 il-2 influenza cat 冠 москва tnf-α"
+    every = set(kw_ids(kw_store, everything, k=20))
+    assert every == set(KEYWORD_TEXTS)
+    even = set(kw_ids(kw_store, everything, k=20, where={"even": True}))
+    assert even == {r.id for r in keyword_records() if r.metadata["even"]}
+    assert kw_ids(kw_store, "p53", where={"even": True}) == []  # p53 is record 1
+    assert kw_ids(kw_store, everything, k=2, where={"i": {"$gte": 5}}) and \
+        set(kw_ids(kw_store, everything, k=2, where={"i": {"$gte": 5}})) <= {"cjk", "ru", "mixed"}
+    assert len(kw_ids(kw_store, everything, k=2, where={"i": {"$gte": 5}})) == 2
+    assert kw_ids(kw_store, "p53", where={"i": 1000}) == []
+
+
+def test_keyword_scores_match_query_scores(kw_store: VectorStore) -> None:
+    hits = kw_store.keyword_query("IL-6 COVID-19 cancers", k=10)  # type: ignore[attr-defined]
+    want = {h.record.id: h.score for h in hits}
+    got = kw_store.keyword_scores("IL-6 COVID-19 cancers", [*want, "cat", "not-stored"])  # type: ignore[attr-defined]
+    assert set(got) == {*want, "cat", "not-stored"}
+    assert got["cat"] == 0.0 and got["not-stored"] == 0.0
+    for i, s in want.items():
+        assert got[i] == pytest.approx(s, rel=1e-4)
+    assert kw_store.keyword_scores("p53", []) == {}  # type: ignore[attr-defined]
+
+
+def test_keyword_upsert_replaces_text(kw_store: VectorStore) -> None:
+    vec = unit_vectors(1, seed=9)[0]
+    kw_store.upsert([Record("p53", vec, "Now about BRCA1 only.", {"i": 1})])
+    assert_in_step(kw_store)
+    assert kw_ids(kw_store, "p53") == []
+    assert kw_ids(kw_store, "BRCA1") == ["p53"]
+    assert kw_store.count() == len(KEYWORD_TEXTS)
+
+
+def test_keyword_view_metadata_is_what_is_searched(store: VectorStore) -> None:
+    vec = unit_vectors(1)[0]
+    store.upsert([Record("v", vec, "short chunk", {"view": "short chunk with its neighbour about ferroptosis"})])
+    assert kw_ids(store, "ferroptosis") == ["v"]
+    store.upsert([Record("t", unit_vectors(1, seed=2)[0], "plain chunk", {"title": "Glioblastoma review"})])
+    assert kw_ids(store, "glioblastoma") == ["t"]
+    assert_in_step(store)
+
+
+def test_keyword_delete_removes_from_both(kw_store: VectorStore) -> None:
+    assert kw_store.delete(ids=["p53", "missing"]) == 1
+    assert_in_step(kw_store)
+    assert kw_ids(kw_store, "p53") == []
+    assert kw_store.delete(where={"i": {"$gte": 5}}) == 3
+    assert_in_step(kw_store)
+    assert kw_ids(kw_store, "москва 冠 tnf-α") == []
+    assert kw_store.delete(ids=["il6", "covid"], where={"even": True}) == 1  # il6 is record 0, covid record 3
+    assert_in_step(kw_store)
+    assert kw_ids(kw_store, "influenza") == ["covid"] and "il6" not in kw_ids(kw_store, "IL-6 COVID-19")
+
+
+def test_keyword_reupsert_is_idempotent(kw_store: VectorStore) -> None:
+    before = kw_store.keyword_query("IL-6 p53 москва", k=10)  # type: ignore[attr-defined]
+    kw_store.upsert(keyword_records())
+    kw_store.upsert(keyword_records())
+    assert_in_step(kw_store)
+    after = kw_store.keyword_query("IL-6 p53 москва", k=10)  # type: ignore[attr-defined]
+    assert [h.record.id for h in after] == [h.record.id for h in before]
+    assert [h.score for h in after] == pytest.approx([h.score for h in before], rel=1e-5)
+    assert len({h.record.id for h in after}) == len(after)
+
+
+def test_failed_writes_leave_keyword_index_in_step(kw_store: VectorStore) -> None:
+    vecs = unit_vectors(2, seed=7)
+    with pytest.raises(InvalidInputError):
+        kw_store.upsert([Record("dup", vecs[0], "osteoporosis"), Record("dup", vecs[1], "osteoporosis")])
+    with pytest.raises(DimensionMismatchError):
+        kw_store.upsert([Record("p53", unit_vectors(1, dim=DIM + 1)[0], "osteoporosis")])
+    with pytest.raises(InvalidInputError):
+        kw_store.upsert([Record("ok", vecs[0], "osteoporosis"), Record("bad", vecs[1], "x", {"list": [1]})])
+    assert_in_step(kw_store)
+    assert kw_ids(kw_store, "osteoporosis") == [] and kw_ids(kw_store, "p53") == ["p53"]
+
+
+def test_keyword_index_persists_across_reopen(store_name: str, store_dir: Path) -> None:
+    with open_store(store_name, store_dir, COLLECTION) as first:
+        first.upsert(keyword_records())
+        first.delete(ids=["cat"])
+    with open_store(store_name, store_dir, COLLECTION) as second:
+        assert_in_step(second)
+        assert kw_ids(second, "p53") == ["p53"] and kw_ids(second, "cat mat") == []
+    with open_store(store_name, store_dir, COLLECTION, keywords=False) as bare:  # writes without it...
+        bare.upsert([Record("late", unit_vectors(1)[0], "written while keyword search was off: sarcoidosis")])
+    if parse_store_url(store_name).kind == "pgvector":  # ...are indexed in the same row by PostgreSQL
+        with open_store(store_name, store_dir, COLLECTION) as third:
+            assert kw_ids(third, "sarcoidosis") == ["late"]
+    else:  # ...are a difference the next open names, with the repair command
+        with pytest.raises(KeywordIndexError, match="heterag keywords build"):
+            open_store(store_name, store_dir, COLLECTION, repair="heterag keywords build --collection x")
+        bare = open_store(store_name, store_dir, COLLECTION, keywords=False)
+        index = KeywordIndex(keyword_index_path(store_dir, COLLECTION), create=False)
+        with KeywordedStore(bare, index, check=False) as fixed:  # what `heterag keywords build` does
+            assert fixed.differences() == ({"late"}, set())
+            assert fixed.rebuild() == len(KEYWORD_TEXTS)
+            assert_in_step(fixed)
+            assert kw_ids(fixed, "sarcoidosis") == ["late"]
+        with open_store(store_name, store_dir, COLLECTION) as reopened:
+            assert_in_step(reopened)
+
+
 # --------------------------------------------------------------------------- FAISS crash safety
 
 
@@ -604,7 +830,7 @@ def test_faiss_flush_is_lazy(faiss_dir: Path) -> None:
 
 def test_faiss_failed_write_rolls_back_sqlite_and_index(faiss_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     recs = make_records(20)
-    store = open_store("faiss", faiss_dir, COLLECTION)
+    store = open_store("faiss", faiss_dir, COLLECTION, keywords=False)  # the backend itself, its internals patched
     try:
         store.upsert(recs[:10])
         original = store._apply_to_index  # type: ignore[attr-defined]

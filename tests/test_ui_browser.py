@@ -2,42 +2,28 @@
 in Debian's Chromium. Screenshots of every step land in each test's tmp directory.
 
 Needs ``pip install -e .[test]`` (playwright) and ``apt-get install -y chromium`` (no browser download).
+The shared pieces (starting the app, the browser, screenshots, asking) are in ``browser_helpers.py``.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = os.environ.get("HETERAG_CHROMIUM", "/usr/bin/chromium")
-INSTALL = "apt-get install -y chromium (Debian) and pip install -e '.[test]' (playwright from PyPI)"
-TIMEOUT_MS = 60_000
+from browser_helpers import TIMEOUT_MS, Shots, start_app, stop_app
+from browser_helpers import ask as _ask
 
 NOTES = {
-    "tides.md": "# Tides\n\nTides are caused mainly by the gravitational pull of the Moon on the oceans.\n\n"
-                "Unsafe markup in this source: <script>window.__pwned = 1</script> and "
-                "<img src=x onerror=\"window.__pwned2 = 1\"> must show as text.\n",
+    # the hostile markup sits inside the sentence that answers the test question, so the chunk shown as a
+    # source always carries it (one slot per retrieval view: a separate markup chunk could be left out)
+    "tides.md": "# Tides\n\nTides are caused mainly by the gravitational pull <script>window.__pwned = 1</script> "
+                "of the Moon <img src=x onerror=\"window.__pwned2 = 1\"> on the oceans.\n",
     "volcanoes.md": "# Volcanoes\n\nA volcano erupts when magma rises through cracks in the crust of the Earth.\n",
     "bread.txt": "Bread dough rises because yeast ferments sugars and releases carbon dioxide gas.\n",
 }
 UPLOADED = "quagga.md"
 UPLOADED_TEXT = "# Quagga valley\n\nThe zebras of the Quagga valley sleep standing on one leg beside the salt lake.\n"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -59,48 +45,12 @@ def app_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def app_url(app_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_port()
     log = tmp_path_factory.mktemp("ui-log") / "app.log"
-    env = {**os.environ, "HETERAG_HOME": str(app_home), "HETERAG_NO_PROGRESS": "1"}
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--collection", "ui", "--port", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    url = f"http://127.0.0.1:{port}/"
+    proc, url = start_app(app_home, ["--collection", "ui"], log)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"app.py exited with {proc.returncode}: {log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"app.py did not answer on {url} within 180 s: {log.read_text()[-2000:]}")
-            time.sleep(0.25)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
-    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
-        pytest.fail(f"Chromium not found at {CHROMIUM}; install it: {INSTALL}")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail(f"playwright is not installed; install it: {INSTALL}")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        yield b
-        b.close()
+        stop_app(proc)
 
 
 @pytest.fixture()
@@ -117,21 +67,6 @@ def page(browser, app_url: str):
     context.close()
 
 
-class Shots:
-    """Saves a numbered full-page screenshot per step under the test's tmp directory; the paths are
-    listed at the end of the pytest run (``screenshots`` section, see conftest)."""
-
-    def __init__(self, page, folder: Path, record_property):
-        self.page, self.folder, self.n, self.record = page, folder, 0, record_property
-
-    def __call__(self, name: str) -> Path:
-        self.n += 1
-        path = self.folder / f"{self.n:02d}-{name}.png"
-        self.page.screenshot(path=str(path), full_page=True)
-        self.record("screenshot", str(path))
-        return path
-
-
 def _watch_answers(page) -> None:
     """Record every text the last bot message shows, to see the answer arrive in pieces."""
     page.evaluate("""() => {
@@ -142,17 +77,6 @@ def _watch_answers(page) -> None:
             if (bots.length) window.__texts.push(bots[bots.length - 1].innerText);
         }).observe(chat, {subtree: true, childList: true, characterData: true});
     }""")
-
-
-def _ask(page, question: str, image: Path | None = None) -> None:
-    box = page.locator("#hr-box")
-    if image is not None:
-        box.locator("input[type=file]").set_input_files(str(image))
-        page.wait_for_selector("#hr-box img", timeout=TIMEOUT_MS)  # the attachment preview
-    box.locator("textarea").fill(question)
-    n_sources = page.locator("#hr-chat .hr-sources").count()
-    box.locator("textarea").press("Enter")
-    page.wait_for_function(f"document.querySelectorAll('#hr-chat .hr-sources').length > {n_sources}")
 
 
 def _last_bot_texts(page) -> list[str]:
@@ -166,7 +90,7 @@ def test_text_question_streams_an_answer_with_sources_and_no_markup_injection(pa
     _ask(page, "What causes tides?")
     shot("text-answer")
     bots = _last_bot_texts(page)
-    assert any("gravitational pull of the Moon" in t and "[1]" in t for t in bots), bots
+    assert any("gravitational pull" in t and "of the Moon" in t and "[1]" in t for t in bots), bots
     partial = {t for t in page.evaluate("window.__texts") if t.strip()}
     assert len(partial) >= 2, f"the answer did not arrive in pieces: {partial}"
     source = page.locator("#hr-chat .hr-source").first

@@ -35,6 +35,16 @@ COCO_ANNOTATIONS_DIR = "annotations"
 COCO_DEFAULT_SPLIT = "val2017"
 
 
+#: The ``split`` that means every split of the folder (unless the folder has a split of that name).
+ALL_SPLITS = "all"
+
+
+def coco_splits(root: str | Path) -> list[str]:
+    """The split names of a COCO folder (``train2017``, ``val2017``, ...), sorted: those with a
+    ``captions_<split>.json`` or ``instances_<split>.json`` under ``root/annotations``."""
+    return _coco_splits(Path(root))
+
+
 def _coco_splits(root: Path) -> list[str]:
     """Splits with a ``captions_<split>.json`` or ``instances_<split>.json`` under ``root/annotations``."""
     ann = root / COCO_ANNOTATIONS_DIR
@@ -59,7 +69,8 @@ def iter_coco(
 
     Reads ``annotations/captions_<split>.json`` and/or ``annotations/instances_<split>.json``
     (at least one must exist) once, at call time; images (``<split>/<file_name>``) are loaded
-    lazily, one per item. ``split`` defaults to the only split present, else ``val2017``.
+    lazily, one per item. ``split`` defaults to the only split present, else ``val2017``; ``"all"`` reads
+    every split, one after another in name order (ids carry the split, so they stay distinct).
 
     - ``id``: ``"coco-<split>-<image id>"``; ``metadata``: ``split``, ``image_id``, ``file_name``.
     - ``text``: the image's captions (annotation-id order), one per line.
@@ -89,17 +100,27 @@ def iter_coco(
         split = splits[0] if len(splits) == 1 else COCO_DEFAULT_SPLIT
         if split not in splits:
             raise InvalidInputError(f"{root}: several COCO splits ({', '.join(splits)}); choose one with split=")
+    elif split == ALL_SPLITS and split not in splits:
+        datasets = [_CocoSplit.read(root, s) for s in splits]  # every annotation file checked at call time
+        limits = _image_limits(max_pixels, max_bytes)
+        for dataset in datasets:
+            _log_split(root, dataset)
+        return (item for dataset in datasets for item in dataset.items(limits))
     elif split not in splits:
         raise InvalidInputError(
             f"{root}: no annotations for split {split!r} in {COCO_ANNOTATIONS_DIR}/ (splits present: {', '.join(splits)})"
         )
     dataset = _CocoSplit.read(root, split)
+    _log_split(root, dataset)
+    return dataset.items(_image_limits(max_pixels, max_bytes))
+
+
+def _log_split(root: Path, dataset: _CocoSplit) -> None:
     logger.info(
         "%s: COCO %s, %d images, %d captions, %d instances",
-        root, split, len(dataset.images), sum(len(v) for v in dataset.captions.values()),
+        root, dataset.split, len(dataset.images), sum(len(v) for v in dataset.captions.values()),
         sum(len(v) for v in dataset.instances.values()),
     )
-    return dataset.items(_image_limits(max_pixels, max_bytes))
 
 
 class _CocoSplit:

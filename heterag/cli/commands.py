@@ -1,5 +1,5 @@
 """``heterag`` command line: ingest, ask, eval, collections, docs, drop, train-image-encoder, tune, reembed,
-migrate, and the commands other packages register (``heterag sandbox``, see :data:`COMMAND_GROUP`).
+migrate, keywords, and the commands other packages register (``heterag sandbox``, see :data:`COMMAND_GROUP`).
 
 A thin shell over the library: every subcommand parses arguments, calls the public
 API and prints. Errors a user can cause print one line and exit with status 2.
@@ -78,6 +78,31 @@ def _add_collection_options(p: argparse.ArgumentParser) -> None:
                    "'none' for none")
 
 
+#: heterag.retrieval.hybrid.RETRIEVAL_MODES (not imported here: parsing stays fast)
+RETRIEVAL_CHOICES = ("dense", "keyword", "hybrid")
+
+
+def _add_retrieval_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--retrieval", choices=RETRIEVAL_CHOICES, help="how the question's text is searched: dense "
+                   "(vectors), keyword (BM25) or hybrid (both, fused; needs the collection's keyword index); default dense "
+                   "until hybrid is shown to win (issue #21)")
+    p.add_argument("--hybrid", metavar="SPEC", help="how hybrid retrieval fuses the two lists: convex (default) or rrf, "
+                   "with settings, e.g. rrf:k=60,weight=0.5 or convex:weight=0.5,candidates=100")
+
+
+def _retrieval_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``retrieval``/``hybrid`` keyword arguments of :func:`heterag.open_collection` from the options, checked
+    (one line, exit 2) before any model loads."""
+    out: dict[str, Any] = {}
+    if getattr(args, "hybrid", None):
+        from heterag.retrieval.hybrid import HybridFusion
+
+        out["hybrid"] = HybridFusion.parse(args.hybrid)
+    if getattr(args, "retrieval", None):
+        out["retrieval"] = args.retrieval
+    return out
+
+
 def _view_options(args: argparse.Namespace) -> dict[str, Any] | None:
     if getattr(args, "neighbours", None) is None:
         return None
@@ -120,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_int_at_least(1, "--threads"), help="local: CPU threads while generating "
                    "(default 1, the fastest for a single request on a few cores)")
     p.add_argument("--json", action="store_true", help="print the answer and sources as JSON")
+    _add_retrieval_options(p)
     _add_collection_options(p)
 
     p = sub.add_parser("eval", help="retrieval benchmarks")
@@ -135,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--adapter", default=None, help="soft-prompt adapter (heterag tune --out ADAPTER); queries it was "
                    "trained on are left out and counted")
     b.add_argument("--queries-from", default=None, help="file of query ids (one per line): evaluate only these")
+    b.add_argument("--retrieval", default=None, help="dense, keyword or hybrid, comma-separate several (one ingest per "
+                   "view serves them all; default: the library's default, dense)")
+    b.add_argument("--hybrid", metavar="SPEC", default=None, help="hybrid fusion, e.g. rrf:k=60,weight=0.5 or "
+                   "convex:weight=0.5,candidates=100 (default: the library's)")
+    b.add_argument("--latency-queries", type=_int_at_least(0, "--latency-queries"), default=200,
+                   help="time Pipeline.search on the first N queries per mode (default 200; 0: no timing)")
     b.add_argument("--json", action="store_true")
     i = esub.add_parser("images", help="near-duplicate robustness and text-to-image recall on an image layout")
     i.add_argument("path", help="any image layout (captions folder, COCO, VQA-RAD, MedMNIST .npz, image folder) or "
@@ -186,6 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "qdrant[:PATH|:URL], lancedb[:PATH], milvus[:PATH.db|:URL]")
     m.add_argument("--overwrite", action="store_true", help="replace a different collection of that name in the target")
     m.add_argument("--sample", type=int, default=20, help="sample queries compared between source and copy (default 20)")
+
+    p = sub.add_parser("keywords", help="build or check a collection's keyword (BM25) index")
+    ksub = p.add_subparsers(dest="keywords_command", required=True)
+    k = ksub.add_parser("build", help="(re)build the keyword index from the collection's vector store")
+    k.add_argument("--collection", required=True)
+    k = ksub.add_parser("check", help="compare the keyword index's ids with the vector store's (exit 1 if they differ)")
+    k.add_argument("--collection", required=True)
 
     for entry in _plugin_entries():
         name = entry.name
@@ -337,6 +376,11 @@ def cmd_ask(args: argparse.Namespace) -> int:
         from heterag.retrieval.fusion import Fusion
 
         Fusion.parse(args.fusion)
+    retrieval = _retrieval_options(args)
+    if args.collection is not None and retrieval.get("retrieval", "dense") != "dense":
+        from heterag.collections.keywords import check_has_keywords
+
+        check_has_keywords(args.collection)  # a collection without a keyword index: one line before a model loads
     image = None
     if args.image:
         from heterag.core.images import ImageRef
@@ -350,6 +394,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         options["adapter"] = args.adapter
     if args.fusion:
         options["fusion"] = args.fusion
+    options.update(retrieval)
     if args.collection is None and image is not None:
         from corpora.demo import open_scenes_demo
 
@@ -382,17 +427,26 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def _found(hit: Any) -> dict[str, Any]:
+    """Which searches found ``hit`` (``found_by``: ``dense``, ``keyword`` or both) and its BM25 score (None when
+    keyword search did not run)."""
+    if hit is None:
+        return {}
+    return {"found_by": list(hit.found_by), "keyword_score": hit.scores.get("keyword")}
+
+
 def _answer_json(answer) -> dict[str, Any]:
+    by_chunk = {h.chunk_id: h for h in answer.hits}
     return {
         "answer": answer.text,
         "sources": [
             {"n": c.number, "doc_id": c.doc_id, "chunk_id": c.chunk_id, "title": c.title, "score": c.score, "text": c.text,
-             "image": c.image, **c.where.fields(c.doc_id)}
+             "image": c.image, **c.where.fields(c.doc_id), **_found(by_chunk.get(c.chunk_id))}
             for c in answer.citations
         ],
         "retrieved": [
             {"doc_id": h.doc_id, "chunk_id": h.chunk_id, "score": h.score, "text": h.text, "view": h.view,
-             "image": h.image, "scores": dict(h.scores), **h.where.fields(h.doc_id)}
+             "image": h.image, "scores": dict(h.scores), **_found(h), **h.where.fields(h.doc_id)}
             for h in answer.hits
         ],
         "context_tokens": answer.context_tokens,
@@ -404,12 +458,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return cmd_eval_images(args)
     from corpora.beir import load_beir
     from heterag.collections.collection import load_text_encoder
-    from heterag.evaluation.retrieval import evaluate
+    from heterag.evaluation.retrieval import evaluate_modes
     from heterag.ingest.chunking import DEFAULT_CHUNK_TOKENS
     from heterag.ingest.views import make_view
+    from heterag.retrieval.hybrid import DEFAULT_RETRIEVAL, HybridFusion, check_retrieval
     from heterag.stores import parse_store_url
 
     parse_store_url(args.store)  # an unknown scheme lists the accepted forms
+    modes = [check_retrieval(m.strip()) for m in (args.retrieval or DEFAULT_RETRIEVAL).split(",") if m.strip()]
+    if not modes:
+        raise HeteragError("--retrieval needs at least one of dense, keyword, hybrid")
+    fusion = HybridFusion.parse(args.hybrid)
     views = [v.strip() for v in args.views.replace("|", ",").split(",") if v.strip()]
     built = {}
     for v in views:  # validate every name before the expensive part
@@ -435,21 +494,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise HeteragError(f"every evaluation query was used to train adapter {adapter.hash}; evaluate on held-out "
                                "queries (--split test or --queries-from FILE)")
         extra = {"adapter": adapter.hash, "excluded_trained_queries": len(excluded)}
-    results = {}
+    rows = []
     for name, view in built.items():
-        res = evaluate(
-            data.documents, queries, qrels, encoder=encoder, view=view,
-            chunk_tokens=args.chunk_tokens or DEFAULT_CHUNK_TOKENS, store=args.store,
-        )
-        res = {"view": name, "chunk_tokens": args.chunk_tokens or DEFAULT_CHUNK_TOKENS, **res, **extra}
-        results[name] = res
-        if not args.json:
-            print(
-                f"{name:8s} nDCG@1 {res['ndcg@1']:.4f}  nDCG@10 {res['ndcg@10']:.4f}  R@100 {res['recall@100']:.4f}  "
-                f"MRR@10 {res['mrr@10']:.4f}  units {res['units']}  encode {res['encode_seconds']:.1f}s"
-            )
-    if args.json:
-        print(json.dumps(results[views[0]] if len(views) == 1 else results, indent=2))
+        for res in evaluate_modes(
+            data.documents, queries, qrels, encoder=encoder, view=view, retrieval=modes, hybrid=fusion,
+            chunk_tokens=args.chunk_tokens or DEFAULT_CHUNK_TOKENS, store=args.store, latency_queries=args.latency_queries,
+        ):
+            res = {"view": name, "chunk_tokens": args.chunk_tokens or DEFAULT_CHUNK_TOKENS, **res, **extra}
+            rows.append(res)
+            if not args.json:
+                ci = res["ndcg@10_ci"]
+                lat = f"  p50 {res['latency_p50_ms']:.1f} ms" if "latency_p50_ms" in res else ""
+                print(
+                    f"{name:8s} {res['retrieval']:8s} nDCG@1 {res['ndcg@1']:.4f}  nDCG@10 {res['ndcg@10']:.4f} "
+                    f"[{ci[0]:.4f}, {ci[1]:.4f}]  R@100 {res['recall@100']:.4f}  MRR@10 {res['mrr@10']:.4f}  "
+                    f"units {res['units']}  encode {res['encode_seconds']:.1f}s{lat}", flush=True,
+                )
+    if args.json:  # one mode: one row per view (a single view: the row itself); several: a list of view x mode rows
+        if len(modes) == 1:
+            print(json.dumps(rows[0] if len(views) == 1 else {r["view"]: r for r in rows}, indent=2))
+        else:
+            print(json.dumps(rows, indent=2))
     return 0
 
 
@@ -553,8 +618,26 @@ def cmd_collections(args: argparse.Namespace) -> int:
         print(f"{r['name']}: {_n(r['documents'], 'document')}, {_n(r['chunks'], 'chunk')}, {_n(r['images'], 'image')}; "
               f"store {r['store']}, "
               f"encoder {r['encoder']}, view {view}, chunk tokens {r.get('chunk_tokens', '-')}, "
-              f"image encoder {r['image_encoder']}, adapter {r['adapter']}" + (f", purpose {r['purpose']}" if r["purpose"] else ""))
+              f"image encoder {r['image_encoder']}, adapter {r['adapter']}, keyword index {_KEYWORD_STATE[r['keywords']].replace('NAME', r['name'])}"
+              + (f", purpose {r['purpose']}" if r["purpose"] else ""))
     return 0
+
+
+#: ``describe_collection``'s ``keywords`` in words
+_KEYWORD_STATE = {"local": "yes", "native": "yes (the store's full-text search)",
+                  "none": "none (build: heterag keywords build --collection NAME)"}
+
+
+def cmd_keywords(args: argparse.Namespace) -> int:
+    from heterag.collections.keywords import build_keywords, check_keywords
+
+    if args.keywords_command == "build":
+        report = build_keywords(args.collection, progress=sys.stderr.isatty() and not os.environ.get("HETERAG_NO_PROGRESS"))
+        print(report.summary())
+        return 0
+    check = check_keywords(args.collection)
+    print(check.summary(), file=sys.stdout if check.ok else sys.stderr)
+    return 0 if check.ok else EXIT_PARTIAL
 
 
 def cmd_drop(args: argparse.Namespace) -> int:
@@ -628,7 +711,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 COMMANDS = {"ingest": cmd_ingest, "ask": cmd_ask, "eval": cmd_eval, "collections": cmd_collections, "drop": cmd_drop,
             "docs": cmd_docs,
             "train-image-encoder": cmd_train_image_encoder, "tune": cmd_tune,
-            "reembed": cmd_reembed, "migrate": cmd_migrate}
+            "reembed": cmd_reembed, "migrate": cmd_migrate, "keywords": cmd_keywords}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

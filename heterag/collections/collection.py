@@ -33,7 +33,8 @@ from heterag.ingest.views import make_view
 from heterag.pipeline.pipeline import Pipeline
 from heterag.retrieval.fusion import Fusion
 from heterag.retrieval.hit_filters import HitFilter
-from heterag.stores import open_store, parse_store_url, probe_store
+from heterag.retrieval.hybrid import HybridFusion, check_retrieval
+from heterag.stores import KeywordSearch, keyword_index_path, open_store, parse_store_url, probe_store
 
 if TYPE_CHECKING:
     from heterag.encoding.adapters import Adapter
@@ -173,7 +174,7 @@ def drop_collection(name: str, home: Path | None = None) -> None:
     info = collection_info(name, home)
     with WriteLock(info.path, name)():
         for part in ("heterag", "heterag_images"):  # a server store keeps its records outside the folder
-            vs = open_store(info.store, info.store_path, collection=part)
+            vs = open_store(info.store, info.store_path, collection=part, keywords=False)  # an index out of step goes too
             try:
                 if hasattr(vs, "drop"):
                     vs.drop()
@@ -187,14 +188,19 @@ def drop_collection(name: str, home: Path | None = None) -> None:
 
 def describe_collection(name: str, home: Path | None = None) -> dict[str, Any]:
     """Settings and counts of collection ``name`` without loading any model: store, text encoder, view
-    and its settings, chunk size, adapter, image encoder, and how many documents, chunks and images it holds."""
+    and its settings, chunk size, adapter, image encoder, how many documents, chunks and images it holds, and its
+    keyword index (``keywords``: ``local``, ``native``, the store's own full-text search, or ``none``)."""
+    from heterag.stores.keyword import has_keyword_index
+
     info = collection_info(name, home)
     out: dict[str, Any] = {"name": name, "store": info.store, "encoder": info.encoder or "default",
                            "image_encoder": info.image_encoder, "adapter": info.adapter or "none", "purpose": info.purpose}
-    vs = open_store(info.store, info.store_path, collection="heterag")
+    vs = open_store(info.store, info.store_path, collection="heterag", keywords=False)  # read only: nothing is built
+    out["keywords"] = ("native" if isinstance(vs, KeywordSearch) else
+                       "local" if has_keyword_index(keyword_index_path(info.store_path, "heterag")) else "none")
     image_vs = None
     try:
-        image_vs = open_store(info.store, info.store_path, collection="heterag_images")
+        image_vs = open_store(info.store, info.store_path, collection="heterag_images", keywords=False)
         fp = vs.fingerprint()
         if fp is not None:
             out.update(view=fp.view, view_settings=dict(fp.extra.get("view_settings", {})),
@@ -215,7 +221,7 @@ def _open_stores(info: Any) -> Iterator[tuple[Any, Any, Any]]:
 
     vs = open_store(info.store, info.store_path, collection="heterag")
     try:
-        image_vs = open_store(info.store, info.store_path, collection="heterag_images")
+        image_vs = open_store(info.store, info.store_path, collection="heterag_images", keywords=False)
         try:
             yield vs, image_vs, ImageFiles(info.path / "images")
         finally:
@@ -321,6 +327,8 @@ def open_collection(
     hit_filters: Sequence[HitFilter] = (),
     purpose: str | None = None,
     adapter: str | os.PathLike[str] | Adapter | None = None,
+    retrieval: str | None = None,
+    hybrid: HybridFusion | str | None = None,
 ) -> Pipeline:
     """Open collection ``name`` as a :class:`Pipeline`, creating it if ``create``.
 
@@ -334,7 +342,10 @@ def open_collection(
     (:mod:`heterag.core.locking`). ``adapter`` is a soft-prompt adapter (path or :class:`~heterag.encoding.adapters.Adapter`, see :mod:`heterag.encoding.adapters`)
     for the text encoder: omitted, the one the collection was embedded with is used; ``"none"`` means
     none. An adapter other than the collection's raises :class:`FingerprintMismatchError` naming both
-    and the ``heterag reembed`` command; a new collection keeps a copy of its adapter.
+    and the ``heterag reembed`` command; a new collection keeps a copy of its adapter. ``retrieval``
+    (``dense``, ``keyword``, ``hybrid``; default hybrid where the collection has a keyword index) and
+    ``hybrid`` (:class:`~heterag.retrieval.hybrid.HybridFusion` or its spec) set how text queries are searched.
+    A collection made before keyword indexes opens without one (logged, with the command that builds it).
     """
     # Every setting is checked before anything is written: a bad option never leaves a folder behind. An
     # existing collection's image encoder is compared first (checking an open_clip spec imports open_clip).
@@ -344,6 +355,9 @@ def open_collection(
     check_options(store=store, view=view, view_options=view_options, chunk_tokens=chunk_tokens,
                   image_encoder=image_encoder, purpose=purpose)
     fusion = Fusion.parse(fusion)
+    hybrid = HybridFusion.parse(hybrid)
+    if retrieval is not None:
+        check_retrieval(retrieval)
     info = read_info(name, home)
     is_new = created = info is None
     if info is None:
@@ -374,8 +388,12 @@ def open_collection(
     vs = None
     image_vs = None
     try:
-        vs = open_store(info.store, info.store_path, collection="heterag")  # one collection per folder
-        image_vs = open_store(info.store, info.store_path, collection="heterag_images")
+        vs = open_store(info.store, info.store_path, collection="heterag",  # one collection per folder
+                        repair=f"heterag keywords build --collection {name}")
+        if not isinstance(vs, KeywordSearch):
+            log.warning("collection %s has no keyword index (made before keyword search): keyword and hybrid "
+                        "retrieval need one, built by `heterag keywords build --collection %s`; dense retrieval works", name, name)
+        image_vs = open_store(info.store, info.store_path, collection="heterag_images", keywords=False)
         fp = vs.fingerprint()
         if fp is not None:
             _check_settings(name, fp, view=view, view_options=view_options, chunk_tokens=chunk_tokens)
@@ -412,7 +430,7 @@ def open_collection(
         pipeline = Pipeline(vs, enc, rview, generator, chunk_tokens=tokens, name=name, image_store=image_vs,
                             image_encoder=info.image_encoder, image_files=info.path / "images", fusion=fusion,
                             guards=guards, hit_filters=hit_filters, write_lock=WriteLock(info.path, name),
-                            encoder_identity=_stored_identity(info, fp, base_encoder))
+                            encoder_identity=_stored_identity(info, fp, base_encoder), retrieval=retrieval, hybrid=hybrid)
     except BaseException:
         if vs is not None:
             vs.close()

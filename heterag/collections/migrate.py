@@ -10,13 +10,22 @@ write lock:
 2. copy the fingerprint, then every record the target lacks, in batches (ids are content hashes, so a
    record already there is the same record: a run killed half-way resumes where it stopped);
 3. verify: equal counts, equal fingerprints, equal content digests (sorted ids of both parts, as in
-   :mod:`heterag.pipeline.content`) and identical top-10 results (ids, scores within 1e-4) for a sample of
-   queries made from stored vectors;
+   :mod:`heterag.pipeline.content`), the target's keyword index holding exactly the text records' ids, and
+   identical top-10 results (ids, scores within 1e-4) for a sample of queries made from stored vectors;
 4. switch ``collection.json`` to the target in one atomic rename. The source is left as it was
    (drop it yourself once satisfied).
 
 Server stores keep nothing in the collection folder; an embedded target gets its own folder
 (``store-<kind>``) next to the old one.
+
+The keyword index moves with the text records: a target with its own full-text search (``pgvector``) keeps
+it with its vectors; any other gets a keyword index (:mod:`heterag.stores.keyword`) written in step with
+the copy (:class:`~heterag.stores.keyworded.KeywordedStore`; a resumed run first reconciles and, if needed,
+rebuilds the target's index from the records already copied). A source whose keyword index is out of step
+is refused before anything is written, naming ``heterag keywords build``. Where the target's keyword index
+folder is the source's own (a server target, whose namespace folder is the old ``store``), the copy holds
+the same records, so the index serves both and is only checked (or built, for a collection made before
+keyword indexes) after the copy.
 """
 
 from __future__ import annotations
@@ -30,10 +39,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from heterag.collections.collection import _write_info, collection_info
-from heterag.core.errors import HeteragError, InvalidInputError
+from heterag.collections.keywords import keyword_differences, native_keywords, repair_command
+from heterag.core.errors import HeteragError, InvalidInputError, KeywordIndexError
 from heterag.core.locking import WriteLock
 from heterag.pipeline.content import parts_digest
-from heterag.stores import VectorStore, open_store, parse_store_url
+from heterag.stores import KeywordSearch, VectorStore, keyword_index_path, open_store, parse_store_url
 from heterag.stores.url import StoreURL
 
 log = logging.getLogger(__name__)
@@ -56,11 +66,15 @@ class MigrateReport:
     sample_queries: int
     digest: str
     seconds: float
+    #: ids in the target's keyword index (equal to its text records'); None where a native full-text index
+    #: cannot list them
+    keyword_entries: int | None = None
 
     def summary(self) -> str:
         parts = ", ".join(f"{n} {p}" for p, n in self.records.items())
+        keywords = f", keyword index ({self.keyword_entries} ids)" if self.keyword_entries is not None else ""
         return (f"migrated {self.name} from {self.source} to {self.target}: {parts}; copied {self.copied}, "
-                f"already there {self.resumed}; verified counts, fingerprints, content {self.digest[:12]} and "
+                f"already there {self.resumed}; verified counts, fingerprints, content {self.digest[:12]}{keywords} and "
                 f"{self.sample_queries} sample queries in {self.seconds:.1f}s (the source is unchanged)")
 
 
@@ -81,15 +95,83 @@ def _reset(spec: str, path: Path, parts: list[str], dsts: dict[str, VectorStore]
     if all(hasattr(dsts[p], "drop") for p in parts):
         for p in parts:
             dsts[p].drop()  # type: ignore[attr-defined]
+        keywords = getattr(dsts["heterag"], "keywords", None)
+        if "heterag" in parts and keywords is not None:  # a keyword index beside a dropped server collection
+            keywords.clear()
     else:
         for p in PARTS:
             dsts[p].close()
         shutil.rmtree(path, ignore_errors=True)
         for p in PARTS:
-            dsts[p] = open_store(spec, path, p)
+            dsts[p] = open_store(spec, path, p, keywords=False)
+        dsts["heterag"] = _with_keywords(dsts["heterag"], path, None, "NAME")
     for p in parts:
         if dsts[p].count() or dsts[p].fingerprint() is not None:
             raise InvalidInputError(f"cannot empty {p} in {parse_store_url(spec).display()} for --overwrite; drop it by hand")
+
+
+def _source_keywords(info: object, name: str) -> Path | None:
+    """The source's keyword index folder (None when it has none), after checking it is in step with the source's
+    text records: an out-of-step index is a :class:`~heterag.core.errors.KeywordIndexError` naming the repair."""
+    from heterag.stores.keyword import has_keyword_index
+
+    folder = keyword_index_path(info.store_path, "heterag")  # type: ignore[attr-defined]
+    if not has_keyword_index(folder):
+        return None
+    open_store(info.store, info.store_path, "heterag", repair=repair_command(name)).close()  # type: ignore[attr-defined]
+    return folder
+
+
+def _with_keywords(bare: VectorStore, path: Path, source_folder: Path | None, name: str) -> VectorStore:
+    """The target text store ``bare`` with its keyword index: itself for a store with its own full-text search
+    or one whose keyword folder is ``source_folder`` (checked after the copy); else a
+    :class:`~heterag.stores.keyworded.KeywordedStore`, its index reconciled with (or rebuilt from) the records
+    an interrupted run already copied."""
+    from heterag.stores.keyword import KeywordIndex
+    from heterag.stores.keyworded import KeywordedStore
+
+    bare, native = native_keywords(bare, create=True, name=name)  # pgvector: its own full-text column
+    folder = keyword_index_path(path, "heterag")
+    if native or (source_folder is not None and folder.resolve() == source_folder.resolve()):
+        return bare
+    try:
+        index = KeywordIndex(folder)
+    except KeywordIndexError:  # a damaged leftover: start afresh
+        shutil.rmtree(folder, ignore_errors=True)
+        index = KeywordIndex(folder)
+    wrapped = KeywordedStore(bare, index, repair=repair_command(name or "NAME"), check=False)
+    wrapped.recover()
+    missing, extra = wrapped.differences()
+    if missing or extra:
+        wrapped.rebuild(progress=False)
+    return wrapped  # type: ignore[return-value]
+
+
+def _target_keywords(dst: VectorStore, path: Path, source_folder: Path | None, name: str, target: str) -> int | None:
+    """Check the target's keyword index against its text records after the copy; returns its id count (None
+    for a native index that cannot list its ids). Where the target shares the source's keyword folder and
+    the source had none, the index is built now. Raises :class:`MigrationVerifyError` naming the repair."""
+    from heterag.stores.keyword import KeywordIndex, has_keyword_index
+    from heterag.stores.keyworded import KeywordedStore
+
+    store: object = dst
+    folder = keyword_index_path(path, "heterag")
+    if not isinstance(dst, KeywordSearch) and not hasattr(dst, "differences"):  # shares the source's folder
+        built = has_keyword_index(folder)
+        store = KeywordedStore(dst, KeywordIndex(folder), repair=repair_command(name), check=False)
+        if not built:
+            store.rebuild(progress=False)  # type: ignore[attr-defined]
+    diff = keyword_differences(store)
+    if diff is None:
+        return None
+    missing, extra = diff
+    if missing or extra:
+        raise MigrationVerifyError(
+            f"the keyword index of the copy differs from its text records ({len(missing)} missing, {len(extra)} "
+            f"extra); nothing was switched; run `heterag migrate --collection {name} --from ... --to {target}` again "
+            "(it rebuilds the copy's keyword index)")
+    keywords = getattr(store, "keywords", None)
+    return keywords.count() if keywords is not None else len(dst.ids())
 
 
 def _check_sample(src: VectorStore, dst: VectorStore, ids: list[str], sample: int, seed: int) -> int:
@@ -145,11 +227,13 @@ def migrate_collection(
         info = collection_info(name, home)
         new_dir = _target_dir(info.store_dir, dst_url)
         dst_path = info.path / new_dir
-        srcs = {p: open_store(info.store, info.store_path, p) for p in PARTS}
+        source_keywords = _source_keywords(info, name)
+        srcs = {p: open_store(info.store, info.store_path, p, keywords=False) for p in PARTS}
         dsts: dict[str, VectorStore] = {}
         try:
             for p in PARTS:
-                dsts[p] = open_store(target, dst_path, p)
+                dsts[p] = open_store(target, dst_path, p, keywords=False)
+            dsts["heterag"] = _with_keywords(dsts["heterag"], dst_path, source_keywords, name)
             differs: dict[str, str] = {}
             for p in PARTS:  # check everything before writing anything
                 s, d = srcs[p], dsts[p]
@@ -207,6 +291,7 @@ def migrate_collection(
                 if src_ids != dst_ids:
                     raise MigrationVerifyError(f"{p}: content differs ({len(src_ids ^ dst_ids)} ids); nothing was switched")
                 ids["text" if p == "heterag" else "image"] = dst_ids
+            keyword_entries = _target_keywords(dsts["heterag"], dst_path, source_keywords, name, target)
             checked = _check_sample(srcs["heterag"], dsts["heterag"], sorted(ids["text"]), sample, seed)
             checked += _check_sample(srcs["heterag_images"], dsts["heterag_images"], sorted(ids["image"]),
                                      max(1, sample // 4), seed)
@@ -216,7 +301,7 @@ def migrate_collection(
                 s.close()
         _write_info(replace(info, store=target, store_dir=new_dir))  # the switch: one atomic rename
     report = MigrateReport(name, src_url.display(), dst_url.display(), counts, copied, resumed, checked,
-                           parts_digest(dict(ids)), time.perf_counter() - t0)
+                           parts_digest(dict(ids)), time.perf_counter() - t0, keyword_entries)
     log.info("%s", report.summary())
     return report
 

@@ -4,7 +4,8 @@ The new vectors are built *alongside* the serving ones, in a fresh store folder
 (``store-<adapter hash>-<time>/``) under the collection folder, from the stored chunks alone
 (no source files needed): each document's chunks are reassembled (:func:`chunked_from_records`)
 and embedded through the collection's view with the new adapter; image records are copied as they
-are. Only when the new store is complete is ``collection.json`` replaced (one atomic rename) to point
+are; the new store gets its own keyword index (:mod:`heterag.stores.keyword`), written in step and checked
+to hold exactly the new records' ids. Only when the new store is complete is ``collection.json`` replaced (one atomic rename) to point
 at it and name the new adapter. A kill at any moment before the rename leaves the old embeddings
 serving (and a leftover folder that the next run removes); after it, the new ones. The replaced
 store folder is kept until the next re-embed starts (which removes every store folder but the
@@ -114,6 +115,7 @@ def reembed_collection(name: str, adapter: str | os.PathLike[str] | None, *, hom
     from tqdm.auto import tqdm
 
     from heterag.collections.collection import _write_info, collection_info, load_text_encoder
+    from heterag.collections.keywords import keyword_differences
     from heterag.core.locking import WriteLock
     from heterag.encoding.adapters import AdaptedEncoder, load_adapter
     from heterag.ingest.views import make_view
@@ -132,8 +134,8 @@ def reembed_collection(name: str, adapter: str | os.PathLike[str] | None, *, hom
             if leftover.name != info.store_dir and leftover.is_dir():
                 shutil.rmtree(leftover, ignore_errors=True)
                 _forget_store_clients(leftover)
-        old_vs = open_store(info.store, info.store_path, collection="heterag")
-        old_images = open_store(info.store, info.store_path, collection="heterag_images")
+        old_vs = open_store(info.store, info.store_path, collection="heterag", keywords=False)  # read only
+        old_images = open_store(info.store, info.store_path, collection="heterag_images", keywords=False)
         try:
             fp = old_vs.fingerprint()
             records = old_vs.get(include_vectors=False)
@@ -149,8 +151,8 @@ def reembed_collection(name: str, adapter: str | os.PathLike[str] | None, *, hom
         stamp = time.strftime("%Y%m%d%H%M%S")
         new_dir = f"store-{new_hash[:8]}-{stamp}-{os.getpid()}"
         target = info.path / new_dir
-        new_vs = open_store(info.store, target, collection="heterag")
-        new_images = open_store(info.store, target, collection="heterag_images")
+        new_vs = open_store(info.store, target, collection="heterag", keywords=True)  # its keyword index written in step
+        new_images = open_store(info.store, target, collection="heterag_images", keywords=False)
         try:
             pipe = Pipeline(new_vs, encoder, view, chunk_tokens=chunk_tokens, name=name)  # sets the new fingerprint
             docs = chunked_from_records(records, base.tokenize)
@@ -183,6 +185,10 @@ def reembed_collection(name: str, adapter: str | os.PathLike[str] | None, *, hom
             for s in (new_vs, new_images):
                 if hasattr(s, "flush"):
                     s.flush()
+            diff = keyword_differences(new_vs)  # the new keyword index holds exactly the new records' ids
+            if diff is not None and (diff[0] or diff[1]):
+                raise InvalidInputError(f"the re-embedded store's keyword index differs from its records ({len(diff[0])} "
+                                        f"missing, {len(diff[1])} extra); the collection is unchanged, run the reembed again")
             del pipe
         except BaseException:
             new_vs.close()

@@ -50,3 +50,8 @@ class CollectionLockedError(HeteragError, TimeoutError):
 
 class StoreUnavailableError(HeteragError, ConnectionError):
     """A store server that cannot be reached, or that refused the credentials."""
+
+
+class KeywordIndexError(HeteragError):
+    """A keyword index that is missing, corrupt, or out of step with its vector store; the message names
+    the command that rebuilds it."""

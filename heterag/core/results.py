@@ -24,8 +24,11 @@ class Hit:
     metadata: Mapping[str, MetadataValue] = field(default_factory=dict)
     #: Path of the item's stored image file (under the collection's folder), None for text-only items.
     image: str | None = None
-    #: Per-signal similarities that were fused into ``score`` (``text``, ``image``, ``cross``).
+    #: Per-signal scores that were fused into ``score``: cosine similarities ``text``, ``image``, ``cross``;
+    #: ``keyword``, the BM25 score (>= 0) under hybrid or keyword retrieval.
     scores: Mapping[str, float] = field(default_factory=dict)
+    #: Which searches found this hit: ``("dense",)`` (vectors), ``("keyword",)`` or both.
+    found_by: tuple[str, ...] = ("dense",)
     #: What hit filters said about this hit (re-ranking reasons, scores they computed).
     notes: tuple[str, ...] = ()
     #: Why a hit filter removed this hit ("" while it is kept).

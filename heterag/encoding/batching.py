@@ -7,13 +7,18 @@ batch ("natural" batching, as in inference servers): a lone call runs at once wi
 delay, and calls that arrive while the model is busy are run together as soon as it is free.
 It also serialises every call of the function, so a model or tokenizer that is not thread-safe
 is only ever used by one thread at a time.
+
+Bulk work (an ingest encoding thousands of texts) goes through :meth:`MicroBatcher.run_exclusive`
+one slice at a time, and calls that wait are served before each slice: a query never waits for
+more than the slice that is running when it arrives (an ingest cannot take the model back first).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -63,33 +68,71 @@ class MicroBatcher(Generic[T, R]):
         self.max_items = max_items
         self.stats = BatchStats()
         self._pending: deque[_Request[T]] = deque()
-        self._state = threading.Lock()  # guards _pending and the requests' fields
-        self._runner = threading.RLock()  # held while fn runs; re-entrant for fn calling back in
+        # guards _pending, the requests' fields and who runs fn; waiters are woken when a run ends
+        self._state = threading.Condition(threading.Lock())
+        self._owner: int | None = None  # the thread running fn now (re-entrant: fn may call back in)
+        self._depth = 0
 
     def __call__(self, items: Sequence[T], key: Hashable = None) -> list[R]:
         request = _Request(list(items), key)
+        me = threading.get_ident()
         with self._state:
             self.stats.calls += 1
             self._pending.append(request)
-        while True:
-            with self._runner:
-                with self._state:
-                    if request.done:
-                        break
-                    batch = self._take()
-                self._run(batch)
-                with self._state:
-                    if request.done:
-                        break
+            while not request.done:
+                if self._owner not in (None, me):
+                    self._state.wait()  # woken when a run ends or a request is finished
+                    continue
+                batch = self._take()
+                self._enter(me)
+                self._state.release()
+                try:
+                    self._run(batch)
+                finally:
+                    self._state.acquire()
+                    self._leave()
         if request.error is not None:
             raise request.error
         assert request.result is not None
         return request.result
 
     def run_exclusive(self, fn: Callable[[], R]) -> R:
-        """Run ``fn()`` while no batch runs (for other uses of the same model or tokenizer)."""
-        with self._runner:
+        """Run ``fn()`` while no batch runs (for other uses of the same model or tokenizer).
+
+        Calls waiting for a batch are run first, so a series of exclusive runs (a bulk encode, one
+        slice at a time) delays a call by at most the one slice that is running when it comes."""
+        with self._running():
+            while True:
+                with self._state:
+                    if not self._pending:
+                        break
+                    batch = self._take()
+                self._run(batch)
             return fn()
+
+    @contextmanager
+    def _running(self) -> Iterator[None]:
+        """Hold the right to run ``fn`` (waiting for another thread's run to end)."""
+        me = threading.get_ident()
+        with self._state:
+            while self._owner not in (None, me):
+                self._state.wait()
+            self._enter(me)
+        try:
+            yield
+        finally:
+            with self._state:
+                self._leave()
+
+    def _enter(self, me: int) -> None:  # caller holds _state
+        self._owner = me
+        self._depth += 1
+
+    def _leave(self) -> None:  # caller holds _state
+        self._depth -= 1
+        if self._depth == 0:
+            self._owner = None
+            self._state.notify_all()
 
     def _take(self) -> list[_Request[T]]:
         """The oldest pending request and the next ones of its key that fit (caller holds ``_state``)."""
@@ -112,7 +155,8 @@ class MicroBatcher(Generic[T, R]):
         return batch
 
     def _run(self, batch: list[_Request[T]]) -> None:
-        """Run one batch (caller holds ``_runner``), re-running its calls alone if it fails."""
+        """Run one batch (the caller is the running thread and does not hold ``_state``), re-running its
+        calls alone if it fails."""
         try:
             results = list(self.fn([item for req in batch for item in req.items]))
             if len(results) != sum(len(req.items) for req in batch):
@@ -140,6 +184,7 @@ class MicroBatcher(Generic[T, R]):
     def _finish(self, req: _Request[T], *, result: list[Any] | None = None, error: BaseException | None = None) -> None:
         with self._state:
             req.result, req.error, req.done = result, error, True
+            self._state.notify_all()  # its caller may be waiting while this thread runs on
 
 
 __all__ = ["BatchStats", "MicroBatcher"]

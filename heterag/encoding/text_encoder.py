@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -33,6 +33,13 @@ _DEFAULT_ALIASES = {"default", "all-minilm-l6-v2", "sentence-transformers/all-mi
 PROGRESS_THRESHOLD = 2048
 #: Texts of small encode calls whose vectors are kept for reuse (about 1.5 kB each for MiniLM).
 RECENT_TEXTS = 1024
+#: Most tokens (texts x longest text, padding included) in one forward pass of a bulk encode. A question
+#: that comes during an ingest waits for at most the pass that is running (about 0.4 s for MiniLM on 2
+#: cores); 64 views of 256 tokens in one pass took 5 to 10 s, and were slower per text, not faster
+#: (measured on 2 cores: 8 texts of 256 tokens a pass, 3.0 s for 64 texts; 64 a pass, 5.2 s).
+BULK_PASS_TOKENS = 2048
+#: Characters per token assumed when slicing a bulk encode (English text averages about 4.5 with MiniLM).
+_CHARS_PER_TOKEN = 4
 
 
 @contextmanager
@@ -362,10 +369,12 @@ class TextEncoder:
     def encode(self, texts: Sequence[str], *, show_progress: bool | None = None) -> np.ndarray:
         """Embed texts; returns float32 (n, dim) with unit-norm rows.
 
-        Thread-safe. Calls of up to ``batch_size`` texts made at the same time from several
-        threads are encoded together in one batch (:class:`~heterag.encoding.batching.MicroBatcher`);
-        larger calls are encoded ``batch_size`` texts at a time, longest first, so that other
-        threads' queries get the model between two batches.
+        Thread-safe. Small calls (up to ``batch_size`` texts and about :data:`BULK_PASS_TOKENS` tokens)
+        made at the same time from several threads are encoded together in one batch
+        (:class:`~heterag.encoding.batching.MicroBatcher`); larger calls are encoded a slice at a time
+        (longest first, at most ``batch_size`` texts and about :data:`BULK_PASS_TOKENS` tokens a slice),
+        and other threads' waiting calls run before each slice, so a question during an ingest waits
+        for one short slice at most.
         """
         texts = list(texts)
         if not texts:
@@ -373,7 +382,9 @@ class TextEncoder:
         for i, t in enumerate(texts):
             if not isinstance(t, str) or not t.strip():
                 raise InvalidInputError(f"cannot encode empty text (item {i})")
-        if len(texts) <= self.batch_size:
+        longest = self.max_seq_length
+        tokens = [min(longest, len(t) // _CHARS_PER_TOKEN + 2) for t in texts]
+        if len(texts) <= self.batch_size and len(texts) * max(tokens) <= BULK_PASS_TOKENS:
             return self._encode_small(texts)
         if show_progress is None:
             show_progress = len(texts) >= PROGRESS_THRESHOLD and not os.environ.get("HETERAG_NO_PROGRESS")
@@ -382,8 +393,7 @@ class TextEncoder:
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # similar lengths share a batch
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         with tqdm(total=len(texts), unit="text", desc="encode", disable=not show_progress) as bar:
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start : start + self.batch_size]
+            for idx in _slices(order, tokens.__getitem__, self.batch_size):
                 out[idx] = self._batcher.run_exclusive(lambda idx=idx: self._encode_batch([texts[i] for i in idx]))
                 bar.update(len(idx))
         return out
@@ -427,10 +437,9 @@ class TextEncoder:
 
         tok = self.tokenizer
         out: list[np.ndarray] = []
-        order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
+        order = sorted(range(len(windows)), key=lambda i: -len(windows[i]))
         results: dict[int, np.ndarray] = {}
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
+        for idx in _slices(order, lambda i: len(windows[i]) + 2, self.batch_size):
             prefix, suffix = self._special_template
             seqs = []
             for i in idx:
@@ -457,6 +466,16 @@ class TextEncoder:
         for i in range(len(windows)):
             out.append(results[i])
         return out
+
+
+def _slices(order: Sequence[int], tokens: Callable[[int], int], most: int) -> Iterator[list[int]]:
+    """``order`` (longest first) cut into forward passes of at most ``most`` items and about
+    :data:`BULK_PASS_TOKENS` tokens each (items times the first, longest item's ``tokens``)."""
+    start = 0
+    while start < len(order):
+        n = max(1, min(most, BULK_PASS_TOKENS // max(1, tokens(order[start]))))
+        yield list(order[start : start + n])
+        start += n
 
 
 _ENCODERS: dict[str, TextEncoder] = {}

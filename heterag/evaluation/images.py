@@ -121,7 +121,7 @@ def evaluate_images(
         root = Path(tmp)
         pipe = Pipeline(
             open_store(store, root / "store", "heterag"), text_enc, make_view("naive"),
-            image_store=open_store(store, root / "store", "heterag_images"), image_encoder=enc,
+            image_store=open_store(store, root / "store", "heterag_images", keywords=False), image_encoder=enc,
             image_files=ImageFiles(root / "images"),
         )
         try:

@@ -44,3 +44,30 @@ def evaluate_rankings(
         vals = [fn(rankings.get(q, []), rel, int(k)) for q, rel in qrels.items()]
         out[name] = sum(vals) / len(vals) if vals else 0.0
     return out
+
+
+def per_query_metrics(
+    rankings: Mapping[str, Sequence[str]],
+    qrels: Mapping[str, Mapping[str, int]],
+    cutoffs: Sequence[str] = ("ndcg@1", "ndcg@10", "recall@100"),
+) -> dict[str, list[float]]:
+    """Each ``metric@k`` per query, in ``qrels`` order (a missing ranking scores 0)."""
+    out: dict[str, list[float]] = {}
+    for name in cutoffs:
+        metric, k = name.split("@")
+        fn = METRICS[metric]
+        out[name] = [fn(rankings.get(q, []), rel, int(k)) for q, rel in qrels.items()]
+    return out
+
+
+def bootstrap_ci(values: Sequence[float], n: int = 2000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (``n`` resamples with replacement, seeded);
+    ``(nan, nan)`` for no values. Pass paired differences to get the interval of a difference."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    if not len(v):
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, len(v), size=(n, len(v)))].mean(axis=1)
+    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))

@@ -10,6 +10,13 @@ no vectors), which keeps it cheap: reading and hashing the ids of 100k records t
 :func:`content_fingerprint` returns a :class:`ContentFingerprint` that also keeps the id sets,
 so two fingerprints can explain their difference (:meth:`ContentFingerprint.diff`): which
 records appeared or vanished, and of which documents.
+
+The keyword index beside the text store (:mod:`heterag.stores.keyword`) is covered too: a keyword entry
+is derived from its record (same id, same text), so an index in step with the store adds nothing, and a
+collection's fingerprint is the same with a keyword index, with a store's own full-text index or without
+one (a migrated or rebuilt collection compares equal to its source). An index out of step adds its
+difference as parts: ``keywords_extra`` (ids only in the keyword index: an entry a delete left behind)
+and ``keywords_missing`` (text ids the keyword index lacks), so a stray keyword entry changes the digest.
 """
 
 from __future__ import annotations
@@ -79,9 +86,31 @@ def parts_digest(parts: dict[str, frozenset[str]]) -> str:
     return h.hexdigest()
 
 
+def keyword_ids(store: object) -> frozenset[str] | None:
+    """The ids in ``store``'s keyword index: a :class:`~heterag.stores.keyworded.KeywordedStore`'s index, or a
+    store's own full-text index that lists them (``keyword_ids()``); None when there is none to read."""
+    index = getattr(store, "keywords", None)
+    if index is not None and hasattr(index, "ids"):
+        return frozenset(index.ids())
+    listing = getattr(store, "keyword_ids", None)
+    return frozenset(listing()) if callable(listing) else None
+
+
+def keyword_parts(store: object, text_ids: frozenset[str]) -> dict[str, frozenset[str]]:
+    """``keywords_extra`` / ``keywords_missing``: how ``store``'s keyword index differs from ``text_ids`` (each
+    only when not empty, see the module docs)."""
+    indexed = keyword_ids(store)
+    if indexed is None:
+        return {}
+    out = {"keywords_extra": indexed - text_ids, "keywords_missing": text_ids - indexed}
+    return {k: v for k, v in out.items() if v}
+
+
 def content_fingerprint(pipeline: Pipeline) -> ContentFingerprint:
-    """Fingerprint of everything ``pipeline``'s collection holds (text records, image records, image files)."""
+    """Fingerprint of everything ``pipeline``'s collection holds (text records, image records, image files, and
+    how its keyword index differs from the text records, if it does)."""
     parts: dict[str, frozenset[str]] = {"text": frozenset(pipeline.store.ids())}
+    parts.update(keyword_parts(pipeline.store, parts["text"]))
     if pipeline.image_store is not None:
         parts["image"] = frozenset(pipeline.image_store.ids())
     if pipeline.image_files is not None:

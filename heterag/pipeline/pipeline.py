@@ -38,6 +38,7 @@ from heterag.ingest.indexer import Indexer, IngestReport
 from heterag.ingest.views import RetrievalView, ViewEncoder
 from heterag.retrieval.fusion import Fusion
 from heterag.retrieval.hit_filters import HitFilter, check_hit_filter
+from heterag.retrieval.hybrid import HybridFusion, check_retrieval
 from heterag.retrieval.retriever import Retriever
 from heterag.stores.base import Fingerprint, VectorStore
 
@@ -56,6 +57,10 @@ class Pipeline(Indexer, DocumentManager, Retriever):
     written; ``hit_filters`` (:class:`~heterag.retrieval.hit_filters.HitFilter`) see every query's hits before
     generation (see :mod:`heterag.ingest.guards` and :mod:`heterag.retrieval.hit_filters`). ``write_lock`` serialises writes with other processes
     (:mod:`heterag.core.locking`); :func:`heterag.open_collection` gives every collection one.
+
+    ``retrieval`` (``dense``, ``keyword``, ``hybrid``; None: hybrid where ``store`` has a keyword index,
+    else dense) and ``hybrid`` (a :class:`~heterag.retrieval.hybrid.HybridFusion` or its spec) set how text
+    queries are searched (:mod:`heterag.retrieval.hybrid`).
     """
 
     def __init__(
@@ -75,6 +80,8 @@ class Pipeline(Indexer, DocumentManager, Retriever):
         guards: Sequence[IngestGuard] = (),
         hit_filters: Sequence[HitFilter] = (),
         write_lock: WriteLock | None = None,
+        retrieval: str | None = None,
+        hybrid: HybridFusion | str | None = None,
     ):
         check_chunk_tokens(chunk_tokens)  # a size no document can be cut into is refused before anything is written
         self.store = store
@@ -90,6 +97,9 @@ class Pipeline(Indexer, DocumentManager, Retriever):
         self._image_encoder_checked = False
         self.image_files = ImageFiles(image_files) if isinstance(image_files, str | os.PathLike) else image_files
         self.fusion = fusion or Fusion()
+        #: ``dense``, ``keyword``, ``hybrid``, or None: hybrid where the store has a keyword index, else dense.
+        self.retrieval = check_retrieval(retrieval) if retrieval is not None else None
+        self.hybrid = HybridFusion.parse(hybrid)
         self._generator = generator
         identity = encoder_identity or getattr(encoder, "identity", type(encoder).__name__)
         self.fingerprint = Fingerprint(

@@ -8,18 +8,21 @@ and fuses their similarities (:mod:`heterag.retrieval.fusion`). The hit filters
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from heterag.core.errors import InvalidInputError
+from heterag.core.errors import InvalidInputError, KeywordIndexError
 from heterag.core.images import ImageFiles, ImageRef, load_image
 from heterag.core.results import Hit
 from heterag.ingest.views import ViewEncoder
 from heterag.retrieval.fusion import Fusion
 from heterag.retrieval.hit_filters import DroppedHit, HitFilter, Retrieval, RetrievalQuery
-from heterag.stores.base import Record, VectorStore
+from heterag.retrieval.hybrid import DEFAULT_RETRIEVAL, HybridFusion, check_retrieval
+from heterag.stores.base import KeywordSearch, Record, VectorStore
+from heterag.stores.tokenizer import query_terms, tokenize
 
 
 class Retriever:
@@ -37,6 +40,9 @@ class Retriever:
     image_encoder: Any
     fusion: Fusion
     hit_filters: list[HitFilter]
+    #: ``dense``, ``keyword``, ``hybrid`` or None (hybrid where a keyword index exists, else dense).
+    retrieval: str | None
+    hybrid: HybridFusion
 
     def has_images(self) -> bool:
         """Whether any image item is stored."""
@@ -50,6 +56,7 @@ class Retriever:
         *,
         image: Any = None,
         fusion: Fusion | None = None,
+        retrieval: str | None = None,
     ) -> list[Hit]:
         """Top-``k`` generation chunks for a text ``query``, a query ``image``, or both, best first.
 
@@ -58,7 +65,7 @@ class Retriever:
         without text come back as hits with empty text and their ``image`` path. The pipeline's hit
         filters have been applied; :meth:`search` also tells what they dropped.
         """
-        return list(self.search(query, k, where, image=image, fusion=fusion).hits)
+        return list(self.search(query, k, where, image=image, fusion=fusion, retrieval=retrieval).hits)
 
     def search(
         self,
@@ -68,9 +75,17 @@ class Retriever:
         *,
         image: Any = None,
         fusion: Fusion | None = None,
+        retrieval: str | None = None,
+        hybrid: HybridFusion | None = None,
     ) -> Retrieval:
         """Like :meth:`retrieve`, returning a :class:`~heterag.retrieval.hit_filters.Retrieval`: the hits after the
-        hit filters, and the candidates the filters dropped (with the filter's name and reason)."""
+        hit filters, and the candidates the filters dropped (with the filter's name and reason).
+
+        ``retrieval`` (default: this pipeline's): ``dense``, ``keyword`` or ``hybrid``
+        (:mod:`heterag.retrieval.hybrid`); ``hybrid`` (default: this pipeline's) is the rule fusing the two.
+        Raises :class:`~heterag.core.errors.KeywordIndexError` for ``keyword``/``hybrid`` asked explicitly of a
+        collection without a keyword index (the message names the command that builds one).
+        """
         if not isinstance(k, int) or k < 1:
             raise InvalidInputError(f"k must be a positive integer, got {k!r}")
         text = query if isinstance(query, str) and query.strip() else None
@@ -78,18 +93,27 @@ class Retriever:
             raise InvalidInputError(f"query must be a string, got {type(query).__name__}")
         if text is None and image is None:
             raise InvalidInputError("a query needs text, an image, or both (the question is empty)")
+        mode = self.retrieval_mode(retrieval)
         rule = fusion or self.fusion
+        mix = hybrid or self.hybrid
         images_on = self.has_images()
         filters = list(self.hit_filters)
         n = k * max(f.overfetch for f in filters) if filters else k
         ref = load_image(image, source="query image") if image is not None else None
         queries: dict[str, np.ndarray] = {}
-        if text is not None and image is None and (not images_on or rule.weight("cross") == 0):
-            queries["text"] = self.encoder.encode_query(text)  # the plain text path: one store query, exact cosine scores
-            hits = [hit_from_record(sr.record, sr.score, self.image_files, {"text": sr.score})
-                    for sr in self.store.query(queries["text"], k=n, where=where)]
-        else:
-            hits = self._retrieve_fused(text, ref, n, where, rule, images_on, queries)
+        keyword_on = text is not None and mode != "dense"
+        depth = max(mix.candidates, n) if keyword_on else n
+        dense: list[Hit] = []
+        if mode != "keyword" or ref is not None:
+            dense_text = text if mode != "keyword" else None
+            if dense_text is not None and ref is None and (not images_on or rule.weight("cross") == 0):
+                queries["text"] = self.encoder.encode_query(dense_text)  # the plain text path: one store query, exact cosines
+                dense = [hit_from_record(sr.record, sr.score, self.image_files, {"text": sr.score}, ("dense",))
+                         for sr in self.store.query(queries["text"], k=2 * depth, where=where)]
+            else:
+                dense = self._retrieve_fused(dense_text, ref, 2 * depth, where, rule, images_on, queries)
+        hits = self._with_keywords(text, dense, depth, where, mix, mode, queries) if keyword_on else dense
+        hits = one_per_view(hits, text)
         if not filters:
             return Retrieval(tuple(hits[:k]))
         rq = RetrievalQuery(text, ref, k, dict(queries))
@@ -103,6 +127,63 @@ class Retriever:
                     kept.append(h)
             hits = kept
         return Retrieval(tuple(hits[:k]), tuple(dropped))
+
+    def retrieval_mode(self, retrieval: str | None = None) -> str:
+        """The retrieval mode a query runs with: ``retrieval`` if given, else this pipeline's setting; the
+        default (``None``) is :data:`~heterag.retrieval.hybrid.DEFAULT_RETRIEVAL` where the store has a keyword
+        index and ``dense`` where it has none. Raises :class:`~heterag.core.errors.KeywordIndexError` when
+        ``keyword``/``hybrid`` is asked of a store without a keyword index, :class:`UnknownNameError` for a bad name."""
+        asked = retrieval if retrieval is not None else getattr(self, "retrieval", None)
+        if asked is None:
+            return DEFAULT_RETRIEVAL if DEFAULT_RETRIEVAL == "dense" or isinstance(self.store, KeywordSearch) else "dense"
+        mode = check_retrieval(asked)
+        if mode != "dense" and not isinstance(self.store, KeywordSearch):
+            name = getattr(self, "name", None)
+            raise KeywordIndexError(
+                f"collection {name or ''!s} has no keyword index (made before keyword search); build one with "
+                f"`heterag keywords build --collection {name or 'NAME'}`, or use --retrieval dense")
+        return mode
+
+    def _with_keywords(self, text: str, dense: list[Hit], depth: int, where: Mapping[str, Any] | None,
+                       mix: HybridFusion, mode: str, queries: dict[str, np.ndarray]) -> list[Hit]:
+        """Keyword hits for ``text`` alone (``mode == "keyword"`` without dense hits) or fused with ``dense``."""
+        store: Any = self.store
+        found = store.keyword_query(text, k=depth, where=where)
+        if mode == "keyword" and not dense:
+            return [hit_from_record(sr.record, sr.score, self.image_files, {"keyword": sr.score}, ("keyword",)) for sr in found]
+        if not found:  # no keyword terms (stopwords only) or no match: dense alone
+            return dense
+        dense = dense[:depth]
+        by_id: dict[str, Hit] = {h.chunk_id: h for h in dense}
+        records = {sr.record.id: sr.record for sr in found}
+        keyword = [(sr.record.id, sr.score) for sr in found]
+        dense_ranked = [(h.chunk_id, h.score) for h in dense]
+        exact: dict[str, dict[str, float]] = {}
+        if mix.method == "convex":
+            kw_ids = {i for i, _ in keyword}
+            only_dense = [i for i, _ in dense_ranked if i not in kw_ids]
+            if only_dense:
+                for i, s in store.keyword_scores(text, only_dense).items():
+                    exact[i] = {"keyword": s}
+            only_kw = [i for i, _ in keyword if i not in by_id]
+            if only_kw and "text" in queries:
+                for r in self.store.get(ids=only_kw, include_vectors=True):
+                    exact[r.id] = {"dense": _cos(queries["text"], r.vector)}
+        kw_score = dict(keyword)
+        out: list[Hit] = []
+        for i, fused in mix.fuse(dense_ranked, keyword, exact):
+            base = by_id.get(i)
+            scores = dict(base.scores) if base is not None else {}
+            if i in kw_score or "keyword" in exact.get(i, {}):
+                scores["keyword"] = kw_score.get(i, exact.get(i, {}).get("keyword", 0.0))
+            if base is None and "dense" in exact.get(i, {}):
+                scores["text"] = exact[i]["dense"]
+            found_by = tuple(x for x, on in (("dense", base is not None), ("keyword", i in kw_score)) if on)
+            if base is not None:
+                out.append(dataclasses.replace(base, score=fused, scores=scores, found_by=found_by))
+            else:
+                out.append(hit_from_record(records[i], fused, self.image_files, scores, found_by))
+        return out
 
     def _retrieve_fused(
         self, text: str | None, ref: ImageRef | None, k: int, where: Mapping[str, Any] | None, rule: Fusion, images_on: bool,
@@ -160,7 +241,7 @@ class Retriever:
             rec, kind = units[i]
             if not sims[i]:
                 continue
-            hits.append(hit_from_record(rec, fused[i], self.image_files, sims[i]))
+            hits.append(hit_from_record(rec, fused[i], self.image_files, sims[i], ("dense",)))
         return hits
 
 
@@ -175,8 +256,35 @@ def _and_where(a: Mapping[str, Any], b: Mapping[str, Any] | None) -> Mapping[str
     return {"$and": [dict(a), dict(b)]} if b else a
 
 
+def one_per_view(hits: list[Hit], query: str | None = None) -> list[Hit]:
+    """``hits`` with one slot per retrieval view: chunks of one document retrieved through one shared view
+    (equal view text: short chunks whose neighbour windows coincide) take the slot of the best-ranked
+    of them, filled by the chunk whose own text holds the most of the query's keyword terms (then the
+    earliest in the document), since that short chunk is what the generator reads. Hits without view
+    text (``late`` views, image items) each keep their slot."""
+    terms = set(query_terms(query)) if query else set()
+
+    def overlap(h: Hit) -> tuple[int, int]:
+        return (len(terms.intersection(tokenize(h.text))) if terms else 0, -h.index)
+
+    slot: dict[tuple[str, str], int] = {}
+    out: list[Hit] = []
+    for h in hits:
+        if not h.view:
+            out.append(h)
+            continue
+        key = (h.doc_id, h.view)
+        if key not in slot:
+            slot[key] = len(out)
+            out.append(h)
+        elif overlap(h) > overlap(out[slot[key]]):
+            out[slot[key]] = dataclasses.replace(h, score=out[slot[key]].score)
+    return out
+
+
 def hit_from_record(
-    record: Record, score: float, image_files: ImageFiles | None = None, scores: Mapping[str, float] | None = None
+    record: Record, score: float, image_files: ImageFiles | None = None, scores: Mapping[str, float] | None = None,
+    found_by: tuple[str, ...] = ("dense",),
 ) -> Hit:
     meta = dict(record.metadata)
     heading = str(meta.pop("heading", ""))
@@ -196,5 +304,6 @@ def hit_from_record(
         metadata=meta,
         image=image,
         scores=dict(scores or {}),
+        found_by=found_by,
     )
 

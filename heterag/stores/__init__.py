@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from heterag.stores.base import Fingerprint, Record, ScoredRecord, VectorStore
+from heterag.stores.base import Fingerprint, KeywordSearch, Record, ScoredRecord, VectorStore
 from heterag.stores.url import StoreURL, parse_store_url
 
 
@@ -29,9 +29,9 @@ def _chroma_http(url: StoreURL, path: Path, collection: str) -> VectorStore:
 
 
 def _pgvector(url: StoreURL, path: Path, collection: str) -> VectorStore:
-    from heterag.stores.pgvector import PgVectorStore
+    from heterag.stores.pgvector import open_pgvector
 
-    return PgVectorStore(url, server_collection(path, collection))
+    return open_pgvector(url, server_collection(path, collection))
 
 
 def _qdrant(url: StoreURL, path: Path, collection: str) -> VectorStore:
@@ -109,7 +109,13 @@ def probe_store(name: str) -> None:
         probe_milvus(url)
 
 
-def open_store(name: str, path: str | Path, collection: str = "default") -> VectorStore:
+def keyword_index_path(path: str | Path, collection: str) -> Path:
+    """Folder of the keyword index beside store collection ``collection`` under ``path``."""
+    return Path(path) / f"{collection}.keywords"
+
+
+def open_store(name: str, path: str | Path, collection: str = "default", *, keywords: bool | None = None,
+               repair: str | None = None) -> VectorStore:
     """Open (creating if needed) collection ``collection`` of the store ``name``.
 
     ``name`` is a store spec (:func:`heterag.stores.url.parse_store_url`: ``chroma``, ``faiss``,
@@ -117,9 +123,45 @@ def open_store(name: str, path: str | Path, collection: str = "default") -> Vect
     ``path``; server stores keep nothing there and use it as a namespace (:func:`server_collection`). Raises :class:`~heterag.core.errors.UnknownNameError` for an
     unknown spec (listing the accepted forms) and :class:`~heterag.core.errors.StoreUnavailableError`
     when a server cannot be reached.
+
+    ``keywords``: attach the keyword index (:mod:`heterag.stores.keyworded`; a backend with its own
+    full-text search, ``pgvector``, uses that instead). ``None`` (default) attaches it when it exists or
+    the store is new (empty), and leaves a store made before keyword indexes without one; ``True``
+    creates it if needed, indexing every stored record; ``False`` opens the bare vector store, unchecked (a
+    ``pgvector`` table with its keyword column still answers keyword queries and writes its terms). ``repair``
+    is the command named in keyword-index errors. Raises
+    :class:`~heterag.core.errors.KeywordIndexError` when the keyword index is out of step with the store.
     """
     url = parse_store_url(name)
-    return STORES[url.kind](url, Path(path), collection)
+    store = STORES[url.kind](url, Path(path), collection)
+    if keywords is False:
+        return store
+    native = getattr(store, "keyword_search", None)
+    if native is not None:  # full-text search in the same database (pgvector): no keyword folder
+        try:
+            found = native(create=keywords is True, repair=repair or "heterag keywords build --collection NAME")
+        except BaseException:
+            store.close()
+            raise
+        return store if found is None else found
+    if isinstance(store, KeywordSearch):
+        return store
+    from heterag.stores.keyword import KeywordIndex, has_keyword_index
+    from heterag.stores.keyworded import KeywordedStore
+
+    folder = keyword_index_path(path, collection)
+    exists = has_keyword_index(folder)
+    try:
+        if not exists and keywords is None and store.count():
+            return store  # made before keyword indexes: dense only until `heterag keywords build`
+        hint = repair or "heterag keywords build --collection NAME"
+        wrapped = KeywordedStore(store, KeywordIndex(folder), repair=hint, check=exists)
+        if not exists and store.count():
+            wrapped.rebuild()
+        return wrapped
+    except BaseException:
+        store.close()
+        raise
 
 
-__all__ = ["Fingerprint", "Record", "ScoredRecord", "VectorStore", "STORES", "StoreURL", "open_store", "parse_store_url", "probe_store"]
+__all__ = ["Fingerprint", "KeywordSearch", "Record", "ScoredRecord", "VectorStore", "STORES", "StoreURL", "keyword_index_path", "open_store", "parse_store_url", "probe_store"]

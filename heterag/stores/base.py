@@ -117,6 +117,20 @@ class VectorStore(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class KeywordSearch(Protocol):
+    """A store that also answers keyword (BM25) queries over the same records, kept in step with its
+    vectors: :class:`heterag.stores.keyworded.KeywordedStore` around any store, or a backend with full-text
+    search in the same database (``pgvector``: PostgreSQL full-text search)."""
+
+    def keyword_query(self, text: str, k: int = 10, where: Mapping[str, Any] | None = None) -> list[ScoredRecord]:
+        """Top-``k`` records for ``text`` by keyword score (> 0, higher is better), best first; ``[]`` when the
+        text has no keyword terms (only stopwords or punctuation)."""
+
+    def keyword_scores(self, text: str, ids: Sequence[str]) -> dict[str, float]:
+        """Keyword scores of ``text`` for exactly these ids (0 where no term matches)."""
+
+
 def as_matrix(records: Sequence[Record], dim: int | None, store: str) -> np.ndarray:
     """Stack record vectors into float32 (n, dim), validating shape and values."""
     rows = []

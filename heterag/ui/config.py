@@ -15,6 +15,9 @@ from heterag.core.errors import InvalidInputError
 #: questions with an image to ``demo-scenes``.
 DEMOS = "(demos)"
 GENERATOR_NAMES = ("extractive", "local", "openai", "transformers")
+#: How a question's text is searched (heterag.retrieval.hybrid.RETRIEVAL_MODES); "" is each collection's
+#: default: dense (see heterag.retrieval.hybrid.DEFAULT_RETRIEVAL).
+RETRIEVAL_NAMES = ("dense", "keyword", "hybrid")
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class ChatSettings:
     base_url: str = ""  # openai: endpoint (default $OPENAI_BASE_URL)
     model_path: str = ""  # transformers: local model folder; local: folder or GGUF file (empty: packaged SmolLM2)
     temperature: float = 0.0
+    retrieval: str = ""  # dense, keyword, hybrid; "" = the collection's default
 
     def check(self) -> ChatSettings:
         """These settings, or :class:`InvalidInputError` naming the first bad one."""
@@ -40,8 +44,28 @@ class ChatSettings:
             raise InvalidInputError("the openai generator needs a model name")
         if self.generator == "transformers" and not self.model_path.strip():
             raise InvalidInputError("the transformers generator needs a local model folder")
+        if self.retrieval not in ("", *RETRIEVAL_NAMES):
+            raise InvalidInputError(f"unknown retrieval {self.retrieval!r}; choose one of {', '.join(RETRIEVAL_NAMES)}")
         if not 0.0 <= float(self.temperature) <= 2.0:
             raise InvalidInputError(f"temperature must be between 0 and 2, got {self.temperature!r}")
+        from heterag.retrieval.fusion import Fusion
+
+        Fusion.parse(self.fusion or None)  # e.g. "fusion method must be one of weighted, rrf, got 'wieghted'"
+        return self
+
+    def check_model_path(self) -> ChatSettings:
+        """The model path checked as the generator will read it, without loading anything: a ``transformers``
+        model folder, a ``local`` model folder or GGUF file (empty: the packaged model, which must be installed),
+        and for the other generators a path given all the same (the chat's settings can switch to a generator
+        that uses it). Raises a one-line :class:`~heterag.core.errors.HeteragError`."""
+        from heterag.generators.hf import check_model_folder
+        from heterag.generators.local.model import check_local_model
+
+        path = self.model_path.strip()
+        if self.generator == "transformers":
+            check_model_folder(path)
+        elif self.generator == "local" or path:
+            check_local_model(path or None)
         return self
 
 
@@ -86,7 +110,7 @@ def _check_types(path: Path, cls: type, values: dict[str, Any]) -> None:
 
 def load_config_file(path: str | Path) -> AppConfig:
     """Read a YAML settings file: server keys (host, port, share, max_file_mb, ...) and chat keys
-    (collection, top_k, fusion, generator, model, base_url, model_path, temperature), flat or under ``chat:``."""
+    (collection, top_k, fusion, generator, model, base_url, model_path, temperature, retrieval), flat or under ``chat:``."""
     import yaml
 
     p = Path(path)
@@ -135,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--model-path", help="transformers: local model folder; local: model folder or GGUF file "
                     "(default: the packaged SmolLM2)")
     ap.add_argument("--temperature", type=float)
+    ap.add_argument("--retrieval", help="how questions are searched: dense (vectors), keyword (BM25) or hybrid (both, "
+                    "fused); default: dense until hybrid is shown to win, see issue #21")
     ap.add_argument("--max-file-mb", type=float, help="largest uploaded file (default 50)")
     ap.add_argument("--max-request-mb", type=float, help="largest upload request, all files together (default 200)")
     ap.add_argument("--concurrency", type=int, help="questions answered at the same time (default 8)")
@@ -153,7 +179,8 @@ def parse_args(argv: Sequence[str] | None = None) -> AppConfig:
                                             "stream_interval", "adapter") if getattr(args, k) is not None}
     chat = {k: v for k, v in {"collection": args.collection, "top_k": args.top_k, "fusion": args.fusion,
                               "generator": args.generator, "model": args.model, "base_url": args.base_url,
-                              "model_path": args.model_path, "temperature": args.temperature}.items() if v is not None}
+                              "model_path": args.model_path, "temperature": args.temperature,
+                              "retrieval": args.retrieval}.items() if v is not None}
     cfg = dataclasses.replace(cfg, **server).with_chat(**chat)
     if not 0 < cfg.port < 65536:
         raise InvalidInputError(f"--port must be from 1 to 65535, got {cfg.port}")
@@ -161,7 +188,7 @@ def parse_args(argv: Sequence[str] | None = None) -> AppConfig:
         raise InvalidInputError("size limits and concurrency must be positive")
     if not 0 <= cfg.stream_interval <= 5:
         raise InvalidInputError(f"--stream-interval must be from 0 to 5 seconds, got {cfg.stream_interval:g}")
-    cfg.chat.check()
+    cfg.chat.check().check_model_path()  # a bad --fusion or --model-path is one line at start, not at the first question
     if cfg.adapter.strip() and cfg.adapter.strip().lower() != "none":
         from heterag.encoding.adapters import load_adapter
 
@@ -169,4 +196,4 @@ def parse_args(argv: Sequence[str] | None = None) -> AppConfig:
     return cfg
 
 
-__all__ = ["DEMOS", "GENERATOR_NAMES", "AppConfig", "ChatSettings", "build_parser", "load_config_file", "parse_args"]
+__all__ = ["DEMOS", "GENERATOR_NAMES", "RETRIEVAL_NAMES", "AppConfig", "ChatSettings", "build_parser", "load_config_file", "parse_args"]

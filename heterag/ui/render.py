@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from heterag.core.images import ImageRef
@@ -49,15 +49,26 @@ def _scores(hit: Hit) -> str:
     return f"score {hit.score:.3f}" + (f" ({', '.join(parts)})" if len(parts) > 1 else "")
 
 
+#: How a hit was found (``Hit.found_by``), as the sources say it.
+FOUND_BY = {("dense",): "vectors", ("keyword",): "keywords", ("dense", "keyword"): "keywords + vectors"}
+
+
+def found_by(hit: Hit) -> str:
+    """``vectors``, ``keywords`` or ``keywords + vectors``: which searches found ``hit``."""
+    return FOUND_BY.get(tuple(sorted(hit.found_by)), " + ".join(hit.found_by))
+
+
 def _snippet(s: str) -> str:
     s = s.strip()
     return s if len(s) <= SNIPPET_CHARS else s[: SNIPPET_CHARS - 1] + "\u2026"
 
 
-def sources_html(answer: Answer) -> str:
+def sources_html(answer: Answer, marks: Mapping[str, str] | None = None) -> str:
     """Every retrieved hit of ``answer``, numbered as the answer cites them: thumbnail, where it comes from
     (file, page, section, figure and title, as :meth:`heterag.core.results.SourceRef.label` writes it for
-    ``heterag ask``), score, the generation chunk, and the retrieval view that matched."""
+    ``heterag ask``), score, the generation chunk, and the retrieval view that matched. A hit whose document
+    id is in ``marks`` (document id -> plain-text label, from a chat overlay) is flagged in red with the label."""
+    marks = marks or {}
     if not answer.hits:
         return '<div class="hr-sources"><p class="hr-none">No sources were retrieved.</p></div>'
     cited = set(cited_numbers(answer.text)) | {c.number for c in answer.citations}
@@ -66,13 +77,17 @@ def sources_html(answer: Answer) -> str:
         label = hit.where.label(hit.doc_id)  # the same citation as ``heterag ask``: file, page, section, figure
         view = hit.view.strip() or "(late chunking: the chunk's tokens in the context of its document)"
         mark = '<span class="hr-cited">cited</span>' if n in cited else ""
+        flag = marks.get(hit.doc_id)
+        if flag:
+            mark += f' <span class="hr-flag">{text(flag)}</span>'
         chunk = _snippet(hit.text) if hit.text.strip() else "(image item without text)"
         rows.append(
-            f'<div class="hr-source{" hr-is-cited" if n in cited else ""}" data-n="{n}">'
+            f'<div class="hr-source{" hr-is-cited" if n in cited else ""}{" hr-injected" if flag else ""}" data-n="{n}">'
             f"{_thumb(hit.image)}"
             f'<div class="hr-body"><div class="hr-head"><span class="hr-num">[{n}]</span> '
             f'<span class="hr-title">{text(label)}</span>'
-            f' <span class="hr-score">{text(_scores(hit))}</span> {mark}</div>'
+            f' <span class="hr-score">{text(_scores(hit))}</span>'
+            f' <span class="hr-found" title="found by">{text(found_by(hit))}</span> {mark}</div>'
             f'<div class="hr-chunk">{text(chunk)}</div>'
             f'<details class="hr-view"><summary>view that matched</summary><div>{text(_snippet(view))}</div></details>'
             f'<div class="hr-doc">document {text(hit.doc_id)}</div></div></div>'
@@ -80,15 +95,24 @@ def sources_html(answer: Answer) -> str:
     return f'<div class="hr-sources"><div class="hr-label">Sources</div>{"".join(rows)}</div>'
 
 
-def sources_json(answer: Answer) -> list[dict[str, Any]]:
-    """The sources of ``answer`` as plain data (what the API returns)."""
+def sources_json(answer: Answer, marks: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """The sources of ``answer`` as plain data (what the API returns); a flagged source (see
+    :func:`sources_html`) has its label under ``flag``."""
     cited = set(cited_numbers(answer.text)) | {c.number for c in answer.citations}
+    marks = marks or {}
     return [
         {"n": n, "doc_id": h.doc_id, "chunk_id": h.chunk_id, "title": h.title, **h.where.fields(h.doc_id), "score": round(h.score, 6),
          "scores": {k: round(v, 6) for k, v in h.scores.items()}, "view": h.view, "text": h.text,
-         "has_image": h.image is not None, "cited": n in cited}
+         "has_image": h.image is not None, "cited": n in cited, "found_by": list(h.found_by), **({"flag": marks[h.doc_id]} if h.doc_id in marks else {})}
         for n, h in enumerate(answer.hits, start=1)
     ]
+
+
+def banner_html(lines: Sequence[str]) -> str:
+    """Chat-overlay banner lines (plain text) as one escaped HTML block; "" when there are none."""
+    if not lines:
+        return ""
+    return '<div class="hr-banner" role="status">' + "".join(f"<p>{text(line)}</p>" for line in lines) + "</div>"
 
 
 def documents_html(docs: Sequence[DocumentInfo], total: int | None = None, collection: str = "") -> str:
@@ -115,9 +139,14 @@ CSS = """
 .hr-chunk, .hr-view div { white-space: pre-wrap; }
 .hr-num { font-weight: 600; }
 .hr-score, .hr-doc { opacity: 0.7; }
+.hr-found { font-size: 0.8em; border: 1px solid currentColor; border-radius: 4px; padding: 0 4px; opacity: 0.75; }
 .hr-cited { background: var(--color-accent-soft); border-radius: 4px; padding: 0 4px; }
 .hr-docs table { width: 100%; }
 .hr-docs td { vertical-align: top; padding: 2px 6px; }
+.hr-injected { border-left: 4px solid #d32f2f; padding-left: 6px; background: rgba(211, 47, 47, 0.08); }
+.hr-flag { color: #fff; background: #d32f2f; border-radius: 4px; padding: 0 4px; font-weight: 600; }
+.hr-banner { border: 2px solid #d32f2f; border-radius: 6px; padding: 4px 10px; background: rgba(211, 47, 47, 0.08); }
+.hr-banner p { margin: 2px 0; }
 """
 
-__all__ = ["CSS", "documents_html", "image_ref_html", "sources_html", "sources_json", "text"]
+__all__ = ["CSS", "banner_html", "documents_html", "image_ref_html", "sources_html", "sources_json", "text"]

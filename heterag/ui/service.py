@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from heterag.collections.collection import list_collections, open_collection
-from heterag.core.documents import ItemError
+from heterag.core.documents import Document, ItemError
 from heterag.core.errors import CollectionNotFoundError, HeteragError, InvalidInputError
 from heterag.core.images import ImageRef
 from heterag.core.results import Answer
@@ -31,7 +31,7 @@ from heterag.generators.base import Generator
 from heterag.pipeline.pipeline import IngestReport, Pipeline
 from heterag.retrieval.fusion import Fusion
 from heterag.ui.config import DEMOS, AppConfig, ChatSettings
-from heterag.ui.uploads import UploadLimits, stage_uploads
+from heterag.ui.uploads import UploadLimits, numbered, relabel, stage_uploads
 
 log = logging.getLogger(__name__)
 
@@ -73,15 +73,24 @@ ChatEvent = Token | Notice | Done | Failed
 
 @dataclass
 class Progress:
-    """How far an ingest into a collection has got."""
+    """How far an ingest into a collection has got: items (``done``/``total``), and for uploads also the
+    files and chunks written so far out of all (counted before the first is written)."""
 
     collection: str
     what: str
     done: int = 0
     total: int | None = None
     started: float = field(default_factory=time.monotonic)
+    files_done: int = 0
+    files_total: int | None = None
+    chunks_done: int = 0
+    chunks_total: int | None = None
 
     def line(self) -> str:
+        if self.chunks_total is not None and self.files_total is not None:
+            pct = 100 * self.chunks_done // self.chunks_total if self.chunks_total else 100 * self.done // max(self.total or 1, 1)
+            return (f"{self.what}: {self.files_done}/{self.files_total} file{'' if self.files_total == 1 else 's'}, "
+                    f"{self.chunks_done}/{self.chunks_total} chunks ({pct}%)")
         if self.total:
             return f"{self.what}: {self.done}/{self.total} ({100 * self.done // max(self.total, 1)}%)"
         return f"{self.what}: {self.done} items read"
@@ -89,12 +98,134 @@ class Progress:
 
 @dataclass(frozen=True)
 class IngestUpdate:
-    """A step of an upload ingest: a status line, and at the end the rejected items and the report."""
+    """A step of an upload ingest: a status line, and at the end the rejected items and the report.
+    ``notes``: what happened to uploads that were not stored as named (kept beside a stored document of
+    the same name under another name, or left out as a copy of a stored file); the status ends with them."""
 
     status: str
     finished: bool = False
     rejected: tuple[str, ...] = ()
     report: IngestReport | None = None
+    notes: tuple[str, ...] = ()
+
+
+#: Documents an upload ingest writes per batch (``Pipeline.ingest(batch_documents=...)``): progress counts
+#: a batch's files and chunks as written once the next batch is asked for.
+UPLOAD_BATCH = 16
+
+
+class _UploadNames:
+    """Where each uploaded file's documents go (decided once per file, before anything is written).
+
+    An upload never replaces a stored document silently: a file whose name a stored document has, with other
+    content, is kept beside it as ``name (2).ext`` (the next free number); a file whose bytes a stored
+    document (or an earlier file of the upload) has already is left out, as the command line leaves out
+    copies. Each is one note. Documents of a layout (a zip's captions, a ``.jsonl``) keep their ids."""
+
+    def __init__(self, pipe: Pipeline):
+        self.pipe = pipe
+        self.notes: list[str] = []
+        self._names: dict[tuple[str, str], str | None] = {}  # (file name, its sha256) -> stored as, None: left out
+        self._taken: set[str] = set()  # names given in this upload
+        self._shas: dict[str, str] = {}  # sha256 -> the name of this upload's file with those bytes
+        self._ids: dict[str, bool] = {}  # document id -> stored (as looked up)
+        self._twins: dict[str, str | None] = {}  # sha256 -> the name of a stored document with it (as looked up)
+
+    @staticmethod
+    def key(doc: Document) -> tuple[str, str] | None:
+        """``(file name, sha256)`` of a document that is an uploaded file or a part of one; None for a layout's."""
+        label = str(doc.metadata.get("source") or "")
+        if not label or not (doc.id == label or doc.id.startswith(label + "#")):
+            return None
+        return label, str(doc.metadata.get("file_sha256") or "")
+
+    def look_up(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Look the names and hashes of ``keys`` up in the collection, a few hundred in one query."""
+        keys = list(keys)
+        labels = sorted({label for label, _ in keys if label} - set(self._ids))
+        shas = sorted({sha for _, sha in keys if sha} - set(self._twins))
+        self._ids.update(dict.fromkeys(labels, False))
+        self._twins.update(dict.fromkeys(shas))
+        for store in self._stores():
+            for start in range(0, max(len(labels), len(shas)), 256):
+                if labels[start : start + 256]:
+                    for r in store.get(where={"doc_id": {"$in": labels[start : start + 256]}}):
+                        self._ids[str(r.metadata.get("doc_id", ""))] = True
+                if shas[start : start + 256]:
+                    for r in store.get(where={"file_sha256": {"$in": shas[start : start + 256]}}):
+                        sha = str(r.metadata.get("file_sha256", ""))
+                        if self._twins.get(sha) is None:
+                            self._twins[sha] = str(r.metadata.get("source") or r.metadata.get("doc_id") or "")
+
+    def decide(self, key: tuple[str, str]) -> str | None:
+        """The name the file ``key`` is stored under (None: left out), decided the first time it is asked."""
+        if key not in self._names:
+            self._names[key] = self._decide(*key)
+        return self._names[key]
+
+    def place(self, doc: Document) -> Document | None:
+        """``doc`` as it is to be stored (renamed when its name is taken), or None when it is left out."""
+        key = self.key(doc)
+        if key is None:
+            return doc
+        name = self.decide(key)
+        if name is None or name == key[0]:
+            return None if name is None else doc
+        return relabel(doc, key[0], name)
+
+    def _decide(self, label: str, sha: str) -> str | None:
+        if sha:
+            twin = self._shas.get(sha) or self._stored_with(sha)
+            if twin is not None:
+                self.notes.append(f"{label}: already stored, unchanged" if twin == label
+                                  else f"{label}: same content as {twin}; not added again")
+                return None
+        name, n = label, 1
+        while name in self._taken or self._stored(name):
+            n += 1
+            name = numbered(label, n)
+        if name != label:
+            self.notes.append(f"{label}: a different document named {label} is stored already; kept both, "
+                              f"this one as {name} (to replace {label}, delete it first)")
+        self._taken.add(name)
+        if sha:
+            self._shas[sha] = name
+        return name
+
+    def _stores(self) -> list[Any]:
+        return [s for s in (self.pipe.store, self.pipe.image_store) if s is not None and s.count()]
+
+    def _stored(self, doc_id: str) -> bool:
+        if doc_id not in self._ids:
+            self.look_up([(doc_id, "")])
+        return self._ids[doc_id]
+
+    def _stored_with(self, sha: str) -> str | None:
+        """The name (``source``) of a stored document whose file has the bytes ``sha``, if any."""
+        if sha not in self._twins:
+            self.look_up([("", sha)])
+        return self._twins[sha]
+
+
+def _counted(items: Iterable[Any], prog: Progress, sizes: list[tuple[str, int]] | None) -> Iterator[Any]:
+    """``items``, counted into ``prog`` as the ingest takes them. With ``sizes`` (each document's file and chunk
+    count, in order) also the files and chunks written: a batch is written when the ingest asks for the next."""
+    left: dict[str, int] = {}
+    for f, _ in sizes or ():
+        left[f] = left.get(f, 0) + 1
+    batch: list[tuple[str, int]] = []
+    for item in items:
+        if sizes is not None and len(batch) >= UPLOAD_BATCH:
+            for f, n in batch:
+                prog.chunks_done += n
+                left[f] -= 1
+                prog.files_done += left[f] == 0
+            batch = []
+        if sizes is not None:
+            batch.append(sizes[prog.done] if prog.done < len(sizes) else ("", 0))
+            left.setdefault(batch[-1][0], 1)
+        prog.done += 1
+        yield item
 
 
 def _remove_unfinished(name: str) -> None:
@@ -253,8 +384,13 @@ class ChatService:
                 self._pipes[name] = open_collection(name, create=True)
             return self._pipes[name]
 
-    def _ingest(self, name: str, items: Iterable[Any], what: str, total: int | None = None) -> IngestReport:
-        """Ingest ``items`` into collection ``name`` with progress visible to :meth:`progress`."""
+    def _ingest(self, name: str, items: Iterable[Any], what: str, total: int | None = None, *,
+                prepare: Callable[[Progress], list[tuple[str, int]]] | None = None) -> IngestReport:
+        """Ingest ``items`` into collection ``name`` with progress visible to :meth:`progress`.
+
+        ``prepare(progress)``, called first (under the collection's ingest lock), returns the file and the
+        number of chunks of each document ``items`` will yield, in order: progress then shows files and
+        chunks written out of their totals."""
         pipe = self.pipeline(name)
         with self._lock:
             lock = self._ingest_locks.setdefault(name, threading.Lock())
@@ -262,15 +398,16 @@ class ChatService:
             prog = Progress(name, what, total=total)
             with self._lock:
                 self._busy[name] = prog
-            log.warning("%s into collection %r", what, name)
-
-            def counted() -> Iterator[Any]:
-                for item in items:
-                    prog.done += 1
-                    yield item
-
             try:
-                report = pipe.ingest(counted(), batch_documents=16, progress=False, total=total)
+                sizes = None
+                if prepare is not None:
+                    sizes = prepare(prog)
+                    prog.what, prog.done, prog.total = what, 0, len(sizes)
+                    prog.files_total = len({f for f, _ in sizes})
+                    prog.chunks_total = sum(n for _, n in sizes)
+                log.warning("%s into collection %r", what, name)
+                report = pipe.ingest(_counted(items, prog, sizes), batch_documents=UPLOAD_BATCH, progress=False,
+                                     total=prog.total)
             finally:
                 with self._lock:
                     self._busy.pop(name, None)
@@ -345,7 +482,8 @@ class ChatService:
             if busy:
                 yield Notice(f"collection {name!r} is being updated ({busy[0].line()}); the answer uses what is stored so far")
             generator = self.generator_for(settings, pipe)
-            hits = pipe.retrieve(question or None, k=settings.top_k, image=ref, fusion=fusion)
+            hits = pipe.retrieve(question or None, k=settings.top_k, image=ref, fusion=fusion,
+                                 retrieval=settings.retrieval or None)
         except CollectionNotFoundError:
             yield Failed(f"no collection named {name!r}; create it in the Knowledge tab or pick another")
             return
@@ -425,19 +563,40 @@ class ChatService:
                     yield IngestUpdate("nothing to ingest", finished=True, rejected=tuple(staged.rejected))
                     return
                 failures: list[ItemError] = []
+                names = _UploadNames(pipe)
 
-                def items() -> Iterator[Any]:
+                def prepare(prog: Progress) -> list[tuple[str, int]]:
+                    """Read every upload once, before anything is written: the failures, where each file goes
+                    (:class:`_UploadNames`), and the files and chunks to write (progress totals)."""
+                    prog.what = "reading uploads"
+                    rows: list[tuple[tuple[str, str] | None, str, int]] = []
                     for item in staged.items():
                         if isinstance(item, ItemError):
                             failures.append(item)
-                        else:
-                            yield item
+                            continue
+                        try:
+                            n = len(pipe.chunk(item).chunks)
+                        except HeteragError:  # the ingest reports it
+                            n = 0
+                        rows.append((names.key(item), str(item.metadata.get("source_path") or item.metadata.get("source")
+                                                          or item.id), n))
+                        prog.done += 1
+                    names.look_up([k for k, _, _ in rows if k is not None])
+                    return [(f, n) for k, f, n in rows if k is None or names.decide(k) is not None]
+
+                def items() -> Iterator[Any]:
+                    for item in staged.items():
+                        if isinstance(item, Document) and (doc := names.place(item)) is not None:
+                            yield doc
 
                 box: dict[str, Any] = {}
 
                 def work() -> None:
                     try:
-                        box["report"] = self._ingest(collection, items(), "ingesting uploads")
+                        box["report"] = self._ingest(collection, items(), "ingesting uploads", prepare=prepare)
+                    except HeteragError as exc:  # e.g. the collection is locked by another writer
+                        log.warning("ingest of uploads into %r failed: %s", collection, one_line(exc))
+                        box["error"] = one_line(exc)
                     except Exception as exc:
                         log.exception("ingest of uploads failed")
                         box["error"] = one_line(exc)
@@ -457,9 +616,13 @@ class ChatService:
                     status = f"{collection}: {report.summary()}; now {pipe.count()} chunks"
                     if rejected:
                         status += f"; {len(rejected)} upload item{'' if len(rejected) == 1 else 's'} not ingested (below)"
+                    if names.notes:
+                        shown = names.notes[:5]
+                        more = f"; and {len(names.notes) - 5} more" if len(names.notes) > 5 else ""
+                        status += "; " + "; ".join(shown) + more
                 else:
                     status = f"ingest into {collection} failed: {box.get('error', 'unknown error')}"
-                yield IngestUpdate(status, finished=True, rejected=tuple(rejected), report=report)
+                yield IngestUpdate(status, finished=True, rejected=tuple(rejected), report=report, notes=tuple(names.notes))
         finally:
             if on_cleanup is not None:
                 on_cleanup()

@@ -20,15 +20,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m heterag.ui.terminal", description="Chat with a heterag collection in the terminal.")
     ap.add_argument("--collection", default=None, help="collection name (default: the built-in demo)")
     ap.add_argument("-k", "--top-k", type=int, default=5)
+    ap.add_argument("--retrieval", choices=("dense", "keyword", "hybrid"), help="how questions are searched (default: "
+                    "dense until hybrid is shown to win, issue #21)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.collection:
-            rag = open_collection(args.collection, create=False)
+            rag = open_collection(args.collection, create=False, retrieval=args.retrieval)
         else:
             from corpora.demo import open_demo
 
-            rag = open_demo()
+            rag = open_demo(retrieval=args.retrieval)
+        try:
+            rag.retrieval_mode()  # keyword/hybrid asked of a collection without a keyword index: one line, now
+        except HeteragError:
+            rag.close()
+            raise
     except HeteragError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -83,6 +83,8 @@ class StagedUploads:
                         yield ItemError(_strip_path(item.source, path, label), _strip_path(item.message, path, label))
                     elif path.is_file() and path.suffix.lower() != ".jsonl" and item.id in (path.name, path.stem):
                         yield _relabel(item, path, label)
+                    elif path.is_file() and item.id.startswith(path.name + "#"):  # a part: paper.pdf#figure-1
+                        yield relabel(item, path.name, label)
                     else:
                         yield item
             except HeteragError as exc:  # this upload cannot be read (any further); the others still are
@@ -127,6 +129,23 @@ def _relabel(doc: Document, path: Path, label: str) -> Document:
         title = Path(label).stem if doc.sections else ""
     meta = {**doc.metadata, "source": label}
     return dataclasses.replace(doc, id=label, title=title, metadata=meta)
+
+
+def relabel(doc: Document, old: str, new: str) -> Document:
+    """``doc`` (a file's document ``old`` or a part of it, ``old#figure-1``) as a document of the file ``new``:
+    its id, ``source`` and image source say ``new``."""
+    meta = {**doc.metadata, "source": new}
+    image = doc.image
+    if image is not None and image.source and image.source.startswith(old):
+        image = dataclasses.replace(image, source=new + image.source[len(old):])
+    return dataclasses.replace(doc, id=new + doc.id[len(old):] if doc.id.startswith(old) else doc.id, metadata=meta,
+                               image=image)
+
+
+def numbered(label: str, n: int) -> str:
+    """The ``n``-th name for another file called ``label``: ``notes (2).md``."""
+    suffix = Path(label).suffix if len(Path(label).suffix) <= 16 else ""
+    return f"{label[: len(label) - len(suffix)]} ({n}){suffix}"
 
 
 def stage_uploads(files: Sequence[tuple[str, str | os.PathLike[str]]], limits: UploadLimits | None = None) -> StagedUploads:
@@ -231,4 +250,4 @@ def _unzip(src: Path, dest: Path, label: str, limits: UploadLimits, rejected: li
     return True
 
 
-__all__ = ["SUPPORTED_SUFFIXES", "StagedUploads", "UploadLimits", "label_for", "stage_uploads"]
+__all__ = ["SUPPORTED_SUFFIXES", "StagedUploads", "UploadLimits", "label_for", "numbered", "relabel", "stage_uploads"]

@@ -5,6 +5,9 @@ Markdown off, sources are HTML built by :mod:`heterag.ui.render` from escaped te
 
 API: ``/chat`` (``gradio_client``: ``Client(url).submit(question, image, collection, top_k,
 api_name="/chat")``) streams ``(answer so far, sources)``; sources come with the last update.
+
+Packages above the app add tabs and chat overlays (a banner, flagged sources, a chat defense)
+through :mod:`heterag.ui.plugins`; the app never imports them.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,9 @@ from heterag.core.errors import HeteragError, InvalidInputError
 from heterag.core.images import ImageRef
 from heterag.ui import render
 from heterag.ui.catalog import delete_documents, list_documents
-from heterag.ui.config import DEMOS, GENERATOR_NAMES, ChatSettings
+from heterag.ui.config import DEMOS, GENERATOR_NAMES, RETRIEVAL_NAMES, ChatSettings
+from heterag.ui.errors import user_error
+from heterag.ui.plugins import AppContext, AppTab, build_tab, load_tabs
 from heterag.ui.service import ChatService, Done, Failed, Notice, Token, one_line
 
 log = logging.getLogger(__name__)
@@ -64,10 +69,13 @@ def _path_of(f: Any) -> str:
     return f.get("path") if isinstance(f, dict) else str(f)
 
 
-def build_app(service: ChatService) -> gr.Blocks:
-    """The Blocks app for ``service`` (call ``.queue().launch()`` on it)."""
+def build_app(service: ChatService, tabs: Sequence[AppTab] | None = None) -> gr.Blocks:
+    """The Blocks app for ``service`` (call ``.queue().launch()`` on it), with ``tabs`` (default: the
+    plugins of :data:`heterag.ui.plugins.TAB_GROUP`) after the built-in ones."""
     cfg = service.config
     defaults = cfg.chat
+    ctx = AppContext(service)
+    tabs = load_tabs() if tabs is None else list(tabs)
 
     def chat_choices() -> list[str]:
         return [DEMOS] + service.collections()
@@ -80,7 +88,7 @@ def build_app(service: ChatService) -> gr.Blocks:
 
     # ---- handlers ----------------------------------------------------------------------
     def respond(message: dict | None, history: list, collection: str, top_k: float, fusion: str, generator: str,
-                base_url: str, model: str, model_path: str, temperature: float) -> Iterator[tuple]:
+                base_url: str, model: str, model_path: str, temperature: float, retrieval: str = "auto") -> Iterator[tuple]:
         message = message or {}
         question = str(message.get("text") or "").strip()
         files = [_path_of(f) for f in (message.get("files") or [])]
@@ -102,7 +110,8 @@ def build_app(service: ChatService) -> gr.Blocks:
             return
         settings = ChatSettings(collection=collection or DEMOS, top_k=int(top_k), fusion=fusion or "weighted",
                                 generator=generator, base_url=base_url or "", model=model or "",
-                                model_path=model_path or "", temperature=float(temperature or 0.0))
+                                model_path=model_path or "", temperature=float(temperature or 0.0),
+                                retrieval="" if retrieval in (None, "", "auto") else retrieval)
         if ref is not None:
             history.append({"role": "user", "content": gr.HTML(render.image_ref_html(ref), js_on_load=None)})
         if question:
@@ -120,8 +129,9 @@ def build_app(service: ChatService) -> gr.Blocks:
                 answer_at += 1
             elif isinstance(event, Done):
                 history[answer_at] = {"role": "assistant", "content": render.text(event.answer.text)}
+                marks = ctx.marks(event.collection, event.answer.hits)
                 history.append({"role": "assistant",
-                                "content": gr.HTML(render.sources_html(event.answer), js_on_load=None)})
+                                "content": gr.HTML(render.sources_html(event.answer, marks), js_on_load=None)})
             elif isinstance(event, Failed):
                 history[answer_at] = {"role": "assistant", "content": render.text(f"error: {event.message}")}
             yield history, gr.skip()
@@ -131,9 +141,9 @@ def build_app(service: ChatService) -> gr.Blocks:
         try:
             ref = ImageRef.from_path(image, max_bytes=service.limits.max_file_bytes) if image else None
         except HeteragError as exc:
-            raise gr.Error(_without_private_path(one_line(exc), [image] if image else [])) from None
+            raise user_error(_without_private_path(one_line(exc), [image] if image else [])) from None
         if top_k is not None and (float(top_k) != int(top_k) or not 1 <= int(top_k) <= 50):
-            raise gr.Error(f"top_k must be a whole number from 1 to 50, got {top_k:g}")
+            raise user_error(f"top_k must be a whole number from 1 to 50, got {top_k:g}")
         settings = dataclasses.replace(defaults, collection=(collection or "").strip() or defaults.collection,
                                        top_k=int(top_k) if top_k is not None else defaults.top_k)
         text = ""
@@ -143,16 +153,17 @@ def build_app(service: ChatService) -> gr.Blocks:
                     text += event.text
                     yield text, gr.skip()
                 elif isinstance(event, Done):
-                    yield event.answer.text, render.sources_json(event.answer)
+                    yield event.answer.text, render.sources_json(event.answer, ctx.marks(event.collection, event.answer.hits))
                 elif isinstance(event, Failed):
-                    raise gr.Error(event.message)
+                    raise user_error(event.message)
         except InvalidInputError as exc:
-            raise gr.Error(one_line(exc)) from None
+            raise user_error(one_line(exc)) from None
 
     def status_line() -> tuple[str, gr.Timer]:
         lines = [f"⏳ {p.line()}" for p in service.progress()]
         if service.demo_error:
             lines.append(f"⚠️ {service.demo_error}")
+        lines += [f"ℹ️ {note}" for note in ctx.notes]
         return render.text("\n\n".join(lines)), gr.Timer(active=bool(service.progress()))
 
     def on_load() -> tuple:
@@ -206,6 +217,25 @@ def build_app(service: ChatService) -> gr.Blocks:
         return (f"Created collection {render.text(name.strip())}.", gr.Dropdown(choices=chat_choices()),
                 gr.Dropdown(choices=service.collections(), value=name.strip()))
 
+    def chat_collections(collection: str | None) -> list[str]:
+        if collection in ("", DEMOS, None):
+            return [service.resolve(DEMOS, False), service.resolve(DEMOS, True)]
+        return [collection]
+
+    def banner(collection: str | None) -> str:
+        return render.banner_html(ctx.banner(chat_collections(collection)))
+
+    def set_defense(name: str | None, collection: str | None) -> str:
+        if not name or name == "off":
+            for c in chat_collections(collection):
+                if c in service.collections():
+                    ctx.set_chat_defense(c, None)
+            return ""
+        try:
+            return render.text("; ".join(ctx.set_chat_defense(c, name) for c in chat_collections(collection)))
+        except HeteragError as exc:
+            return render.text(f"error: {one_line(exc)}")
+
     # ---- layout ------------------------------------------------------------------------
     # Query images are read into memory and left to the cache sweep (every minute, older than 10 minutes): gradio
     # stores uploads by content, so concurrent sessions sending the same image share one file and deleting it
@@ -216,6 +246,12 @@ def build_app(service: ChatService) -> gr.Blocks:
         timer = gr.Timer(1.0, active=False)
         with gr.Tabs():
             with gr.Tab("Chat", id="chat"):
+                chat_banner = gr.HTML(elem_id="hr-chat-banner", js_on_load=None)
+                banner_timer = gr.Timer(1.0, active=False)
+                with gr.Row(visible=False) as defense_row:
+                    chat_defense = gr.Dropdown(["off"], value="off", label="Defense for the chat's questions",
+                                               elem_id="hr-chat-defense", scale=1)
+                    defense_status = gr.Markdown(elem_id="hr-chat-defense-status")
                 chatbot = gr.Chatbot(elem_id="hr-chat", render_markdown=False, allow_tags=False, height=560,
                                      feedback_options=None, label="Chat")
                 box = gr.MultimodalTextbox(elem_id="hr-box", file_types=["image"], sources=["upload"],
@@ -228,6 +264,9 @@ def build_app(service: ChatService) -> gr.Blocks:
                         top_k = gr.Slider(1, 20, value=defaults.top_k, step=1, label="Sources per answer (top-k)")
                         fusion = gr.Textbox(defaults.fusion, label="Fusion", info="weighted or rrf, e.g. "
                                             "weighted:text=1,image=2,cross=0.5")
+                        retrieval = gr.Dropdown(["auto", *RETRIEVAL_NAMES], value=defaults.retrieval or "auto",
+                                                label="Retrieval", elem_id="hr-retrieval", info="dense (vectors), keyword "
+                                                "(BM25) or hybrid (both); auto: hybrid where the collection has a keyword index")
                     with gr.Row():
                         generator = gr.Radio(list(GENERATOR_NAMES), value=defaults.generator, label="Generator")
                         temperature = gr.Slider(0.0, 2.0, value=defaults.temperature, step=0.05, label="Temperature")
@@ -265,6 +304,11 @@ def build_app(service: ChatService) -> gr.Blocks:
                         new_chunk = gr.Number(64, precision=0, label="Chunk tokens")
                     create_btn = gr.Button("Create collection", elem_id="hr-create")
                     create_status = gr.Markdown(elem_id="hr-create-status")
+            for tab in tabs:  # plugins (heterag.ui.plugins): a broken one costs only its own tab
+                with gr.Tab(tab.title, id=f"plugin-{tab.name}"):
+                    failed = build_tab(tab, ctx)
+                    if failed:
+                        gr.Markdown(render.text(failed))
         with gr.Row(visible=False):  # the API endpoint's inputs and outputs
             api_question = gr.Textbox(label="question")
             api_image = gr.File(type="filepath", label="image", file_types=["image"])
@@ -274,12 +318,21 @@ def build_app(service: ChatService) -> gr.Blocks:
             api_sources = gr.JSON(label="sources")
             api_button = gr.Button()
 
-        settings = [collection, top_k, fusion, generator, base_url, model, model_path, temperature]
+        settings = [collection, top_k, fusion, generator, base_url, model, model_path, temperature, retrieval]
         box.submit(respond, [box, chatbot, *settings], [chatbot, box], concurrency_limit=cfg.concurrency,
                    concurrency_id="chat", api_visibility="private")
         api_button.click(api_chat, [api_question, api_image, api_collection, api_top_k], [api_answer, api_sources],
                          api_name=API_NAME, concurrency_limit=cfg.concurrency, concurrency_id="chat")
         clear.click(lambda: [], None, chatbot, api_visibility="private")
+        if ctx.overlays:  # known once the plugin tabs are built
+            banner_timer.active = True
+            banner_timer.tick(banner, collection, chat_banner, api_visibility="private")
+            collection.change(banner, collection, chat_banner, api_visibility="private")
+            if ctx.defenses():
+                defense_row.visible = True
+                chat_defense.choices = [(c, c) for c in ["off", *ctx.defenses()]]
+                chat_defense.change(set_defense, [chat_defense, collection], defense_status, api_visibility="private")
+                collection.change(set_defense, [chat_defense, collection], defense_status, api_visibility="private")
         timer.tick(status_line, None, [status, timer], api_visibility="private")
         app.load(on_load, None, [status, timer, collection, kcollection], api_visibility="private").then(
             documents, kcollection, [docs_html, delete_ids], api_visibility="private")

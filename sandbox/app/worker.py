@@ -1,0 +1,209 @@
+"""One sandbox run in its own process: ``python -m sandbox.app.worker SPEC.json`` (started by
+:class:`sandbox.app.runs.RunManager`).
+
+``SPEC.json`` holds ``run_id``, ``scenario`` (the scenario as a mapping), ``base_dir``, ``allow_live``,
+``out`` (the report folder), ``status`` (the status file) and ``parent`` (the app's pid). The worker
+writes its progress to the status file (JSON, replaced atomically, at most every
+:data:`MIN_INTERVAL` seconds): ``state`` (``running`` -> ``done`` | ``cancelled`` | ``failed``),
+the current ``stage`` and its progress bar (``bar``: ``desc``, ``n``, ``total``), the finished
+``stages`` with their seconds, the ``collection``, ``fingerprint_before`` and, at the end,
+``fingerprint_after``, ``identical`` and ``error`` (one line).
+
+Cancelling is SIGTERM (or SIGINT): the run stops where it is and removes what it injected
+(:class:`~sandbox.injection.ReversibleInjection`), then the worker fingerprints the collection
+again. If the app dies, the worker notices within a second (its parent changes) and cancels
+itself the same way; a worker killed outright leaves a journal, which the app cleans at its next
+start (:meth:`sandbox.app.runs.RunManager.recover`).
+
+Progress bars: the sandbox's stages use ``tqdm.auto.tqdm``; this process replaces it, before the
+sandbox is imported, by a bar that reports to the status file instead of a terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: Least seconds between two writes of the status file for progress-bar updates.
+MIN_INTERVAL = 0.25
+#: Seconds between two checks that the app (the parent process) is still alive.
+PARENT_CHECK = 0.5
+
+
+def one_line(message: object) -> str:
+    return " ".join(str(message).split()) or type(message).__name__
+
+
+class StatusFile:
+    """The worker's status, written atomically to ``path`` as JSON (see the module docs)."""
+
+    def __init__(self, path: Path, **fields: Any):
+        self.path = path
+        self.data: dict[str, Any] = {"state": "running", "pid": os.getpid(), "started": time.time(), "stage": None,
+                                     "stage_started": None, "bar": None, "stages": [], "collection": None,
+                                     "fingerprint_before": None, "fingerprint_after": None, "identical": None,
+                                     "error": None, "finished": None, **fields}
+        self._last = 0.0
+        self._lock = threading.Lock()
+        self.write()
+
+    def write(self) -> None:
+        with self._lock:
+            self.data["updated"] = time.time()
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.data))
+            os.replace(tmp, self.path)
+            self._last = time.monotonic()
+
+    def on_event(self, event: str, data: dict[str, Any]) -> None:
+        """A listener of :func:`sandbox.experiment.notify`: stages and the fingerprint before."""
+        if event == "stage" and data.get("phase") == "begin":
+            self.data.update(stage=data["name"], stage_started=time.time(), bar=None)
+        elif event == "stage" and data.get("phase") == "end":
+            self.data["stages"].append([data["name"], round(float(data.get("seconds", 0.0)), 2)])
+        elif event == "fingerprint":
+            self.data.update(collection=data["collection"], fingerprint_before=data["before"])
+        self.write()
+
+    def on_bar(self, desc: str, n: int, total: int | None, closing: bool = False) -> None:
+        """A progress bar moved (written at most every :data:`MIN_INTERVAL` seconds, and when it closes)."""
+        self.data["bar"] = {"desc": desc or "", "n": int(n), "total": int(total) if total else None}
+        if closing or time.monotonic() - self._last >= MIN_INTERVAL:
+            self.write()
+
+    def finish(self, state: str, **fields: Any) -> None:
+        self.data.update(state=state, finished=time.time(), bar=None, **fields)
+        before, after = self.data.get("fingerprint_before"), self.data.get("fingerprint_after")
+        if before and after:
+            self.data["identical"] = before == after
+        self.write()
+
+
+def install_progress_hook(status: StatusFile) -> None:
+    """Make every ``tqdm.auto.tqdm`` bar created from now on report to ``status`` instead of printing."""
+    import tqdm.auto
+    import tqdm.std
+
+    class ReportingBar(tqdm.std.tqdm):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any):
+            kwargs.update(disable=False, file=open(os.devnull, "w"), mininterval=MIN_INTERVAL)  # noqa: SIM115
+            super().__init__(*args, **kwargs)
+
+        def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+            status.on_bar(self.desc, self.n, self.total)
+            return True
+
+        def close(self) -> None:
+            if not self.disable:
+                status.on_bar(self.desc, self.n, self.total, closing=True)
+            fp = self.fp
+            super().close()
+            if fp is not None and not fp.closed:
+                fp.close()
+
+    tqdm.auto.tqdm = ReportingBar  # type: ignore[misc]
+
+
+def _stop_on_signal(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def watch_parent(parent: int) -> threading.Thread:
+    """A daemon thread that sends this process SIGTERM (a cancel) once ``parent`` is gone."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK)
+        log.warning("the app (pid %d) is gone: cancelling the sandbox run", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    t = threading.Thread(target=watch, name="sandbox-parent-watch", daemon=True)
+    t.start()
+    return t
+
+
+def fingerprint_of(collection: str | None) -> str | None:
+    """The content fingerprint digest of ``collection`` now (None if it cannot be read)."""
+    if not collection:
+        return None
+    from heterag import content_fingerprint, open_collection
+
+    try:
+        pipe = open_collection(collection, create=False)
+    except Exception:
+        log.warning("could not open %r to fingerprint it", collection, exc_info=True)
+        return None
+    try:
+        return content_fingerprint(pipe).digest
+    finally:
+        pipe.close()
+
+
+def run(spec: dict[str, Any], status: StatusFile) -> int:
+    """Run the scenario of ``spec``, report to ``status``; returns the exit status."""
+    from heterag import HeteragError
+
+    from .. import experiment
+    from ..report import write_report
+    from ..runner import run_scenario
+    from ..scenario import parse_scenario
+
+    experiment.listeners.append(status.on_event)
+    try:
+        scn = parse_scenario(spec["scenario"], base_dir=spec["base_dir"], where=str(spec["scenario"].get("name", "scenario")))
+        report = run_scenario(scn, allow_live=bool(spec.get("allow_live")), run_id=spec["run_id"])
+        status.on_event("stage", {"name": "report", "phase": "begin"})
+        t = time.perf_counter()
+        write_report(report, Path(spec["out"]))
+        status.data["stages"].append(["report", round(time.perf_counter() - t, 2)])
+        status.finish("done", collection=report.get("collection"), fingerprint_before=report.get("fingerprint_before"),
+                      fingerprint_after=report.get("fingerprint_after"), wall_seconds=report.get("wall_seconds"),
+                      fingerprint_explained=report.get("fingerprint_explained") or [])
+        return 0
+    except KeyboardInterrupt:
+        status.finish("cancelled", fingerprint_after=fingerprint_of(status.data.get("collection")))
+        return 130
+    except HeteragError as exc:
+        status.finish("failed", error=one_line(exc), fingerprint_after=fingerprint_of(status.data.get("collection")))
+        return 2
+    except Exception as exc:  # a bug: the app shows one line, the log has the traceback
+        log.exception("sandbox run %s failed", spec.get("run_id"))
+        status.finish("failed", error=f"{type(exc).__name__}: {one_line(exc)}",
+                      fingerprint_after=fingerprint_of(status.data.get("collection")))
+        return 1
+    finally:
+        experiment.listeners.remove(status.on_event)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) != 1:
+        print("usage: python -m sandbox.app.worker SPEC.json", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+    status = StatusFile(Path(spec["status"]), run_id=spec["run_id"], out=spec["out"],
+                        collection=(spec["scenario"].get("rag") or {}).get("collection"))
+    install_progress_hook(status)
+    if spec.get("parent"):
+        watch_parent(int(spec["parent"]))
+    try:
+        os.nice(int(spec.get("nice", 5)))  # the chat in the app process comes first
+    except OSError:
+        pass
+    return run(spec, status)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

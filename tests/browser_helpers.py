@@ -1,0 +1,106 @@
+"""What the browser tests share: ``python app.py`` on a free loopback port, Debian's Chromium driven by
+Playwright (PyPI), numbered screenshots listed in the pytest summary (see conftest), asking the chat.
+
+Needs ``pip install -e .[test]`` (playwright) and ``apt-get install -y chromium`` (no browser download).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("HETERAG_CHROMIUM", "/usr/bin/chromium")
+INSTALL = "apt-get install -y chromium (Debian) and pip install -e '.[test]' (playwright from PyPI)"
+TIMEOUT_MS = 60_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_app(home: Path, args: Sequence[str], log: Path, *, new_session: bool = False,
+              timeout: float = 180) -> tuple[subprocess.Popen, str]:
+    """``python app.py ARGS --port P`` with ``HETERAG_HOME=home``, output to ``log``; returns the process and
+    its URL once it answers (a failed start fails the test with the log's tail). ``new_session``: in a
+    process group of its own (to kill it together with its children)."""
+    port = free_port()
+    env = {**os.environ, "HETERAG_HOME": str(home), "HETERAG_NO_PROGRESS": "1"}
+    with open(log, "a") as out:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), *args, "--port", str(port)], stdout=out,
+                                stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=new_session)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"app.py exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return proc, url
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            stop_app(proc)
+            pytest.fail(f"app.py did not answer on {url} within {timeout:g} s: {log.read_text()[-2000:]}")
+        time.sleep(0.25)
+
+
+def stop_app(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def launch_browser() -> Iterator:
+    """Debian's Chromium under Playwright, for a module's tests (the ``browser`` fixture of conftest)."""
+    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
+        pytest.fail(f"Chromium not found at {CHROMIUM}; install it: {INSTALL}")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail(f"playwright is not installed; install it: {INSTALL}")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+class Shots:
+    """Saves a numbered full-page screenshot per step under the test's tmp directory; the paths are
+    listed at the end of the pytest run (``screenshots`` section, see conftest)."""
+
+    def __init__(self, page, folder: Path, record_property):
+        self.page, self.folder, self.n, self.record = page, folder, 0, record_property
+
+    def __call__(self, name: str) -> Path:
+        self.n += 1
+        path = self.folder / f"{self.n:02d}-{name}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        self.record("screenshot", str(path))
+        return path
+
+
+def ask(page, question: str, image: Path | None = None) -> None:
+    """Ask the chat ``question`` (and/or attach ``image``) and wait for the answer's sources."""
+    box = page.locator("#hr-box")
+    if image is not None:
+        box.locator("input[type=file]").set_input_files(str(image))
+        page.wait_for_selector("#hr-box img", timeout=TIMEOUT_MS)  # the attachment preview
+    box.locator("textarea").fill(question)
+    n_sources = page.locator("#hr-chat .hr-sources").count()
+    box.locator("textarea").press("Enter")
+    page.wait_for_function(f"document.querySelectorAll('#hr-chat .hr-sources').length > {n_sources}")
