@@ -209,32 +209,6 @@ def test_an_expected_chat_api_error_is_one_log_line_without_a_traceback(service,
 
 
 # ---- 6. scenarios on a COCO folder with two splits ------------------------------------------------
-def _coco_split(root: Path, split: str, n: int, seed: int) -> None:
-    """Split ``split`` of a COCO 2017-format folder: ``n`` synthetic scenes with captions and instances."""
-    import json
-
-    from corpora.synthetic_scenes import generate_scenes
-
-    (root / "annotations").mkdir(parents=True, exist_ok=True)
-    (root / split).mkdir()
-    scenes = list(generate_scenes(n, seed=seed, size=96))
-    shapes = sorted({o.shape for s in scenes for o in s.objects})
-    images, captions, instances = [], [], []
-    for i, s in enumerate(scenes):
-        s.image.save(root / split / f"{i + 1:012d}.png")
-        images.append({"id": i + 1, "file_name": f"{i + 1:012d}.png", "width": 96, "height": 96})
-        captions.append({"id": 100 + i, "image_id": i + 1, "caption": s.caption})
-        for j, o in enumerate(s.objects):
-            x0, y0, x1, y1 = o.box
-            instances.append({"id": 1000 + 10 * i + j, "image_id": i + 1, "category_id": shapes.index(o.shape) + 1,
-                              "bbox": [x0, y0, x1 - x0, y1 - y0], "area": float(o.mask.sum()), "iscrowd": 0,
-                              "segmentation": [[x0, y0, x1, y0, x1, y1, x0, y1]]})
-    cats = [{"id": k + 1, "name": c, "supercategory": "shape"} for k, c in enumerate(shapes)]
-    (root / "annotations" / f"captions_{split}.json").write_text(json.dumps({"images": images, "annotations": captions}))
-    (root / "annotations" / f"instances_{split}.json").write_text(
-        json.dumps({"images": images, "annotations": instances, "categories": cats}))
-
-
 def _scenario(tmp_path: Path, coco: Path, splits: dict) -> Path:
     import json
 
@@ -245,13 +219,15 @@ def _scenario(tmp_path: Path, coco: Path, splits: dict) -> Path:
 
 
 def test_a_scenario_takes_coco_split_names_and_all_means_every_split(tmp_path):
+    from test_mrm import make_coco  # the suite's COCO 2017-format folder of synthetic scenes
+
     from sandbox.data import load_items, split_items
     from sandbox.membership import load_membership_data
     from sandbox.scenario import ScenarioError, load_scenario
 
     coco = tmp_path / "coco"
-    _coco_split(coco, "train2017", 6, seed=1)
-    _coco_split(coco, "val2017", 6, seed=2)
+    make_coco(coco, 6, "train2017", seed=1)
+    make_coco(coco, 6, "val2017", seed=2)
     named = load_scenario(_scenario(tmp_path, coco, {"knowledge_base": {"from": "train2017"}, "reference": {"from": "val2017"},
                                                      "candidates": {"from": "val2017", "count": 0}, "test": {"from": "val2017"}}))
     parts = split_items(named.data, load_items(named.data, named.seed, tmp_path), named.seed)

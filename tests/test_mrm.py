@@ -346,11 +346,12 @@ def test_ready_made_synthetic_scenario_at_reduced_size(tmp_path):
     json.loads((out / "report.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
 
 
-def make_coco(root: Path, n: int = 24, split: str = "val2017") -> Path:
-    """A COCO 2017-format folder (captions + instances with polygon masks) built from synthetic scenes."""
-    (root / "annotations").mkdir(parents=True)
+def make_coco(root: Path, n: int = 24, split: str = "val2017", seed: int = 21) -> Path:
+    """A COCO 2017-format folder (captions + instances with polygon masks) built from synthetic scenes;
+    called again with another ``split`` it adds that split to the folder."""
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
     (root / split).mkdir()
-    scenes = list(generate_scenes(n, seed=21, size=96))
+    scenes = list(generate_scenes(n, seed=seed, size=96))
     shapes = sorted({o.shape for s in scenes for o in s.objects})
     images, captions, instances = [], [], []
     for i, s in enumerate(scenes):

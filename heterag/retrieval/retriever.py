@@ -135,7 +135,7 @@ class Retriever:
         ``keyword``/``hybrid`` is asked of a store without a keyword index, :class:`UnknownNameError` for a bad name."""
         asked = retrieval if retrieval is not None else getattr(self, "retrieval", None)
         if asked is None:
-            return DEFAULT_RETRIEVAL if DEFAULT_RETRIEVAL == "dense" or isinstance(self.store, KeywordSearch) else "dense"
+            return DEFAULT_RETRIEVAL if isinstance(self.store, KeywordSearch) else "dense"
         mode = check_retrieval(asked)
         if mode != "dense" and not isinstance(self.store, KeywordSearch):
             name = getattr(self, "name", None)
