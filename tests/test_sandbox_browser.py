@@ -16,15 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 from browser_helpers import TIMEOUT_MS, Shots, ask, start_app, stop_app
+from test_sandbox_app import TINY as APP_TINY
 
-#: The report test's scenario: 2 poisons, a sweep point and a defense on 60 synthetic scenes.
-TINY = {"name": "tiny-tab", "seed": 3,
-        "data": {"source": "synthetic:120", "task": "scene_background",
-                 "splits": {"knowledge_base": {"count": 60}, "reference": {"count": 30}, "candidates": {"count": 10},
-                            "test": {"count": 20}}},
-        "rag": {"store": "faiss", "top_k": 5},
-        "attack": {"name": "m3att", "poison_count": 2, "steps": 5, "warmup_steps": 2, "sweep_counts": [1]},
-        "defenses": [{"name": "hubness"}], "defense_probes": 20, "bootstrap": 50}
+#: The report test's scenario: test_sandbox_app's tiny run (2 poisons, a sweep point and a defense on 60
+#: synthetic scenes) under its own name.
+TINY = {**APP_TINY, "name": "tiny-tab"}
 
 
 def long_scenario(server_url: str) -> dict:
