@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 from _common import OUT_DIR, bootstrap_ci, require_data, write_report
+from filelock import FileLock
 
 from corpora import default_data_dir, load_pubmedqa
 from corpora.beir import load_beir
@@ -73,23 +74,28 @@ def records_for(dataset: str, vname: str, documents, encoder, chunk_tokens: int)
     """(unit vectors, one dict per chunk: id, doc, text, title, heading, view), chunks sorted by document; cached."""
     CACHE.mkdir(parents=True, exist_ok=True)
     stem = CACHE / f"hybrid_{dataset}_{vname}_{chunk_tokens}"
-    lock = stem.with_suffix(".lock")
-    while lock.exists() and not stem.with_suffix(".json").exists():  # another process (--encode-only) is encoding it
-        time.sleep(10)
-    if stem.with_suffix(".npy").exists() and stem.with_suffix(".json").exists():
-        return np.load(stem.with_suffix(".npy")), json.loads(stem.with_suffix(".json").read_text())
-    lock.touch()
-    t = time.perf_counter()
-    with indexed_corpus(documents, encoder=encoder, view=make_view(vname), chunk_tokens=chunk_tokens) as ic:
-        recs = {r.id: r for r in ic.pipeline.store.get()}
-        meta = [{"id": c, "doc": recs[c].metadata["doc_id"], "text": recs[c].text, "title": recs[c].metadata.get("title", ""),
-                 "heading": recs[c].metadata.get("heading", ""), "view": recs[c].metadata.get("view", ""),
-                 "index": int(recs[c].metadata.get("chunk_index", 0))} for c in ic.chunk_ids]
-        matrix = ic.matrix
-    log.info("%s/%s: %d chunks encoded in %.0f s", dataset, vname, len(meta), time.perf_counter() - t)
-    np.save(stem.with_suffix(".npy"), matrix)
-    stem.with_suffix(".json").write_text(json.dumps(meta))
-    lock.unlink(missing_ok=True)
+    with FileLock(stem.with_suffix(".lock")):  # another process (--encode-only) may be encoding it; a dead one holds nothing
+        if stem.with_suffix(".npy").exists() and stem.with_suffix(".json").exists():
+            return np.load(stem.with_suffix(".npy")), json.loads(stem.with_suffix(".json").read_text())
+        t = time.perf_counter()
+        with indexed_corpus(documents, encoder=encoder, view=make_view(vname), chunk_tokens=chunk_tokens) as ic:
+            recs = {r.id: r for r in ic.pipeline.store.get()}
+            meta = [
+                {
+                    "id": c,
+                    "doc": recs[c].metadata["doc_id"],
+                    "text": recs[c].text,
+                    "title": recs[c].metadata.get("title", ""),
+                    "heading": recs[c].metadata.get("heading", ""),
+                    "view": recs[c].metadata.get("view", ""),
+                    "index": int(recs[c].metadata.get("chunk_index", 0)),
+                }
+                for c in ic.chunk_ids
+            ]
+            matrix = ic.matrix
+        log.info("%s/%s: %d chunks encoded in %.0f s", dataset, vname, len(meta), time.perf_counter() - t)
+        np.save(stem.with_suffix(".npy"), matrix)
+        stem.with_suffix(".json").write_text(json.dumps(meta))
     return matrix, meta
 
 
@@ -105,7 +111,9 @@ def context_texts(documents, encoder, chunk_tokens: int) -> dict[str, str]:
 
 def keyword_texts(meta: list[dict], variant: str, context: dict[str, str]) -> list[tuple[str, str]]:
     if variant == "view":
-        return [(m["id"], keyword_text(m["text"], {"view": m["view"], "title": m["title"], "heading": m["heading"]})) for m in meta]
+        return [
+            (m["id"], keyword_text(m["text"], {"view": m["view"], "title": m["title"], "heading": m["heading"]})) for m in meta
+        ]
     if variant == "chunk+title":
         return [(m["id"], keyword_text(m["text"], {"title": m["title"], "heading": m["heading"]})) for m in meta]
     return [(m["id"], context[m["id"]]) for m in meta]
@@ -146,7 +154,9 @@ class Prepared:
         else:
             in_d, in_k = self.drank < f.candidates, self.krank < f.candidates
             if f.method == "rrf":
-                score = np.where(in_d, f.weight / (f.k + self.drank + 1.0), 0.0) + np.where(in_k, (1 - f.weight) / (f.k + self.krank + 1.0), 0.0)
+                score = np.where(in_d, f.weight / (f.k + self.drank + 1.0), 0.0) + np.where(
+                    in_k, (1 - f.weight) / (f.k + self.krank + 1.0), 0.0
+                )
                 member = in_d | in_k
             else:
                 member = in_d | in_k
@@ -207,8 +217,18 @@ def main() -> None:
             rel = {q: {doc_index[d]: g for d, g in qrels[q].items() if d in doc_index} for q in qids}
             doc_arr = np.array([m["doc"] for m in meta])
             starts = np.flatnonzero(np.r_[True, doc_arr[1:] != doc_arr[:-1]])
-            ic = IndexedCorpus(None, [m["id"] for m in meta], doc_arr, matrix, starts, doc_arr[starts], len(meta), 0.0, 0.0,  # type: ignore[arg-type]
-                               {m["id"]: i for i, m in enumerate(meta)})
+            ic = IndexedCorpus(
+                None,
+                [m["id"] for m in meta],
+                doc_arr,
+                matrix,
+                starts,
+                doc_arr[starts],
+                len(meta),
+                0.0,
+                0.0,  # type: ignore[arg-type]
+                {m["id"]: i for i, m in enumerate(meta)},
+            )
             score[ds][vname], kw_q[ds][vname] = {}, {}
             for variant in variants:
                 t = time.perf_counter()
@@ -229,9 +249,17 @@ def main() -> None:
                 kw_q[ds][vname][variant] = np.array([ndcg10(prepared[q].docs("keyword"), rel[q]) for q in qids])
                 score[ds][vname][variant] = np.array([[ndcg10(prepared[q].docs(f), rel[q]) for f in grid] for q in qids])
                 best = score[ds][vname][variant].mean(axis=0).argmax()
-                log.info("%s/%s/%s: dense %.4f keyword %.4f best hybrid (all queries) %.4f %s  [%.0f s]", ds, vname, variant,
-                         dense_q[ds][vname].mean(), kw_q[ds][vname][variant].mean(), score[ds][vname][variant].mean(axis=0)[best],
-                         grid[best].describe(), time.perf_counter() - t)
+                log.info(
+                    "%s/%s/%s: dense %.4f keyword %.4f best hybrid (all queries) %.4f %s  [%.0f s]",
+                    ds,
+                    vname,
+                    variant,
+                    dense_q[ds][vname].mean(),
+                    kw_q[ds][vname][variant].mean(),
+                    score[ds][vname][variant].mean(axis=0)[best],
+                    grid[best].describe(),
+                    time.perf_counter() - t,
+                )
     result = select(args, datasets, views, variants, grid, score, dense_q, kw_q, qids_of)
     report(args, result)
 
@@ -240,7 +268,9 @@ def select(args, datasets, views, variants, grid, score, dense_q, kw_q, qids_of)
     rng = np.random.default_rng(args.seed)
     folds = {ds: np.array_split(rng.permutation(len(qids_of[ds])), args.folds) for ds in datasets}
 
-    def choose(train: dict[str, np.ndarray], only_view: str | None = None, only_ds: str | None = None) -> tuple[int, dict[str, str]]:
+    def choose(
+        train: dict[str, np.ndarray], only_view: str | None = None, only_ds: str | None = None
+    ) -> tuple[int, dict[str, str]]:
         """Best setting index and the keyword text per view, on the training queries ``train[ds]`` (row indices)."""
         vs = [only_view] if only_view else views
         dss = [only_ds] if only_ds else datasets
@@ -268,7 +298,9 @@ def select(args, datasets, views, variants, grid, score, dense_q, kw_q, qids_of)
                     for v in views:
                         s, var = choose(train, only_view=v, only_ds=ds)
                         picks[(ds, v)] = (s, var[v])
-                        chosen.append({"fold": f, "dataset": ds, "view": v, "setting": grid[s].describe(), "keyword_text": var[v]})
+                        chosen.append(
+                            {"fold": f, "dataset": ds, "view": v, "setting": grid[s].describe(), "keyword_text": var[v]}
+                        )
             for ds in datasets:
                 held = folds[ds][f]
                 for v in views:
@@ -287,16 +319,34 @@ def select(args, datasets, views, variants, grid, score, dense_q, kw_q, qids_of)
                 row[f"{mode}:hybrid-keyword"] = fig(h - k, args.seed)
         out[f"{mode}_choices"] = chosen
     s, var = choose({ds: np.arange(len(qids_of[ds])) for ds in datasets})
-    out["final"] = {"setting": grid[s].describe(), "keyword_text": var,
-                    "all_queries": {ds: {v: float(score[ds][v][var[v]][:, s].mean()) for v in views} for ds in datasets}}
+    out["final"] = {
+        "setting": grid[s].describe(),
+        "keyword_text": var,
+        "all_queries": {ds: {v: float(score[ds][v][var[v]][:, s].mean()) for v in views} for ds in datasets},
+    }
     # the neighbourhood of the final choice (all train queries): how flat is the optimum?
     top = np.argsort(-np.mean([score[ds][v][var[v]].mean(axis=0) for ds in datasets for v in views], axis=0))[:10]
-    out["top10_all_queries"] = [{"setting": grid[i].describe(),
-                                 "mean": float(np.mean([score[ds][v][var[v]][:, i].mean() for ds in datasets for v in views]))} for i in top]
-    best = {m: max((i for i, g in enumerate(grid) if g.method == m),
-                   key=lambda i: np.mean([score[ds][v][var[v]][:, i].mean() for ds in datasets for v in views])) for m in ("rrf", "convex")}
-    out["best_per_method_all_queries"] = {m: {"setting": grid[i].describe(), "per": {ds: {v: float(score[ds][v][var[v]][:, i].mean())
-                                          for v in views} for ds in datasets}} for m, i in best.items()}
+    out["top10_all_queries"] = [
+        {
+            "setting": grid[i].describe(),
+            "mean": float(np.mean([score[ds][v][var[v]][:, i].mean() for ds in datasets for v in views])),
+        }
+        for i in top
+    ]
+    best = {
+        m: max(
+            (i for i, g in enumerate(grid) if g.method == m),
+            key=lambda i: np.mean([score[ds][v][var[v]][:, i].mean() for ds in datasets for v in views]),
+        )
+        for m in ("rrf", "convex")
+    }
+    out["best_per_method_all_queries"] = {
+        m: {
+            "setting": grid[i].describe(),
+            "per": {ds: {v: float(score[ds][v][var[v]][:, i].mean()) for v in views} for ds in datasets},
+        }
+        for m, i in best.items()
+    }
     return out
 
 
@@ -310,22 +360,43 @@ def report(args, res: dict) -> None:
         m, (lo, hi) = 100 * f["mean"], (100 * f["ci"][0], 100 * f["ci"][1])
         return f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]" if signed else f"{m:.2f} [{lo:.2f}, {hi:.2f}]"
 
-    md = [f"# Hybrid fusion, {args.folds}-fold cross-validation over train queries (seed {args.seed}; bootstrap 2,000, seed {args.seed})", "",
-          f"Grid: {res['grid_size']} fusion settings x keyword texts {', '.join(res['variants'])}. nDCG@10 x 100, out-of-fold.", ""]
-    for mode, title in (("shared", "one setting for all views and datasets (the default)"), ("per_view", "chosen per view and dataset")):
-        md += [f"## {title}", "", "| dataset | view | queries | dense | keyword | hybrid | hybrid - dense | hybrid - keyword |",
-               "|---|---|---|---|---|---|---|---|"]
+    md = [
+        f"# Hybrid fusion, {args.folds}-fold cross-validation over train queries (seed {args.seed}; bootstrap 2,000, seed {args.seed})",
+        "",
+        f"Grid: {res['grid_size']} fusion settings x keyword texts {', '.join(res['variants'])}. nDCG@10 x 100, out-of-fold.",
+        "",
+    ]
+    for mode, title in (
+        ("shared", "one setting for all views and datasets (the default)"),
+        ("per_view", "chosen per view and dataset"),
+    ):
+        md += [
+            f"## {title}",
+            "",
+            "| dataset | view | queries | dense | keyword | hybrid | hybrid - dense | hybrid - keyword |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for ds, d in res["datasets"].items():
             for v, row in d["views"].items():
-                md.append(f"| {ds} | {v} | {d['queries']} | {cell(row['dense'])} | {cell(row[mode + ':keyword'])} | {cell(row[mode + ':hybrid'])} "
-                          f"| {cell(row[mode + ':hybrid-dense'], True)} | {cell(row[mode + ':hybrid-keyword'], True)} |")
+                md.append(
+                    f"| {ds} | {v} | {d['queries']} | {cell(row['dense'])} | {cell(row[mode + ':keyword'])} | {cell(row[mode + ':hybrid'])} "
+                    f"| {cell(row[mode + ':hybrid-dense'], True)} | {cell(row[mode + ':hybrid-keyword'], True)} |"
+                )
         md.append("")
-    md += ["Shared choice per fold: " + "; ".join(f"fold {c['fold']}: {c['setting']} {c['keyword_text']}" for c in res["shared_choices"]), "",
-           f"**Final (all train queries):** {res['final']['setting']}, keyword text {res['final']['keyword_text']}; "
-           f"nDCG@10 {json.dumps(res['final']['all_queries'])}", "",
-           "Best of each method on all train queries: " + "; ".join(f"{m}: {b['setting']} {json.dumps(b['per'])}"
-                                                                    for m, b in res["best_per_method_all_queries"].items()), "",
-           "Top 10 settings on all train queries: " + "; ".join(f"{t['setting']} {100 * t['mean']:.2f}" for t in res["top10_all_queries"]), ""]
+    md += [
+        "Shared choice per fold: "
+        + "; ".join(f"fold {c['fold']}: {c['setting']} {c['keyword_text']}" for c in res["shared_choices"]),
+        "",
+        f"**Final (all train queries):** {res['final']['setting']}, keyword text {res['final']['keyword_text']}; "
+        f"nDCG@10 {json.dumps(res['final']['all_queries'])}",
+        "",
+        "Best of each method on all train queries: "
+        + "; ".join(f"{m}: {b['setting']} {json.dumps(b['per'])}" for m, b in res["best_per_method_all_queries"].items()),
+        "",
+        "Top 10 settings on all train queries: "
+        + "; ".join(f"{t['setting']} {100 * t['mean']:.2f}" for t in res["top10_all_queries"]),
+        "",
+    ]
     path = write_report(args.name, res, "\n".join(md))
     print("\n".join(md))
     print(f"written {path}")

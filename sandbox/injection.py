@@ -85,6 +85,9 @@ class Journal:
     pid: int
     started: float
     doc_ids: list[str] = field(default_factory=list)
+    #: SHA-256 of the injected images: a run killed between writing an image file and its records leaves a
+    #: file no record names, which the clean-up removes by these.
+    image_shas: list[str] = field(default_factory=list)
     status: str = "open"  # open -> removed
 
     @property
@@ -105,7 +108,7 @@ class Journal:
         data = json.loads(path.read_text(encoding="utf-8"))
         return cls(run_id=str(data["run_id"]), collection=str(data["collection"]), pid=int(data["pid"]),
                    started=float(data["started"]), doc_ids=[str(d) for d in data.get("doc_ids", [])],
-                   status=str(data.get("status", "open")))
+                   image_shas=[str(s) for s in data.get("image_shas", [])], status=str(data.get("status", "open")))
 
 
 def list_journals(collection: str | None = None) -> list[Journal]:
@@ -314,6 +317,9 @@ class ReversibleInjection:
             raise InvalidInputError(f"sandbox run {self.run_id}: {len(clash)} injected document id(s) already exist in "
                                     f"{self.collection!r} (e.g. a chunk of {clash[0]}); injected ids must be new")
         self.journal.doc_ids.extend(new)
+        known = set(self.journal.image_shas)
+        self.journal.image_shas.extend(dict.fromkeys(d.image.sha256 for d in docs if d.image is not None
+                                                     and d.image.sha256 not in known))
         self.journal.save()  # journal first, then write
         return self.pipeline.ingest(docs, progress=False)
 
@@ -326,6 +332,7 @@ class ReversibleInjection:
         doc_ids = sorted(set(self.journal.doc_ids) | tagged)
         if doc_ids:
             self.pipeline.delete_documents(doc_ids)
+        drop_orphan_files(self.pipeline, self.journal.image_shas)
         self.journal.status = "removed"
         self.journal.save()
         return len(doc_ids)
@@ -362,6 +369,19 @@ class CleanReport:
                 f"{len(self.journals)} run(s): {', '.join(self.journals) or '(found by tag)'}")
 
 
+def drop_orphan_files(pipeline: Pipeline, shas: Iterable[str]) -> int:
+    """Delete the image files among ``shas`` that no record of the collection names (written by a run killed
+    before their records); returns how many images were dropped. A file a record uses is kept."""
+    if pipeline.image_files is None:
+        return 0
+    dropped = 0
+    for sha in dict.fromkeys(shas):
+        if any(st is not None and st.get(where={"image_sha256": sha}) for st in (pipeline.image_store, pipeline.store)):
+            continue
+        dropped += bool(pipeline.image_files.remove(sha))
+    return dropped
+
+
 def leftovers(pipeline: Pipeline, collection: str) -> list[str]:
     """Run ids of earlier runs whose journal or ``sandbox_run``-tagged records are still in the collection."""
     runs = {j.run_id for j in list_journals(collection) if j.doc_ids}
@@ -391,6 +411,7 @@ def clean(pipeline: Pipeline, collection: str) -> CleanReport:
                 present |= {str(r.metadata.get("doc_id")) for r in st.get(where={"doc_id": {"$in": sorted(doc_ids)}})}
         if present:
             pipeline.delete_documents(sorted(present))
+        drop_orphan_files(pipeline, [s for j in journals for s in j.image_shas])
         for j in journals:
             j.path.unlink(missing_ok=True)
         return CleanReport(collection, tuple(sorted(runs)), len(present))

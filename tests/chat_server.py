@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +20,11 @@ class ServerConfig:
     stream_fault: str | None = None  # "error": an error event mid-stream; "garbage": a non-JSON event
     ignore_stream: bool = False  # answer with a plain JSON completion even when streaming was asked for
     delay: float = 0.0  # seconds to wait before answering (a slow endpoint)
+    #: When given, every request waits (up to 10 min) until it is set: an endpoint that hangs until the test
+    #: releases it, so a caller can be held at a known point however fast the machine is.
+    gate: threading.Event | None = None
+    arrived: threading.Event = field(default_factory=threading.Event)  # set once a request has come in
+    url: str = ""  # the server's base URL (``.../v1``), for fixtures that hand the config out
     requests: list[dict[str, Any]] = field(default_factory=list)
 
     def pieces(self) -> list[str]:
@@ -92,6 +98,9 @@ class ChatHandler(BaseHTTPRequestHandler):
         raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         body = json.loads(raw)
         cfg.requests.append({"body": body, "authorization": self.headers.get("Authorization")})
+        cfg.arrived.set()
+        if cfg.gate is not None:
+            cfg.gate.wait(600)
         if cfg.delay:
             time.sleep(cfg.delay)
         if cfg.fail_status:

@@ -385,6 +385,42 @@ def test_leftovers_of_a_crashed_run_are_refused_until_cleaned(exp):
     assert "removed 1 injected document" in clean(exp, "exp").summary()
 
 
+class Killed(BaseException):
+    """Stands for SIGKILL in the middle of a write: nothing after it runs, not even the clean-up."""
+
+
+@pytest.mark.parametrize("dies_in", ["store", "image_store"])
+def test_a_run_killed_between_an_image_file_and_its_records_is_cleaned_without_a_trace(heterag_home, dies_in):
+    """Killed after the poison's image file is written but before its chunks (``store``) or its image record
+    (``image_store``): the clean-up removes the file too, and the fingerprint (which counts files) is equal."""
+    from corpora.synthetic_scenes import generate_scenes
+
+    scenes = list(generate_scenes(4, seed=9, size=64))
+    pipe = open_collection("killed", purpose="experiment", store="faiss")
+    pipe.ingest([s.to_document() for s in scenes[:3]])
+    before = content_fingerprint(pipe)
+    poison = Document.create("A small red star on a noisy teal background.", image=scenes[3].to_document().image, id="px")
+
+    def die(records):
+        raise Killed
+
+    store = getattr(pipe, dies_in)
+    store.upsert = die  # this instance only
+    inj = ReversibleInjection(pipe, "killed")
+    inj.__enter__()  # no __exit__: the process is gone
+    with pytest.raises(Killed):
+        inj.inject([poison])
+    inj._restore_signals()
+    inj._lock.release()  # a killed process's lock goes with it
+    del store.upsert
+    assert content_fingerprint(pipe) != before  # the file (and in one case the chunks) are in
+    assert json.loads(inj.journal.path.read_text())["image_shas"] == [poison.image.sha256]
+    clean(pipe, "killed")
+    assert content_fingerprint(pipe) == before, before.diff(content_fingerprint(pipe))
+    assert not list_journals("killed")
+    pipe.close()
+
+
 def test_bad_out_folder_is_refused_before_any_work(tmp_path, capsys):
     path = write(tmp_path, tiny())
     (tmp_path / "afile").write_text("x")

@@ -9,11 +9,15 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from chat_server import ServerConfig
 
 from heterag import Document, InvalidInputError, content_fingerprint, open_collection
 from sandbox.app.live import GuardFilter, LiveOverlay
@@ -35,24 +39,28 @@ TINY = {"name": "tiny-app", "seed": 3,
 
 
 def long_run(collection: str, server_url: str) -> dict:
-    """A run against live ``collection`` whose injection lasts seconds: while the poisons are in, each of the
-    test queries that retrieves one is answered by the OpenAI-compatible test server at ``server_url`` (slow)."""
+    """A run against live ``collection`` that stops mid-injection: the first test query that retrieves a poison
+    is sent to the OpenAI-compatible test server at ``server_url``, which holds it (see :func:`held`)."""
     scn = json.loads(json.dumps(TINY))
     scn.update(name="long-app", defenses=[], metrics=["asr@k", "misinformation_rate"])
     scn["attack"].pop("sweep_counts")
-    scn["data"]["source"] = "synthetic:140"
-    scn["data"]["splits"]["test"]["count"] = 40
+    scn["data"]["source"] = "synthetic:130"
+    scn["data"]["splits"]["test"]["count"] = 30
     scn["rag"] = {"collection": collection, "allow_live": True, "top_k": 5,
                   "generator": {"name": "openai", "options": {"model": "test-model", "base_url": server_url,
-                                                              "api_key": "sk-test-123"}}}
+                                                              "api_key": "sk-test-123", "timeout": 600}}}
     return scn
 
 
 @pytest.fixture()
-def slow(server) -> str:
-    """The OpenAI-compatible test server answering in 0.25 s; its base URL."""
-    server.config.delay = 0.25
-    return f"http://127.0.0.1:{server.server_address[1]}/v1"
+def held(server) -> Iterator[ServerConfig]:
+    """The OpenAI-compatible test server holding every request until the test ends; its config (``arrived`` is
+    set once a request came in). A run's queries reach the generator only where they retrieved a poison, so the
+    first request means the poisons are in, and the run waits there however fast the machine is."""
+    server.config.gate = threading.Event()
+    server.config.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    yield server.config
+    server.config.gate.set()
 
 
 @pytest.fixture()
@@ -75,22 +83,23 @@ def fingerprint(name: str) -> str:
         pipe.close()
 
 
-def poisons_in(manager: RunManager) -> bool:
-    """Whether the current run's poisons are in the index: it asks the test queries of its ``attacked``
-    stage (the journal is written before the poisons, so it alone does not tell)."""
-    st = manager.status()
-    assert st is not None and st.active, f"the run ended before it injected: {st and st.data}"
-    return st.data.get("stage") == "attacked" and (st.data.get("bar") or {}).get("desc") == "attacked"
-
-
-def wait_injecting(collection: str, manager: RunManager, timeout: float = 240) -> None:
+def wait_injecting(collection: str, held: ServerConfig, still_running: Callable[[], Any], timeout: float = 240) -> None:
+    """Until the run's first poisoned query reaches the held server: its poisons are in. ``still_running()``
+    says (an assertion message) why the run is not, if it ended first."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if poisons_in(manager):
-            assert any(j.doc_ids for j in list_journals(collection))
-            return
-        time.sleep(0.05)
-    pytest.fail(f"nothing was injected into {collection!r} within {timeout:g} s")
+    while not held.arrived.wait(0.1):
+        still_running()
+        if time.monotonic() > deadline:
+            pytest.fail(f"nothing was injected into {collection!r} within {timeout:g} s")
+    assert any(j.doc_ids for j in list_journals(collection))
+
+
+def run_active(manager: RunManager) -> Callable[[], None]:
+    def check() -> None:
+        st = manager.status()
+        assert st is not None and st.active, f"the run ended before it injected: {st and st.data}"
+
+    return check
 
 
 # --------------------------------------------------------------------------- bad input
@@ -185,14 +194,14 @@ def test_run_in_a_worker_reports_stages_and_writes_the_report(heterag_home):
     assert any(d.endswith("report.json") for d in downloads) and any(d.endswith("report.md") for d in downloads)
 
 
-def test_second_run_is_refused_naming_the_first_and_cancel_restores_the_fingerprint(live, slow):
+def test_second_run_is_refused_naming_the_first_and_cancel_restores_the_fingerprint(live, held):
     m = RunManager()
-    scn = parse_scenario(long_run("live", slow))
+    scn = parse_scenario(long_run("live", held.url))
     first = m.start(scn, allow_live=True)
     with pytest.raises(SandboxBusyError) as exc:  # pressing run twice
         m.start(scn, allow_live=True)
     assert first in str(exc.value) and "wait for it to finish" in str(exc.value)
-    wait_injecting("live", m)
+    wait_injecting("live", held, run_active(m))
     with pytest.raises(SandboxBusyError, match=first):  # also while it holds the collection
         m.start(scn, allow_live=True)
     assert fingerprint("live") != live  # the poisons are in
@@ -204,10 +213,10 @@ def test_second_run_is_refused_naming_the_first_and_cancel_restores_the_fingerpr
     print(f"cancel: fingerprint before {live}, after {st.data['fingerprint_after']}")
 
 
-def test_killed_worker_is_cleaned_up_and_the_fingerprint_restored(live, slow):
+def test_killed_worker_is_cleaned_up_and_the_fingerprint_restored(live, held):
     m = RunManager()
-    run_id = m.start(parse_scenario(long_run("live", slow)), allow_live=True)
-    wait_injecting("live", m)
+    run_id = m.start(parse_scenario(long_run("live", held.url)), allow_live=True)
+    wait_injecting("live", held, run_active(m))
     pid = m.status(run_id).data["pid"]
     os.kill(pid, signal.SIGKILL)
     m._procs[run_id].wait(30)
@@ -222,25 +231,25 @@ KILLED_APP = textwrap.dedent("""
     import json, sys, time
     from sandbox.app.runs import RunManager
     from sandbox.scenario import parse_scenario
-    from test_sandbox_app import poisons_in
     m = RunManager()
-    m.start(parse_scenario(json.loads(sys.argv[1])), allow_live=True)
-    while not poisons_in(m):
-        time.sleep(0.05)
-    print("injecting", flush=True)
-    time.sleep(60)
+    print(m.start(parse_scenario(json.loads(sys.argv[1])), allow_live=True), flush=True)
+    time.sleep(600)
 """)
 
 
 @pytest.mark.parametrize("kill_worker_too", [False, True])
-def test_killed_app_leaves_no_injected_items(live, slow, kill_worker_too):
+def test_killed_app_leaves_no_injected_items(live, held, kill_worker_too):
     """The app dies mid-injection: its worker notices and cleans up; if the worker dies too, the next
     start of the app (a new manager's recover) cleans up and says so."""
-    app = subprocess.Popen([sys.executable, "-c", KILLED_APP, json.dumps(long_run("live", slow))], stdout=subprocess.PIPE,
-                           text=True, start_new_session=True, cwd=ROOT,
-                           env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])})
+    app = subprocess.Popen([sys.executable, "-c", KILLED_APP, json.dumps(long_run("live", held.url))],
+                           stdout=subprocess.PIPE, text=True, start_new_session=True, cwd=ROOT)
+
+    def app_alive() -> None:
+        assert app.poll() is None, f"the app ended (exit status {app.returncode})"
+
     try:
-        assert app.stdout.readline().strip() == "injecting"
+        assert app.stdout.readline().strip()  # the run's id: it started
+        wait_injecting("live", held, app_alive)
         assert fingerprint("live") != live
         os.killpg(app.pid, signal.SIGKILL) if kill_worker_too else app.kill()
         app.wait(30)

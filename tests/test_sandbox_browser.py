@@ -9,13 +9,14 @@ import json
 import os
 import re
 import signal
-import time
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 from browser_helpers import TIMEOUT_MS, Shots, ask, start_app, stop_app
+from chat_server import ServerConfig
 from test_sandbox_app import TINY as APP_TINY
 
 #: The report test's scenario: test_sandbox_app's tiny run (2 poisons, a sweep point and a defense on 60
@@ -24,25 +25,26 @@ TINY = {**APP_TINY, "name": "tiny-tab"}
 
 
 def long_scenario(server_url: str) -> dict:
-    """The live-view scenario: while its poisons are in, each test query that retrieves one is answered by the
-    OpenAI-compatible test server at ``server_url``, slowly, so the injection lasts seconds."""
+    """The live-view scenario, which stops mid-injection: the first test query that retrieves a poison is sent to
+    the OpenAI-compatible test server at ``server_url``, which holds it (see :func:`held`)."""
     return {"name": "long-tab", "seed": 1,
             "data": {"source": "synthetic:140", "task": "scene_background",
                      "splits": {"knowledge_base": {"count": 60}, "reference": {"count": 30}, "candidates": {"count": 10},
                                 "test": {"count": 40}}},
             "rag": {"top_k": 5, "generator": {"name": "openai", "options": {"model": "test-model", "base_url": server_url,
-                                                                            "api_key": "sk-test-123"}}},
+                                                                            "api_key": "sk-test-123", "timeout": 600}}},
             "attack": {"name": "m3att", "poison_count": 2, "steps": 5, "warmup_steps": 2},
             "metrics": ["asr@k", "misinformation_rate"], "bootstrap": 50}
 
 
-@pytest.fixture(scope="module")
-def slow_url(chat_server) -> str:
-    """The OpenAI-compatible test server (conftest) answering in 0.3 s; its base URL."""
-    from chat_server import ServerConfig
-
-    chat_server.config = ServerConfig(delay=0.3)
-    return f"http://127.0.0.1:{chat_server.server_address[1]}/v1"
+@pytest.fixture()
+def held(chat_server) -> Iterator[ServerConfig]:
+    """The OpenAI-compatible test server (conftest) holding every request until the test ends; its config
+    (``arrived`` is set once a request came in: a run's queries reach the generator only where they retrieved
+    a poison, so the first request means the poisons are in, and the run waits there)."""
+    chat_server.config = ServerConfig(gate=threading.Event(), url=f"http://127.0.0.1:{chat_server.server_address[1]}/v1")
+    yield chat_server.config
+    chat_server.config.gate.set()
 
 
 def make_home(home: Path) -> str:
@@ -133,20 +135,10 @@ def start_live_run(page, tmp_path: Path, server_url: str) -> None:
     wait_text(page, "#hr-sb-status", "stage attacked", timeout=240_000)
 
 
-def wait_poisons_in(home: Path, timeout: float = 60) -> None:
-    """Until the run's status file says its attacked stage asks its queries: the poisons are in (the journal
-    is written before them, so it alone does not tell)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for status in (home / "sandbox" / "app-runs").glob("*/status.json"):
-            try:
-                data = json.loads(status.read_text())
-            except ValueError:
-                continue
-            if data.get("stage") == "attacked" and (data.get("bar") or {}).get("desc") == "attacked":
-                return
-        time.sleep(0.05)
-    pytest.fail("the run's poisons never went in")
+def wait_poisons_in(held: ServerConfig, timeout: float = 60) -> None:
+    """Until the run's first poisoned query reaches the held test server: the poisons are in."""
+    if not held.arrived.wait(timeout):
+        pytest.fail("the run's poisons never went in")
 
 
 def test_run_an_uploaded_scenario_from_the_tab_and_see_its_report(page, tmp_path, record_property):
@@ -175,14 +167,14 @@ def test_run_an_uploaded_scenario_from_the_tab_and_see_its_report(page, tmp_path
     assert "report.json" in files and "report.md" in files and "asr_by_defense.png" in files, files
 
 
-def test_live_view_flags_poisoned_sources_and_cancel_restores_the_fingerprint(page, sb_home, slow_url, tmp_path,
+def test_live_view_flags_poisoned_sources_and_cancel_restores_the_fingerprint(page, sb_home, held, tmp_path,
                                                                              record_property):
     from corpora.synthetic_scenes import render_scene
 
     home, before = sb_home
     shot = Shots(page, tmp_path, record_property)
-    start_live_run(page, tmp_path, slow_url)
-    wait_poisons_in(home)
+    start_live_run(page, tmp_path, held.url)
+    wait_poisons_in(held)
     shot("run-injecting")
     page.get_by_role("tab", name="Chat").click()
     wait_text(page, "#hr-chat-banner", "is injecting")
@@ -210,7 +202,7 @@ def test_live_view_flags_poisoned_sources_and_cancel_restores_the_fingerprint(pa
 
 
 @pytest.mark.slow  # ~1 min; the same clean-up is tested without a browser in tests/test_sandbox_app.py (killed app)
-def test_killing_the_app_mid_injection_is_cleaned_at_the_next_start(browser, slow_url, tmp_path, record_property,
+def test_killing_the_app_mid_injection_is_cleaned_at_the_next_start(browser, held, tmp_path, record_property,
                                                                     monkeypatch):
     from sandbox.injection import list_journals
 
@@ -221,8 +213,8 @@ def test_killing_the_app_mid_injection_is_cleaned_at_the_next_start(browser, slo
     proc, url = start_app(home, ["--collection", "live"], log, new_session=True)
     try:
         context, page = open_page(browser, url)
-        start_live_run(page, tmp_path, slow_url)
-        wait_poisons_in(home)
+        start_live_run(page, tmp_path, held.url)
+        wait_poisons_in(held)
         assert any(j.doc_ids for j in list_journals("live"))
         Shots(page, tmp_path, record_property)("before-the-kill")
         context.close()

@@ -54,15 +54,19 @@ def delete_records(store: VectorStore, image_store: VectorStore | None, image_fi
     record uses; returns the records removed. Needs no encoder (``heterag docs delete`` loads no model);
     the caller holds the collection's write lock."""
     ids = list(doc_ids)
+    # the image of a document: named by its image record, and by its chunks (a writer killed between the two
+    # upserts leaves chunks without the image record)
+    shas = {str(r.metadata.get("image_sha256", "")) for r in store.get(where={"doc_id": {"$in": ids}})}
     removed = store.delete(where={"doc_id": {"$in": ids}})
     if image_store is not None:
         old = image_store.get(where={"doc_id": {"$in": ids}})
+        shas |= {str(r.metadata.get("image_sha256", "")) for r in old}
         if old:
             removed += image_store.delete(ids=[r.id for r in old])
-            if image_files is not None:
-                for sha in filter(None, {str(r.metadata.get("image_sha256", "")) for r in old}):
-                    if not image_store.get(where={"image_sha256": sha}):
-                        image_files.remove(sha)
+        if image_files is not None:
+            for sha in sorted(filter(None, shas)):
+                if not image_store.get(where={"image_sha256": sha}) and not store.get(where={"image_sha256": sha}):
+                    image_files.remove(sha)
     for s in (store, image_store):
         if s is not None and hasattr(s, "flush"):
             s.flush()
