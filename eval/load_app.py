@@ -9,17 +9,32 @@ back to back). Every question is asked once: the single user and the sessions dr
 questions from one shuffled pool (``--seed``), so no answer is cheaper because the same question
 came before. The pool mixes text and image questions (every third an image): about 300 text
 questions built from the titles of the text demo's topics, and the 300 scenes of the image demo,
-half of them with one of the scene's own questions, half alone. Reports errors, p50/p95 latency
-and time to the first streamed token, for the single user and under load, as a table and as
-JSON (``eval/out/load_app.json``).
+half of them with one of the scene's own questions, half alone. Reports errors, p50/p95 latency,
+time to the first streamed token and throughput (answered questions per second of the phase's wall
+time), for the single user and under load, as a table and as JSON (``eval/out/load_app.json``).
+
+Before/after in one run: ``--app LABEL=COMMAND`` (repeatable) starts each app command itself (it must
+print ``heterag app: URL``, as ``python app.py`` does; ``{port}`` in it becomes a free port), measures it
+with the same questions, stops it, and reports each app's rows with its throughput relative to the first;
+``--rounds N`` repeats the list (ABAB...) so that a change in the machine's load hits both alike::
+
+    git archive HEAD | tar -x -C /tmp/before
+    python eval/load_app.py --users 20 --questions 20 \\
+        --app "before=env PYTHONPATH=/tmp/before python /tmp/before/app.py --port {port}" \\
+        --app "after=python app.py --port {port}"
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import re
+import shlex
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -142,7 +157,8 @@ def run_user(url: str, user: int, questions: list[Question], args, results: list
 
 
 def summarize(results: list[dict], errors: list[str], seconds: float) -> dict:
-    out = {"questions": len(results) + len(errors), "errors": len(errors), "seconds": round(seconds, 1)}
+    out = {"questions": len(results) + len(errors), "errors": len(errors), "seconds": round(seconds, 1),
+           "throughput_qps": round(len(results) / seconds, 2) if seconds > 0 else float("nan")}
     for kind in ("text", "image", "all"):
         rows = [r for r in results if kind == "all" or r["kind"] == kind]
         lat, ttft = [r["latency"] for r in rows], [r["ttft"] for r in rows]
@@ -169,6 +185,78 @@ def phase(url: str, users: int, per_user: int, pool: list[Question], args) -> di
     return out
 
 
+def measure(url: str, args) -> dict:
+    """The warm-up, single-user and load phases against the app at ``url``; the report as JSON-ready dict."""
+    with tempfile.TemporaryDirectory() as tmp:
+        pool = question_pool(Path(tmp), args.seed)
+        needed = 2 + args.questions * (1 + args.users)
+        if needed > len(pool):
+            sys.exit(f"load_app.py: {needed} questions needed but the pool has {len(pool)}; ask fewer")
+        # one text and one image question first: the first request of each kind loads things
+        warm = [pool.pop(0), pool.pop(next(i for i, q in enumerate(pool) if q.image))]
+        run_user(url, 999, warm, argparse.Namespace(**{**vars(args), "think": 0, "ramp": 0}), [], [])
+        single = phase(url, 1, args.questions, pool, args)
+        load = phase(url, args.users, args.questions, pool, args)
+    return {"url": url, "users": args.users, "questions_per_user": args.questions, "think_s": args.think,
+            "ramp_s": args.ramp, "seed": args.seed, "single": single, "load": load,
+            "p95_ratio": load["all"]["p95"] / single["all"]["p95"] if single["all"]["p95"] else None}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_app(command: str, timeout: float = 900.0) -> tuple[subprocess.Popen, str]:
+    """Start ``command`` (an app that prints ``heterag app: URL``; ``{port}`` in it becomes a free port, so that
+    a restarted app does not find its last port still held by closing connections); returns the process and the URL."""
+    proc = subprocess.Popen(shlex.split(command.replace("{port}", str(free_port()))), stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    found: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # keep reading, so the app never blocks on a full pipe
+            m = re.search(r"heterag app: (\S+)", line)
+            if m and not found:
+                found.append(m.group(1))
+
+    threading.Thread(target=read, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while not found:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_app(proc)
+            sys.exit(f"load_app.py: {command!r} did not start (exit status {proc.returncode})")
+        time.sleep(0.2)
+    return proc, found[0]
+
+
+def stop_app(proc: subprocess.Popen) -> None:
+    """SIGTERM the app's process group (the app deletes its uploads on the way out), then SIGKILL after 20 s."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def table(rows: list[tuple[str, dict]], users: int) -> None:
+    print("| run | users | questions | errors | p50 s | p95 s | TTFT p50 text s | TTFT p50 image s | TTFT p95 s | throughput q/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for label, report in rows:
+        for name, r, u in (("single user", report["single"], 1), (f"{users} users", report["load"], users)):
+            print(f"| {label}{name} | {u} | {r['questions']} | {r['errors']} | {r['all']['p50']:.3f} | {r['all']['p95']:.3f} | "
+                  f"{r['text']['ttft_p50']:.3f} | {r['image']['ttft_p50']:.3f} | {r['all']['ttft_p95']:.3f} | "
+                  f"{r['throughput_qps']:.2f} |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--url", default="http://127.0.0.1:7860/")
@@ -182,35 +270,44 @@ def main() -> int:
     ap.add_argument("--image-collection", default=IMAGE_COLLECTION_DEFAULT, help="collection for image questions")
     ap.add_argument("-k", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0, help="shuffles the question pool")
+    ap.add_argument("--app", action="append", default=[], metavar="LABEL=COMMAND",
+                    help="start this app command, measure it, stop it (repeatable: before/after in one run; "
+                         "--url is then not used)")
+    ap.add_argument("--rounds", type=int, default=1, help="with --app: measure the list of apps this many times")
     ap.add_argument("--out", default=str(Path(__file__).parent / "out" / "load_app.json"))
     args = ap.parse_args()
     if args.ramp is None:
         args.ramp = args.think
-    with tempfile.TemporaryDirectory() as tmp:
-        pool = question_pool(Path(tmp), args.seed)
-        needed = 2 + args.questions * (1 + args.users)
-        if needed > len(pool):
-            sys.exit(f"load_app.py: {needed} questions needed but the pool has {len(pool)}; ask fewer")
-        # one text and one image question first: the first request of each kind loads things
-        warm = [pool.pop(0), pool.pop(next(i for i, q in enumerate(pool) if q.image))]
-        run_user(args.url, 999, warm, argparse.Namespace(**{**vars(args), "think": 0, "ramp": 0}), [], [])
-        single = phase(args.url, 1, args.questions, pool, args)
-        load = phase(args.url, args.users, args.questions, pool, args)
-    report = {"url": args.url, "users": args.users, "questions_per_user": args.questions, "think_s": args.think,
-              "ramp_s": args.ramp, "seed": args.seed,
-              "single": single, "load": load,
-              "p95_ratio": load["all"]["p95"] / single["all"]["p95"] if single["all"]["p95"] else None}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    print("| run | users | questions | errors | p50 s | p95 s | TTFT p50 text s | TTFT p50 image s | TTFT p95 s |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, r, u in (("single user", single, 1), (f"{args.users} users", load, args.users)):
-        print(f"| {name} | {u} | {r['questions']} | {r['errors']} | {r['all']['p50']:.3f} | {r['all']['p95']:.3f} | "
-              f"{r['text']['ttft_p50']:.3f} | {r['image']['ttft_p50']:.3f} | {r['all']['ttft_p95']:.3f} |")
-    print(f"p95 under load / single-user p95 = {report['p95_ratio']:.2f} (think time {args.think:g} s)")
-    for line in load["error_lines"]:
-        print("error:", line, file=sys.stderr)
-    return 1 if load["errors"] or single["errors"] else 0
+    if not args.app:
+        report = measure(args.url, args)
+        Path(args.out).write_text(json.dumps(report, indent=2))
+        table([("", report)], args.users)
+        print(f"p95 under load / single-user p95 = {report['p95_ratio']:.2f} (think time {args.think:g} s)")
+        for line in report["load"]["error_lines"]:
+            print("error:", line, file=sys.stderr)
+        return 1 if report["load"]["errors"] or report["single"]["errors"] else 0
+    apps = [(m.group(1), m.group(2)) if (m := re.match(r"([\w.-]+)=(.+)", a)) else (f"app{i + 1}", a)
+            for i, a in enumerate(args.app)]
+    runs: list[dict] = []
+    for rnd in range(args.rounds):
+        for label, command in apps:
+            proc, url = start_app(command)
+            try:
+                report = measure(url, args)
+            finally:
+                stop_app(proc)
+            runs.append({"label": label, "round": rnd + 1, "command": command, **report})
+            Path(args.out).write_text(json.dumps({"runs": runs}, indent=2))
+    table([(f"{r['label']} (round {r['round']}): ", r) for r in runs], args.users)
+    base = runs[0]
+    for r in runs:
+        print(f"{r['label']} round {r['round']}: p95 under load / single-user p95 = {r['p95_ratio']:.2f}; "
+              f"throughput {r['load']['throughput_qps']:.2f} q/s = {r['load']['throughput_qps'] / base['load']['throughput_qps']:.2f}x "
+              f"{base['label']}'s round 1 (think time {args.think:g} s)")
+        for line in r["load"]["error_lines"]:
+            print(f"error ({r['label']}):", line, file=sys.stderr)
+    return 1 if any(r["load"]["errors"] or r["single"]["errors"] for r in runs) else 0
 
 
 if __name__ == "__main__":

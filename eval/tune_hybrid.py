@@ -12,8 +12,8 @@ its best fused chunk.
 
 Grid: keyword text of a record (``view``: :func:`heterag.stores.keyword.keyword_text`; ``chunk+title``:
 title, heading path and chunk; ``context``: the heterag view text, chunk with one neighbour each side,
-heading and title) x fusion (``rrf`` k in {5, 10, 20, 40, 60, 100}, dense weight in {0.3 ... 0.7};
-``convex`` dense weight in {0.20, 0.25, ... 0.80}) x candidates per list in {50, 100, 200}.
+heading and title) x fusion (``rrf`` k in {5, 10, 20, 40, 60, 100}, dense weight in {0.3 ... 0.9};
+``convex`` dense weight in {0.20, 0.25, ... 0.95}) x candidates per list in {50, 100, 200}.
 
 Selection (5 folds by query, seed ``--seed``, per dataset): for each fold the setting is chosen on the
 other four folds and scores the held-out fold, so every query is scored once by a setting that never
@@ -53,8 +53,8 @@ log = logging.getLogger("tune_hybrid")
 DEPTH = 200
 CANDIDATES = (50, 100, 200)
 RRF_K = (5, 10, 20, 40, 60, 100)
-RRF_W = (0.3, 0.4, 0.5, 0.6, 0.7)
-CONVEX_W = tuple(round(w, 2) for w in np.arange(0.20, 0.8001, 0.05))
+RRF_W = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+CONVEX_W = tuple(round(w, 2) for w in np.arange(0.20, 0.9501, 0.05))
 VARIANTS = ("view", "chunk+title", "context")
 CACHE = OUT_DIR / "cache"
 

@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import re
 import time
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -102,6 +103,26 @@ class MethodVerdict:
     h0: str
     score: float | None
     note: str = ""
+    #: the threshold the verdict used, calibrated on the shadow set (MrM: on the p-value, member where
+    #: ``p >= threshold``; MBA: on the score, member where ``score >= threshold``)
+    threshold: float | None = None
+
+    def describe(self) -> str:
+        """The verdict with the rule that gave it, e.g. ``non-member (mrm: p = 0.491 < 0.62, the threshold
+        calibrated on the shadow set; H0: member)``."""
+        if self.verdict is None:
+            return f"no verdict ({self.method}: {self.note})"
+        if self.method == "mrm" and self.p_value is not None and self.threshold is not None:
+            op = "≥" if self.p_value >= self.threshold else "<"
+            return (f"{self.verdict} (mrm: p = {self.p_value:.3g} {op} {self.threshold:.3g}, the threshold calibrated on "
+                    f"the shadow set; H0: {self.h0})")
+        if self.score is not None and self.threshold is not None:
+            op = "≥" if self.score >= self.threshold else "<"
+            p = f"p = {self.p_value:.3g}, " if self.p_value is not None else ""
+            return (f"{self.verdict} ({self.method}: score {self.score:.3g} {op} {self.threshold:.3g}, the threshold "
+                    f"calibrated on the shadow set; {p}H0: {self.h0})")
+        p = f"p = {self.p_value:.3g}, " if self.p_value is not None else ""
+        return f"{self.verdict} ({self.method}: {p}H0: {self.h0})"
 
 
 @dataclasses.dataclass
@@ -118,9 +139,9 @@ class ImageAudit:
     note: str = ""
 
     def line(self) -> str:
-        if self.verdict is None:
+        if self.verdict is None or self.method is None:
             return f"{self.name}: no verdict ({self.note or 'no usable method could judge it'})"
-        return f"{self.name}: {self.verdict} (p = {self.p_value:.3g}, {self.method}, H0: {self.methods[self.method].h0})"
+        return f"{self.name}: {self.methods[self.method].describe()}"
 
 
 @dataclasses.dataclass
@@ -220,6 +241,7 @@ def _read_zip(path: Path, label: str, max_bytes: int) -> tuple[list[AuditInput],
         return [], [f"{label}: not a readable zip ({_relabel(str(exc), str(path), label)})"]
     images: dict[str, tuple[str, ImageRef]] = {}
     texts: dict[str, str] = {}
+    text_names: dict[str, str] = {}
     errors: list[str] = []
     with zf:
         for info in zf.infolist():
@@ -243,6 +265,7 @@ def _read_zip(path: Path, label: str, max_bytes: int) -> tuple[list[AuditInput],
             if suffix == ".txt":
                 try:
                     texts[key] = data.decode("utf-8").strip()
+                    text_names[key] = info.filename
                 except UnicodeDecodeError:
                     errors.append(f"{where}: not UTF-8 text; skipped")
                 continue
@@ -250,8 +273,9 @@ def _read_zip(path: Path, label: str, max_bytes: int) -> tuple[list[AuditInput],
                 images[key] = (info.filename, ImageRef.from_bytes(data, source=where, max_bytes=max_bytes))
             except HeteragError as exc:
                 errors.append(" ".join(str(exc).split()))
-    for key in texts.keys() - images.keys():
-        errors.append(f"{label}: {key}.txt: no image with that name; skipped")
+    for key in sorted(texts.keys() - images.keys()):
+        errors.append(f"{label}: {text_names[key]}: not an image (a .txt member is only read as the text of the image "
+                      f"with the same name, and the zip has no image {PurePosixPath(key).name}.*); skipped")
     out = [AuditInput(f"{label}/{fname}", dataclasses.replace(img, source=f"{label}/{fname}"), texts.get(key, ""))
            for key, (fname, img) in sorted(images.items())]
     if not out and not errors:
@@ -259,24 +283,81 @@ def _read_zip(path: Path, label: str, max_bytes: int) -> tuple[list[AuditInput],
     return out, errors
 
 
+#: Default seed of a synthetic shadow set (not the demo's).
+SHADOW_SEED = 7919
+#: Bounds of a synthetic shadow set: (least, most) images, and pixels per side.
+SHADOW_IMAGES = (8, 100_000)
+SHADOW_SIZE = (32, 4096)
+#: The tighter bounds of a shadow set given in the web app (the audit runs in the app's process).
+APP_SHADOW_IMAGES = (8, 500)
+APP_SHADOW_SIZE = (32, 512)
+_SYNTHETIC_SHADOW = re.compile(r"synthetic:(\d{1,9})(?::(\d{1,10}))?(?::(\d{1,6}))?")
+
+
+def parse_synthetic_shadow(shadow: str, *, images: tuple[int, int] = SHADOW_IMAGES,
+                           size: tuple[int, int] = SHADOW_SIZE) -> tuple[int, int, int]:
+    """``(n, seed, size)`` of ``synthetic:N[:SEED[:SIZE]]`` within the bounds; :class:`InvalidInputError` (one line)
+    otherwise."""
+    from corpora.synthetic_scenes import DEFAULT_SIZE
+
+    expected = (f"expected synthetic:N[:SEED[:SIZE]] with N from {images[0]} to {images[1]}, SEED from 0 to {2**32 - 1} "
+                f"and SIZE (pixels) from {size[0]} to {size[1]}")
+    m = _SYNTHETIC_SHADOW.fullmatch(shadow.strip())
+    if not m:
+        raise InvalidInputError(f"shadow: {shadow.strip()[:60]!r}: {expected}")
+    n, seed = int(m.group(1)), int(m.group(2)) if m.group(2) else SHADOW_SEED
+    side = int(m.group(3)) if m.group(3) else DEFAULT_SIZE
+    if not (images[0] <= n <= images[1] and 0 <= seed < 2**32 and size[0] <= side <= size[1]):
+        raise InvalidInputError(f"shadow: {shadow.strip()!r}: {expected}")
+    return n, seed, side
+
+
+def check_app_shadow(shadow: str) -> str:
+    """A shadow set as the web app accepts it: ``synthetic:N[:SEED[:SIZE]]`` within :data:`APP_SHADOW_IMAGES` and
+    :data:`APP_SHADOW_SIZE`, or ``data:NAME`` (a ready-made source inside the data folder). Anything else, any
+    server path above all, is refused with one line that is the same whether the path exists or not."""
+    shadow = (shadow or "").strip() or "synthetic:16"
+    if shadow.startswith("synthetic:"):
+        parse_synthetic_shadow(shadow, images=APP_SHADOW_IMAGES, size=APP_SHADOW_SIZE)
+        return shadow
+    if shadow.startswith("data:"):
+        from .scenario import check_data_name
+
+        try:
+            check_data_name(shadow)
+        except ValueError as exc:
+            raise InvalidInputError(f"shadow: {exc}") from None
+        return shadow
+    raise InvalidInputError(f"shadow: give synthetic:N[:SEED[:SIZE]] (N from {APP_SHADOW_IMAGES[0]} to "
+                            f"{APP_SHADOW_IMAGES[1]}, SIZE from {APP_SHADOW_SIZE[0]} to {APP_SHADOW_SIZE[1]}) or data:NAME "
+                            "(a ready-made source in the data folder); the app reads no other server path")
+
+
 def load_shadow(shadow: str | Sequence[AnnotatedImage]) -> list[AnnotatedImage]:
     """The auditor's shadow set: ``synthetic:N[:SEED[:SIZE]]`` (synthetic scenes with captions; default seed
-    7919, not the demo's, size 128 pixels), a folder in an image layout whose items carry text (a caption
-    folder, COCO, VQA-RAD), or the items themselves."""
+    :data:`SHADOW_SEED`, not the demo's, size 128 pixels; bounds :data:`SHADOW_IMAGES`, :data:`SHADOW_SIZE`),
+    ``data:NAME`` (a source inside the data folder) or a folder in an image layout whose items carry text (a
+    caption folder, COCO, VQA-RAD), or the items themselves. The web app passes only what
+    :func:`check_app_shadow` accepts."""
     if not isinstance(shadow, str):
         return list(shadow)
     if shadow.startswith("synthetic:"):
-        from corpora.synthetic_scenes import DEFAULT_SIZE, generate_scenes
+        from corpora.synthetic_scenes import generate_scenes
 
-        parts = shadow.split(":")[1:]
-        try:
-            n, seed, size = int(parts[0]), int(parts[1]) if len(parts) > 1 else 7919, int(parts[2]) if len(parts) > 2 else DEFAULT_SIZE
-        except (ValueError, IndexError):
-            raise InvalidInputError(f"shadow: {shadow!r}: expected synthetic:N[:SEED[:SIZE]]") from None
+        n, seed, size = parse_synthetic_shadow(shadow)
         return [s.to_annotated() for s in generate_scenes(n, seed=seed, size=size)]
+    from corpora.base import default_data_dir
     from corpora.layouts import detect_image_layout, iter_image_layout
 
-    path = Path(shadow).expanduser()
+    if shadow.startswith("data:"):
+        from .scenario import check_data_name
+
+        try:
+            path = default_data_dir() / check_data_name(shadow)
+        except ValueError as exc:
+            raise InvalidInputError(f"shadow: {exc}") from None
+    else:
+        path = Path(shadow).expanduser()
     if not path.exists() or detect_image_layout(path) is None:
         raise InvalidInputError(f"shadow: {shadow}: not a folder in an image layout heterag reads (or synthetic:N)")
     items = [it for it in iter_image_layout(path) if isinstance(it, AnnotatedImage)]
@@ -489,7 +570,8 @@ def _audit(pipe: Pipeline, name: str, inputs: list[AuditInput], shadow_items: li
                     p = geometric_test(x, report.p_t)[1]
                     im.masks = [MaskTrials(mq.label, mq.image, tuple(lg.answers), tuple(lg.correct), lg.first_success(trials))
                                 for mq, lg in zip(t.masks, logs, strict=True)]
-                    im.methods["mrm"] = MethodVerdict("mrm", "member" if p >= mrm_threshold else "non-member", p, "member", p)
+                    im.methods["mrm"] = MethodVerdict("mrm", "member" if p >= mrm_threshold else "non-member", p, "member", p,
+                                                      threshold=mrm_threshold)
             if "mba" in usable:
                 if not inp.text.strip():
                     im.methods["mba"] = MethodVerdict("mba", None, None, "non-member", None, "the image carries no text")
@@ -497,7 +579,7 @@ def _audit(pipe: Pipeline, name: str, inputs: list[AuditInput], shadow_items: li
                     s = float(mba([inp.text])[0])
                     p = float((1 + np.sum(mba_non >= s)) / (1 + len(mba_non)))
                     im.methods["mba"] = MethodVerdict("mba", "member" if s >= mba_threshold else "non-member", p,
-                                                      "non-member", s)
+                                                      "non-member", s, threshold=mba_threshold)
             judged = [v for v in im.methods.values() if v.verdict is not None]
             if judged:
                 best = max(judged, key=lambda v: report.signals[v.method].auc or 0.0)

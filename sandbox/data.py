@@ -29,7 +29,7 @@ from corpora.layouts.coco import coco_splits
 from corpora.synthetic_scenes import generate_scenes
 from heterag import ImageRef, InvalidInputError, ItemError
 
-from .scenario import PARTS, DataConfig, ScenarioError
+from .scenario import PARTS, DataConfig, ScenarioError, check_data_name
 from .tasks import Task, make_task
 
 #: Size of synthetic scenes in pixels.
@@ -66,8 +66,14 @@ class ScenarioData:
 
 
 def resolve_source(source: str, base_dir: str | Path) -> Path:
+    """The file or folder ``source`` names: ``data:NAME`` inside the data folder (never outside it: no ``..``,
+    no absolute NAME), else a path (relative to ``base_dir``)."""
     if source.startswith("data:"):
-        path = default_data_dir() / source[5:]
+        try:
+            name = check_data_name(source)
+        except ValueError as exc:
+            raise ScenarioError(f"data.source: {exc}") from None
+        path = default_data_dir() / name
     else:
         path = Path(source).expanduser()
         if not path.is_absolute():

@@ -14,6 +14,12 @@ written as a string (``masks: "3"``) or a boolean written as a number is refused
 (integers are accepted where a float is expected; YAML exponents such as ``1e-3`` are read as
 numbers). A block for another attack is refused too: ``mrm:`` under ``attack: m3att``, or M3Att
 options (``attack.steps``...) under ``attack: mrm``.
+
+A scenario file is read with limits, the same for the command line and the web app: at most
+:data:`MAX_SCENARIO_BYTES` bytes, at most :data:`MAX_YAML_ALIASES` aliases (``*name``) and at most
+:data:`MAX_YAML_NODES` values once every alias is expanded (a "billion laughs" document of 1 KB would
+otherwise expand to gigabytes). ``data: {source: data:NAME}`` must name something inside the data folder
+(no ``..``, no absolute path).
 """
 
 from __future__ import annotations
@@ -41,6 +47,14 @@ METRICS = ("asr@k", "asr_bound@k", "poisoned_per_query@k", "accuracy_clean", "ac
            "accuracy_drop_normalised", "misinformation_rate", "poison_rate")
 TASKS = ("auto", "classify", "vqa_closed", "scene_background")
 PARTS = ("knowledge_base", "reference", "candidates", "test")
+#: Largest scenario file read (bytes).
+MAX_SCENARIO_BYTES = 2**20
+#: Most YAML aliases (``*name``) a scenario file may use.
+MAX_YAML_ALIASES = 100
+#: Most values (mappings, lists, scalars) a scenario file may hold once its aliases are expanded.
+MAX_YAML_NODES = 100_000
+#: What a scenario ``name`` may be (it names report folders and run ids).
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
 
 
 class ScenarioError(InvalidInputError):
@@ -96,9 +110,22 @@ class DataConfig(_Strict):
         if v.startswith("synthetic"):
             if not re.fullmatch(r"synthetic:\d+", v) or int(v.split(":")[1]) < 10:
                 raise ValueError("synthetic sources are written synthetic:N with N >= 10")
+        elif v.startswith("data:"):
+            check_data_name(v)
         elif not v.strip():
             raise ValueError("empty source")
         return v
+
+
+def check_data_name(source: str) -> str:
+    """The NAME of ``data:NAME`` if it stays inside the data folder (relative, no ``..``); raises
+    :class:`ValueError` (one line) otherwise."""
+    name = source.removeprefix("data:").strip()
+    parts = Path(name.replace("\\", "/")).parts
+    if not name or Path(name).is_absolute() or name.startswith(("~", "/", "\\")) or ".." in parts:
+        raise ValueError(f"{source!r}: data:NAME names a file or folder inside the data folder "
+                         "(a relative name without '..')")
+    return name
 
 
 class GeneratorConfig(_Strict):
@@ -297,7 +324,7 @@ class MrMConfig(_Strict):
 
 
 class Scenario(_Strict):
-    name: str = Field("scenario", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
+    name: str = "scenario"
     seed: int = 0
     data: DataConfig
     rag: RagConfig = RagConfig()
@@ -310,6 +337,14 @@ class Scenario(_Strict):
     defense_probes: int = Field(200, ge=10)
     #: where ``source`` paths are resolved (the scenario file's folder); set by :func:`load_scenario`
     base_dir: str = "."
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_PATTERN.fullmatch(v):
+            raise ValueError(f"{v[:60]!r}: use 1 to 40 characters from A-Z, a-z, 0-9, '_', '.' and '-', "
+                             "starting with a letter or digit")
+        return v
 
     @field_validator("metrics")
     @classmethod
@@ -344,8 +379,59 @@ def _loc(err: Mapping[str, Any]) -> str:
     return ".".join(str(p) for p in err.get("loc", ()) if p != "from_" and not _TYPE_TAG.match(str(p)))
 
 
+class YAMLBombError(yaml.YAMLError):
+    """A document whose aliases expand beyond the limits (:data:`MAX_YAML_ALIASES`, :data:`MAX_YAML_NODES`)."""
+
+
 class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader with YAML 1.2 floats: ``1e-3`` is a number, not the string "1e-3"."""
+    """PyYAML's safe loader with YAML 1.2 floats (``1e-3`` is a number, not the string "1e-3") that refuses
+    documents with more than :data:`MAX_YAML_ALIASES` aliases or more than :data:`MAX_YAML_NODES` values once
+    the aliases are expanded (checked on the node graph, before any Python object is built)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self._aliases = getattr(self, "_aliases", 0) + 1
+            if self._aliases > MAX_YAML_ALIASES:
+                raise YAMLBombError(f"more than {MAX_YAML_ALIASES} YAML aliases (*name); write the values out")
+        return super().compose_node(parent, index)
+
+    def get_single_node(self) -> Any:
+        node = super().get_single_node()
+        if node is not None:
+            _check_expansion(node)
+        return node
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Raise :class:`YAMLBombError` if ``root`` holds more than :data:`MAX_YAML_NODES` values with every alias
+    expanded, or refers to itself."""
+    sizes: dict[int, int] = {}
+    visiting: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in visiting:
+            raise YAMLBombError("a YAML alias refers to the value that contains it")
+        visiting.add(key)
+        n = 1
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [x for pair in node.value for x in pair]
+        else:
+            children = []
+        for child in children:
+            n += size(child)
+            if n > MAX_YAML_NODES:
+                raise YAMLBombError(f"the YAML aliases expand to more than {MAX_YAML_NODES} values "
+                                    f"(limit {MAX_YAML_ALIASES} aliases, {MAX_YAML_NODES} values)")
+        visiting.discard(key)
+        sizes[key] = n
+        return n
+
+    size(root)
 
 
 _Loader.add_implicit_resolver(
@@ -360,6 +446,8 @@ _Loader.add_implicit_resolver(
 
 def parse_scenario(data: Any, *, base_dir: str | Path = ".", where: str = "scenario") -> Scenario:
     """Validate a mapping as a :class:`Scenario`; raises :class:`ScenarioError` naming the key."""
+    if data is None:
+        raise ScenarioError(f"{where}: the file is empty; a scenario is a YAML mapping (see eval/scenarios)")
     if not isinstance(data, Mapping):
         raise ScenarioError(f"{where}: a scenario is a YAML mapping, got {type(data).__name__}")
     try:
@@ -375,18 +463,34 @@ def parse_scenario(data: Any, *, base_dir: str | Path = ".", where: str = "scena
         raise ScenarioError(f"{where}: {loc}: {msg}" if loc else f"{where}: {msg}") from None
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    """Read and validate a scenario YAML file."""
+def load_yaml(text: str) -> Any:
+    """``text`` parsed with the scenario loader (YAML 1.2 floats, alias limits); raises :class:`yaml.YAMLError`."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
+
+
+def load_scenario(path: str | Path, *, label: str | None = None) -> Scenario:
+    """Read and validate a scenario YAML file (at most :data:`MAX_SCENARIO_BYTES`; aliases limited, see the
+    module docs). ``label``: how messages name the file (default: its path; the web app gives the user's
+    file name, not the server's upload path)."""
     path = Path(path)
+    where = label or str(path)
     if not path.is_file():
-        raise ScenarioError(f"scenario file {path} does not exist")
+        raise ScenarioError(f"scenario file {where} does not exist")
+    size = path.stat().st_size
+    if size > MAX_SCENARIO_BYTES:
+        raise ScenarioError(f"{where}: {size / 2**20:.1f} MiB; a scenario file may be at most "
+                            f"{MAX_SCENARIO_BYTES // 2**20} MiB")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506 (safe loader)
+        data = load_yaml(path.read_text(encoding="utf-8"))
+    except YAMLBombError as exc:
+        raise ScenarioError(f"{where}: refused: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ScenarioError(f"{path}: malformed YAML{at}: {problem}") from None
+        raise ScenarioError(" ".join(f"{where}: malformed YAML{at}: {problem}".split())) from None
     except UnicodeDecodeError:
-        raise ScenarioError(f"{path}: not UTF-8 text") from None
-    return parse_scenario(data, base_dir=path.parent, where=str(path))
+        raise ScenarioError(f"{where}: not UTF-8 text") from None
+    except RecursionError:
+        raise ScenarioError(f"{where}: refused: the YAML is nested too deeply") from None
+    return parse_scenario(data, base_dir=path.parent, where=where)

@@ -250,3 +250,27 @@ def test_a_scenario_takes_coco_split_names_and_all_means_every_split(tmp_path):
     mixed = load_scenario(_scenario(tmp_path, coco, {"knowledge_base": {"from": "all"}, "test": {"from": "val2017"}}))
     with pytest.raises(ScenarioError, match=r"^data\.splits: from: all reads every split"):
         load_items(mixed.data, mixed.seed, tmp_path)
+
+
+def test_a_port_whose_old_connections_linger_can_be_listened_on_again_but_not_a_listening_one():
+    """After a killed app, its accepted connections sit in TIME_WAIT on the port: a restart there must work
+    (the check binds as the server does, SO_REUSEADDR); a port another server listens on is still refused."""
+    import socket
+
+    from heterag.core.errors import HeteragError
+    from heterag.ui.server import _check_address
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    with pytest.raises(HeteragError, match="in use"):
+        _check_address("127.0.0.1", port)
+    client = socket.create_connection(("127.0.0.1", port))
+    conn, _ = listener.accept()
+    conn.close()  # the server side closes first: its end of the connection waits in TIME_WAIT
+    client.recv(1)
+    client.close()
+    listener.close()
+    _check_address("127.0.0.1", port)

@@ -135,6 +135,7 @@ def bad_inputs(home, tmp_path_factory):
     with zipfile.ZipFile(buf, "w") as z:
         z.writestr("photos/non-member.png", _png(non_member))
         z.writestr("photos/notes.pdf", b"%PDF-1.4 not an image")
+        z.writestr("photos/readme.txt", "a text without an image of its name")
     (folder / "batch.zip").write_bytes(buf.getvalue())
     report = audit_images("generic", [folder / n for n in ("member.png", "corrupt.png", "big.png", "batch.zip")],
                           shadow=_items(16, 7919, generic=True))
@@ -161,7 +162,9 @@ def test_audit_calibrates_first_then_gives_verdicts_with_masks_and_trial_answers
         assert im.masks and all(m.answers and len(m.answers) == len(m.named) and m.image.width == SIZE
                                 for m in im.masks)
         assert im.verdict == ("member" if im.p_value >= report.thresholds["mrm"] else "non-member")
-        assert f"{im.name}: {im.verdict} (p = " in report.summary()
+        t, op = report.thresholds["mrm"], "≥" if im.p_value >= report.thresholds["mrm"] else "<"
+        assert (f"{im.name}: {im.verdict} (mrm: p = {im.p_value:.3g} {op} {t:.3g}, the threshold calibrated on the "
+                "shadow set; H0: member)") in report.summary()
 
 
 def test_a_corrupt_image_is_one_line_and_the_others_are_audited(bad_inputs):
@@ -184,7 +187,10 @@ def test_a_zip_holding_a_non_image_is_one_line_and_its_images_are_audited(bad_in
     lines = [e for e in report.errors if "notes.pdf" in e]
     assert lines == ["batch.zip: photos/notes.pdf: not an image (.pdf); skipped"]
     assert "batch.zip/photos/non-member.png" in report.inputs
-    assert len(report.errors) == 3
+    texts = [e for e in report.errors if "readme" in e]  # a .txt without its image: not an image either
+    assert texts == ["batch.zip: photos/readme.txt: not an image (a .txt member is only read as the text of the image "
+                     "with the same name, and the zip has no image readme.*); skipped"]
+    assert len(report.errors) == 4
 
 
 def test_an_audit_without_signal_says_so_in_one_sentence_and_gives_no_verdicts(home, tmp_path):
@@ -224,3 +230,56 @@ def test_the_panel_renders_escaped_text_only():
     r.images.append(im)
     out = render(r)
     assert "<script>" not in out and "<img src=x" not in out and "&lt;b&gt;x&lt;/b&gt;.png" in out
+
+
+def test_verdict_lines_state_the_threshold_they_used():
+    from sandbox.app.audit import render
+    from sandbox.audit import AuditReport, ImageAudit, MethodVerdict
+
+    mrm = MethodVerdict("mrm", "non-member", 0.491, "member", 0.491, threshold=0.62)
+    mba = MethodVerdict("mba", "member", 0.03, "non-member", 0.8, threshold=0.6)
+    assert mrm.describe() == "non-member (mrm: p = 0.491 < 0.62, the threshold calibrated on the shadow set; H0: member)"
+    assert mba.describe() == ("member (mba: score 0.8 ≥ 0.6, the threshold calibrated on the shadow set; p = 0.03, "
+                              "H0: non-member)")
+    im = ImageAudit("x.png", "non-member", 0.491, "mrm", {"mrm": mrm, "mba": mba})
+    assert im.line() == "x.png: " + mrm.describe()
+    r = AuditReport("c")
+    r.images.append(im)
+    out = render(r)
+    assert "p = 0.491 &lt; 0.62, the threshold calibrated on the shadow set" in out and "score 0.8 ≥ 0.6" in out
+
+
+def test_the_app_takes_only_bounded_synthetic_shadow_sets_or_data_sources(tmp_path, monkeypatch):
+    """From the app, no server path is read for the shadow set, and the refusal is the same whether the path
+    exists or not (it says nothing about the server's files)."""
+    import gradio as gr
+
+    from sandbox.app.audit import run_audit
+
+    (tmp_path / "scenes").mkdir()
+    (tmp_path / "x.png").write_bytes(_png(_items(1, 99)[0]))
+    messages = set()
+    for shadow in ("/etc", str(tmp_path / "scenes"), str(tmp_path / "missing"), "../../etc", "~/x", "file:///etc"):
+        with pytest.raises(gr.Error) as err:  # the panel's handler refuses before any work
+            run_audit([str(tmp_path / "x.png")], "named", shadow, "synthetic", "extractive", "", "", False, progress=None)
+        messages.add(err.value.message)
+    refusal = ("shadow: give synthetic:N[:SEED[:SIZE]] (N from 8 to 500, SIZE from 32 to 512) or data:NAME "
+               "(a ready-made source in the data folder); the app reads no other server path")
+    assert messages == {refusal}, messages
+    from sandbox.audit import check_app_shadow, load_shadow
+
+    for shadow in ("/etc", str(tmp_path / "scenes"), str(tmp_path / "missing")):
+        with pytest.raises(InvalidInputError, match=r"^shadow: give synthetic:N\[:SEED\[:SIZE\]\]") as exc:
+            check_app_shadow(shadow)
+        assert str(exc.value) == refusal
+    for shadow in ("synthetic:501", "synthetic:16:1:513", "synthetic:16:1:8", "synthetic:4", "synthetic:16:99999999999",
+                   "synthetic:1000000000000:1", "synthetic:x", "data:../../etc", "data:/etc"):
+        with pytest.raises(InvalidInputError) as exc:
+            check_app_shadow(shadow)
+        assert "\n" not in str(exc.value) and str(exc.value).startswith("shadow: ")
+    assert check_app_shadow("synthetic:16:3:64") == "synthetic:16:3:64" and check_app_shadow("") == "synthetic:16"
+    assert check_app_shadow("data:scenes") == "data:scenes"
+    monkeypatch.setenv("HETERAG_DATA_DIR", str(tmp_path))
+    with pytest.raises(InvalidInputError, match="shadow: data:scenes: not a folder in an image layout"):
+        load_shadow("data:scenes")  # a data source is read from the data folder
+    assert len(load_shadow("synthetic:8:3:32")) == 8

@@ -132,7 +132,8 @@ def test_a_folder_of_formats_ingests_and_a_caption_question_finds_the_figure(cap
     code, out, _ = run(capsys, "ask", question, "--collection", "kb", "-k", "10", "--json")
     hits = json.loads(out)["retrieved"]
     figure = hits[0]  # with the default fusion: the chart's near-0 cross-modal score must not sink its caption
-    assert figure["doc_id"] == "estuary-paper.pdf#figure-2" and set(figure["scores"]) == {"text", "cross"}
+    # found by its caption's vector, its image's cross-modal score and (hybrid, the default) its caption's keywords
+    assert figure["doc_id"] == "estuary-paper.pdf#figure-2" and set(figure["scores"]) == {"text", "cross", "keyword"}
     assert Path(figure["image"]).is_file() and figure["scores"]["text"] == max(h["scores"].get("text", 0) for h in hits)
     assert figure["score"] >= figure["scores"]["text"]  # judged on its text like every text-only chunk
     code, out, _ = run(capsys, "ask", question, "--collection", "kb", "-k", "3", "--json", "--fusion", "weighted:cross=0")

@@ -124,3 +124,23 @@ def test_two_chunks_sharing_a_view_take_one_top_k_slot(tmp_path, encoder):
 def test_k_must_be_positive(pipe):
     with pytest.raises(InvalidInputError):
         pipe.retrieve("p53", k=0, retrieval="hybrid")
+
+
+@pytest.mark.parametrize("view", ["naive", "late"])
+def test_views_without_a_context_text_are_found_by_keywords_of_their_neighbours(tmp_path, encoder, view):
+    """A naive or late chunk is found by a term that only its neighbour or its title holds (the keyword text
+    is the chunk in context), and the stored context never leaks into a hit's metadata."""
+    text = ("Zebrafish larvae regrow their fins within days. " * 3 + "The cohort was followed for two years. " * 3
+            + "Volcanic ash was measured in every sample. " * 3)
+    p = Pipeline(open_store("chroma", tmp_path / "store", "test"), encoder, make_view(view), chunk_tokens=16)
+    try:
+        p.ingest([Document.create(text, title="Fin regeneration", id="d")])
+        records = sorted(p.store.get(), key=lambda r: r.metadata["chunk_index"])
+        middle = next(r for r in records if "cohort" in r.text and "zebrafish" not in r.text.lower()
+                      and "volcanic" not in r.text.lower())
+        assert "Fin regeneration" in middle.metadata["keyword_context"] and middle.text in middle.metadata["keyword_context"]
+        hits = p.retrieve("regeneration cohort", k=len(records), retrieval="keyword")
+        assert middle.id in [h.chunk_id for h in hits]  # "regeneration" is only in the title
+        assert all("keyword_context" not in h.metadata for h in hits)
+    finally:
+        p.close()

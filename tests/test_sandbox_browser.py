@@ -146,6 +146,8 @@ def test_run_an_uploaded_scenario_from_the_tab_and_see_its_report(page, tmp_path
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(TINY))
     upload_scenario(page, path)
+    wait_text(page, "#hr-sb-message", "The uploaded file tiny.yaml is what runs")  # not the ready-made pick
+    assert "not used: the uploaded file runs" in page.locator("#hr-sb-scenario").inner_text()
     shot("sandbox-tab")
     page.locator("#hr-sb-run").click()
     wait_text(page, "#hr-sb-message", "started run")
@@ -165,6 +167,8 @@ def test_run_an_uploaded_scenario_from_the_tab_and_see_its_report(page, tmp_path
     assert rows >= 8
     files = "".join(page.locator("#hr-sb-files").inner_text().split())
     assert "report.json" in files and "report.md" in files and "asr_by_defense.png" in files, files
+    remove = page.locator("#hr-sb-files .label-clear-button")  # a read-only list: no "remove this file"
+    assert all(remove.nth(i).is_hidden() for i in range(remove.count()))
 
 
 def test_live_view_flags_poisoned_sources_and_cancel_restores_the_fingerprint(page, sb_home, held, tmp_path,

@@ -84,8 +84,8 @@ RETRIEVAL_CHOICES = ("dense", "keyword", "hybrid")
 
 def _add_retrieval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retrieval", choices=RETRIEVAL_CHOICES, help="how the question's text is searched: dense "
-                   "(vectors), keyword (BM25) or hybrid (both, fused; needs the collection's keyword index); default dense "
-                   "until hybrid is shown to win (issue #21)")
+                   "(vectors), keyword (BM25) or hybrid (both, fused; needs the collection's keyword index); default hybrid "
+                   "where the collection has a keyword index, else dense")
     p.add_argument("--hybrid", metavar="SPEC", help="how hybrid retrieval fuses the two lists: convex (default) or rrf, "
                    "with settings, e.g. rrf:k=60,weight=0.5 or convex:weight=0.5,candidates=100")
 
@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "trained on are left out and counted")
     b.add_argument("--queries-from", default=None, help="file of query ids (one per line): evaluate only these")
     b.add_argument("--retrieval", default=None, help="dense, keyword or hybrid, comma-separate several (one ingest per "
-                   "view serves them all; default: the library's default, dense)")
+                   "view serves them all; default: the library's default, hybrid)")
     b.add_argument("--hybrid", metavar="SPEC", default=None, help="hybrid fusion, e.g. rrf:k=60,weight=0.5 or "
                    "convex:weight=0.5,candidates=100 (default: the library's)")
     b.add_argument("--latency-queries", type=_int_at_least(0, "--latency-queries"), default=200,

@@ -55,3 +55,9 @@ class StoreUnavailableError(HeteragError, ConnectionError):
 class KeywordIndexError(HeteragError):
     """A keyword index that is missing, corrupt, or out of step with its vector store; the message names
     the command that rebuilds it."""
+
+
+class EncoderWorkerError(HeteragError, RuntimeError):
+    """A call to the query-encoder worker (:class:`heterag.encoding.batching.BatchWorker`) that got no result:
+    it waited longer than the worker's timeout, or the worker stopped while running it. The message says which;
+    the worker itself is replaced and keeps serving later calls."""

@@ -4,6 +4,7 @@ Imports only :mod:`heterag.core`. The text encoder (:mod:`~heterag.encoding.text
 pooled and token-level embeddings and its tokenizer; the image encoders
 (:mod:`~heterag.encoding.image_encoders`) map images and texts into one space; adapters
 (:mod:`~heterag.encoding.adapters`) insert trained soft prompts into a frozen text encoder;
-:mod:`~heterag.encoding.batching` merges concurrent encoder calls; :mod:`~heterag.encoding.embedder`
+:mod:`~heterag.encoding.batching` runs query-time model calls on one worker thread and merges concurrent
+calls into shared forward passes; :mod:`~heterag.encoding.embedder`
 is the small text-embedder protocol the generators use.
 """

@@ -38,6 +38,7 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -49,6 +50,7 @@ from torch import nn
 
 from heterag.core.errors import HeteragError, InvalidInputError, UnknownNameError
 from heterag.core.images import ImageRef, load_image, pil_to_tensor, to_rgb
+from heterag.encoding.batching import WorkerBatcher, default_worker
 from heterag.encoding.text_encoder import few_threads
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,11 @@ DEFAULT_IDENTITY = "heterag-default-image-v1"
 RANDOM_INIT_SEED = 0
 #: Jobs with at least this many images show a progress bar (unless HETERAG_NO_PROGRESS is set).
 PROGRESS_THRESHOLD = 256
+#: ``encode_images`` calls of at most this many images (a query image) are preprocessed in the caller's thread
+#: and embedded on the query-encoder worker, merged with other threads' calls (:mod:`heterag.encoding.batching`).
+QUERY_IMAGES = 4
+#: Most images in one merged forward pass of query images.
+QUERY_BATCH = 32
 _CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
 ImageLike = ImageRef | Image.Image
@@ -230,13 +237,22 @@ class _TorchImageEncoder:
     def encode_images(
         self, images: Sequence[ImageLike], *, batch_size: int = 32, progress: bool | None = None
     ) -> np.ndarray:
-        """Embed images of any sizes; float32 ``(n, dim)`` with unit-norm rows."""
+        """Embed images of any sizes; float32 ``(n, dim)`` with unit-norm rows.
+
+        Up to :data:`QUERY_IMAGES` images (a query) are embedded on the query-encoder worker, in one forward
+        pass with the query images of other threads (the same vectors as alone, up to float rounding); larger
+        calls run here in passes of ``batch_size``. Raises :class:`~heterag.core.errors.EncoderWorkerError`
+        when the worker gives no result in time."""
         images = list(images)
         if batch_size < 1:
             raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
         out = np.zeros((len(images), self.dim), dtype=np.float32)
         if not images:
             return out
+        if len(images) <= QUERY_IMAGES and not progress:
+            with torch.inference_mode():
+                inputs = [self.preprocess(self.pixels(img)) for img in images]  # [1,3,S,S] each, in this thread
+            return np.stack(self._query_batcher(inputs, key=tuple(inputs[0].shape[1:])))
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(images), unit="img", desc="encode images", disable=not _show_progress(len(images), progress))
@@ -251,6 +267,23 @@ class _TorchImageEncoder:
         finally:
             bar.close()
         return out
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles leave out the query batcher: it holds the worker's locks and is bound to this
+        encoder's weights (a copy, e.g. a perturbed victim, makes its own on first use)."""
+        state = dict(super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__)
+        state.pop("_query_batcher", None)
+        return state
+
+    @cached_property
+    def _query_batcher(self) -> WorkerBatcher[torch.Tensor, np.ndarray]:
+        return default_worker().batcher(self._embed_inputs, max_items=QUERY_BATCH)
+
+    def _embed_inputs(self, inputs: list[torch.Tensor]) -> list[np.ndarray]:
+        """Unit-norm float32 ``(dim,)`` vectors of preprocessed ``[1,3,S,S]`` inputs, in one forward pass."""
+        with torch.inference_mode(), few_threads(len(inputs)):
+            vecs = F.normalize(self._embed(torch.cat(inputs)).float(), dim=-1)
+        return list(vecs.cpu().numpy())
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(identity={self.identity!r}, dim={self.dim}, image_size={self.image_size})"

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from heterag.core.errors import HeteragError, InvalidInputError
-from heterag.encoding.batching import MicroBatcher
+from heterag.encoding.batching import WorkerBatcher, default_worker
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,10 @@ RECENT_TEXTS = 1024
 BULK_PASS_TOKENS = 2048
 #: Characters per token assumed when slicing a bulk encode (English text averages about 4.5 with MiniLM).
 _CHARS_PER_TOKEN = 4
+#: What one more forward pass costs, in padded tokens: the fixed part of a pass (tokenising, pooling, Python)
+#: took about as long as 30 to 60 tokens of MiniLM on 2 busy cores. :func:`length_passes` splits a batch of mixed
+#: lengths into passes of similar lengths when the padding saved is worth more than the extra passes.
+PASS_OVERHEAD_TOKENS = 32
 
 
 @contextmanager
@@ -289,10 +293,10 @@ class TextEncoder:
         if max_seq_length is not None:
             self.model.max_seq_length = max_seq_length
         self.model.eval()
-        # Every use of the model and its tokenizer goes through one batcher: concurrent small encode
-        # calls (a server's queries) run as one batch, and the tokenizer (not thread-safe) is used
-        # by one thread at a time.
-        self._batcher: MicroBatcher[str, np.ndarray] = MicroBatcher(self._encode_batch, max_items=batch_size)
+        # Every use of the model and its tokenizer runs on the process's query-encoder worker thread
+        # (heterag.encoding.batching.default_worker): concurrent small encode calls (a server's queries and
+        # answer sentences) run as one batch, and the tokenizer (not thread-safe) is used by one thread.
+        self._batcher: WorkerBatcher[str, np.ndarray] = default_worker().batcher(self._encode_batch, max_items=batch_size)
         self._recent: OrderedDict[str, np.ndarray] = OrderedDict()  # vectors of the last small calls' texts
         self._recent_lock = threading.Lock()
 
@@ -369,12 +373,14 @@ class TextEncoder:
     def encode(self, texts: Sequence[str], *, show_progress: bool | None = None) -> np.ndarray:
         """Embed texts; returns float32 (n, dim) with unit-norm rows.
 
-        Thread-safe. Small calls (up to ``batch_size`` texts and about :data:`BULK_PASS_TOKENS` tokens)
-        made at the same time from several threads are encoded together in one batch
-        (:class:`~heterag.encoding.batching.MicroBatcher`); larger calls are encoded a slice at a time
-        (longest first, at most ``batch_size`` texts and about :data:`BULK_PASS_TOKENS` tokens a slice),
-        and other threads' waiting calls run before each slice, so a question during an ingest waits
-        for one short slice at most.
+        Thread-safe. Every forward pass runs on the query-encoder worker thread
+        (:func:`~heterag.encoding.batching.default_worker`). Small calls (up to ``batch_size`` texts and about
+        :data:`BULK_PASS_TOKENS` tokens) made at the same time from several threads are encoded together in one
+        batch; larger calls are encoded a slice at a time (longest first, at most ``batch_size`` texts and about
+        :data:`BULK_PASS_TOKENS` tokens a slice), and other threads' waiting calls run before each slice, so a
+        question during an ingest waits for one short slice at most. Raises
+        :class:`~heterag.core.errors.EncoderWorkerError` when a small call gets no result within the worker's
+        timeout (60 s), :class:`~heterag.core.errors.InvalidInputError` for an empty text.
         """
         texts = list(texts)
         if not texts:
@@ -414,13 +420,27 @@ class TextEncoder:
         return np.stack([v if v is not None else fresh[t] for t, v in zip(texts, known, strict=True)])
 
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
-        """One forward pass over ``texts`` (at most ``batch_size``); float32 (n, dim), unit-norm rows."""
+        """Embed ``texts`` (at most ``batch_size``) in forward passes of similar lengths; float32 (n, dim),
+        unit-norm rows, in the order of ``texts``.
+
+        A merged batch mixes a question (10 tokens) with answer sentences and code lines (up to 256): one
+        pass would pad every text to the longest (2 to 3 times the tokens, measured on the demo's answers).
+        The texts are grouped by token count (:func:`length_passes`); mean pooling ignores padding, so each
+        vector is the same as from a pass of its own, up to float rounding. Runs on the worker thread (or
+        single-threaded callers): it uses the model's own tokenizer."""
+        if len(texts) <= 2:
+            groups = [list(range(len(texts)))]
+        else:
+            ids = self.model.tokenizer(texts, truncation=True, max_length=self.max_seq_length, verbose=False)["input_ids"]
+            groups = length_passes([len(x) for x in ids], self.batch_size)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
         with few_threads(len(texts)):
-            vecs = self.model.encode(
-                texts, batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=True,
-                show_progress_bar=False,
-            )
-        return np.ascontiguousarray(vecs, dtype=np.float32)
+            for group in groups:
+                out[group] = self.model.encode(
+                    [texts[i] for i in group], batch_size=len(group), convert_to_numpy=True, normalize_embeddings=True,
+                    show_progress_bar=False,
+                )
+        return out
 
     def encode_query(self, text: str) -> np.ndarray:
         if not isinstance(text, str) or not text.strip():
@@ -466,6 +486,28 @@ class TextEncoder:
         for i in range(len(windows)):
             out.append(results[i])
         return out
+
+
+def length_passes(lengths: Sequence[int], most: int, overhead: int = PASS_OVERHEAD_TOKENS) -> list[list[int]]:
+    """Indices of texts with token counts ``lengths`` grouped into forward passes, longest first.
+
+    Each pass costs ``overhead`` plus its padded tokens (texts times its longest text); the grouping of the
+    texts sorted by length that costs least is found exactly (dynamic programming over the cut points), with
+    at most ``most`` texts a pass. Returns the passes as lists of indices into ``lengths``."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    n = len(order)
+    best = [0.0] + [float("inf")] * n  # best[j]: cost of the first j texts (in order)
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(max(0, j - most), j):  # a pass of texts i..j-1, padded to the longest, order[i]
+            cost = best[i] + overhead + (j - i) * lengths[order[i]]
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    passes, j = [], n
+    while j > 0:
+        passes.append(order[cut[j] : j])
+        j = cut[j]
+    return passes[::-1]
 
 
 def _slices(order: Sequence[int], tokens: Callable[[int], int], most: int) -> Iterator[list[int]]:

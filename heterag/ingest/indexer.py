@@ -26,13 +26,18 @@ from heterag.core.errors import HeteragError, InvalidInputError
 from heterag.core.images import ImageFiles
 from heterag.ingest.chunking import ChunkedDocument, chunk_document
 from heterag.ingest.guards import IngestGuard, IngestItem, Verdict
-from heterag.ingest.views import RetrievalView, ViewEncoder, distinct_chunks
+from heterag.ingest.views import HeteragView, RetrievalView, ViewEncoder, distinct_chunks
 from heterag.stores.base import Record, VectorStore
+from heterag.stores.keyword import KEYWORD_CONTEXT_KEY
 
 #: Metadata keys written on image records and on the chunks of image items.
 IMAGE_KEYS = ("image_sha256", "image_path", "image_width", "image_height")
 
 log = logging.getLogger(__name__)
+
+#: The keyword text of a chunk whose view renders no context (naive, late): the chunk with one neighbour on each
+#: side, its heading path and title, stored under ``metadata[KEYWORD_CONTEXT_KEY]``.
+KEYWORD_CONTEXT = HeteragView(neighbours=1)
 
 
 @dataclass
@@ -343,6 +348,10 @@ class Indexer:
             if not todo:
                 return []
         records, image_records = [], []
+        # views that render no context text of their own (naive: the chunk; late: vectors made in context) are
+        # found by keywords through the heterag context text (see heterag.stores.keyword.keyword_text)
+        context = ({c.id: t for cd in docs for c, t in zip(cd.chunks, KEYWORD_CONTEXT.texts(cd), strict=True)}
+                   if self.view.kind != "heterag" else {})
         row = 0
         for cd in todo:
             image_meta: dict[str, Any] = {}
@@ -361,6 +370,8 @@ class Indexer:
                     doc_id=c.doc_id, chunk_index=c.index, section_index=c.section_index,
                     title=c.title, heading=" > ".join(c.heading), view=view_texts[row], **image_meta,
                 )
+                if c.id in context:
+                    meta[KEYWORD_CONTEXT_KEY] = context[c.id]
                 records.append(Record(id=c.id, vector=vectors[row], text=c.text, metadata=meta))
                 row += 1
         if records:

@@ -118,6 +118,17 @@ class VectorStore(Protocol):
 
 
 @runtime_checkable
+class BatchQuery(Protocol):
+    """A store that searches several query vectors in one call (FAISS and Chroma take a query matrix):
+    concurrent searches are merged into one such call (:mod:`heterag.retrieval.search_batching`)."""
+
+    def query_many(self, vectors: np.ndarray, k: int = 10, where: Mapping[str, Any] | None = None) -> list[list[ScoredRecord]]:
+        """For each row of float32 ``vectors`` ``(n, dim)``, what :meth:`VectorStore.query` gives for it with
+        the same ``k`` and ``where`` (the same records in the same order, scores equal up to float rounding);
+        a list of ``n`` lists. Raises what ``query`` raises for a bad row, ``k`` or filter."""
+
+
+@runtime_checkable
 class KeywordSearch(Protocol):
     """A store that also answers keyword (BM25) queries over the same records, kept in step with its
     vectors: :class:`heterag.stores.keyworded.KeywordedStore` around any store, or a backend with full-text
@@ -167,6 +178,16 @@ def record_metadata(record: Record, store: str, label: str | None = None) -> dic
     if not isinstance(record.text, str):
         raise InvalidInputError(f"{store}: record {record.id!r} text must be a string")
     return validate_metadata(record.metadata or {}, where=f"{label or store}: record {record.id!r} metadata")
+
+
+def check_query_matrix(vectors: np.ndarray, dim: int | None, store: str) -> np.ndarray:
+    """Float32 ``(n, dim)`` query vectors, validated row by row as :func:`check_query_vector` does."""
+    m = np.asarray(vectors, dtype=np.float32)
+    if m.ndim != 2:
+        raise DimensionMismatchError(f"{store}: query vectors must be a 2-D matrix, got shape {m.shape}")
+    for row in m:
+        check_query_vector(row, dim, store)
+    return m
 
 
 def check_query_vector(vector: np.ndarray, dim: int | None, store: str) -> np.ndarray:

@@ -70,7 +70,15 @@ import faiss
 import numpy as np
 
 from heterag.core.errors import DimensionMismatchError, HeteragError, InvalidInputError
-from heterag.stores.base import Fingerprint, Record, ScoredRecord, as_matrix, check_query_vector, record_metadata
+from heterag.stores.base import (
+    Fingerprint,
+    Record,
+    ScoredRecord,
+    as_matrix,
+    check_query_matrix,
+    check_query_vector,
+    record_metadata,
+)
 from heterag.stores.filters import normalize
 
 logger = logging.getLogger(__name__)
@@ -541,28 +549,36 @@ class FaissStore:
 
     def query(self, vector: np.ndarray, k: int = 10, where: Mapping[str, Any] | None = None) -> list[ScoredRecord]:
         """Top-``k`` records by cosine similarity, best first, optionally filtered."""
+        return self._query(check_query_vector(vector, self.dim, self.name)[None, :], k, where)[0]
+
+    def query_many(self, vectors: np.ndarray, k: int = 10, where: Mapping[str, Any] | None = None) -> list[list[ScoredRecord]]:
+        """:meth:`query` for each row of ``vectors`` ``(n, dim)``: one index search over the matrix, one fetch
+        of the records."""
+        return self._query(check_query_matrix(vectors, self.dim, self.name), k, where)
+
+    def _query(self, q: np.ndarray, k: int, where: Mapping[str, Any] | None) -> list[list[ScoredRecord]]:
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
             raise InvalidInputError(f"faiss: k must be a positive integer, got {k!r}")
-        q = check_query_vector(vector, self.dim, self.name)
         with self._lock:
             self._sync()
-            if self._index is None or self._index.ntotal == 0:
-                return []
+            if self._index is None or self._index.ntotal == 0 or len(q) == 0:
+                return [[] for _ in range(len(q))]
             n = self._index.ntotal
             ivf = not isinstance(self._index, faiss.IndexIDMap2)
             params: Any = faiss.SearchParametersIVF(nprobe=ann_nprobe(self._index.nlist)) if ivf else None
             if where is not None:
                 allowed = self._where_rowids(None, where)
                 if not allowed:
-                    return []
+                    return [[] for _ in range(len(q))]
                 if len(allowed) < n:  # exact among the allowed ids: an IVF index probes every list
                     sel = faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64))
                     params = faiss.SearchParametersIVF(sel=sel, nprobe=self._index.nlist) if ivf else faiss.SearchParameters(sel=sel)
                 n = len(allowed)
-            scores, labels = self._index.search(_unit(q[None, :]), min(int(k), n), params=params)
-            hits = [(int(i), float(s)) for i, s in zip(labels[0], scores[0], strict=True) if i >= 0]
-            recs = self._fetch([i for i, _ in hits], include_vectors=False)
-            return [ScoredRecord(recs[i], s) for i, s in hits if i in recs]
+            scores, labels = self._index.search(_unit(q), min(int(k), n), params=params)
+            hits = [[(int(i), float(s)) for i, s in zip(row_labels, row_scores, strict=True) if i >= 0]
+                    for row_labels, row_scores in zip(labels, scores, strict=True)]
+            recs = self._fetch(list(dict.fromkeys(i for row in hits for i, _ in row)), include_vectors=False)
+            return [[ScoredRecord(recs[i], s) for i, s in row if i in recs] for row in hits]
 
     def get(
         self, ids: Sequence[str] | None = None, where: Mapping[str, Any] | None = None, include_vectors: bool = False

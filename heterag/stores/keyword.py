@@ -55,20 +55,32 @@ WRITER_HEAP = 32_000_000
 SCHEMA = 1
 
 
-def keyword_text(text: str, metadata: Mapping[str, Any] | None = None) -> str:
-    """The text a record is found by in the keyword index.
+#: Metadata key of a record's keyword text where its view renders none (written by the indexer).
+KEYWORD_CONTEXT_KEY = "keyword_context"
 
-    The record's retrieval view when it is a text that says more than the chunk (``metadata["view"]``: for
-    the ``heterag`` view the chunk with its neighbours, heading path and title); otherwise (``naive``, whose
-    view is the chunk itself; ``late``, whose view is a vector made in context; plain records) the chunk with
-    its title and heading path. Measured on SciFact train (``eval/keyword_engines.py --only-views``: keyword
-    search alone, 64-token chunks, 809 claims): chunk alone 60.3 nDCG@10, chunk + title + heading 66.5
-    (+6.1, 95% CI [+4.7, +7.6]), the heterag view text 69.4.
+
+def keyword_text(text: str, metadata: Mapping[str, Any] | None = None) -> str:
+    """The text a record is found by in the keyword index: its chunk in context.
+
+    In order: the record's retrieval view when it is a text that says more than the chunk
+    (``metadata["view"]``; for the ``heterag`` view the chunk with its neighbours, heading path and title);
+    else ``metadata["keyword_context"]``, which the indexer writes for views that render no context text
+    (``naive``, whose view is the chunk itself; ``late``, whose view is a vector made in context): the same
+    context text, one neighbour each side with heading and title; else (records written by other means or
+    before this existed) the chunk with its title and heading path.
+
+    Chosen by measurement (``eval/tune_hybrid.py``, SciFact train, 809 claims, 64-token chunks; keyword
+    search alone, nDCG@10): chunk alone 60.3, chunk + title + heading 66.5, chunk in context 69.4; and with
+    hybrid retrieval the context text was the best keyword text for every view on both SciFact and PubMedQA
+    train (see eval/README.md, "Hybrid retrieval").
     """
     meta = metadata or {}
     view = meta.get("view")
     if isinstance(view, str) and view.strip() and view.strip() != (text or "").strip():
         return view
+    context = meta.get(KEYWORD_CONTEXT_KEY)
+    if isinstance(context, str) and context.strip():
+        return context
     parts = [str(meta.get("title") or ""), str(meta.get("heading") or ""), text or ""]
     return "\n".join(p for p in parts if p.strip())
 

@@ -16,7 +16,7 @@ from heterag.core.errors import InvalidInputError
 DEMOS = "(demos)"
 GENERATOR_NAMES = ("extractive", "local", "openai", "transformers")
 #: How a question's text is searched (heterag.retrieval.hybrid.RETRIEVAL_MODES); "" is each collection's
-#: default: dense (see heterag.retrieval.hybrid.DEFAULT_RETRIEVAL).
+#: default: hybrid where it has a keyword index, else dense (see heterag.retrieval.hybrid.DEFAULT_RETRIEVAL).
 RETRIEVAL_NAMES = ("dense", "keyword", "hybrid")
 
 
@@ -79,7 +79,13 @@ class AppConfig:
     chat: ChatSettings = ChatSettings()
     max_file_mb: float = 50.0
     max_request_mb: float = 200.0
-    concurrency: int = 8  # chat requests answered at the same time
+    #: chat questions answered at the same time (Gradio's ``concurrency_limit`` of the chat events); the rest wait
+    #: in Gradio's queue. Questions in flight share the encoder's forward passes (heterag.encoding.batching), so
+    #: this is set above the number of users one machine serves: 20 back-to-back users on 2 cores all in flight.
+    concurrency: int = 32
+    #: questions and other events that may wait in Gradio's queue at once (its ``max_size``); one more is refused
+    #: at once with "queue is full" instead of waiting without end
+    queue_size: int = 256
     stream_interval: float = 0.05  # seconds: at most one streamed update per interval (0: every word)
     #: soft-prompt adapter for the text encoder (``heterag tune --out ADAPTER``) used for the collections the app
     #: opens and creates; "" = each collection's own (the built-in demos always use their own)
@@ -160,10 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: the packaged SmolLM2)")
     ap.add_argument("--temperature", type=float)
     ap.add_argument("--retrieval", help="how questions are searched: dense (vectors), keyword (BM25) or hybrid (both, "
-                    "fused); default: dense until hybrid is shown to win, see issue #21")
+                    "fused); default: hybrid where the collection has a keyword index, else dense")
     ap.add_argument("--max-file-mb", type=float, help="largest uploaded file (default 50)")
     ap.add_argument("--max-request-mb", type=float, help="largest upload request, all files together (default 200)")
-    ap.add_argument("--concurrency", type=int, help="questions answered at the same time (default 8)")
+    ap.add_argument("--concurrency", type=int, help="questions answered at the same time; the rest wait in the queue "
+                    "(default 32)")
+    ap.add_argument("--queue-size", type=int, help="most requests waiting in the queue; more are refused with "
+                    "'queue is full' (default 256)")
     ap.add_argument("--adapter", help="text-encoder adapter (heterag tune --out ADAPTER) for your collections; a collection "
                     "embedded with another is refused, naming heterag reembed (default: each collection's own)")
     ap.add_argument("--stream-interval", type=float, help="seconds between streamed updates of an answer; faster "
@@ -176,7 +185,7 @@ def parse_args(argv: Sequence[str] | None = None) -> AppConfig:
     args = build_parser().parse_args(argv)
     cfg = load_config_file(args.config) if args.config else AppConfig()
     server = {k: getattr(args, k) for k in ("host", "port", "share", "max_file_mb", "max_request_mb", "concurrency",
-                                            "stream_interval", "adapter") if getattr(args, k) is not None}
+                                            "queue_size", "stream_interval", "adapter") if getattr(args, k) is not None}
     chat = {k: v for k, v in {"collection": args.collection, "top_k": args.top_k, "fusion": args.fusion,
                               "generator": args.generator, "model": args.model, "base_url": args.base_url,
                               "model_path": args.model_path, "temperature": args.temperature,
@@ -184,8 +193,8 @@ def parse_args(argv: Sequence[str] | None = None) -> AppConfig:
     cfg = dataclasses.replace(cfg, **server).with_chat(**chat)
     if not 0 < cfg.port < 65536:
         raise InvalidInputError(f"--port must be from 1 to 65535, got {cfg.port}")
-    if cfg.max_file_mb <= 0 or cfg.max_request_mb <= 0 or cfg.concurrency < 1:
-        raise InvalidInputError("size limits and concurrency must be positive")
+    if cfg.max_file_mb <= 0 or cfg.max_request_mb <= 0 or cfg.concurrency < 1 or cfg.queue_size < 1:
+        raise InvalidInputError("size limits, concurrency and queue size must be positive")
     if not 0 <= cfg.stream_interval <= 5:
         raise InvalidInputError(f"--stream-interval must be from 0 to 5 seconds, got {cfg.stream_interval:g}")
     cfg.chat.check().check_model_path()  # a bad --fusion or --model-path is one line at start, not at the first question

@@ -51,7 +51,11 @@ def serve(cfg: AppConfig, *, block: bool = True):
         else:
             service.warm_up(cfg.chat.collection)  # a missing collection is an error before anything is served
         app = build_app(service)
-        app.queue(default_concurrency_limit=cfg.concurrency)
+        # Chat questions run cfg.concurrency at a time (their own concurrency_limit, heterag.ui.webapp); the other
+        # events (uploads, document lists, timers) share default_concurrency_limit. Waiting clients get their queue
+        # estimate once a second, not after every finished question ("auto": one message per waiting client per
+        # finished job, all on the event loop's thread). More than queue_size waiting requests are refused at once.
+        app.queue(default_concurrency_limit=cfg.concurrency, max_size=cfg.queue_size, status_update_rate=1.0)
         _, url, _ = app.launch(server_name=cfg.host, server_port=cfg.port, share=cfg.share, prevent_thread_lock=True,
                                max_file_size=int(cfg.max_request_mb * 2**20), ssr_mode=False, quiet=True,
                                enable_monitoring=False, mcp_server=False, css=CSS)
@@ -81,6 +85,9 @@ def _check_address(host: str, port: int) -> None:
         raise HeteragError(f"cannot listen on {host}:{port}: {exc}") from None
     family, kind, proto, _, address = infos[0]
     with socket.socket(family, kind, proto) as sock:
+        # as the server's own socket does (uvicorn): connections of an app that was killed, left in TIME_WAIT,
+        # do not block a restart on the same port; a socket still listening there does
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(address)
         except OSError as exc:

@@ -21,7 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--collection", default=None, help="collection name (default: the built-in demo)")
     ap.add_argument("-k", "--top-k", type=int, default=5)
     ap.add_argument("--retrieval", choices=("dense", "keyword", "hybrid"), help="how questions are searched (default: "
-                    "dense until hybrid is shown to win, issue #21)")
+                    "hybrid where the collection has a keyword index, else dense)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -45,16 +45,15 @@ def render(report: Any) -> str:
         if report.inputs:
             out.append(f"<p>Images read, not judged: {e(', '.join(report.inputs))}</p>")
     for im in report.images:
-        if im.verdict is None:
+        if im.verdict is None or im.method is None:
             head = f"no verdict ({e(im.note)})"
-        else:
-            head = (f"<b class='hr-audit-verdict'>{e(im.verdict)}</b>, p = {im.p_value:.3g} "
-                    f"({e(im.method or '')}; H0: {e(im.methods[im.method].h0)})")
+        else:  # the verdict, then the rule that gave it: p or score against the calibrated threshold
+            rule = im.methods[im.method].describe().removeprefix(im.verdict).strip()
+            head = f"<b class='hr-audit-verdict'>{e(im.verdict)}</b> {e(rule)}"
         out.append(f"<div class='hr-audit-image' data-name='{e(im.name)}'><p><code>{e(im.name)}</code>: {head}</p>")
         others = [v for k, v in im.methods.items() if k != im.method]
         for v in others:
-            what = f"{e(v.verdict)}, p = {v.p_value:.3g}" if v.verdict else f"no verdict: {e(v.note)}"
-            out.append(f"<p>{e(v.method)}: {what}</p>")
+            out.append(f"<p>{e(v.method)}: {e(v.describe())}</p>")
         if im.masks:
             out.append("<ol class='hr-audit-masks'>")
             for i, mq in enumerate(im.masks, 1):
@@ -79,12 +78,16 @@ def thumbnails(report: Any) -> list[tuple[Any, str]]:
 def run_audit(files: Any, collection: str, shadow: str, vocabulary: str, generator: str, base_url: str, model: str,
               allow_live: bool, progress: Any = gr.Progress()) -> tuple[str, list[tuple[Any, str]]]:  # noqa: B008
     """The panel's handler: (escaped HTML, mask thumbnails). User errors raise ``gr.Error`` with one line."""
-    from sandbox.audit import audit_images
+    from sandbox.audit import audit_images, check_app_shadow
     from sandbox.injection import LiveCollectionError
 
     paths = [str(getattr(f, "name", f)) for f in (files or [])]
     if not paths:
         raise gr.Error("Upload an image or a zip of images to audit.")
+    try:  # synthetic:N (bounded) or data:NAME only: never a server path (same message whether it exists or not)
+        shadow = check_app_shadow(shadow)
+    except HeteragError as exc:
+        raise gr.Error(_one_line(exc)) from None
     if not collection:
         raise gr.Error("Choose the collection to audit.")
     gen = None
@@ -105,7 +108,7 @@ def run_audit(files: Any, collection: str, shadow: str, vocabulary: str, generat
 
     try:
         report = audit_images(collection, paths, names=[Path(p).name for p in paths], generator=gen,
-                              shadow=(shadow or "").strip() or "synthetic:16", vocabulary=vocabulary or "synthetic",
+                              shadow=shadow, vocabulary=vocabulary or "synthetic",
                               allow_live=bool(allow_live), progress=say)
     except LiveCollectionError:
         raise gr.Error(f"Collection {collection!r} was not made for experiments: tick \"Allow the calibration to inject "
@@ -113,6 +116,9 @@ def run_audit(files: Any, collection: str, shadow: str, vocabulary: str, generat
     except HeteragError as exc:
         log.info("membership audit refused: %s", _one_line(exc))
         raise gr.Error(_one_line(exc)) from None
+    except Exception as exc:  # a bug: one line here, the traceback in the app's log
+        log.exception("membership audit failed")
+        raise gr.Error(f"the audit failed: {type(exc).__name__}: {_one_line(exc)}") from None
     return render(report), thumbnails(report)
 
 
@@ -139,8 +145,8 @@ def build_audit_panel(collection_names: Callable[[], list[str]]) -> None:
                                      elem_id="hr-audit-live")
     with gr.Accordion("Calibration settings", open=False):
         with gr.Row():
-            shadow = gr.Textbox("synthetic:16", label="Shadow set: synthetic:N or a folder of captioned images",
-                                elem_id="hr-audit-shadow")
+            shadow = gr.Textbox("synthetic:16", label="Shadow set: synthetic:N[:SEED[:SIZE]] (N 8-500, SIZE 32-512) or "
+                                "data:NAME (captioned images in the data folder)", elem_id="hr-audit-shadow")
             vocabulary = gr.Dropdown(["synthetic", "coco"], value="synthetic", label="Objects named as",
                                      elem_id="hr-audit-vocabulary")
         with gr.Row():

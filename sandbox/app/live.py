@@ -4,8 +4,11 @@
   journal with documents, its run lock held), the chat shows which run and how many items; once the
   run has ended, the fingerprint check of the last run on that collection (for ten minutes).
 * **Flags**: a source whose record carries the ``sandbox_run`` tag (every injected record does, see
-  :mod:`sandbox.injection`) is flagged with its run id, so it also works for runs of another process.
-* **Chat defenses**: any defense of :data:`sandbox.defenses.DEFENSES` that can judge stored items,
+  :mod:`sandbox.injection`) is flagged with its run id, so it also works for runs of another process. A run's
+  steps inject under sub-run ids (``<run id>-hubness``, ``<run id>-n1``...); the banner and the flags name the
+  run id the Sandbox tab shows (:func:`run_of`).
+* **Chat defenses** (per browser tab: :class:`heterag.ui.plugins.SessionDefenses` applies each to the questions
+  of the session that switched it on): any defense of :data:`sandbox.defenses.DEFENSES` that can judge stored items,
   fitted on the collection's own items (clean probes, :func:`~sandbox.defenses.probes_from_kb`) when
   switched on. Retrieval-stage defenses are the hit filters themselves; an ingest guard becomes a hit
   filter (:class:`GuardFilter`) that asks the guard about each retrieved document as stored.
@@ -14,6 +17,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -34,6 +38,14 @@ CHAT_DEFENSES = ("hubness", "knn_density", "consistency", "score_threshold", "pu
 PROBES = 100
 #: Seconds the fingerprint check of an ended run stays in the banner.
 SHOW_ENDED = 600.0
+#: A run id (:func:`sandbox.injection.new_run_id`) and the sub-run suffix of one of its steps.
+_SUB_RUN = re.compile(r"^(\d{8}-\d{6}-[0-9a-f]{8})-.+$")
+
+
+def run_of(run_id: str) -> str:
+    """The run id the Sandbox tab shows for ``run_id``: ``<run id>`` for a step's sub-run ``<run id>-hubness``."""
+    m = _SUB_RUN.match(str(run_id))
+    return m.group(1) if m else str(run_id)
 
 
 def stored_item(pipeline: Pipeline, doc_id: str) -> IngestItem:
@@ -95,7 +107,7 @@ class LiveOverlay:
         injecting = [j for j in list_journals(collection) if j.doc_ids and j.status == "open"]
         if injecting and RunLock(collection).busy():
             j = injecting[-1]
-            return (f"⚠ Sandbox run {j.run_id} is injecting {len(j.doc_ids)} poisoned item(s) into collection "
+            return (f"⚠ Sandbox run {run_of(j.run_id)} is injecting {len(j.doc_ids)} poisoned item(s) into collection "
                     f"{collection!r} now: sources flagged in red are injected items. They are removed when the run ends.")
         ended = self.manager.finished(collection, within=SHOW_ENDED)
         if ended is not None and ended.fingerprint_line():
@@ -103,7 +115,8 @@ class LiveOverlay:
         return None
 
     def marks(self, collection: str, hits: Sequence[Hit]) -> Mapping[str, str]:
-        return {h.doc_id: f"injected by sandbox run {h.metadata[SANDBOX_TAG]}" for h in hits if h.metadata.get(SANDBOX_TAG)}
+        return {h.doc_id: f"injected by sandbox run {run_of(h.metadata[SANDBOX_TAG])}" for h in hits
+                if h.metadata.get(SANDBOX_TAG)}
 
     def defenses(self) -> Sequence[str]:
         return CHAT_DEFENSES
@@ -125,4 +138,4 @@ class LiveOverlay:
         return [plug] if defense.stage == "retrieval" else [GuardFilter(plug)]
 
 
-__all__ = ["CHAT_DEFENSES", "GuardFilter", "LiveOverlay", "stored_item"]
+__all__ = ["CHAT_DEFENSES", "GuardFilter", "LiveOverlay", "run_of", "stored_item"]

@@ -9,7 +9,10 @@ the injected items of every run whose process is gone, by its journal and its ``
 the one taken before the run.
 
 Each run has a folder ``$HETERAG_HOME/sandbox/app-runs/<run id>/``: ``spec.json`` (what the worker
-runs), ``status.json`` (what it reports), ``worker.log`` and ``report/`` (report.json, report.md, PNGs).
+runs), ``status.json`` (what it reports), ``worker.log``, ``report/`` (report.json, report.md, PNGs) and,
+once cancel was pressed, ``cancel`` (so a worker that a cancel ended before it could report, while it was
+still starting, is shown as cancelled, not as a crash). Every worker is waited for by a thread of its own,
+so a finished worker never lingers as a zombie process.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from heterag import open_collection
 
 from ..injection import RunLock, SandboxBusyError, clean, list_journals, new_run_id, sandbox_dir
 from ..scenario import Scenario
+from .worker import CANCELLED_EARLY
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +102,7 @@ class RunManager:
         self.python = python
         self.nice = nice
         self._procs: dict[str, subprocess.Popen] = {}
+        self._codes: dict[str, int | None] = {}  # exit status of the workers that ended (reaped)
         self._lock = threading.RLock()
         self.current: str | None = self._latest()
 
@@ -128,6 +133,7 @@ class RunManager:
                                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         cwd=str(Path(__file__).resolve().parents[2]))
             self._procs[run_id] = proc
+            threading.Thread(target=proc.wait, name=f"sandbox-reap-{run_id}", daemon=True).start()  # no zombie
             self.current = run_id
             log.warning("sandbox run %s (%s) started in worker pid %d", run_id, scn.name, proc.pid)
             return run_id
@@ -163,9 +169,13 @@ class RunManager:
                 pass
             st = RunStatus(run_id, folder, data)
             if st.active:
-                code = self._procs[run_id].returncode if run_id in self._procs else None
-                data.update(state="died", finished=time.time(),
-                            error=f"the worker process ended without finishing (exit status {code})")
+                code = self._procs[run_id].returncode if run_id in self._procs else self._codes.get(run_id)
+                if (folder / "cancel").exists():  # a cancel ended it before it could report (still starting)
+                    data.update(state="cancelled", finished=time.time(), error=None,
+                                note=None if data.get("fingerprint_before") else CANCELLED_EARLY)
+                else:
+                    data.update(state="died", finished=time.time(),
+                                error=f"the worker process ended without finishing (exit status {code})")
                 self._write_status(folder, data)
                 notes = self.recover()
                 data = json.loads((folder / "status.json").read_text())
@@ -173,7 +183,17 @@ class RunManager:
                     data["recovered"] = notes
                     self._write_status(folder, data)
                 st = RunStatus(run_id, folder, data)
+        if not st.active:
+            self._forget(run_id)
         return st
+
+    def _forget(self, run_id: str) -> None:
+        """Drop the process of run ``run_id`` once it has exited (its exit status kept)."""
+        with self._lock:
+            proc = self._procs.get(run_id)
+            if proc is not None and proc.poll() is not None:
+                self._codes[run_id] = proc.returncode
+                del self._procs[run_id]
 
     def _running(self, run_id: str, data: dict[str, Any]) -> bool:
         proc = self._procs.get(run_id)
@@ -219,6 +239,10 @@ class RunManager:
         if not pid:
             return f"run {st.run_id} is still starting; cancel again in a moment"
         try:
+            (st.folder / "cancel").touch()
+        except OSError:
+            pass
+        try:
             os.kill(int(pid), signal.SIGTERM)
         except ProcessLookupError:
             return f"run {st.run_id} has already ended"
@@ -249,8 +273,12 @@ class RunManager:
                     except (OSError, ValueError):
                         continue
                     if data.get("state") in ACTIVE and not self._running(folder.name, data):
-                        data.update(state="interrupted", finished=time.time(),
-                                    error="the run was interrupted (the app or its worker stopped)")
+                        if (folder / "cancel").exists():
+                            data.update(state="cancelled", finished=time.time(), error=None,
+                                        note=None if data.get("fingerprint_before") else CANCELLED_EARLY)
+                        else:
+                            data.update(state="interrupted", finished=time.time(),
+                                        error="the run was interrupted (the app or its worker stopped)")
                         self._write_status(folder, data)
                     if data.get("fingerprint_before"):
                         befores[folder.name] = data["fingerprint_before"]

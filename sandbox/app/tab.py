@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -26,6 +27,10 @@ from .scenarios import EXPERIMENT, is_live, load_choice, ready_made, with_overri
 log = logging.getLogger(__name__)
 
 DEFAULT_SCENARIO = "m3att_synthetic"
+READY_LABEL = "Ready-made scenario (eval/scenarios)"
+NOT_USED_LABEL = "Ready-made scenario (not used: the uploaded file runs; pick one here to run it instead)"
+#: The download list is read-only: hide Gradio's "remove this file" buttons (shown for lists of several files).
+HIDE_REMOVE = "<style>#hr-sb-files .label-clear-button{display:none !important}</style>"
 
 
 def one_line(message: object) -> str:
@@ -65,6 +70,8 @@ def progress_text(st: RunStatus | None) -> str:
             lines.append(("Index restored: " if d.get("identical") else "Index NOT restored: ") + html.escape(fp))
         elif fp:
             lines.append(html.escape(fp))
+        elif d.get("note"):
+            lines.append(html.escape(str(d["note"])))
         elif st.state in ("cancelled", "failed") and not d.get("fingerprint_before"):
             lines.append("Nothing had been injected yet: the index was not touched.")
         for note in d.get("recovered") or []:
@@ -73,6 +80,27 @@ def progress_text(st: RunStatus | None) -> str:
     if done:
         lines.append("stages: " + ", ".join(f"{html.escape(str(n))} {s:.1f} s" for n, s in done))
     return "<br>".join(lines)
+
+
+def report_section(st: RunStatus | None, shown: str | None) -> tuple[Any, Any, Any, str | None]:
+    """(metrics HTML, figures, downloads, new ``shown``) for the Report section, ``gr.skip()`` where nothing
+    changes: the latest run's report once it is done; cleared while a newer run goes, and after one that failed
+    or was cancelled (never an older run's report). ``shown``: the run id whose report is shown, or
+    ``-<run id>[:<state>]`` when the section was cleared for that run."""
+    if st is None or st.run_id == shown:
+        return gr.skip(), gr.skip(), gr.skip(), shown
+    if st.state == "done" and (st.report_dir / "report.json").exists():
+        try:
+            table, figures, downloads = report_view.view(st.report_dir, st.run_id)
+        except Exception as exc:  # a damaged report: say so, keep polling
+            log.warning("sandbox report of %s could not be shown: %s", st.run_id, one_line(exc))
+            return f"the report could not be shown: {html.escape(one_line(exc))}", [], None, st.run_id
+        return table, figures, downloads, st.run_id
+    mark = f"-{st.run_id}" if st.active else f"-{st.run_id}:{st.state}"
+    if shown == mark:
+        return gr.skip(), gr.skip(), gr.skip(), shown
+    note = "" if st.active else f"Run {html.escape(st.run_id)} has no report ({html.escape(st.state)})."
+    return note, [], None, mark
 
 
 def build(ctx: Any, manager: RunManager | None = None) -> None:
@@ -97,23 +125,29 @@ def build(ctx: Any, manager: RunManager | None = None) -> None:
             run_id = manager.start(scn, allow_live=bool(confirm) and is_live(collection))
         except HeteragError as exc:
             return f"error: {html.escape(one_line(exc))}"
+        except Exception as exc:  # a bug: one line here, the traceback in the app's log
+            log.exception("sandbox run could not be started")
+            return f"error: the run could not be started: {html.escape(type(exc).__name__)}: {html.escape(one_line(exc))}"
         where = f" on live collection {collection!r}" if is_live(collection) else ""
-        return html.escape(f"started run {run_id} ({scn.name}){where}")
+        source = f"uploaded file {Path(upload_path).name}" if upload_path else f"ready-made scenario {name}"
+        return html.escape(f"started run {run_id} ({scn.name}, from the {source}){where}")
+
+    def uploaded(upload: Any, name: str | None) -> tuple[Any, str]:
+        """An upload replaces the ready-made choice (and says so); removing it brings the choice back."""
+        path = upload.get("path") if isinstance(upload, dict) else upload
+        if path:
+            return (gr.Dropdown(value=None, label=NOT_USED_LABEL),
+                    html.escape(f"The uploaded file {Path(path).name} is what runs; remove it (or pick a ready-made "
+                                "scenario) to run a ready-made one."))
+        default = name or (DEFAULT_SCENARIO if DEFAULT_SCENARIO in scenarios else None)
+        return gr.Dropdown(value=default, label=READY_LABEL), ""
 
     def cancel() -> str:
         return html.escape(manager.cancel())
 
     def poll(shown: str | None) -> tuple:
         st = manager.status()
-        text = progress_text(st)
-        if st is not None and st.state == "done" and st.run_id != shown and (st.report_dir / "report.json").exists():
-            try:
-                table, figures, downloads = report_view.view(st.report_dir, st.run_id)
-            except Exception as exc:  # a damaged report: say so, keep polling
-                log.warning("sandbox report of %s could not be shown: %s", st.run_id, one_line(exc))
-                return text, f"the report could not be shown: {html.escape(one_line(exc))}", gr.skip(), gr.skip(), st.run_id
-            return text, table, figures, downloads, st.run_id
-        return text, gr.skip(), gr.skip(), gr.skip(), shown
+        return (progress_text(st), *report_section(st, shown))
 
     def confirm_visible(target: str | None) -> Any:
         live = is_live(target)
@@ -127,13 +161,13 @@ def build(ctx: Any, manager: RunManager | None = None) -> None:
     gr.Markdown(html.escape(" ".join(notes)), elem_id="hr-sb-notes")
     with gr.Row():
         scenario = gr.Dropdown(scenarios, value=DEFAULT_SCENARIO if DEFAULT_SCENARIO in scenarios else None,
-                               label="Ready-made scenario (eval/scenarios)", elem_id="hr-sb-scenario")
+                               label=READY_LABEL, elem_id="hr-sb-scenario")
         upload = gr.File(file_types=[".yaml", ".yml"], type="filepath", label="...or upload a scenario YAML",
                          elem_id="hr-sb-upload")
     with gr.Row():
         seed = gr.Textbox("", label="Seed", placeholder="empty: the scenario's", elem_id="hr-sb-seed")
-        budget = gr.Textbox("", label="Poison budget (M3Att) / number of targets (MrM)", placeholder="empty: the scenario's",
-                            elem_id="hr-sb-budget")
+        budget = gr.Textbox("", label="Budget: poisons (M3Att, attack.poison_count) / member targets (MrM, mrm.members)",
+                            placeholder="empty: the scenario's", elem_id="hr-sb-budget")
         target = gr.Dropdown(targets(), value=EXPERIMENT, label="Collection to attack", elem_id="hr-sb-target")
     confirm = gr.Checkbox(False, visible=False, elem_id="hr-sb-confirm")
     with gr.Row():
@@ -148,6 +182,7 @@ def build(ctx: Any, manager: RunManager | None = None) -> None:
         figures = gr.Gallery(label="Figures", columns=2, height="auto", elem_id="hr-sb-figures", object_fit="contain")
         downloads = gr.File(label="report.json, report.md and the plots", file_count="multiple", interactive=False,
                             elem_id="hr-sb-files")
+        gr.HTML(HIDE_REMOVE, elem_id="hr-sb-style", js_on_load=None, padding=False)
     with gr.Accordion("Membership audit", open=False):
         try:  # built by its own module (issue 25, point 3); this tab works without it
             from sandbox.app.audit import build_audit_panel
@@ -165,9 +200,11 @@ def build(ctx: Any, manager: RunManager | None = None) -> None:
     run_btn.click(start, [scenario, upload, seed, budget, target, confirm], message, api_visibility="private",
                   concurrency_limit=1, concurrency_id="sandbox-run")
     cancel_btn.click(cancel, None, message, api_visibility="private")
+    upload.change(uploaded, [upload, scenario], [scenario, message], api_visibility="private")
+    scenario.select(lambda: None, None, upload, api_visibility="private")  # a ready-made pick replaces the upload
     timer.tick(poll, shown, [status, metrics, figures, downloads, shown], api_visibility="private")
     target.focus(lambda: gr.Dropdown(choices=targets()), None, target, api_visibility="private")
     target.change(confirm_visible, target, confirm, api_visibility="private")
 
 
-__all__ = ["build", "progress_text"]
+__all__ = ["build", "progress_text", "report_section"]

@@ -16,7 +16,13 @@ itself the same way; a worker killed outright leaves a journal, which the app cl
 start (:meth:`sandbox.app.runs.RunManager.recover`).
 
 Progress bars: the sandbox's stages use ``tqdm.auto.tqdm``; this process replaces it, before the
-sandbox is imported, by a bar that reports to the status file instead of a terminal.
+sandbox is imported, by a bar that reports to the status file instead of a terminal. The status shows
+one bar per stage, the stage's *outer* bar: the first bar opened in the stage that is still open. Bars
+opened inside it (a per-query "encode images" of one step) do not replace it, so ``n``/``total`` move
+with the stage; a bar of at most one step gives way to a longer one.
+
+A cancel that comes while the worker still starts (importing the sandbox, before anything was injected)
+ends it as ``cancelled`` with ``note`` saying nothing was injected, never as a crash.
 """
 
 from __future__ import annotations
@@ -55,6 +61,9 @@ class StatusFile:
                                      "error": None, "finished": None, **fields}
         self._last = 0.0
         self._lock = threading.Lock()
+        self._bar_lock = threading.Lock()
+        self._bar_owner: Any = None  # the key of the stage's outer bar while it is open
+        self._bar_total: int | None = None
         self.write()
 
     def write(self) -> None:
@@ -68,6 +77,8 @@ class StatusFile:
     def on_event(self, event: str, data: dict[str, Any]) -> None:
         """A listener of :func:`sandbox.experiment.notify`: stages and the fingerprint before."""
         if event == "stage" and data.get("phase") == "begin":
+            with self._bar_lock:
+                self._bar_owner, self._bar_total = None, None
             self.data.update(stage=data["name"], stage_started=time.time(), bar=None)
         elif event == "stage" and data.get("phase") == "end":
             self.data["stages"].append([data["name"], round(float(data.get("seconds", 0.0)), 2)])
@@ -75,9 +86,17 @@ class StatusFile:
             self.data.update(collection=data["collection"], fingerprint_before=data["before"])
         self.write()
 
-    def on_bar(self, desc: str, n: int, total: int | None, closing: bool = False) -> None:
-        """A progress bar moved (written at most every :data:`MIN_INTERVAL` seconds, and when it closes)."""
-        self.data["bar"] = {"desc": desc or "", "n": int(n), "total": int(total) if total else None}
+    def on_bar(self, desc: str, n: int, total: int | None, closing: bool = False, key: Any = None) -> None:
+        """Progress bar ``key`` moved (or closes). Only the stage's outer bar is shown: the first bar opened in
+        the stage that is still open; a bar opened while it is open is ignored, unless the outer one has at most
+        one step and the new one more. Written at most every :data:`MIN_INTERVAL` seconds, and when it closes."""
+        steps = int(total) if total else None
+        with self._bar_lock:
+            owner = self._bar_owner
+            if owner is not None and owner != key and not ((self._bar_total or 0) <= 1 and (steps or 0) > 1):
+                return  # a bar inside the stage's own bar
+            self._bar_owner, self._bar_total = (None if closing else key), steps
+            self.data["bar"] = {"desc": desc or "", "n": int(n), "total": steps}
         if closing or time.monotonic() - self._last >= MIN_INTERVAL:
             self.write()
 
@@ -100,12 +119,12 @@ def install_progress_hook(status: StatusFile) -> None:
             super().__init__(*args, **kwargs)
 
         def display(self, msg: str | None = None, pos: int | None = None) -> bool:
-            status.on_bar(self.desc, self.n, self.total)
+            status.on_bar(self.desc, self.n, self.total, key=id(self))
             return True
 
         def close(self) -> None:
             if not self.disable:
-                status.on_bar(self.desc, self.n, self.total, closing=True)
+                status.on_bar(self.desc, self.n, self.total, closing=True, key=id(self))
             fp = self.fp
             super().close()
             if fp is not None and not fp.closed:
@@ -149,17 +168,36 @@ def fingerprint_of(collection: str | None) -> str | None:
         pipe.close()
 
 
+#: ``note`` of a run cancelled before anything was injected.
+CANCELLED_EARLY = "cancelled while the worker was starting: nothing was injected, the index was not touched"
+
+
+def _cancelled(status: StatusFile) -> int:
+    """Finish ``status`` as ``cancelled``: the fingerprint after where one was taken before, else the note that
+    nothing was injected yet."""
+    stage = status.data.get("stage")
+    if status.data.get("fingerprint_before"):
+        status.finish("cancelled", fingerprint_after=fingerprint_of(status.data.get("collection")))
+    elif not stage:
+        status.finish("cancelled", note=CANCELLED_EARLY)
+    else:
+        status.finish("cancelled", note=f"cancelled in stage {stage}, before anything was injected: "
+                                        "the index was not touched")
+    return 130
+
+
 def run(spec: dict[str, Any], status: StatusFile) -> int:
-    """Run the scenario of ``spec``, report to ``status``; returns the exit status."""
-    from heterag import HeteragError
-
-    from .. import experiment
-    from ..report import write_report
-    from ..runner import run_scenario
-    from ..scenario import parse_scenario
-
-    experiment.listeners.append(status.on_event)
+    """Run the scenario of ``spec``, report to ``status``; returns the exit status. A cancel (SIGTERM, raised as
+    :class:`KeyboardInterrupt`) at any point, the imports included, ends it as ``cancelled``."""
+    listeners: list[Any] | None = None
     try:
+        from .. import experiment
+        from ..report import write_report
+        from ..runner import run_scenario
+        from ..scenario import parse_scenario
+
+        listeners = experiment.listeners
+        listeners.append(status.on_event)
         scn = parse_scenario(spec["scenario"], base_dir=spec["base_dir"], where=str(spec["scenario"].get("name", "scenario")))
         report = run_scenario(scn, allow_live=bool(spec.get("allow_live")), run_id=spec["run_id"])
         status.on_event("stage", {"name": "report", "phase": "begin"})
@@ -171,37 +209,44 @@ def run(spec: dict[str, Any], status: StatusFile) -> int:
                       fingerprint_explained=report.get("fingerprint_explained") or [])
         return 0
     except KeyboardInterrupt:
-        status.finish("cancelled", fingerprint_after=fingerprint_of(status.data.get("collection")))
-        return 130
-    except HeteragError as exc:
-        status.finish("failed", error=one_line(exc), fingerprint_after=fingerprint_of(status.data.get("collection")))
-        return 2
-    except Exception as exc:  # a bug: the app shows one line, the log has the traceback
+        return _cancelled(status)
+    except Exception as exc:
+        heterag = sys.modules.get("heterag")
+        if heterag is not None and isinstance(exc, heterag.HeteragError):  # a user error: one line
+            status.finish("failed", error=one_line(exc), fingerprint_after=fingerprint_of(status.data.get("collection")))
+            return 2
+        # a bug: the app shows one line, the log has the traceback
         log.exception("sandbox run %s failed", spec.get("run_id"))
         status.finish("failed", error=f"{type(exc).__name__}: {one_line(exc)}",
                       fingerprint_after=fingerprint_of(status.data.get("collection")))
         return 1
     finally:
-        experiment.listeners.remove(status.on_event)
+        if listeners is not None and status.on_event in listeners:
+            listeners.remove(status.on_event)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _stop_on_signal)  # first: a cancel from now on is a clean "cancelled"
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) != 1:
         print("usage: python -m sandbox.app.worker SPEC.json", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
-    signal.signal(signal.SIGTERM, _stop_on_signal)
-    status = StatusFile(Path(spec["status"]), run_id=spec["run_id"], out=spec["out"],
-                        collection=(spec["scenario"].get("rag") or {}).get("collection"))
-    install_progress_hook(status)
-    if spec.get("parent"):
-        watch_parent(int(spec["parent"]))
+    status: StatusFile | None = None
     try:
-        os.nice(int(spec.get("nice", 5)))  # the chat in the app process comes first
-    except OSError:
-        pass
+        spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+        status = StatusFile(Path(spec["status"]), run_id=spec["run_id"], out=spec["out"],
+                            name=spec["scenario"].get("name"),
+                            collection=(spec["scenario"].get("rag") or {}).get("collection"))
+        install_progress_hook(status)
+        if spec.get("parent"):
+            watch_parent(int(spec["parent"]))
+        try:
+            os.nice(int(spec.get("nice", 5)))  # the chat in the app process comes first
+        except OSError:
+            pass
+    except KeyboardInterrupt:
+        return _cancelled(status) if status is not None else 130
     return run(spec, status)
 
 
