@@ -406,7 +406,7 @@ def test_a_finished_worker_is_reaped_not_left_a_zombie(heterag_home):
     time.sleep(1.0)
     m.cancel(run_id)
     deadline = time.monotonic() + 60
-    while (st := json.loads((m.root / run_id / "status.json").read_text()))["state"] in ("starting", "running"):
+    while (st := m.status(run_id).data)["state"] in ("starting", "running"):  # as the tab polls
         assert time.monotonic() < deadline
         time.sleep(0.1)
     deadline = time.monotonic() + 10  # without any further polling, the process goes away (no zombie)

@@ -2,7 +2,8 @@
 
 Parametrised over :data:`heterag.stores.STORES`, so a new backend only has to
 register itself there to be tested (server backends also name their session server in
-``tests/store_servers.py``). Contract pinned here:
+``tests/store_servers.py``), plus ``milvus-server`` (the ``milvus`` backend on a Milvus server) when
+``HETERAG_MILVUS_SERVER=1``, inside ``unshare --net`` (``.ci/run``). Contract pinned here:
 
 * scores are cosine similarities, best first, for any (also non-unit) vectors;
   stored vectors come back as given;
@@ -23,7 +24,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-from store_servers import chroma_server, milvus_lite, pg_server, store_spec  # noqa: F401 - session fixtures
+from store_servers import (  # noqa: F401 - session fixtures
+    chroma_server,
+    milvus_lite,
+    milvus_server,
+    milvus_server_process,
+    pg_server,
+    store_backends,
+    store_spec,
+    wipe,
+)
 
 from heterag.core.errors import (
     DimensionMismatchError,
@@ -81,11 +91,16 @@ def ids_of(records: list[Record]) -> set[str]:
     return {r.id for r in records}
 
 
-@pytest.fixture(params=sorted(STORES))
-def store_name(request: pytest.FixtureRequest) -> str:
+@pytest.fixture(params=store_backends())
+def store_name(request: pytest.FixtureRequest) -> Iterator[str]:
     """The store spec: the backend name for embedded stores, the URL of the session's (emptied)
-    server for server stores (tests/store_servers.py; skipped with the reason when it cannot start)."""
-    return store_spec(request, request.param)
+    server for server stores (tests/store_servers.py; skipped with the reason when it cannot start).
+    Backend ``milvus-server`` (a Milvus server) only with ``HETERAG_MILVUS_SERVER=1``, inside ``unshare --net``;
+    emptied after each test (it keeps every collection loaded, each one costing it time)."""
+    spec = store_spec(request, request.param)
+    yield spec
+    if request.param == "milvus-server":
+        wipe(spec)
 
 
 @pytest.fixture

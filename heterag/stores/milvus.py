@@ -13,18 +13,28 @@ Fingerprints live in a side collection ``heterag_fingerprints``.
 
 Milvus Lite starts a local server process per database file (about 3 s); one client per location is
 shared within a process.
+
+On a Milvus server the vector index (AUTOINDEX: HNSW) is created with the collection, before it is loaded;
+written rows are searched exactly until their sealed segment's index is handed to the query node, then
+through the index with ``ef`` = max(k, :data:`EF_SEARCH`) (the server's default breadth gave recall@10 of
+0.80 on 5,000 random vectors in 32 dimensions). A server that stops answering raises :class:`StoreUnavailableError` naming the URL
+(one line; pymilvus's own logging of each failed call is silenced); a collection not loaded yet (for a
+while after a server restart) is loaded and the call repeated.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import re
+import socket
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -42,6 +52,11 @@ MAX_TOPK = 16384
 _NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,253}[A-Za-z0-9])?$")
 _NEVER = object()
 _PAGE = 4096
+#: HNSW search breadth floor on a Milvus server (recall@10 on 5,000 random unit vectors in 32 dimensions:
+#: 0.80 at the server's default, 0.98 at 64, 1.0 at 200)
+EF_SEARCH = 200
+LOAD_TIMEOUT_S = 120.0
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _hex(key: str) -> str:
@@ -109,6 +124,70 @@ def milvus_name(collection: str) -> str:
     return f"c_{safe}_{hashlib.sha1(collection.encode()).hexdigest()[:8]}"
 
 
+# --------------------------------------------------------------------------- errors
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line (a pymilvus error's own message, without its ``<MilvusException: ...>``)."""
+    message = getattr(exc, "message", None)
+    return " ".join(str(message if isinstance(message, str) and message else exc).split())
+
+
+def _from_milvus(exc: BaseException) -> bool:
+    return type(exc).__module__.split(".")[0] in ("pymilvus", "grpc", "milvus_lite")
+
+
+def _not_loaded(exc: BaseException) -> bool:
+    return getattr(exc, "code", None) == 101 or "not loaded" in str(exc)
+
+
+def _answers(uri: str) -> bool:
+    """Whether something accepts connections at the host and port of server ``uri``."""
+    parts = urlsplit(uri)
+    try:
+        socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 19530), timeout=2.0).close()
+        return True
+    except OSError:
+        return False
+
+
+def _unreachable(exc: BaseException, uri: str) -> bool:
+    """Whether ``exc`` (from pymilvus or grpc) means the Milvus server at ``uri`` does not answer."""
+    code = getattr(exc, "code", None)
+    if code == 2 or "Fail connecting to server" in str(exc):  # pymilvus: the connection failed
+        return True
+    if callable(code):  # a raw grpc.RpcError
+        import grpc
+
+        if code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return True
+    return not _answers(uri)
+
+
+def _guarded(method: _F) -> _F:
+    """Run a :class:`MilvusStore` call; on a server, a collection that is not loaded (after a restart) is
+    loaded and the call repeated once, and a server that does not answer raises :class:`StoreUnavailableError`."""
+
+    @functools.wraps(method)
+    def wrapper(self: MilvusStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as exc:
+                if not (self._remote and _from_milvus(exc) and _not_loaded(exc)):
+                    raise
+            self._load()
+            return method(self, *args, **kwargs)
+        except HeteragError:
+            raise
+        except Exception as exc:
+            if self._remote and _from_milvus(exc) and _unreachable(exc, self.uri):
+                raise StoreUnavailableError(f"cannot reach Milvus {self.name}: {_one_line(exc)}") from None
+            raise
+
+    return wrapper  # type: ignore[return-value]
+
+
 # --------------------------------------------------------------------------- shared clients
 
 _CLIENTS: dict[str, list[Any]] = {}  # location -> [client, users]
@@ -118,6 +197,9 @@ _CLIENTS_LOCK = threading.Lock()
 def _client(uri: str, shown: str) -> Any:
     from pymilvus import MilvusClient
 
+    # pymilvus logs every failed call with its traceback on its own stderr handler; this module raises one
+    # heterag error line instead (raise the level again to see them)
+    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
     with _CLIENTS_LOCK:
         entry = _CLIENTS.get(uri)
         if entry is None:
@@ -125,7 +207,7 @@ def _client(uri: str, shown: str) -> Any:
                 kwargs = {"timeout": CONNECT_TIMEOUT_S} if uri.startswith(("http://", "https://")) else {}
                 entry = _CLIENTS[uri] = [MilvusClient(uri, **kwargs), 0]
             except Exception as exc:  # noqa: BLE001 - any failure to connect or start Milvus Lite
-                raise StoreUnavailableError(f"cannot reach Milvus {shown}: {' '.join(str(exc).split())}") from None
+                raise StoreUnavailableError(f"cannot reach Milvus {shown}: {_one_line(exc)}") from None
         entry[1] += 1
         return entry[0]
 
@@ -166,6 +248,7 @@ class MilvusStore:
         elif not loc.startswith(("http://", "https://")):
             Path(loc).parent.mkdir(parents=True, exist_ok=True)
         self.uri = loc
+        self._remote = loc.startswith(("http://", "https://"))
         self.collection = collection
         self.mname = milvus_name(collection)
         self._lock = threading.RLock()
@@ -179,6 +262,13 @@ class MilvusStore:
         if self._c is None:
             raise HeteragError(f"milvus collection {self.collection!r} is closed")
         return self._c
+
+    def _load(self) -> None:
+        """Load this collection and the fingerprints (a server loads them again a while after a restart)."""
+        with self._lock:
+            for name in (self.mname, FINGERPRINTS):
+                if self._db.has_collection(name):
+                    self._db.load_collection(name, timeout=LOAD_TIMEOUT_S)
 
     def _exists(self) -> bool:
         return bool(self._db.has_collection(self.mname))
@@ -202,9 +292,17 @@ class MilvusStore:
         schema.add_field("text", DataType.VARCHAR, max_length=65535)
         schema.add_field("meta", DataType.JSON)
         schema.add_field("f", DataType.JSON)
+        self._create_loaded(self.mname, schema, "COSINE")
+
+    def _create_loaded(self, name: str, schema: Any, metric: str) -> None:
+        """Create collection ``name`` with its vector index, then load it: the index exists before the load, so
+        a server searches sealed segments through it (built after a load, it waits for a release and load)."""
         index = self._db.prepare_index_params()
-        index.add_index("vector", index_type="AUTOINDEX", metric_type="COSINE")
-        self._db.create_collection(self.mname, schema=schema, index_params=index, consistency_level="Strong")
+        index.add_index("vector", index_type="AUTOINDEX", metric_type=metric)
+        self._db.create_collection(name, schema=schema, consistency_level="Strong")
+        # an empty collection's index is ready at once: no need for pymilvus's first poll half a second later
+        self._db.create_index(name, index, sync=False)
+        self._db.load_collection(name, timeout=LOAD_TIMEOUT_S)
 
     def _expr(self, ids: Sequence[str] | None, where: Mapping[str, Any] | None) -> Any:
         """Expression for ``ids``/``where``: "" for everything, ``_NEVER`` when nothing can match."""
@@ -219,6 +317,11 @@ class MilvusStore:
         return _join(parts, "and") if parts else ""
 
     def _query(self, expr: str, fields: list[str]) -> list[dict[str, Any]]:
+        """Every row matching ``expr``: one query when they fit a page (one round trip; an iterator takes three,
+        each waiting for the server's time tick), else an iterator over pages."""
+        rows = self._db.query(self.mname, filter=expr, output_fields=fields, limit=_PAGE)
+        if len(rows) < _PAGE:
+            return rows
         it = self._db.query_iterator(self.mname, batch_size=_PAGE, filter=expr, output_fields=fields)
         out: list[dict[str, Any]] = []
         try:
@@ -238,6 +341,7 @@ class MilvusStore:
     # ------------------------------------------------------------------ protocol
 
     @property
+    @_guarded
     def dim(self) -> int | None:
         fp = self.fingerprint()
         if fp is not None:
@@ -245,6 +349,7 @@ class MilvusStore:
         with self._lock:
             return self._size() if self.count() else None
 
+    @_guarded
     def fingerprint(self) -> Fingerprint | None:
         if self._fp is None:
             with self._lock:
@@ -254,6 +359,7 @@ class MilvusStore:
             self._fp = Fingerprint.from_json(rows[0]["fingerprint"]) if rows else None
         return self._fp
 
+    @_guarded
     def set_fingerprint(self, fp: Fingerprint) -> None:
         from pymilvus import DataType
 
@@ -272,12 +378,11 @@ class MilvusStore:
                 schema.add_field("name", DataType.VARCHAR, is_primary=True, max_length=2048)
                 schema.add_field("vector", DataType.FLOAT_VECTOR, dim=2)
                 schema.add_field("fingerprint", DataType.VARCHAR, max_length=65535)
-                index = self._db.prepare_index_params()
-                index.add_index("vector", index_type="AUTOINDEX", metric_type="L2")
-                self._db.create_collection(FINGERPRINTS, schema=schema, index_params=index, consistency_level="Strong")
+                self._create_loaded(FINGERPRINTS, schema, "L2")
             self._db.upsert(FINGERPRINTS, [{"name": self.collection, "vector": [0.0, 0.0], "fingerprint": fp.to_json()}])
             self._fp = fp
 
+    @_guarded
     def upsert(self, records: Sequence[Record]) -> None:
         records = list(records)
         mat = as_matrix(records, self.dim, self.name)
@@ -297,10 +402,11 @@ class MilvusStore:
                 for start in range(0, len(rows), _PAGE):
                     self._db.upsert(self.mname, rows[start:start + _PAGE])
             except Exception as exc:
-                if type(exc).__module__.startswith("pymilvus"):
-                    raise InvalidInputError(f"milvus: {' '.join(str(exc).split())}") from None
+                if _from_milvus(exc) and not (self._remote and (_not_loaded(exc) or _unreachable(exc, self.uri))):
+                    raise InvalidInputError(f"milvus: {_one_line(exc)}") from None
                 raise
 
+    @_guarded
     def query(self, vector: np.ndarray, k: int = 10, where: Mapping[str, Any] | None = None) -> list[ScoredRecord]:
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
             raise InvalidInputError(f"milvus: k must be a positive integer, got {k!r}")
@@ -311,11 +417,13 @@ class MilvusStore:
             expr = self._expr(None, where)
             if expr is _NEVER or size is None:
                 return []
+            params = {"metric_type": "COSINE", "params": {"ef": max(int(k), EF_SEARCH)}}
             res = self._db.search(self.mname, data=[q.tolist()], limit=min(int(k), MAX_TOPK), filter=expr,
-                                  output_fields=["pk", "text", "meta"], search_params={"metric_type": "COSINE"})
+                                  output_fields=["pk", "text", "meta"], search_params=params)
         return [ScoredRecord(self._record(hit["entity"] | {"pk": hit["pk"] if "pk" in hit else hit["id"]}, False),
                              float(hit["distance"])) for hit in res[0]]
 
+    @_guarded
     def get(
         self, ids: Sequence[str] | None = None, where: Mapping[str, Any] | None = None, include_vectors: bool = False
     ) -> list[Record]:
@@ -329,6 +437,7 @@ class MilvusStore:
             return list(recs.values())
         return [recs[i] for i in dict.fromkeys(ids) if i in recs]
 
+    @_guarded
     def ids(self, where: Mapping[str, Any] | None = None) -> list[str]:
         expr = self._expr(None, where)
         with self._lock:
@@ -336,6 +445,7 @@ class MilvusStore:
                 return []
             return [r["pk"] for r in self._query(expr, ["pk"])]
 
+    @_guarded
     def delete(self, ids: Sequence[str] | None = None, where: Mapping[str, Any] | None = None) -> int:
         if ids is None and where is None:
             raise InvalidInputError("milvus: delete needs ids and/or a filter (refusing to delete everything)")
@@ -345,6 +455,7 @@ class MilvusStore:
                 self._db.delete(self.mname, ids=found[start:start + _PAGE])
         return len(found)
 
+    @_guarded
     def count(self) -> int:
         with self._lock:
             if not self._exists():
@@ -352,12 +463,15 @@ class MilvusStore:
             rows = self._db.query(self.mname, filter="", output_fields=["count(*)"])
             return int(rows[0]["count(*)"])
 
+    @_guarded
     def flush(self) -> None:
-        """Seal what was written (Milvus then builds the collection's index on it)."""
+        """Seal what was written (Milvus then builds the collection's index on it). On a server without
+        waiting for the segments to be written out (about a second): what was written is already in its log."""
         with self._lock:
             if self._exists():
-                self._db.flush(self.mname)
+                self._db.flush(self.mname, **({"_async": True} if self._remote else {}))
 
+    @_guarded
     def drop(self) -> None:
         """Remove the collection and its fingerprint."""
         with self._lock:
