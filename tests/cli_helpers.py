@@ -1,8 +1,11 @@
-"""Helpers shared by the tests: run the ``heterag`` CLI in-process, sort what a file reader yields."""
+"""Helpers shared by the tests: run the ``heterag`` CLI in-process, sort what a file reader yields, vary a
+scenario."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from heterag import Document, ItemError
 from heterag.cli import main
@@ -27,3 +30,15 @@ def split(items: Iterable[Document | ItemError]) -> tuple[dict[str, Document], l
         else:
             errors.append(it)
     return docs, errors
+
+
+def changed(scenario: Mapping[str, Any], changes: Mapping[str, Any], sep: str = ".") -> dict:
+    """A deep copy of ``scenario`` with each ``changes`` key (a path of keys joined by ``sep``) set to its value."""
+    out = json.loads(json.dumps(scenario))
+    for key, value in changes.items():
+        node = out
+        *path, last = key.split(sep)
+        for k in path:
+            node = node.setdefault(k, {})
+        node[last] = value
+    return out

@@ -5,36 +5,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
 import pytest
+from test_serving import _together  # threads released at once, a hang detected
 
 from heterag.core.results import Hit
 from heterag.encoding.batching import MicroBatcher
 from heterag.encoding.text_encoder import TextEncoder
 from heterag.generators.extractive import ExtractiveGenerator
-
-
-def _together(n: int, target) -> list:
-    """Call ``target(i)`` from ``n`` threads released at the same moment; returns results or exceptions."""
-    out: list = [None] * n
-    gate = threading.Barrier(n)
-
-    def run(i: int) -> None:
-        gate.wait()
-        try:
-            out[i] = target(i)
-        except Exception as exc:  # noqa: BLE001 - the test inspects it
-            out[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return out
 
 
 def _slow_upper(items: list[str]) -> list[str]:

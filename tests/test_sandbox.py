@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from cli_helpers import changed
 
 from heterag import Document, content_fingerprint, open_collection
 from heterag.cli import main
@@ -46,14 +47,7 @@ TINY = {
 
 
 def tiny(**changes) -> dict:
-    scn = json.loads(json.dumps(TINY))
-    for dotted, value in changes.items():
-        node = scn
-        *path, last = dotted.split(".")
-        for p in path:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return scn
+    return changed(TINY, changes)
 
 
 def write(tmp_path: Path, scn: dict, name: str = "s.yaml") -> Path:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from chat_server import ServerConfig
+from cli_helpers import changed
 
 from heterag import Document, InvalidInputError, content_fingerprint, open_collection
 from sandbox.app.live import GuardFilter, LiveOverlay
@@ -166,14 +167,7 @@ def _upload(tmp_path: Path, **changes: Any) -> Path:
     folder = tmp_path / "upload-dir"
     folder.mkdir(exist_ok=True)
     p = folder / "s.yaml"
-    scn = json.loads(json.dumps(TINY))
-    for key, value in changes.items():
-        where = scn
-        *head, last = key.split("__")
-        for k in head:
-            where = where.setdefault(k, {})
-        where[last] = value
-    p.write_text(yaml.safe_dump(scn))
+    p.write_text(yaml.safe_dump(changed(TINY, changes, sep="__")))
     return p
 
 
