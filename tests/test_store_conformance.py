@@ -250,6 +250,31 @@ def test_scores_are_cosine_for_non_unit_vectors(store: VectorStore) -> None:
     np.testing.assert_allclose(store.get(["s0"], include_vectors=True)[0].vector, mat[0], rtol=1e-5)
 
 
+def test_ranked_query_matches_query_and_get(store: VectorStore) -> None:
+    """Stores that rank without fetching (RankedQuery: what hybrid retrieval uses) give query's ids and scores
+    in query's order, also under a filter, and get's vectors; others are skipped."""
+    from heterag.stores.base import RankedQuery
+
+    if not isinstance(store, RankedQuery):
+        pytest.skip(f"{type(store).__name__} has no query_ids/vectors (hybrid asks query and get instead)")
+    recs = [Record(r.id, r.vector, r.text, {"even": int(r.id[1:]) % 2 == 0}) for r in make_records(60)]
+    store.upsert(recs)
+    for where in (None, {"even": True}):
+        q = unit_vectors(1, seed=11)[0]
+        want = [(sr.record.id, sr.score) for sr in store.query(q, k=15, where=where)]
+        got = store.query_ids(q, k=15, where=where)
+        assert [i for i, _ in got] == [i for i, _ in want]
+        np.testing.assert_allclose([s for _, s in got], [s for _, s in want], atol=1e-5)
+    assert store.query_ids(unit_vectors(1)[0], k=5, where={"even": "never"}) == []
+    with pytest.raises(InvalidInputError):
+        store.query_ids(unit_vectors(1)[0], k=0)
+    ids = ["r3", "missing", "r7"]
+    vecs = store.vectors(ids)
+    assert set(vecs) == {"r3", "r7"}
+    for r in store.get(["r3", "r7"], include_vectors=True):
+        np.testing.assert_allclose(vecs[r.id], r.vector, rtol=1e-6)
+
+
 def test_query_k_larger_than_count(store: VectorStore) -> None:
     store.upsert(make_records(4))
     assert len(store.query(unit_vectors(1, seed=5)[0], k=50)) == 4

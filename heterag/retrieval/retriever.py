@@ -111,15 +111,19 @@ class Retriever:
         keyword_on = text is not None and mode != "dense"
         depth = max(mix.candidates, n) if keyword_on else n
         dense: list[Hit] = []
+        fused_here = False  # hybrid over plain text is ranked and fused in one step (_hybrid_text)
         if mode != "keyword" or ref is not None:
             dense_text = text if mode != "keyword" else None
             if dense_text is not None and ref is None and (not images_on or rule.weight("cross") == 0):
                 queries["text"] = self.encoder.encode_query(dense_text)  # the plain text path: one store query, exact cosines
-                dense = [hit_from_record(sr.record, sr.score, self.image_files, {"text": sr.score}, ("dense",))
-                         for sr in self._query(self.store, queries["text"], 2 * depth, where)]
+                if keyword_on:  # hybrid over text: rank both kinds by id, fetch only the hits returned
+                    dense, fused_here = self._hybrid_text(dense_text, queries["text"], depth, n, where, mix), True
+                else:
+                    dense = [hit_from_record(sr.record, sr.score, self.image_files, {"text": sr.score}, ("dense",))
+                             for sr in self._query(self.store, queries["text"], 2 * depth, where)]
             else:
                 dense = self._retrieve_fused(dense_text, ref, 2 * depth, where, rule, images_on, queries)
-        hits = self._with_keywords(text, dense, depth, where, mix, mode, queries) if keyword_on else dense
+        hits = self._with_keywords(text, dense, depth, where, mix, mode, queries) if keyword_on and not fused_here else dense
         hits = one_per_view(hits, text)
         if not filters:
             return Retrieval(tuple(hits[:k]))
@@ -162,6 +166,78 @@ class Retriever:
                 f"collection {name or ''!s} has no keyword index (made before keyword search); build one with "
                 f"`heterag keywords build --collection {name or 'NAME'}`, or use --retrieval dense")
         return mode
+
+    def _hybrid_text(self, text: str, vector: np.ndarray, depth: int, n: int, where: Mapping[str, Any] | None,
+                     mix: HybridFusion) -> list[Hit]:
+        """Hybrid retrieval of a text query: the ``depth`` best ids by vector and by keyword score, exact scores
+        of each kind for the other's candidates (convex), fused; records are fetched only for the first ``2 n``
+        of the fused ranking (more while one-per-view merging leaves fewer than ``n``). Gives the hits
+        :meth:`_with_keywords` gives from fully fetched candidates, in the same order (a store without
+        :class:`~heterag.stores.base.RankedQuery` or a keyword ranking is asked for records and gives them)."""
+        store: Any = self.store
+        known: dict[str, Record] = {}
+        rank_ids = getattr(store, "query_ids", None)
+        if rank_ids is not None and not self.batch_searches:
+            dense_ranked = [(i, float(s)) for i, s in rank_ids(vector, depth, where)]
+        else:
+            found = self._query(store, vector, depth, where)
+            known.update((sr.record.id, sr.record) for sr in found)
+            dense_ranked = [(sr.record.id, sr.score) for sr in found]
+        keyword_ranking = getattr(store, "keyword_ranking", None)
+        if where is None and keyword_ranking is not None:
+            keyword = [(i, float(s)) for i, s in keyword_ranking(text, depth)]
+        else:
+            found = store.keyword_query(text, k=depth, where=where)
+            known.update((sr.record.id, sr.record) for sr in found)
+            keyword = [(sr.record.id, sr.score) for sr in found]
+        exact: dict[str, dict[str, float]] = {}
+        if not keyword:  # no keyword terms (stopwords only) or no match: dense alone
+            fused = list(dense_ranked)
+        else:
+            if mix.method == "convex":
+                kw_ids, dense_ids = {i for i, _ in keyword}, {i for i, _ in dense_ranked}
+                only_dense = [i for i, _ in dense_ranked if i not in kw_ids]
+                if only_dense:
+                    for i, s in store.keyword_scores(text, only_dense).items():
+                        exact[i] = {"keyword": s}
+                only_kw = [i for i, _ in keyword if i not in dense_ids]
+                if only_kw:
+                    if callable(getattr(store, "vectors", None)):
+                        vecs = store.vectors(only_kw)
+                    else:
+                        recs = store.get(ids=only_kw, include_vectors=True)
+                        known.update((r.id, r) for r in recs)
+                        vecs = {r.id: r.vector for r in recs}
+                    for i in only_kw:
+                        if i in vecs:
+                            exact[i] = {"dense": _cos(vector, vecs[i])}
+            fused = mix.fuse(dense_ranked, keyword, exact)
+        dense_score, kw_score = dict(dense_ranked), dict(keyword)
+        out: list[Hit] = []
+        done = 0
+        while done < len(fused):
+            stop = min(len(fused), done + max(2 * n - len(out), n))
+            while stop < len(fused) and fused[stop][1] == fused[stop - 1][1]:
+                stop += 1  # equal scores (chunks sharing one view) are fetched together, for one_per_view
+            batch = fused[done:stop]
+            missing = [i for i, _ in batch if i not in known]
+            if missing:
+                known.update((r.id, r) for r in store.get(ids=missing))
+            for i, score in batch:
+                rec = known.get(i)
+                if rec is None:
+                    continue  # deleted since it was ranked
+                scores: dict[str, float] = {}
+                if i in dense_score or "dense" in exact.get(i, {}):
+                    scores["text"] = dense_score.get(i, exact.get(i, {}).get("dense", 0.0))
+                if i in kw_score or "keyword" in exact.get(i, {}):
+                    scores["keyword"] = kw_score.get(i, exact.get(i, {}).get("keyword", 0.0))
+                found_by = tuple(x for x, on in (("dense", i in dense_score), ("keyword", i in kw_score)) if on)
+                out.append(hit_from_record(rec, score, self.image_files, scores, found_by))
+            done = stop
+            if len(one_per_view(out, text)) >= 2 * n:
+                break
+        return out
 
     def _with_keywords(self, text: str, dense: list[Hit], depth: int, where: Mapping[str, Any] | None,
                        mix: HybridFusion, mode: str, queries: dict[str, np.ndarray]) -> list[Hit]:

@@ -129,6 +129,21 @@ class BatchQuery(Protocol):
 
 
 @runtime_checkable
+class RankedQuery(Protocol):
+    """A store that can rank without fetching: ids and scores of the nearest records, and vectors by id.
+    Hybrid retrieval ranks 100 candidates of each kind and fetches texts only for the few it returns
+    (:meth:`heterag.retrieval.retriever.Retriever.search`); a store without these methods is asked
+    :meth:`VectorStore.query` and ``get`` instead, with the same results."""
+
+    def query_ids(self, vector: np.ndarray, k: int = 10, where: Mapping[str, Any] | None = None) -> list[tuple[str, float]]:
+        """``(id, score)`` of what :meth:`VectorStore.query` returns for the same arguments, in its order, without
+        texts or metadata."""
+
+    def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """float32 vectors ``(dim,)`` of these ids (missing ids left out), without texts or metadata."""
+
+
+@runtime_checkable
 class KeywordSearch(Protocol):
     """A store that also answers keyword (BM25) queries over the same records, kept in step with its
     vectors: :class:`heterag.stores.keyworded.KeywordedStore` around any store, or a backend with full-text

@@ -166,6 +166,11 @@ class KeywordedStore:
                 return out[:k]
             fetch *= 4
 
+    def keyword_ranking(self, text: str, k: int = 10) -> list[tuple[str, float]]:
+        """:meth:`keyword_query`'s ``(id, score)`` without a filter and without fetching the records (the
+        keyword index alone: about 1 ms at 100,000 records)."""
+        return self.keywords.search(text, k)
+
     def keyword_scores(self, text: str, ids: Sequence[str]) -> dict[str, float]:
         """BM25 scores of ``text`` for exactly these ids (0 for ids matching no term)."""
         return self.keywords.scores(text, ids)

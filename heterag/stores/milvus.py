@@ -472,6 +472,18 @@ class MilvusStore:
                 self._db.flush(self.mname, **({"_async": True} if self._remote else {}))
 
     @_guarded
+    def index_progress(self) -> tuple[int, int]:
+        """``(indexed_rows, total_rows)`` of the vector index as the server reports it: rows in sealed segments
+        whose index is built, and all rows it counts. Until the two are equal (some seconds to minutes after a
+        :meth:`flush` of a large ingest), part of the collection is searched exactly, which is slower but not
+        less accurate. ``(0, 0)`` for a collection that does not exist yet."""
+        with self._lock:
+            if not self._exists():
+                return 0, 0
+            info = self._db.describe_index(self.mname, "vector")
+        return int(info.get("indexed_rows", 0)), int(info.get("total_rows", 0))
+
+    @_guarded
     def drop(self) -> None:
         """Remove the collection and its fingerprint."""
         with self._lock:
