@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 from _common import require_data, write_report
@@ -29,21 +30,10 @@ from tqdm import tqdm
 from corpora import default_data_dir, load_pubmedqa
 from heterag import Document, Pipeline, Record, load_text_encoder, make_view, open_store
 
-log = logging.getLogger("scale")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stores import passages  # noqa: E402  (the same PubMedQA passages as the store benchmarks)
 
-
-def passages(n: int, seed: int = 0) -> list[str]:
-    data = load_pubmedqa()
-    sentences = [s for d in data.documents for sec in d.sections for s in re.split(r"(?<=[.!?])\s+", sec.text) if len(s) > 30]
-    rng = np.random.default_rng(seed)
-    out, seen = [], set()
-    while len(out) < n:
-        k = int(rng.integers(1, 3))
-        text = " ".join(sentences[i] for i in rng.integers(0, len(sentences), size=k))
-        if text not in seen:
-            seen.add(text)
-            out.append(text)
-    return out
+log = logging.getLogger("ingest_throughput")
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:

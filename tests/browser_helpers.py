@@ -94,6 +94,48 @@ class Shots:
         return path
 
 
+def open_tab(page, name: str, tries: int = 3) -> None:
+    """Click the app's tab ``name`` and wait until it is the selected one. A click that lands before the page's
+    scripts have bound the tab does nothing (seen under heavy load: the tab's components never mounted), so the
+    click is repeated, up to ``tries`` times in all, each waiting a third of :data:`TIMEOUT_MS`; a repeat is
+    reported on stderr."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    tab = page.get_by_role("tab", name=name, exact=True)
+    for attempt in range(1, tries + 1):
+        tab.click()
+        try:
+            page.wait_for_function("(name) => [...document.querySelectorAll('[role=tab]')].some("
+                                   "t => t.textContent.trim() === name && t.getAttribute('aria-selected') === 'true')",
+                                   arg=name, timeout=TIMEOUT_MS // tries)
+            return
+        except PlaywrightTimeout:
+            if attempt == tries:
+                raise
+            print(f"browser_helpers.open_tab: tab {name!r} not selected after click {attempt}; clicking again", file=sys.stderr)
+
+
+def attach_file(page, component: str, path: Path, shown: str | None = None, tries: int = 3) -> None:
+    """Choose ``path`` in the file input of the Gradio upload ``component`` (a CSS selector) and wait until the
+    component shows ``shown`` (default: the file's name). A choice made while the tab's components are still
+    being mounted can land on an input element that is then replaced, and the file is never seen (under
+    heavy load only); so it is made again, up to ``tries`` times in all, each waiting a third of
+    :data:`TIMEOUT_MS`, and a repeat is reported on stderr."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    selector = f"{component} :text('{shown or path.name}')"
+    for attempt in range(1, tries + 1):
+        page.locator(f"{component} input[type=file]").set_input_files(str(path), timeout=TIMEOUT_MS // tries)
+        try:
+            page.wait_for_selector(selector, timeout=TIMEOUT_MS // tries)
+            return
+        except PlaywrightTimeout:
+            if attempt == tries:
+                raise
+            print(f"browser_helpers.attach_file: {path.name} not shown in {component} after try {attempt}; choosing it again",
+                  file=sys.stderr)
+
+
 def ask(page, question: str, image: Path | None = None) -> None:
     """Ask the chat ``question`` (and/or attach ``image``) and wait for the answer's sources."""
     box = page.locator("#hr-box")

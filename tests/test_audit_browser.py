@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from browser_helpers import TIMEOUT_MS, Shots, start_app, stop_app
+from browser_helpers import TIMEOUT_MS, Shots, attach_file, open_tab, start_app, stop_app
 
 SCENES = 16
 
@@ -59,7 +59,7 @@ def test_a_one_image_membership_audit_from_the_sandbox_tab(browser, audit_url, a
         page.goto(audit_url)
         page.wait_for_selector("#hr-box textarea")
         shot = Shots(page, tmp_path, record_property)
-        page.get_by_role("tab", name="Sandbox").click()
+        open_tab(page, "Sandbox")
         if page.get_by_text("Membership audit").count() == 0:
             pytest.skip("the Sandbox tab has no Membership audit panel (sandbox/app/tab.py)")
         page.get_by_text("Membership audit", exact=True).click()
@@ -68,8 +68,7 @@ def test_a_one_image_membership_audit_from_the_sandbox_tab(browser, audit_url, a
 
         image = tmp_path / "scene-3.png"  # a stored scene: a member
         render_scene(3, seed=0).image.save(image)
-        page.locator("#hr-audit-upload input[type=file]").set_input_files(str(image))
-        page.wait_for_selector("#hr-audit-upload :text('scene-3.png')")
+        attach_file(page, "#hr-audit-upload", image)
         picker = page.locator("#hr-audit-collection input")
         picker.click()
         page.get_by_role("option", name="scenes", exact=True).click()

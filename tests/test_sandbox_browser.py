@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from browser_helpers import TIMEOUT_MS, Shots, ask, start_app, stop_app
+from browser_helpers import TIMEOUT_MS, Shots, ask, attach_file, open_tab, start_app, stop_app
 from chat_server import ServerConfig
 from test_sandbox_app import TINY as APP_TINY
 
@@ -104,9 +104,8 @@ def page(browser, sb_url: str):
 
 
 def upload_scenario(page, path: Path) -> None:
-    page.get_by_role("tab", name="Sandbox").click()
-    page.locator("#hr-sb-upload input[type=file]").set_input_files(str(path))
-    page.wait_for_selector(f"#hr-sb-upload :text('{path.name}')")
+    open_tab(page, "Sandbox")
+    attach_file(page, "#hr-sb-upload", path)
 
 
 def choose_target(page, name: str) -> None:
@@ -180,7 +179,7 @@ def test_live_view_flags_poisoned_sources_and_cancel_restores_the_fingerprint(pa
     start_live_run(page, tmp_path, held.url)
     wait_poisons_in(held)
     shot("run-injecting")
-    page.get_by_role("tab", name="Chat").click()
+    open_tab(page, "Chat")
     wait_text(page, "#hr-chat-banner", "is injecting")
     shot("chat-banner-during-the-run")
     image = tmp_path / "scene.png"
@@ -191,7 +190,7 @@ def test_live_view_flags_poisoned_sources_and_cancel_restores_the_fingerprint(pa
     assert "injected by sandbox run" in flagged.first.inner_text()
     assert page.locator("#hr-chat .hr-source:not(.hr-injected) .hr-flag").count() == 0
     shot("chat-flags-poisoned-sources")
-    page.get_by_role("tab", name="Sandbox").click()
+    open_tab(page, "Sandbox")
     page.locator("#hr-sb-cancel").click()
     wait_text(page, "#hr-sb-status", "cancelled", timeout=120_000)
     status = page.locator("#hr-sb-status").inner_text()
@@ -199,7 +198,7 @@ def test_live_view_flags_poisoned_sources_and_cancel_restores_the_fingerprint(pa
     assert "Index restored" in status
     shot("cancelled-fingerprint-restored")
     assert fingerprint(home) == before
-    page.get_by_role("tab", name="Chat").click()
+    open_tab(page, "Chat")
     wait_text(page, "#hr-chat-banner", "has ended (cancelled)")
     assert "identical" in page.locator("#hr-chat-banner").inner_text()
     shot("chat-banner-after-the-run")
@@ -233,7 +232,7 @@ def test_killing_the_app_mid_injection_is_cleaned_at_the_next_start(browser, hel
         context, page = open_page(browser, url)
         wait_text(page, "#hr-status", "cleaned up after an interrupted sandbox run")
         assert "identical (index restored)" in page.locator("#hr-status").inner_text()
-        page.get_by_role("tab", name="Sandbox").click()
+        open_tab(page, "Sandbox")
         wait_text(page, "#hr-sb-status", "interrupted")
         Shots(page, tmp_path, record_property)("next-start-cleaned-up")
         context.close()

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from browser_helpers import TIMEOUT_MS, Shots, start_app, stop_app
+from browser_helpers import TIMEOUT_MS, Shots, attach_file, open_tab, start_app, stop_app
 from browser_helpers import ask as _ask
 
 NOTES = {
@@ -139,10 +139,9 @@ def test_upload_ask_and_delete_a_document(page, tmp_path, record_property):
     shot = Shots(page, tmp_path, record_property)
     upload = tmp_path / UPLOADED
     upload.write_text(UPLOADED_TEXT)
-    page.get_by_role("tab", name="Knowledge").click()
+    open_tab(page, "Knowledge")
     page.wait_for_selector("#hr-docs tr[data-doc-id='tides.md']")
-    page.locator("#hr-upload input[type=file]").set_input_files(str(upload))
-    page.wait_for_selector(f"#hr-upload :text('{UPLOADED}')")
+    attach_file(page, "#hr-upload", upload)
     page.locator("#hr-ingest").click()
     page.wait_for_function("document.querySelector('#hr-ingest-status').innerText.includes('1 document written')")
     row = page.locator(f"#hr-docs tr[data-doc-id='{UPLOADED}']")
@@ -150,13 +149,13 @@ def test_upload_ask_and_delete_a_document(page, tmp_path, record_property):
     assert "1" in row.locator("td").nth(3).inner_text()  # its chunk count
     shot("uploaded")
 
-    page.get_by_role("tab", name="Chat").click()
+    open_tab(page, "Chat")
     _ask(page, "Where do zebras sleep standing on one leg?")
     shot("asked-about-upload")
     assert "Quagga valley" in " ".join(_last_bot_texts(page))
     assert UPLOADED in page.locator("#hr-chat .hr-source").first.inner_text()
 
-    page.get_by_role("tab", name="Knowledge").click()
+    open_tab(page, "Knowledge")
     picker = page.locator("#hr-delete-ids input")
     picker.click()
     picker.fill(UPLOADED)
@@ -166,7 +165,7 @@ def test_upload_ask_and_delete_a_document(page, tmp_path, record_property):
     assert page.locator(f"#hr-docs tr[data-doc-id='{UPLOADED}']").count() == 0
     shot("deleted")
 
-    page.get_by_role("tab", name="Chat").click()
+    open_tab(page, "Chat")
     _ask(page, "Where do zebras sleep standing on one leg?")
     shot("gone-after-delete")
     sources = " ".join(page.locator("#hr-chat .hr-sources").last.all_inner_texts())
