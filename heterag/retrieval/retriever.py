@@ -195,22 +195,7 @@ class Retriever:
             fused = list(dense_ranked)
         else:
             if mix.method == "convex":
-                kw_ids, dense_ids = {i for i, _ in keyword}, {i for i, _ in dense_ranked}
-                only_dense = [i for i, _ in dense_ranked if i not in kw_ids]
-                if only_dense:
-                    for i, s in store.keyword_scores(text, only_dense).items():
-                        exact[i] = {"keyword": s}
-                only_kw = [i for i, _ in keyword if i not in dense_ids]
-                if only_kw:
-                    if callable(getattr(store, "vectors", None)):
-                        vecs = store.vectors(only_kw)
-                    else:
-                        recs = store.get(ids=only_kw, include_vectors=True)
-                        known.update((r.id, r) for r in recs)
-                        vecs = {r.id: r.vector for r in recs}
-                    for i in only_kw:
-                        if i in vecs:
-                            exact[i] = {"dense": _cos(vector, vecs[i])}
+                exact = self._exact_scores(text, vector, dense_ranked, keyword, known)
             fused = mix.fuse(dense_ranked, keyword, exact)
         dense_score, kw_score = dict(dense_ranked), dict(keyword)
         out: list[Hit] = []
@@ -227,17 +212,38 @@ class Retriever:
                 rec = known.get(i)
                 if rec is None:
                     continue  # deleted since it was ranked
-                scores: dict[str, float] = {}
-                if i in dense_score or "dense" in exact.get(i, {}):
-                    scores["text"] = dense_score.get(i, exact.get(i, {}).get("dense", 0.0))
-                if i in kw_score or "keyword" in exact.get(i, {}):
-                    scores["keyword"] = kw_score.get(i, exact.get(i, {}).get("keyword", 0.0))
-                found_by = tuple(x for x, on in (("dense", i in dense_score), ("keyword", i in kw_score)) if on)
+                scores, found_by = _provenance(i, {"text": dense_score[i]} if i in dense_score else {}, i in dense_score,
+                                               kw_score, exact)
                 out.append(hit_from_record(rec, score, self.image_files, scores, found_by))
             done = stop
             if len(one_per_view(out, text)) >= 2 * n:
                 break
         return out
+
+    def _exact_scores(self, text: str, vector: np.ndarray | None, dense_ranked: list[tuple[str, float]],
+                      keyword: list[tuple[str, float]], known: dict[str, Record]) -> dict[str, dict[str, float]]:
+        """What convex fusion needs besides the two rankings: the keyword score of each candidate only the dense
+        ranking holds, and (given the query ``vector``) the cosine of each only the keyword ranking holds. Records
+        fetched for their vectors (a store without :class:`~heterag.stores.base.RankedQuery`) go into ``known``."""
+        store: Any = self.store
+        exact: dict[str, dict[str, float]] = {}
+        kw_ids, dense_ids = {i for i, _ in keyword}, {i for i, _ in dense_ranked}
+        only_dense = [i for i, _ in dense_ranked if i not in kw_ids]
+        if only_dense:
+            for i, s in store.keyword_scores(text, only_dense).items():
+                exact[i] = {"keyword": s}
+        only_kw = [i for i, _ in keyword if i not in dense_ids]
+        if only_kw and vector is not None:
+            if callable(getattr(store, "vectors", None)):
+                vecs = store.vectors(only_kw)
+            else:
+                recs = store.get(ids=only_kw, include_vectors=True)
+                known.update((r.id, r) for r in recs)
+                vecs = {r.id: r.vector for r in recs}
+            for i in only_kw:
+                if i in vecs:
+                    exact[i] = {"dense": _cos(vector, vecs[i])}
+        return exact
 
     def _with_keywords(self, text: str, dense: list[Hit], depth: int, where: Mapping[str, Any] | None,
                        mix: HybridFusion, mode: str, queries: dict[str, np.ndarray]) -> list[Hit]:
@@ -253,27 +259,12 @@ class Retriever:
         records = {sr.record.id: sr.record for sr in found}
         keyword = [(sr.record.id, sr.score) for sr in found]
         dense_ranked = [(h.chunk_id, h.score) for h in dense]
-        exact: dict[str, dict[str, float]] = {}
-        if mix.method == "convex":
-            kw_ids = {i for i, _ in keyword}
-            only_dense = [i for i, _ in dense_ranked if i not in kw_ids]
-            if only_dense:
-                for i, s in store.keyword_scores(text, only_dense).items():
-                    exact[i] = {"keyword": s}
-            only_kw = [i for i, _ in keyword if i not in by_id]
-            if only_kw and "text" in queries:
-                for r in self.store.get(ids=only_kw, include_vectors=True):
-                    exact[r.id] = {"dense": _cos(queries["text"], r.vector)}
+        exact = self._exact_scores(text, queries.get("text"), dense_ranked, keyword, {}) if mix.method == "convex" else {}
         kw_score = dict(keyword)
         out: list[Hit] = []
         for i, fused in mix.fuse(dense_ranked, keyword, exact):
             base = by_id.get(i)
-            scores = dict(base.scores) if base is not None else {}
-            if i in kw_score or "keyword" in exact.get(i, {}):
-                scores["keyword"] = kw_score.get(i, exact.get(i, {}).get("keyword", 0.0))
-            if base is None and "dense" in exact.get(i, {}):
-                scores["text"] = exact[i]["dense"]
-            found_by = tuple(x for x, on in (("dense", base is not None), ("keyword", i in kw_score)) if on)
+            scores, found_by = _provenance(i, base.scores if base is not None else {}, base is not None, kw_score, exact)
             if base is not None:
                 out.append(dataclasses.replace(base, score=fused, scores=scores, found_by=found_by))
             else:
@@ -338,6 +329,18 @@ class Retriever:
                 continue
             hits.append(hit_from_record(rec, fused[i], self.image_files, sims[i], ("dense",)))
         return hits
+
+
+def _provenance(i: str, scores: Mapping[str, float], found_dense: bool, kw_score: Mapping[str, float],
+                exact: Mapping[str, Mapping[str, float]]) -> tuple[dict[str, float], tuple[str, ...]]:
+    """A fused hit's per-signal scores (``scores`` it already has, plus its text cosine where only the exact
+    scoring gave one, plus its keyword score) and the lists that found it (``dense``, ``keyword``)."""
+    out, extra = dict(scores), exact.get(i, {})
+    if not found_dense and "dense" in extra:
+        out["text"] = extra["dense"]
+    if i in kw_score or "keyword" in extra:
+        out["keyword"] = kw_score.get(i, extra.get("keyword", 0.0))
+    return out, tuple(x for x, on in (("dense", found_dense), ("keyword", i in kw_score)) if on)
 
 
 def _cos(q: np.ndarray, v: np.ndarray | None) -> float:

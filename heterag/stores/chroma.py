@@ -433,18 +433,23 @@ class ChromaStore:
         small query's, is paid once: 20 queries of k=50 took 38 ms together, 115 ms one by one)."""
         return self._query(list(check_query_matrix(vectors, self.dim, self.name)), k, where)
 
-    def _query(self, queries: list[np.ndarray], k: int, where: Mapping[str, Any] | None) -> list[list[ScoredRecord]]:
+    def _search(self, queries: list[np.ndarray], k: int, where: Mapping[str, Any] | None, include: list[str]) -> Any:
+        """``collection.query`` of ``queries`` with our ``k`` check and filter; None when nothing can match."""
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
             raise InvalidInputError(f"chroma: k must be a positive integer, got {k!r}")
         cw = self._where(where)
         n = self.count()
         if cw is _NEVER or n == 0 or not queries:
-            return [[] for _ in queries]
-        kwargs: dict[str, Any] = {"query_embeddings": queries, "n_results": min(int(k), n),
-                                  "include": ["documents", "metadatas", "distances"]}
+            return None
+        kwargs: dict[str, Any] = {"query_embeddings": queries, "n_results": min(int(k), n), "include": include}
         if cw is not None:
             kwargs["where"] = cw
-        res = self._c.query(**kwargs)
+        return self._c.query(**kwargs)
+
+    def _query(self, queries: list[np.ndarray], k: int, where: Mapping[str, Any] | None) -> list[list[ScoredRecord]]:
+        res = self._search(queries, k, where, ["documents", "metadatas", "distances"])
+        if res is None:
+            return [[] for _ in queries]
         out = []
         for ids, docs, metas, dists in zip(res["ids"], res["documents"], res["metadatas"], res["distances"], strict=True):
             out.append([ScoredRecord(Record(id=rid, vector=None, text=doc or "", metadata=_user_metadata(meta)), 1.0 - float(dist))
@@ -453,17 +458,9 @@ class ChromaStore:
 
     def query_ids(self, vector: np.ndarray, k: int = 10, where: Mapping[str, Any] | None = None) -> list[tuple[str, float]]:
         """:meth:`query`'s ``(id, score)`` without texts and metadata (a k=100 search: 2 ms against 7 ms)."""
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-            raise InvalidInputError(f"chroma: k must be a positive integer, got {k!r}")
-        q = check_query_vector(vector, self.dim, self.name)
-        cw = self._where(where)
-        n = self.count()
-        if cw is _NEVER or n == 0:
+        res = self._search([check_query_vector(vector, self.dim, self.name)], k, where, ["distances"])
+        if res is None:
             return []
-        kwargs: dict[str, Any] = {"query_embeddings": [q], "n_results": min(int(k), n), "include": ["distances"]}
-        if cw is not None:
-            kwargs["where"] = cw
-        res = self._c.query(**kwargs)
         return [(rid, 1.0 - float(dist)) for rid, dist in zip(res["ids"][0], res["distances"][0], strict=True)]
 
     def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
