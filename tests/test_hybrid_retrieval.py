@@ -187,3 +187,16 @@ def test_hybrid_ranking_by_ids_gives_the_hits_of_fetching_every_candidate(tmp_pa
                 assert a.text == b.text and a.view == b.view
             assert len({(h.doc_id, h.view) for h in fast if h.view}) == len([h for h in fast if h.view])
     p.close()
+
+
+def test_search_takes_a_hybrid_spec_as_text_and_refuses_a_bad_one_in_one_line(pipe):
+    """``search(hybrid="rrf:k=10")`` is the same as passing the parsed fusion (as the README's integrations show);
+    a bad spec is the parser's one-line error, not an AttributeError."""
+    as_text = pipe.search("assay kit ZX-4471", k=3, retrieval="hybrid", hybrid="rrf:k=10").hits
+    parsed = pipe.search("assay kit ZX-4471", k=3, retrieval="hybrid", hybrid=HybridFusion.parse("rrf:k=10")).hits
+    assert [(h.chunk_id, h.score) for h in as_text] == [(h.chunk_id, h.score) for h in parsed]
+    assert as_text[0].doc_id == "code"
+    for bad in ("rrf:k=-1", "convex:weight=2", "bm25"):
+        with pytest.raises(InvalidInputError) as err:
+            pipe.search("assay kit ZX-4471", k=3, retrieval="hybrid", hybrid=bad)
+        assert "\n" not in str(err.value)

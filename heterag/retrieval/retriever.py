@@ -83,13 +83,15 @@ class Retriever:
         image: Any = None,
         fusion: Fusion | None = None,
         retrieval: str | None = None,
-        hybrid: HybridFusion | None = None,
+        hybrid: HybridFusion | str | Mapping[str, Any] | None = None,
     ) -> Retrieval:
         """Like :meth:`retrieve`, returning a :class:`~heterag.retrieval.hit_filters.Retrieval`: the hits after the
         hit filters, and the candidates the filters dropped (with the filter's name and reason).
 
         ``retrieval`` (default: this pipeline's): ``dense``, ``keyword`` or ``hybrid``
-        (:mod:`heterag.retrieval.hybrid`); ``hybrid`` (default: this pipeline's) is the rule fusing the two.
+        (:mod:`heterag.retrieval.hybrid`); ``hybrid`` (default: this pipeline's) is the rule fusing the two: a
+        :class:`~heterag.retrieval.hybrid.HybridFusion`, a spec such as ``"rrf:k=60"`` or a mapping of its fields
+        (a bad spec raises :class:`~heterag.core.errors.InvalidInputError`).
         Raises :class:`~heterag.core.errors.KeywordIndexError` for ``keyword``/``hybrid`` asked explicitly of a
         collection without a keyword index (the message names the command that builds one).
         """
@@ -102,7 +104,7 @@ class Retriever:
             raise InvalidInputError("a query needs text, an image, or both (the question is empty)")
         mode = self.retrieval_mode(retrieval)
         rule = fusion or self.fusion
-        mix = hybrid or self.hybrid
+        mix = HybridFusion.parse(hybrid) if hybrid is not None else self.hybrid  # a spec like "rrf:k=60" too
         images_on = self.has_images()
         filters = list(self.hit_filters)
         n = k * max(f.overfetch for f in filters) if filters else k
