@@ -1,4 +1,4 @@
-"""Load test of a running web app through its ``/chat`` API (gradio_client).
+"""Load test of a running web app through its ``/chat`` API (Gradio's HTTP API, or gradio_client).
 
     python app.py &                                   # the demos (or --collection NAME)
     python eval/load_app.py --url http://127.0.0.1:7860/ --users 20 --questions 20
@@ -39,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,11 +106,60 @@ def percentile(values: list[float], q: float) -> float:
 
 def ask(client, question: Question, collection: str, k: int) -> tuple[float, float]:
     """(seconds to the first streamed output with text, seconds to the end) of one question."""
+    if isinstance(client, HttpChat):
+        return client.ask(question, collection, k)
     from gradio_client import handle_file
 
     t0 = time.perf_counter()
     image = handle_file(str(question.image)) if question.image else None
     return watch(client.submit(question.text, image, collection, k, api_name="/chat"), t0)
+
+
+class HttpChat:
+    """One user on Gradio's documented HTTP API (the one ``curl`` uses): ``POST /gradio_api/upload`` for an
+    image, ``POST /gradio_api/call/chat`` for the question, then ``GET /gradio_api/call/chat/EVENT_ID``, a
+    server-sent-event stream of ``generating`` updates and one ``complete`` (or ``error``). One keep-alive
+    ``httpx`` connection per user and a blocking read of the stream: no polling, so the load generator takes
+    little of the CPU the app under test runs on, and the time to the first token is exact."""
+
+    def __init__(self, url: str, timeout: float = 300.0):
+        import httpx
+
+        self.base = url.rstrip("/") + "/gradio_api"
+        self.http = httpx.Client(timeout=timeout)
+        self.session = uuid.uuid4().hex[:12]  # one Gradio session per user, as a browser tab or gradio_client has
+
+    def ask(self, question: Question, collection: str, k: int) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        image = None
+        if question.image is not None:
+            with open(question.image, "rb") as fh:
+                resp = self.http.post(f"{self.base}/upload", files={"files": (question.image.name, fh, "image/png")})
+            resp.raise_for_status()
+            image = {"path": resp.json()[0], "meta": {"_type": "gradio.FileData"}}
+        resp = self.http.post(f"{self.base}/call/chat", json={"data": [question.text, image, collection, k],
+                                                                  "session_hash": self.session})
+        resp.raise_for_status()
+        event_id = resp.json()["event_id"]
+        first, event = None, ""
+        with self.http.stream("GET", f"{self.base}/call/chat/{event_id}") as stream:
+            stream.raise_for_status()
+            for line in stream.iter_lines():
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    data = json.loads(line[5:])
+                    if event == "error":
+                        raise RuntimeError(f"the app answered with an error: {data}")
+                    if event in ("generating", "complete") and first is None and data and str(data[0] or "").strip():
+                        first = time.perf_counter() - t0
+                    if event == "complete":
+                        total = time.perf_counter() - t0
+                        return (first if first is not None else total), total
+        raise RuntimeError("the event stream ended without a complete event")
+
+    def close(self) -> None:
+        self.http.close()
 
 
 def watch(job, t0: float) -> tuple[float, float]:
@@ -132,15 +182,18 @@ def watch(job, t0: float) -> tuple[float, float]:
 
 
 def run_user(url: str, user: int, questions: list[Question], args, results: list, errors: list) -> None:
-    from gradio_client import Client
-
     rng = random.Random(user)
     if args.ramp:
         time.sleep(rng.uniform(0, args.ramp))  # users arrive one by one, not all in the same instant
     try:
-        # ssl_verify=False: the app is served over plain http on loopback, and with it gradio_client does not
-        # load the CA bundle anew for every request it sends (measurable CPU on the cores the app shares)
-        client = Client(url, verbose=False, ssl_verify=False)
+        if args.client == "http":
+            client = HttpChat(url)
+        else:
+            from gradio_client import Client
+
+            # ssl_verify=False: the app is served over plain http on loopback, and with it gradio_client does not
+            # load the CA bundle anew for every request it sends (measurable CPU on the cores the app shares)
+            client = Client(url, verbose=False, ssl_verify=False)
     except Exception as exc:
         errors.append(f"user {user}: connect: {exc}")
         return
@@ -197,7 +250,7 @@ def measure(url: str, args) -> dict:
         run_user(url, 999, warm, argparse.Namespace(**{**vars(args), "think": 0, "ramp": 0}), [], [])
         single = phase(url, 1, args.questions, pool, args)
         load = phase(url, args.users, args.questions, pool, args)
-    return {"url": url, "users": args.users, "questions_per_user": args.questions, "think_s": args.think,
+    return {"url": url, "client": args.client, "users": args.users, "questions_per_user": args.questions, "think_s": args.think,
             "ramp_s": args.ramp, "seed": args.seed, "single": single, "load": load,
             "p95_ratio": load["all"]["p95"] / single["all"]["p95"] if single["all"]["p95"] else None}
 
@@ -270,6 +323,9 @@ def main() -> int:
     ap.add_argument("--image-collection", default=IMAGE_COLLECTION_DEFAULT, help="collection for image questions")
     ap.add_argument("-k", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0, help="shuffles the question pool")
+    ap.add_argument("--client", choices=("http", "gradio"), default="http",
+                    help="http: Gradio's HTTP API with httpx, one blocking event stream per question (light); "
+                         "gradio: gradio_client, polled every 5 ms (what the first figures of issue #26 used)")
     ap.add_argument("--app", action="append", default=[], metavar="LABEL=COMMAND",
                     help="start this app command, measure it, stop it (repeatable: before/after in one run; "
                          "--url is then not used)")

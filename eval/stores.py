@@ -33,6 +33,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -159,9 +160,12 @@ def wait_indexed(store, n: int, timeout: float = 3600.0) -> float:
 
 
 def run_backend(kind: str, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, workdir: Path,
-                texts: list[str] | None = None, pg_settings: dict[str, str] | None = None) -> dict:
+                texts: list[str] | None = None, pg_settings: dict[str, str] | None = None,
+                tune: Callable[[str, object], dict] | None = None) -> dict:
     """Build ``kind`` from ``vectors`` (n, d) (texts ``texts``, else "passage i"), time ``store.query`` for each
-    of ``queries`` (q, d) and compare with ``truth`` (q, K) row indices; returns the row of the report."""
+    of ``queries`` (q, d) and compare with ``truth`` (q, K) row indices; returns the row of the report.
+    ``tune(kind, store)``, when given, runs between the build and the measurement (it may set the store's
+    search settings from held-out queries, never from ``queries``); what it returns joins the row."""
     root = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-", dir=workdir))
     spec, data_dir, pids, stop = servers(kind, root, pg_settings)
     me = psutil.Process()
@@ -183,6 +187,7 @@ def run_backend(kind: str, vectors: np.ndarray, queries: np.ndarray, truth: np.n
             flush()
         index_wait_s = wait_indexed(store, len(vectors)) if kind == "milvus-server" else 0.0
         ingest_s = time.perf_counter() - t0
+        tuned = tune(kind, store) if tune is not None else {}
         for q in queries[:5]:  # warm-up
             store.query(q, k=K)
         lat, recalls = [], []
@@ -209,7 +214,8 @@ def run_backend(kind: str, vectors: np.ndarray, queries: np.ndarray, truth: np.n
                 "index_wait_s": index_wait_s,
                 "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
                 "recall_at_10": float(np.mean(recalls)), "recall_ci": [lo, hi], "disk_mb": disk / 2**20,
-                "rss_mb": mem / 2**20, "rss_of": "server" if pids else "this process (growth)", "rss_before_mb": rss0 / 2**20}
+                "rss_mb": mem / 2**20, "rss_of": "server" if pids else "this process (growth)", "rss_before_mb": rss0 / 2**20,
+                **tuned}
     finally:
         stop()
         shutil.rmtree(root, ignore_errors=True)

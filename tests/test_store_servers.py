@@ -174,3 +174,32 @@ def test_server_collection_answers_like_the_embedded_default(server: str, reques
         assert [(h.doc_id, h.chunk_id, round(h.score, 4)) for h in rag.retrieve(QUESTIONS[0], k=3)] == served[0]
     finally:
         rag.close()
+
+
+def test_pgvector_search_breadth_comes_from_the_url_and_a_bad_one_is_one_line(pg_server: str) -> None:  # noqa: F811
+    from psycopg import sql
+
+    from heterag.core.errors import InvalidInputError
+
+    sep = "&" if "?" in pg_server else "?"
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(30, 8)).astype(np.float32)
+    with open_store(pg_server + f"{sep}ef_search=640", "unused", "efs") as store:
+        assert store.ef_search == 640 and "ef_search=max(640, k)" in store.index_settings()
+        store.upsert([Record(f"r{i}", v, f"t{i}") for i, v in enumerate(vecs)])
+        seen: list[str] = []
+        execute = store._db.execute
+
+        def spy(query, *args, **kwargs):
+            seen.append(query.as_string(store._db) if isinstance(query, sql.Composable) else str(query))
+            return execute(query, *args, **kwargs)
+
+        store._conn.execute = spy  # type: ignore[method-assign]
+        assert store.query(vecs[3], k=5)[0].record.id == "r3"
+        assert any("hnsw.ef_search = 640" in q for q in seen), seen
+    with open_store(pg_server, "unused", "efs") as plain:  # the same table without the parameter: the default
+        assert plain.ef_search == 200 and plain.count() == 30
+    for bad in ("0", "1001", "many"):
+        with pytest.raises(InvalidInputError) as info:
+            open_store(pg_server + f"{sep}ef_search={bad}", "unused", "efs")
+        assert "ef_search must be an integer from 1 to 1000" in str(info.value) and "\n" not in str(info.value)

@@ -27,6 +27,10 @@ Notes on the chromadb (1.5.x) behaviour this adapter works around:
   with the one its client has seen and, if another process wrote since, closes the shared
   client (stopping chromadb's cached ``System``) and reopens it. Writers of one collection
   are serialised by :mod:`heterag.core.locking`, which makes the check-then-write sequence safe.
+* Reads by id (and by filter, as ids first) are answered from a per-process
+  :class:`~heterag.stores.record_cache.RecordCache` keyed by that same token: every write, by this
+  process or another, starts it afresh. Chroma's own ``get`` (sqlite, then its Python wrappers) was
+  about a quarter of the app's GIL time under 20 chat users (issue #26).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import math
 import os
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +60,7 @@ from heterag.stores.base import (
     record_metadata,
 )
 from heterag.stores.filters import normalize
+from heterag.stores.record_cache import DEFAULT_LIMIT, RecordCache
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +73,8 @@ FINGERPRINT_FIELD = "heterag:fingerprint"
 #: on 100k MiniLM vectors of PubMedQA text, 200 gives 0.978; eval/stores.py, eval/README.md)
 HNSW_CONFIG: dict[str, Any] = {"hnsw": {"space": "cosine", "ef_search": 200}}
 _NEVER = object()  # translated filter that no record can match
+#: records of a collection held in this process's read cache (0: off); see :mod:`heterag.stores.record_cache`
+RECORD_CACHE = DEFAULT_LIMIT
 GENERATION_FILE = ".heterag-generation"
 
 
@@ -82,6 +89,7 @@ class _SharedClient:
         self.version = 0
         self.users = 0
         self.lock = threading.RLock()
+        self.caches: dict[str, RecordCache] = {}  # collection name -> records read since the last write
 
     def _disk_token(self) -> tuple[int, int, int] | None:
         """Identity of the token file: (inode, size, mtime). Every write replaces the file (a new inode),
@@ -463,17 +471,58 @@ class ChromaStore:
             return []
         return [(rid, 1.0 - float(dist)) for rid, dist in zip(res["ids"][0], res["distances"][0], strict=True)]
 
+    def _cache(self) -> tuple[RecordCache, Hashable] | None:
+        """This collection's record cache and the current write generation (read *before* the store is), or
+        None when caching is off (:data:`RECORD_CACHE` 0) or the store is a Chroma server."""
+        if RECORD_CACHE <= 0 or self._shared is None:  # off, or a Chroma server (other clients write unseen)
+            return None
+        self._c  # noqa: B018 - reopens first if another process wrote (a new version)
+        shared = self._shared
+        with shared.lock:
+            cache = shared.caches.get(self.collection)
+            if cache is None:
+                cache = shared.caches[self.collection] = RecordCache(RECORD_CACHE)
+            return cache, (self._version, shared.token)
+
     def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
-        """Vectors of these ids (missing ids left out), without texts and metadata."""
-        got = self._raw_get(ids, None, ["embeddings"])
-        if not got:
-            return {}
-        return {rid: np.asarray(v, dtype=np.float32) for rid, v in zip(got["ids"], got["embeddings"], strict=True)}
+        """Vectors of these ids (missing ids left out), without texts and metadata; repeated reads come from
+        the record cache until the next write."""
+        cached = self._cache()
+        want = list(dict.fromkeys(ids))
+        found: dict[str, np.ndarray] = {}
+        if cached is not None:
+            found, want = cached[0].vectors(cached[1], want)
+        if want:
+            got = self._raw_get(want, None, ["embeddings"])
+            if got:
+                fetched = {rid: np.asarray(v, dtype=np.float32) for rid, v in zip(got["ids"], got["embeddings"], strict=True)}
+                if cached is not None:
+                    cached[0].put(cached[1], vectors=fetched)
+                found.update(fetched)
+        return found
 
     def get(
         self, ids: Sequence[str] | None = None, where: Mapping[str, Any] | None = None, include_vectors: bool = False
     ) -> list[Record]:
-        """Records by id (order of ``ids``, missing skipped) and/or filter."""
+        """Records by id (order of ``ids``, missing skipped) and/or filter.
+
+        Reads by id (and by filter: the matching ids first) are answered from the record cache
+        (:mod:`heterag.stores.record_cache`) where it holds them, until the next write by any process;
+        a read of everything (no ids, no filter) goes to Chroma."""
+        cached = self._cache() if ids is not None or where is not None else None
+        if cached is None:
+            return self._fetch(ids, where, include_vectors)
+        cache, key = cached
+        order = list(dict.fromkeys(ids)) if where is None else self._matching_ids(ids, where)  # type: ignore[arg-type]
+        found, missing = cache.get(key, order, include_vectors)
+        if missing:
+            fetched = self._fetch(missing, None, include_vectors)
+            cache.put(key, fetched)
+            found.update((r.id, r) for r in fetched)
+        return [found[i] for i in order if i in found]
+
+    def _fetch(self, ids: Sequence[str] | None, where: Mapping[str, Any] | None, include_vectors: bool) -> list[Record]:
+        """:meth:`get` from Chroma itself."""
         include = ["documents", "metadatas"] + (["embeddings"] if include_vectors else [])
         got = self._raw_get(ids, where, include)
         if not got:

@@ -21,7 +21,9 @@ Filters are translated to SQL on the jsonb column with the semantics of :func:`h
 jsonb equality already tells ``true`` from ``1`` and equates ``1`` with ``1.0``; order comparisons only
 apply to JSON numbers (compared as exact ``numeric``). Filtered queries run with
 ``hnsw.iterative_scan = strict_order`` (pgvector >= 0.8), so a selective filter still returns ``k`` rows
-in exact distance order, and ``hnsw.ef_search = clamp(k, 200, 1000)`` (:data:`EF_SEARCH`).
+in exact distance order, and ``hnsw.ef_search = clamp(k, ef_search, 1000)``. ``ef_search`` is :data:`EF_SEARCH`
+unless the URL sets it (``postgresql://.../db?ef_search=800``: a heterag parameter, taken off before the URL reaches
+libpq); a large collection needs more than the default for the same recall (eval/README.md, issue #26).
 
 Every call is one transaction; writers of one collection are serialised by a transaction-level
 advisory lock, so several processes can write and query one collection at once. Connection and
@@ -39,6 +41,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 import psycopg
@@ -61,6 +64,8 @@ HNSW_M, HNSW_EF_CONSTRUCTION = 16, 64
 #: search ef floor: on 100k MiniLM vectors of PubMedQA text recall@10 was 0.943 at 100, 0.961 at 150, 0.967 at 200
 #: (eval/README.md, issue #12)
 EF_SEARCH = 200
+#: pgvector's upper bound for ``hnsw.ef_search``
+MAX_EF_SEARCH = 1000
 _NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,253}[A-Za-z0-9])?$")
 _SETUP_LOCK = 0x68657465  # advisory lock id for creating the extension and the registry
 _BATCH = 2000
@@ -72,12 +77,32 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
+def split_ef_search(url: StoreURL) -> tuple[str, int]:
+    """``url``'s libpq URI without heterag's ``ef_search`` parameter, and that parameter's value
+    (:data:`EF_SEARCH` when absent). Raises :class:`InvalidInputError` unless it is an integer in
+    1..:data:`MAX_EF_SEARCH`."""
+    assert url.location is not None
+    parts = urlsplit(url.location)
+    params = parse_qsl(parts.query, keep_blank_values=True)
+    given = [v for k, v in params if k == "ef_search"]
+    if not given:
+        return url.location, EF_SEARCH
+    try:
+        ef = int(given[-1])
+    except ValueError:
+        ef = 0
+    if not 1 <= ef <= MAX_EF_SEARCH:
+        raise InvalidInputError(f"pgvector {url.display()}: ef_search must be an integer from 1 to {MAX_EF_SEARCH}, got {given[-1]!r}")
+    rest = urlencode([(k, v) for k, v in params if k != "ef_search"])
+    return urlunsplit(parts._replace(query=rest)), ef
+
+
 def connect(url: StoreURL) -> psycopg.Connection:
     """Open an autocommit connection to ``url`` with the pgvector types registered, creating the
     extension and the registry table if needed."""
-    assert url.location is not None
+    dsn, _ = split_ef_search(url)
     try:
-        conn = psycopg.connect(url.location, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True)
+        conn = psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True)
     except psycopg.Error as exc:
         raise StoreUnavailableError(f"cannot connect to PostgreSQL {url.display()}: {_one_line(exc)}") from None
     try:
@@ -189,6 +214,8 @@ class PgVectorStore:
         self.table = "heterag_" + hashlib.sha1(collection.encode()).hexdigest()[:20]
         self._lock = threading.RLock()
         self._fp: Fingerprint | None = None
+        #: HNSW search breadth (``hnsw.ef_search``, raised to ``k`` when smaller): recall against latency
+        self.ef_search = split_ef_search(url)[1]
         self._conn: psycopg.Connection | None = connect(url)
         try:
             with self._conn.transaction():
@@ -348,6 +375,10 @@ class PgVectorStore:
         except psycopg.DataError as exc:
             raise InvalidInputError(f"pgvector: {_one_line(exc)}") from None
 
+    def index_settings(self) -> str:
+        """The HNSW settings this store builds and searches with, as text (for reports)."""
+        return f"HNSW m={HNSW_M}, ef_construction={HNSW_EF_CONSTRUCTION}, ef_search=max({self.ef_search}, k)"
+
     def query(self, vector: np.ndarray, k: int = 10, where: Mapping[str, Any] | None = None) -> list[ScoredRecord]:
         """Top-``k`` records by cosine similarity (``1 - (embedding <=> q)``), best first."""
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
@@ -360,7 +391,7 @@ class PgVectorStore:
         with self._lock, self._db.transaction():
             if cond is None or not self._table_exists():
                 return []
-            self._db.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(min(1000, max(EF_SEARCH, int(k))))))
+            self._db.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(min(MAX_EF_SEARCH, max(self.ef_search, int(k))))))
             self._db.execute("SET LOCAL hnsw.iterative_scan = strict_order")
             stmt = sql.SQL("SELECT id, text, metadata, embedding <=> %s AS d FROM {} WHERE {} ORDER BY embedding <=> %s LIMIT %s").format(
                 sql.Identifier(self.table), cond[0])

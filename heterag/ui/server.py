@@ -32,6 +32,11 @@ def serve(cfg: AppConfig, *, block: bool = True):
     # The app never downloads: a model name that is not on disk fails at once with one line, instead of
     # retrying the hub for minutes (set HF_HUB_OFFLINE=0 to allow downloads).
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # Gradio rebuilds a pandas summary of the last GRADIO_ANALYTICS_MAX_EVENTS (10,000) events after every
+    # finished event, for a monitoring page this app turns off (enable_monitoring=False): under 20 chat users
+    # that was ~3% of the app's GIL time and grows with the events served. Read when the Blocks are made.
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "100000")
+    os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "100")
     _check_address(cfg.host, cfg.port)
     upload_dir = tempfile.mkdtemp(prefix="heterag-ui-")  # mode 0700
     os.environ["GRADIO_TEMP_DIR"] = upload_dir  # read by gradio at import: set before importing it
