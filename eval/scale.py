@@ -124,6 +124,8 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--stores", default=",".join(STORES), help=f"any of {', '.join(STORES)} (and the other stores of eval/stores.py)")
     ap.add_argument("--pg-shared-buffers", default="4GB")
+    ap.add_argument("--pg-ef-construction", type=int, default=None,
+                    help="pgvector's HNSW ef_construction (?ef_construction= in the URL; default: heterag's, 64)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tune", type=int, default=200, help="held-out questions that choose pgvector's ef_search (0: keep the default)")
     ap.add_argument("--target", type=float, default=0.95, help="held-out recall@10 the chosen ef_search must reach")
@@ -165,7 +167,8 @@ def main() -> None:
         for kind in kinds:
             log.info("store %s at %d", kind, n)
             try:
-                row = run_backend(kind, vecs, queries, truth, workdir, texts=txt, pg_settings=pg_settings, tune=tune)
+                row = run_backend(kind, vecs, queries, truth, workdir, texts=txt, pg_settings=pg_settings, tune=tune,
+                                  pg_params={"ef_construction": args.pg_ef_construction} if args.pg_ef_construction else None)
             except Exception as exc:  # noqa: BLE001 - one store failing must not lose the others' figures
                 log.exception("store %s failed at %d", kind, n)
                 row = {"store": kind, "error": f"{type(exc).__name__}: {exc}"}

@@ -161,13 +161,16 @@ def wait_indexed(store, n: int, timeout: float = 3600.0) -> float:
 
 def run_backend(kind: str, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, workdir: Path,
                 texts: list[str] | None = None, pg_settings: dict[str, str] | None = None,
-                tune: Callable[[str, object], dict] | None = None) -> dict:
+                tune: Callable[[str, object], dict] | None = None, pg_params: dict[str, int] | None = None) -> dict:
     """Build ``kind`` from ``vectors`` (n, d) (texts ``texts``, else "passage i"), time ``store.query`` for each
     of ``queries`` (q, d) and compare with ``truth`` (q, K) row indices; returns the row of the report.
     ``tune(kind, store)``, when given, runs between the build and the measurement (it may set the store's
-    search settings from held-out queries, never from ``queries``); what it returns joins the row."""
+    search settings from held-out queries, never from ``queries``); what it returns joins the row. ``pg_params``:
+    heterag's HNSW URL parameters for pgvector (``ef_construction``, ``ef_search``)."""
     root = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-", dir=workdir))
     spec, data_dir, pids, stop = servers(kind, root, pg_settings)
+    if kind == "pgvector" and pg_params:
+        spec += ("&" if "?" in spec else "?") + "&".join(f"{k}={v}" for k, v in pg_params.items())
     me = psutil.Process()
     try:
         disk0, rss0, mem0 = du(data_dir), rss(pids), me.memory_info().rss

@@ -26,6 +26,7 @@ from heterag.core.errors import CollectionNotFoundError, FingerprintMismatchErro
 from heterag.core.home import heterag_home
 from heterag.core.locking import WriteLock
 from heterag.encoding.text_encoder import load_text_encoder
+from heterag.encoding.vector_cache import VectorCache
 from heterag.generators.base import Generator
 from heterag.ingest.chunking import DEFAULT_CHUNK_TOKENS, check_chunk_tokens
 from heterag.ingest.guards import IngestGuard
@@ -53,6 +54,18 @@ def collection_dir(name: str, home: Path | None = None) -> Path:
             f"bad collection name {name!r}: use 1-63 letters, digits, '_', '-' or '.', starting with a letter or digit"
         )
     return (home or heterag_home()) / "collections" / name
+
+
+#: file in a collection's folder holding its chunks' sentence vectors (:func:`sentence_vectors`)
+SENTENCE_VECTORS = "sentence-vectors.sqlite"
+
+
+def sentence_vectors(name: str, pipe: Any, home: Path | None = None) -> VectorCache:
+    """The on-disk sentence vectors of collection ``name`` for ``pipe``'s encoder (model and adapter), which the
+    extractive generator reads before it encodes (:class:`~heterag.encoding.vector_cache.VectorCache`); a file
+    made by another encoder is emptied. Dropping the collection removes it with the folder."""
+    fp = pipe.fingerprint
+    return VectorCache(collection_dir(name, home) / SENTENCE_VECTORS, f"{fp.model}+adapter:{fp.adapter}", fp.dim)
 
 
 @dataclass(frozen=True)

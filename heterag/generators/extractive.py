@@ -28,7 +28,7 @@ import math
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +37,7 @@ from heterag.core.errors import GeneratorError, InvalidInputError
 from heterag.core.images import ImageRef
 from heterag.core.results import Answer, Citation, Hit
 from heterag.encoding.embedder import Embedder
+from heterag.encoding.vector_cache import VectorCache
 from heterag.generators.base import StreamCallback
 from heterag.generators.prompting import NO_SOURCES_ANSWER, citation_for, validate_query_image, validate_question
 
@@ -270,6 +271,11 @@ class ExtractiveGenerator:
     retrieved again, by any question, is not re-encoded. Only the question is encoded then.
     ``cache_hits`` and ``cache_misses`` count sentences. The embedder must be deterministic
     (the same text always gives the same vector), as retrieval encoders are.
+
+    ``sentence_cache`` (a :class:`~heterag.encoding.vector_cache.VectorCache` for this embedder, or None) keeps
+    sentence vectors on disk: sentences missing from memory are looked up there before they are encoded, new
+    ones are written there, and :meth:`prefill` encodes a whole collection's sentences ahead of its questions
+    (ingest time instead of question time: a first question to a chunk then costs what a repeated one does).
     """
 
     name = "extractive"
@@ -283,6 +289,7 @@ class ExtractiveGenerator:
         min_score: float = 0.15,
         min_relative: float = 0.5,
         cache_size: int = 50_000,
+        sentence_cache: VectorCache | None = None,
     ) -> None:
         if not isinstance(embedder, Embedder):
             raise InvalidInputError(f"embedder must provide encode() and count_tokens(), got {type(embedder).__name__}")
@@ -303,6 +310,7 @@ class ExtractiveGenerator:
         self._rng = np.random.default_rng(seed)
         self._rng_lock = threading.Lock()
         self.cache_size = cache_size
+        self.sentence_cache = sentence_cache
         self.cache_hits = self.cache_misses = 0
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._token_counts: OrderedDict[str, int] = OrderedDict()  # hit text -> tokens (Answer.context_tokens)
@@ -335,8 +343,13 @@ class ExtractiveGenerator:
                 if v is not None:
                     self._cache.move_to_end(t)
         missing = [t for t, v in zip(sentences, cached, strict=True) if v is None]
-        fresh = _embed(self.embedder, [question, *dict.fromkeys(missing)])
-        new = dict(zip(dict.fromkeys(missing), fresh[1:], strict=True))
+        stored = self.sentence_cache.get(list(dict.fromkeys(missing))) if self.sentence_cache is not None and missing else {}
+        to_encode = [t for t in dict.fromkeys(missing) if t not in stored]
+        fresh = _embed(self.embedder, [question, *to_encode])
+        encoded = dict(zip(to_encode, fresh[1:], strict=True))
+        if encoded and self.sentence_cache is not None:
+            self.sentence_cache.put(encoded)
+        new = {**stored, **encoded}
         with self._cache_lock:
             self.cache_hits += len(sentences) - len(missing)
             self.cache_misses += len(missing)
@@ -346,6 +359,27 @@ class ExtractiveGenerator:
                 self._cache.popitem(last=False)
         rows = [fresh[0]] + [v if v is not None else new[t] for t, v in zip(sentences, cached, strict=True)]
         return np.stack(rows)
+
+    def prefill(self, texts: Iterable[str], *, show_progress: bool | None = None, stop: Callable[[], bool] | None = None) -> int:
+        """Encode the sentences of ``texts`` (chunk texts, as hits carry them) that :attr:`sentence_cache` does not
+        hold yet, and keep them there; returns how many were encoded. Large calls are encoded a slice at a time on
+        the query-encoder worker, so questions asked meanwhile wait for one slice at most. Raises
+        :class:`InvalidInputError` when there is no ``sentence_cache``. ``stop()`` true ends it between slices."""
+        if self.sentence_cache is None:
+            raise InvalidInputError("prefill needs a sentence_cache to keep the vectors in")
+        sentences = list(dict.fromkeys(s for t in texts for s in split_sentences(t) if s.strip()))
+        held = self.sentence_cache.get(sentences)
+        todo = [s for s in sentences if s not in held]
+        done = 0
+        for start in range(0, len(todo), _PREFILL_SLICE):
+            if stop is not None and stop():
+                break
+            part = todo[start:start + _PREFILL_SLICE]
+            vectors = np.asarray(self.embedder.encode(part, show_progress=show_progress) if show_progress is not None
+                                 else self.embedder.encode(part), dtype=np.float32)
+            self.sentence_cache.put(dict(zip(part, _normalise_rows(vectors), strict=True)))
+            done += len(part)
+        return done
 
     def _score(self, question: str, hits: Sequence[Hit], candidates: list[_Candidate]) -> tuple[np.ndarray, ...]:
         """(total scores, relevance scores, sentence vectors) for ``candidates``."""
@@ -438,6 +472,9 @@ class ExtractiveGenerator:
             generator=self.name,
         )
 
+
+#: sentences encoded and written to the sentence cache at a time by :meth:`ExtractiveGenerator.prefill`
+_PREFILL_SLICE = 2048
 
 #: At most this many leading image hits without text are named in an answer.
 MAX_IMAGES_NAMED = 3

@@ -22,8 +22,10 @@ jsonb equality already tells ``true`` from ``1`` and equates ``1`` with ``1.0``;
 apply to JSON numbers (compared as exact ``numeric``). Filtered queries run with
 ``hnsw.iterative_scan = strict_order`` (pgvector >= 0.8), so a selective filter still returns ``k`` rows
 in exact distance order, and ``hnsw.ef_search = clamp(k, ef_search, 1000)``. ``ef_search`` is :data:`EF_SEARCH`
-unless the URL sets it (``postgresql://.../db?ef_search=800``: a heterag parameter, taken off before the URL reaches
-libpq); a large collection needs more than the default for the same recall (eval/README.md, issue #26).
+and the index's ``ef_construction`` :data:`HNSW_EF_CONSTRUCTION` unless the URL sets them
+(``postgresql://.../db?ef_construction=128&ef_search=800``: heterag parameters, taken off before the URL reaches
+libpq; ``ef_construction`` applies when the collection's table is created); a large collection needs more than
+the defaults for the same recall (eval/README.md, issue #26).
 
 Every call is one transaction; writers of one collection are serialised by a transaction-level
 advisory lock, so several processes can write and query one collection at once. Connection and
@@ -77,30 +79,41 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def split_ef_search(url: StoreURL) -> tuple[str, int]:
-    """``url``'s libpq URI without heterag's ``ef_search`` parameter, and that parameter's value
-    (:data:`EF_SEARCH` when absent). Raises :class:`InvalidInputError` unless it is an integer in
-    1..:data:`MAX_EF_SEARCH`."""
+#: heterag's own URL parameters (taken off before libpq sees the URL): name -> (default, lowest, highest)
+HNSW_PARAMS: dict[str, tuple[int, int, int]] = {
+    "ef_search": (EF_SEARCH, 1, MAX_EF_SEARCH),
+    "ef_construction": (HNSW_EF_CONSTRUCTION, 2 * HNSW_M, 1000),
+}
+
+
+def split_hnsw_params(url: StoreURL) -> tuple[str, dict[str, int]]:
+    """``url``'s libpq URI without heterag's HNSW parameters (:data:`HNSW_PARAMS`: ``ef_search``, used by every
+    search; ``ef_construction``, used when the collection's table and index are created), and their values
+    (defaults where absent). Raises :class:`InvalidInputError` for a value that is not an integer in range."""
     assert url.location is not None
     parts = urlsplit(url.location)
     params = parse_qsl(parts.query, keep_blank_values=True)
-    given = [v for k, v in params if k == "ef_search"]
-    if not given:
-        return url.location, EF_SEARCH
-    try:
-        ef = int(given[-1])
-    except ValueError:
-        ef = 0
-    if not 1 <= ef <= MAX_EF_SEARCH:
-        raise InvalidInputError(f"pgvector {url.display()}: ef_search must be an integer from 1 to {MAX_EF_SEARCH}, got {given[-1]!r}")
-    rest = urlencode([(k, v) for k, v in params if k != "ef_search"])
-    return urlunsplit(parts._replace(query=rest)), ef
+    values = {name: default for name, (default, _, _) in HNSW_PARAMS.items()}
+    if not any(k in HNSW_PARAMS for k, _ in params):
+        return url.location, values
+    for key, text in params:
+        if key in HNSW_PARAMS:
+            _, lo, hi = HNSW_PARAMS[key]
+            try:
+                value = int(text)
+            except ValueError:
+                value = lo - 1
+            if not lo <= value <= hi:
+                raise InvalidInputError(f"pgvector {url.display()}: {key} must be an integer from {lo} to {hi}, got {text!r}")
+            values[key] = value
+    rest = urlencode([(k, v) for k, v in params if k not in HNSW_PARAMS])
+    return urlunsplit(parts._replace(query=rest)), values
 
 
 def connect(url: StoreURL) -> psycopg.Connection:
     """Open an autocommit connection to ``url`` with the pgvector types registered, creating the
     extension and the registry table if needed."""
-    dsn, _ = split_ef_search(url)
+    dsn, _ = split_hnsw_params(url)
     try:
         conn = psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True)
     except psycopg.Error as exc:
@@ -215,7 +228,10 @@ class PgVectorStore:
         self._lock = threading.RLock()
         self._fp: Fingerprint | None = None
         #: HNSW search breadth (``hnsw.ef_search``, raised to ``k`` when smaller): recall against latency
-        self.ef_search = split_ef_search(url)[1]
+        params = split_hnsw_params(url)[1]
+        self.ef_search = params["ef_search"]
+        #: HNSW build breadth of the index made with the collection's table (an existing index keeps its own)
+        self.ef_construction = params["ef_construction"]
         self._conn: psycopg.Connection | None = connect(url)
         try:
             with self._conn.transaction():
@@ -250,7 +266,7 @@ class PgVectorStore:
         self._db.execute(sql.SQL("CREATE TABLE {} (id text PRIMARY KEY, embedding vector({}) NOT NULL, "
                                  "text text NOT NULL, metadata jsonb NOT NULL, tsv tsvector)").format(t, sql.Literal(int(dim))))
         self._db.execute(sql.SQL("CREATE INDEX ON {} USING hnsw (embedding vector_cosine_ops) WITH (m = {}, ef_construction = {})")
-                         .format(t, sql.Literal(HNSW_M), sql.Literal(HNSW_EF_CONSTRUCTION)))
+                         .format(t, sql.Literal(HNSW_M), sql.Literal(self.ef_construction)))
         self._tsv_storage()
         self._create_tsv_index()
         self._db.execute(f"UPDATE {REGISTRY} SET dim = %s WHERE name = %s", (int(dim), self.collection))
@@ -377,7 +393,7 @@ class PgVectorStore:
 
     def index_settings(self) -> str:
         """The HNSW settings this store builds and searches with, as text (for reports)."""
-        return f"HNSW m={HNSW_M}, ef_construction={HNSW_EF_CONSTRUCTION}, ef_search=max({self.ef_search}, k)"
+        return f"HNSW m={HNSW_M}, ef_construction={self.ef_construction}, ef_search=max({self.ef_search}, k)"
 
     def query(self, vector: np.ndarray, k: int = 10, where: Mapping[str, Any] | None = None) -> list[ScoredRecord]:
         """Top-``k`` records by cosine similarity (``1 - (embedding <=> q)``), best first."""

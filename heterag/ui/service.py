@@ -14,6 +14,7 @@ import logging
 import math
 import queue
 import re
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -21,12 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from heterag.collections.collection import list_collections, open_collection
+from heterag.collections.collection import list_collections, open_collection, sentence_vectors
 from heterag.core.documents import Document, ItemError
 from heterag.core.errors import CollectionNotFoundError, HeteragError, InvalidInputError
 from heterag.core.images import ImageRef
 from heterag.core.results import Answer
-from heterag.generators import make_generator
+from heterag.encoding.vector_cache import VectorCache
+from heterag.generators import ExtractiveGenerator, make_generator
 from heterag.generators.base import Generator
 from heterag.pipeline.pipeline import IngestReport, Pipeline
 from heterag.retrieval.fusion import Fusion
@@ -34,6 +36,9 @@ from heterag.ui.config import DEMOS, AppConfig, ChatSettings
 from heterag.ui.uploads import UploadLimits, numbered, relabel, stage_uploads
 
 log = logging.getLogger(__name__)
+
+#: collections up to this many chunks get their sentence vectors encoded ahead of questions (:meth:`ChatService.prefill`)
+PREFILL_MAX_CHUNKS = 100_000
 
 _WORD = re.compile(r"\s*\S+\s*")
 #: Characters that show nothing: zero-width spaces and joiners, word joiner, byte-order mark, soft hyphen.
@@ -260,6 +265,8 @@ class ChatService:
         self._ingest_locks: dict[str, threading.Lock] = {}
         self._busy: dict[str, Progress] = {}
         self._generators: dict[tuple, Generator] = {}
+        self._sentence_caches: dict[str, VectorCache | None] = {}
+        self._prefills: dict[str, threading.Thread] = {}
         self._demo_thread: threading.Thread | None = None
         self.demo_error: str | None = None
 
@@ -312,6 +319,8 @@ class ChatService:
         pipe.encoder.encode_query("warm up")
         if pipe.has_images():
             _ = pipe.image_encoder  # loads and checks it
+        if self.config.chat.generator == "extractive":
+            self.prefill(collection)
 
     def resolve(self, collection: str, has_image: bool) -> str:
         """The collection a question goes to: the demos route image questions to the scenes demo."""
@@ -371,6 +380,9 @@ class ChatService:
                     SCENES_DEMO_COLLECTION, iter_synthetic_documents(SCENES_DEMO_SIZE, seed=0),
                     "indexing 300 synthetic scenes (image demo, once)", SCENES_DEMO_SIZE))
             self.demo_error = None
+            if self.config.chat.generator == "extractive":
+                for name in (DEMO_COLLECTION, SCENES_DEMO_COLLECTION):
+                    self._prefill(name)
         except Exception as exc:  # reported in the UI; the app keeps serving other collections
             if self._closing:  # the app is stopping: the next start finishes the demos
                 log.info("demo build stopped by shutdown: %s", one_line(exc))
@@ -415,11 +427,14 @@ class ChatService:
         return report
 
     # ---- questions ---------------------------------------------------------------------
-    def generator_for(self, settings: ChatSettings, pipe: Pipeline) -> Generator:
+    def generator_for(self, settings: ChatSettings, pipe: Pipeline, name: str | None = None) -> Generator:
+        """The generator ``settings`` ask for, made once and shared; the extractive one of collection ``name`` keeps
+        its sentence vectors in the collection's folder (:meth:`sentence_cache`)."""
         key: tuple
         if settings.generator == "extractive":
-            key = ("extractive", id(pipe.encoder), settings.temperature)
-            kwargs: dict[str, Any] = {"embedder": pipe.encoder, "temperature": settings.temperature}
+            cache = self.sentence_cache(name, pipe) if name else None
+            key = ("extractive", id(pipe.encoder), settings.temperature, id(cache))
+            kwargs: dict[str, Any] = {"embedder": pipe.encoder, "temperature": settings.temperature, "sentence_cache": cache}
         elif settings.generator == "local":
             key = ("local", settings.model_path.strip(), id(pipe.encoder), settings.temperature)
             kwargs = {"model": settings.model_path.strip() or None, "embedder": pipe.encoder,
@@ -436,6 +451,57 @@ class ChatService:
             if gen is None:
                 gen = self._generators[key] = make_generator(settings.generator, **kwargs)
             return gen
+
+    def sentence_cache(self, name: str, pipe: Pipeline) -> VectorCache | None:
+        """Collection ``name``'s on-disk sentence vectors (:func:`~heterag.collections.collection.sentence_vectors`),
+        opened once; None (logged) when the file cannot be opened: answers are then encoded as before."""
+        with self._lock:
+            if name not in self._sentence_caches:
+                try:
+                    self._sentence_caches[name] = sentence_vectors(name, pipe)
+                except (OSError, ValueError, sqlite3.Error) as exc:
+                    log.warning("collection %r: sentence vectors not kept on disk (%s)", name, one_line(exc))
+                    self._sentence_caches[name] = None
+            return self._sentence_caches[name]
+
+    def prefill(self, name: str, *, background: bool = True) -> threading.Thread | int:
+        """Encode the sentences of collection ``name``'s chunks that its sentence cache lacks, so that no question
+        waits for them (ingest-time work instead of question-time work). In a background thread by default
+        (returned; one at a time per collection), else here (returns how many were encoded). Collections of more
+        than :data:`PREFILL_MAX_CHUNKS` chunks are left to fill as they are asked."""
+        if not background:
+            return self._prefill(name)
+        with self._lock:
+            running = self._prefills.get(name)
+            if running is not None and running.is_alive():
+                return running
+            thread = self._prefills[name] = threading.Thread(target=self._prefill_logged, args=(name,),
+                                                             name=f"heterag-prefill-{name}", daemon=True)
+            thread.start()
+            return thread
+
+    def _prefill_logged(self, name: str) -> None:
+        try:
+            self._prefill(name)
+        except Exception as exc:  # noqa: BLE001 - a cache filling in the background must never take the app down
+            if not self._closing:
+                log.warning("collection %r: prefilling sentence vectors failed: %s", name, one_line(exc))
+
+    def _prefill(self, name: str) -> int:
+        pipe = self.pipeline(name)
+        cache = self.sentence_cache(name, pipe)
+        n = pipe.count()
+        if cache is None or n == 0:
+            return 0
+        if n > PREFILL_MAX_CHUNKS:
+            log.info("collection %r has %d chunks: its sentence vectors are kept as questions read them", name, n)
+            return 0
+        t0 = time.perf_counter()
+        texts = [r.text for r in pipe.store.get(ids=pipe.store.ids()) if r.text]
+        done = ExtractiveGenerator(pipe.encoder, sentence_cache=cache).prefill(texts, stop=lambda: self._closing)
+        if done:
+            log.info("collection %r: %d sentence vectors encoded ahead of questions in %.1f s", name, done, time.perf_counter() - t0)
+        return done
 
     def ask(self, question: str | None, image: str | Path | ImageRef | None, settings: ChatSettings, *,
             stream_interval: float | None = None) -> Iterator[ChatEvent]:
@@ -481,7 +547,7 @@ class ChatService:
                 return
             if busy:
                 yield Notice(f"collection {name!r} is being updated ({busy[0].line()}); the answer uses what is stored so far")
-            generator = self.generator_for(settings, pipe)
+            generator = self.generator_for(settings, pipe, name)
             hits = pipe.retrieve(question or None, k=settings.top_k, image=ref, fusion=fusion,
                                  retrieval=settings.retrieval or None)
         except CollectionNotFoundError:
@@ -614,6 +680,8 @@ class ChatService:
                 if report is not None:
                     rejected += [f"{f.source}: {f.message}" for f in failures + report.failures]
                     status = f"{collection}: {report.summary()}; now {pipe.count()} chunks"
+                    if self.config.chat.generator == "extractive":
+                        self.prefill(collection)  # the new chunks' sentences, before their first question
                     if rejected:
                         status += f"; {len(rejected)} upload item{'' if len(rejected) == 1 else 's'} not ingested (below)"
                     if names.notes:
@@ -629,6 +697,8 @@ class ChatService:
 
     def close(self) -> None:
         self._closing = True
+        for thread in list(self._prefills.values()):
+            thread.join(timeout=30)  # it stops after its current slice
         with self._lock:
             for pipe in self._pipes.values():
                 try:
@@ -636,6 +706,10 @@ class ChatService:
                 except Exception:  # closing is best effort at exit
                     log.debug("close failed", exc_info=True)
             self._pipes.clear()
+            for cache in self._sentence_caches.values():
+                if cache is not None:
+                    cache.close()
+            self._sentence_caches.clear()
 
 
 __all__ = ["ChatEvent", "ChatService", "Done", "Failed", "IngestUpdate", "Notice", "Progress", "Token", "one_line"]
