@@ -159,26 +159,42 @@ class _FetchingOnly:
         return getattr(self._store, name)
 
 
+@pytest.fixture(scope="module")
+def ranked_pipes(tmp_path_factory, encoder):
+    """One small pipeline per view (6 pydoc topics and the notes, 24-token chunks), made once for the fusions."""
+    from corpora.pydoc_topics import load_pydoc_topics
+
+    made: dict[str, tuple[Pipeline, object, list[Document]]] = {}
+
+    def get(view: str) -> tuple[Pipeline, object, list[Document]]:
+        if view not in made:
+            docs = load_pydoc_topics()[:6] + [Document.create(text, title=name, id=name) for name, text in NOTES.items()]
+            store = open_store("chroma", tmp_path_factory.mktemp(view) / "store", "test")
+            p = Pipeline(store, encoder, make_view(view), chunk_tokens=24)
+            p.ingest(docs)
+            made[view] = (p, store, docs)
+        return made[view]
+
+    yield get
+    for p, _, _ in made.values():
+        p.close()
+
+
 @pytest.mark.parametrize("view", ["heterag", "naive"])
 @pytest.mark.parametrize("fusion", ["convex:weight=0.8,candidates=100", "rrf:k=5,weight=0.5,candidates=50"])
-def test_hybrid_ranking_by_ids_gives_the_hits_of_fetching_every_candidate(tmp_path, encoder, view, fusion):
+def test_hybrid_ranking_by_ids_gives_the_hits_of_fetching_every_candidate(ranked_pipes, view, fusion):
     """Hybrid search ranks ids and fetches only the hits it returns; a store that cannot rank by id is asked for
     every candidate's record. Both give the same hits, scores, provenance and order, with and without a filter,
     and one top-k slot per shared view still holds."""
-    from corpora.pydoc_topics import load_pydoc_topics
-
-    docs = load_pydoc_topics()[:6] + [Document.create(text, title=name, id=name) for name, text in NOTES.items()]
-    store = open_store("chroma", tmp_path / "store", "test")
-    p = Pipeline(store, encoder, make_view(view), chunk_tokens=24, hybrid=fusion)
-    p.ingest(docs)
+    p, store, docs = ranked_pipes(view)
     questions = ["IL-6 in COVID-19", "assay kit ZX-4471", "how do volcanoes erupt", "the of and", "p53 tumours"]
     questions += [d.title for d in docs[:4]]
     for where in (None, {"doc_id": {"$in": [d.id for d in docs[::2]]}}):
         for q in questions:
-            fast = p.search(q, k=4, where=where, retrieval="hybrid").hits
+            fast = p.search(q, k=4, where=where, retrieval="hybrid", hybrid=fusion).hits
             p.store = _FetchingOnly(store)
             try:
-                slow = p.search(q, k=4, where=where, retrieval="hybrid").hits
+                slow = p.search(q, k=4, where=where, retrieval="hybrid", hybrid=fusion).hits
             finally:
                 p.store = store
             assert [(h.chunk_id, h.found_by) for h in fast] == [(h.chunk_id, h.found_by) for h in slow], q
@@ -186,7 +202,6 @@ def test_hybrid_ranking_by_ids_gives_the_hits_of_fetching_every_candidate(tmp_pa
                 assert a.score == pytest.approx(b.score, abs=1e-6) and a.scores.keys() == b.scores.keys()
                 assert a.text == b.text and a.view == b.view
             assert len({(h.doc_id, h.view) for h in fast if h.view}) == len([h for h in fast if h.view])
-    p.close()
 
 
 def test_search_takes_a_hybrid_spec_as_text_and_refuses_a_bad_one_in_one_line(pipe):

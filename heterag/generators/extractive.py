@@ -474,7 +474,7 @@ class ExtractiveGenerator:
 
 
 #: sentences encoded and written to the sentence cache at a time by :meth:`ExtractiveGenerator.prefill`
-_PREFILL_SLICE = 2048
+_PREFILL_SLICE = 256
 
 #: At most this many leading image hits without text are named in an answer.
 MAX_IMAGES_NAMED = 3

@@ -382,7 +382,7 @@ class ChatService:
             self.demo_error = None
             if self.config.chat.generator == "extractive":
                 for name in (DEMO_COLLECTION, SCENES_DEMO_COLLECTION):
-                    self._prefill(name)
+                    self.prefill(name)  # in the background: the demos answer already
         except Exception as exc:  # reported in the UI; the app keeps serving other collections
             if self._closing:  # the app is stopping: the next start finishes the demos
                 log.info("demo build stopped by shutdown: %s", one_line(exc))
@@ -698,7 +698,7 @@ class ChatService:
     def close(self) -> None:
         self._closing = True
         for thread in list(self._prefills.values()):
-            thread.join(timeout=30)  # it stops after its current slice
+            thread.join(timeout=30)  # it stops after its current slice (a few seconds)
         with self._lock:
             for pipe in self._pipes.values():
                 try:
