@@ -45,7 +45,7 @@ from pathlib import Path
 
 TEXT_TEMPLATES = ("What is {t}?", "How does {t} work in Python?", "Give an example of {t}.",
                   "What are the rules for {t}?")
-IMAGE_COLLECTION_DEFAULT = ""  # the app's default: the scenes demo for image questions
+IMAGE_COLLECTION_DEFAULT = ""  # the app's own choice: the scenes demo when it serves the demos, else its collection
 SCENES = 300  # the image demo's scenes
 POLL_S = 0.005  # how often a user looks for streamed output: the resolution of the time to first token
 
@@ -207,6 +207,8 @@ def run_user(url: str, user: int, questions: list[Question], args, results: list
             errors.append(f"user {user} q{i}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         if args.think:
             time.sleep(rng.uniform(0.5, 1.5) * args.think)
+    if isinstance(client, HttpChat):
+        client.close()
 
 
 def summarize(results: list[dict], errors: list[str], seconds: float) -> dict:
@@ -247,7 +249,10 @@ def measure(url: str, args) -> dict:
             sys.exit(f"load_app.py: {needed} questions needed but the pool has {len(pool)}; ask fewer")
         # one text and one image question first: the first request of each kind loads things
         warm = [pool.pop(0), pool.pop(next(i for i, q in enumerate(pool) if q.image))]
-        run_user(url, 999, warm, argparse.Namespace(**{**vars(args), "think": 0, "ramp": 0}), [], [])
+        warm_errors: list[str] = []
+        run_user(url, 999, warm, argparse.Namespace(**{**vars(args), "think": 0, "ramp": 0}), [], warm_errors)
+        for line in warm_errors:
+            print("error (warm-up):", line, file=sys.stderr)
         single = phase(url, 1, args.questions, pool, args)
         load = phase(url, args.users, args.questions, pool, args)
     return {"url": url, "client": args.client, "users": args.users, "questions_per_user": args.questions, "think_s": args.think,
@@ -340,8 +345,9 @@ def main() -> int:
         Path(args.out).write_text(json.dumps(report, indent=2))
         table([("", report)], args.users)
         print(f"p95 under load / single-user p95 = {report['p95_ratio']:.2f} (think time {args.think:g} s)")
-        for line in report["load"]["error_lines"]:
-            print("error:", line, file=sys.stderr)
+        for phase_name in ("single", "load"):
+            for line in report[phase_name]["error_lines"]:
+                print(f"error ({phase_name}):", line, file=sys.stderr)
         return 1 if report["load"]["errors"] or report["single"]["errors"] else 0
     apps = [(m.group(1), m.group(2)) if (m := re.match(r"([\w.-]+)=(.+)", a)) else (f"app{i + 1}", a)
             for i, a in enumerate(args.app)]
@@ -361,8 +367,9 @@ def main() -> int:
         print(f"{r['label']} round {r['round']}: p95 under load / single-user p95 = {r['p95_ratio']:.2f}; "
               f"throughput {r['load']['throughput_qps']:.2f} q/s = {r['load']['throughput_qps'] / base['load']['throughput_qps']:.2f}x "
               f"{base['label']}'s round 1 (think time {args.think:g} s)")
-        for line in r["load"]["error_lines"]:
-            print(f"error ({r['label']}):", line, file=sys.stderr)
+        for phase_name in ("single", "load"):
+            for line in r[phase_name]["error_lines"]:
+                print(f"error ({r['label']}, {phase_name}):", line, file=sys.stderr)
     return 1 if any(r["load"]["errors"] or r["single"]["errors"] for r in runs) else 0
 
 

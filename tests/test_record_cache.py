@@ -108,3 +108,9 @@ def test_the_cache_forgets_an_old_generation_and_stays_bounded() -> None:
     assert len(cache._text) <= cache.limit and len(cache._vec) <= cache.limit
     with pytest.raises(ValueError, match="at least 1"):
         RecordCache(limit=0)
+
+
+def test_a_read_by_ids_and_filter_keeps_the_order_of_the_ids(store: ChromaStore) -> None:
+    want = ["r9", "r0", "r6", "r3"]  # doc_id d0: r0, r3, r6, r9
+    for _ in range(2):  # from Chroma, then from the cache
+        assert [r.id for r in store.get(ids=want, where={"doc_id": "d0"})] == want

@@ -113,3 +113,50 @@ def test_the_app_encodes_a_collections_sentences_before_its_questions(tmp_path: 
         assert all(t == "What is the value of topic 3?" for t in seen), seen
     finally:
         service.close()
+
+
+def test_one_encoder_never_reads_anothers_vectors_even_from_an_old_handle(tmp_path: Path) -> None:
+    path = tmp_path / "v.sqlite"
+    a = VectorCache(path, "A", 4)
+    b = VectorCache(path, "B", 4)  # empties the file for B while A still has it open
+    a.put({"t": np.ones(4)})
+    assert b.get(["t"]) == {} and set(a.get(["t"])) == {"t"}
+    a.close()
+    b.close()
+
+
+def test_a_busy_file_is_tried_again_not_set_aside(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    path = tmp_path / "v.sqlite"
+    VectorCache(path, "m", 4).put({"kept": np.ones(4)})
+    real, calls = VectorCache._open, []
+
+    def busy_twice(self):
+        calls.append(1)
+        if len(calls) <= 2:
+            raise sqlite3.OperationalError("database is locked")
+        return real(self)
+
+    monkeypatch.setattr(VectorCache, "_open", busy_twice)
+    cache = VectorCache(path, "m", 4)
+    assert len(calls) == 3 and set(cache.get(["kept"])) == {"kept"}
+    assert not (tmp_path / "v.sqlite.damaged").exists() and "set aside" not in caplog.text
+    cache.close()
+
+
+def test_damage_found_after_opening_is_set_aside_and_started_again(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "v.sqlite"
+    cache = VectorCache(path, "m", 16)
+    cache.put({f"s{i}": np.full(16, i, dtype=np.float32) for i in range(3000)})
+    cache.close()
+    cache = VectorCache(path, "m", 16)
+    cache._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    size = path.stat().st_size
+    with open(path, "r+b") as fh:  # scribble over the middle of the b-tree
+        fh.seek(size // 2)
+        fh.write(np.random.default_rng(0).bytes(size // 4))
+    for _ in range(3):  # reads until SQLite notices; then the file is set aside and a fresh one serves
+        cache.get([f"s{i}" for i in range(3000)])
+    assert (tmp_path / "v.sqlite.damaged").exists() and "set aside" in caplog.text
+    cache.put({"new": np.ones(16)})
+    assert set(cache.get(["new"])) == {"new"}
+    cache.close()

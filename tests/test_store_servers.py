@@ -203,3 +203,21 @@ def test_pgvector_search_breadth_comes_from_the_url_and_a_bad_one_is_one_line(pg
         with pytest.raises(InvalidInputError) as info:
             open_store(pg_server + f"{sep}ef_search={bad}", "unused", "efs")
         assert "ef_search must be an integer from 1 to 1000" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_pgvector_hnsw_parameters_leave_the_rest_of_the_url_as_written() -> None:
+    from heterag.core.errors import InvalidInputError
+    from heterag.stores.pgvector import split_hnsw_params
+
+    def split(url: str):
+        return split_hnsw_params(parse_store_url(url))
+
+    assert split("postgresql:///rag?user=me&host=/tmp/sock&ef_search=5") == (
+        "postgresql:///rag?user=me&host=/tmp/sock", {"ef_search": 5, "ef_construction": 64})
+    assert split("postgresql://u:pw@h/rag?options=-c%20statement_timeout%3D5000&ef_construction=128&application_name=my%20app")[0] \
+        == "postgresql://u:pw@h/rag?options=-c%20statement_timeout%3D5000&application_name=my%20app"
+    assert split("postgresql://u@h/rag?ef_search=900") == ("postgresql://u@h/rag", {"ef_search": 900, "ef_construction": 64})
+    for bad in ("ef_search=10&ef_search=900", "ef_search=1_0", "ef_search=%205", "ef_search=", "ef_construction=8"):
+        with pytest.raises(InvalidInputError) as info:
+            split(f"postgresql://u:secret@h/rag?{bad}")
+        assert "\n" not in str(info.value) and "secret" not in str(info.value)

@@ -36,6 +36,7 @@ from heterag.retrieval.fusion import Fusion
 from heterag.retrieval.hit_filters import HitFilter
 from heterag.retrieval.hybrid import HybridFusion, check_retrieval
 from heterag.stores import KeywordSearch, keyword_index_path, open_store, parse_store_url, probe_store
+from heterag.stores.url import redact
 
 if TYPE_CHECKING:
     from heterag.encoding.adapters import Adapter
@@ -206,7 +207,7 @@ def describe_collection(name: str, home: Path | None = None) -> dict[str, Any]:
     from heterag.stores.keyword import has_keyword_index
 
     info = collection_info(name, home)
-    out: dict[str, Any] = {"name": name, "store": info.store, "encoder": info.encoder or "default",
+    out: dict[str, Any] = {"name": name, "store": redact(info.store), "encoder": info.encoder or "default",
                            "image_encoder": info.image_encoder, "adapter": info.adapter or "none", "purpose": info.purpose}
     vs = open_store(info.store, info.store_path, collection="heterag", keywords=False)  # read only: nothing is built
     out["keywords"] = ("native" if isinstance(vs, KeywordSearch) else
@@ -381,7 +382,7 @@ def open_collection(
         info = CollectionInfo(name=name, store=store or DEFAULT_STORE, encoder=encoder, path=collection_dir(name, home),
                               image_encoder=image_encoder or DEFAULT_IMAGE_ENCODER, purpose=purpose or "")
     elif store is not None and store != info.store:
-        raise InvalidInputError(_other_setting(name, "--store", info.store, store))
+        raise InvalidInputError(_other_setting(name, "--store", redact(info.store), redact(store)))
     elif image_encoder is not None and image_encoder != info.image_encoder:
         raise FingerprintMismatchError(_other_setting(name, "--image-encoder", info.image_encoder, image_encoder))
     probe_store(info.store)  # an unreachable store server fails in seconds, before any model is loaded

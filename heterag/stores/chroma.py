@@ -513,7 +513,15 @@ class ChromaStore:
         if cached is None:
             return self._fetch(ids, where, include_vectors)
         cache, key = cached
-        order = list(dict.fromkeys(ids)) if where is None else self._matching_ids(ids, where)  # type: ignore[arg-type]
+        if where is None:
+            order = list(dict.fromkeys(ids))  # type: ignore[arg-type]
+        else:
+            matching = self._matching_ids(ids, where)
+            again = self._cache()
+            if again is None or again[1] != key:  # a write came between the key and the ids: read it all anew
+                return self._fetch(ids, where, include_vectors)
+            held = set(matching)
+            order = matching if ids is None else [i for i in dict.fromkeys(ids) if i in held]
         found, missing = cache.get(key, order, include_vectors)
         if missing:
             fetched = self._fetch(missing, None, include_vectors)

@@ -43,7 +43,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote
 
 import numpy as np
 import psycopg
@@ -89,25 +89,31 @@ HNSW_PARAMS: dict[str, tuple[int, int, int]] = {
 def split_hnsw_params(url: StoreURL) -> tuple[str, dict[str, int]]:
     """``url``'s libpq URI without heterag's HNSW parameters (:data:`HNSW_PARAMS`: ``ef_search``, used by every
     search; ``ef_construction``, used when the collection's table and index are created), and their values
-    (defaults where absent). Raises :class:`InvalidInputError` for a value that is not an integer in range."""
+    (defaults where absent). The rest of the URI reaches libpq exactly as written. Raises
+    :class:`InvalidInputError` for a value that is not a plain decimal integer in range, or a parameter given twice."""
     assert url.location is not None
-    parts = urlsplit(url.location)
-    params = parse_qsl(parts.query, keep_blank_values=True)
     values = {name: default for name, (default, _, _) in HNSW_PARAMS.items()}
-    if not any(k in HNSW_PARAMS for k, _ in params):
+    head, qmark, tail = url.location.partition("?")
+    query, hash_, fragment = tail.partition("#")
+    if not qmark or not any(unquote(p.partition("=")[0]) in HNSW_PARAMS for p in query.split("&")):
         return url.location, values
-    for key, text in params:
-        if key in HNSW_PARAMS:
-            _, lo, hi = HNSW_PARAMS[key]
-            try:
-                value = int(text)
-            except ValueError:
-                value = lo - 1
-            if not lo <= value <= hi:
-                raise InvalidInputError(f"pgvector {url.display()}: {key} must be an integer from {lo} to {hi}, got {text!r}")
-            values[key] = value
-    rest = urlencode([(k, v) for k, v in params if k not in HNSW_PARAMS])
-    return urlunsplit(parts._replace(query=rest)), values
+    kept, seen = [], set()
+    for part in query.split("&"):
+        key, _, text = part.partition("=")
+        key, text = unquote(key), unquote(text)
+        if key not in HNSW_PARAMS:
+            kept.append(part)
+            continue
+        _, lo, hi = HNSW_PARAMS[key]
+        if key in seen:
+            raise InvalidInputError(f"pgvector {url.display()}: {key} is given more than once")
+        seen.add(key)
+        value = int(text) if text.isascii() and text.isdigit() else lo - 1
+        if not lo <= value <= hi:
+            raise InvalidInputError(f"pgvector {url.display()}: {key} must be an integer from {lo} to {hi}, got {text!r}")
+        values[key] = value
+    rest = "&".join(kept)
+    return head + ("?" + rest if rest else "") + hash_ + fragment, values
 
 
 def connect(url: StoreURL) -> psycopg.Connection:
@@ -392,8 +398,16 @@ class PgVectorStore:
             raise InvalidInputError(f"pgvector: {_one_line(exc)}") from None
 
     def index_settings(self) -> str:
-        """The HNSW settings this store builds and searches with, as text (for reports)."""
-        return f"HNSW m={HNSW_M}, ef_construction={self.ef_construction}, ef_search=max({self.ef_search}, k)"
+        """The HNSW settings of this collection's index (as PostgreSQL holds them, once the table exists; a URL's
+        ``ef_construction`` does not change an existing index) and the search breadth, as text (for reports)."""
+        m, efc = HNSW_M, self.ef_construction
+        with self._lock:
+            row = self._db.execute("SELECT indexdef FROM pg_indexes WHERE tablename = %s AND indexdef LIKE %s",
+                                   (self.table, "%USING hnsw%")).fetchone()
+        if row is not None:
+            found = dict(re.findall(r"(m|ef_construction)\s*=\s*'?(\d+)", row[0]))
+            m, efc = int(found.get("m", m)), int(found.get("ef_construction", efc))
+        return f"HNSW m={m}, ef_construction={efc}, ef_search=max({self.ef_search}, k)"
 
     def query(self, vector: np.ndarray, k: int = 10, where: Mapping[str, Any] | None = None) -> list[ScoredRecord]:
         """Top-``k`` records by cosine similarity (``1 - (embedding <=> q)``), best first."""

@@ -455,14 +455,16 @@ class ChatService:
     def sentence_cache(self, name: str, pipe: Pipeline) -> VectorCache | None:
         """Collection ``name``'s on-disk sentence vectors (:func:`~heterag.collections.collection.sentence_vectors`),
         opened once; None (logged) when the file cannot be opened: answers are then encoded as before."""
+        fp = pipe.fingerprint
+        key = f"{name}\0{fp.model}+adapter:{fp.adapter}\0{fp.dim}"  # a re-created collection gets its own
         with self._lock:
-            if name not in self._sentence_caches:
+            if key not in self._sentence_caches:
                 try:
-                    self._sentence_caches[name] = sentence_vectors(name, pipe)
+                    self._sentence_caches[key] = sentence_vectors(name, pipe)
                 except (OSError, ValueError, sqlite3.Error) as exc:
                     log.warning("collection %r: sentence vectors not kept on disk (%s)", name, one_line(exc))
-                    self._sentence_caches[name] = None
-            return self._sentence_caches[name]
+                    self._sentence_caches[key] = None
+            return self._sentence_caches[key]
 
     def prefill(self, name: str, *, background: bool = True) -> threading.Thread | int:
         """Encode the sentences of collection ``name``'s chunks that its sentence cache lacks, so that no question
@@ -517,6 +519,10 @@ class ChatService:
         """
         interval = self.config.stream_interval if stream_interval is None else float(stream_interval)
         question = (question or "").strip()
+        try:
+            question.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInputError("the question holds characters that are not text (unpaired surrogates)") from None
         if not _INVISIBLE.sub("", question).strip(" \t\n\r\f\v"):
             question = ""  # only zero-width or format characters: nothing was asked
         if not question and image is None:
