@@ -28,6 +28,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 _BATCH = 500  # texts per SELECT (SQLite's default variable limit is 32,766; small statements stay quick)
+_KEY_SCHEME = "sha256(identity, text)[:16]"  # a file keyed another way is emptied when opened
 _OPEN_TRIES = 20  # a file another process is setting up is busy for a moment: try again before going without
 
 
@@ -96,7 +97,7 @@ class VectorCache:
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)")
             db.execute("CREATE TABLE IF NOT EXISTS vectors (key BLOB PRIMARY KEY, vec BLOB NOT NULL) WITHOUT ROWID")
-            want = f"{self.identity}|{self.dim}"
+            want = f"{self.identity}|{self.dim}|{_KEY_SCHEME}"
             row = db.execute("SELECT v FROM meta WHERE k = 'encoder'").fetchone()
             if row is None or row[0] != want:
                 db.execute("BEGIN IMMEDIATE")
