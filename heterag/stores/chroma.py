@@ -506,10 +506,12 @@ class ChromaStore:
     ) -> list[Record]:
         """Records by id (order of ``ids``, missing skipped) and/or filter.
 
-        Reads by id (and by filter: the matching ids first) are answered from the record cache
-        (:mod:`heterag.stores.record_cache`) where it holds them, until the next write by any process;
-        a read of everything (no ids, no filter) goes to Chroma."""
-        cached = self._cache() if ids is not None or where is not None else None
+        Reads by id, and reads with vectors by filter (the matching ids first), are answered from the record
+        cache (:mod:`heterag.stores.record_cache`) where it holds them, until the next write by any process;
+        other reads go to Chroma."""
+        # by filter, only reads with vectors go through the cache: the matching ids first, then what is not held
+        # (without vectors one Chroma call is as cheap as the ids alone)
+        cached = self._cache() if ids is not None and where is None or where is not None and include_vectors else None
         if cached is None:
             return self._fetch(ids, where, include_vectors)
         cache, key = cached

@@ -686,8 +686,6 @@ class ChatService:
                 if report is not None:
                     rejected += [f"{f.source}: {f.message}" for f in failures + report.failures]
                     status = f"{collection}: {report.summary()}; now {pipe.count()} chunks"
-                    if self.config.chat.generator == "extractive":
-                        self.prefill(collection)  # the new chunks' sentences, before their first question
                     if rejected:
                         status += f"; {len(rejected)} upload item{'' if len(rejected) == 1 else 's'} not ingested (below)"
                     if names.notes:
