@@ -120,12 +120,19 @@ def attach_file(page, component: str, path: Path, shown: str | None = None, trie
     component shows ``shown`` (default: the file's name). A choice made while the tab's components are still
     being mounted can land on an input element that is then replaced, and the file is never seen (under
     heavy load only); so it is made again, up to ``tries`` times in all, each waiting a third of
-    :data:`TIMEOUT_MS`, and a repeat is reported on stderr."""
+    :data:`TIMEOUT_MS`, and a repeat is reported on stderr. When the input is gone by then, the component
+    holds the file already (its name is only slow to show): that is waited for, not chosen again."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     selector = f"{component} :text('{shown or path.name}')"
     for attempt in range(1, tries + 1):
-        page.locator(f"{component} input[type=file]").set_input_files(str(path), timeout=TIMEOUT_MS // tries)
+        inputs = page.locator(f"{component} input[type=file]")
+        if attempt > 1 and inputs.count() == 0:
+            # the component has replaced its file input by the chosen file: the choice took, and its name is
+            # only slow to show (an upload under load), so wait for it instead of choosing again
+            page.wait_for_selector(selector, timeout=TIMEOUT_MS)
+            return
+        inputs.set_input_files(str(path), timeout=TIMEOUT_MS // tries)
         try:
             page.wait_for_selector(selector, timeout=TIMEOUT_MS // tries)
             return

@@ -94,8 +94,7 @@ def test_the_app_encodes_a_collections_sentences_before_its_questions(tmp_path: 
     pipe.close()
     service = ChatService(AppConfig(chat=ChatSettings(collection="notes")))
     try:
-        service.warm_up("notes")  # starts the prefill in the background
-        service._prefills["notes"].join(120)
+        assert service.prefill("notes", background=False) == 2 * len(docs) + 1
         path = heterag_home / "collections" / "notes" / SENTENCE_VECTORS
         held = sqlite3.connect(path).execute("SELECT count(*) FROM vectors").fetchone()[0]
         assert held == 2 * len(docs) + 1  # "It was measured twice." is one sentence in every document

@@ -37,8 +37,9 @@ from heterag.ui.uploads import UploadLimits, numbered, relabel, stage_uploads
 
 log = logging.getLogger(__name__)
 
-#: collections up to this many chunks get their sentence vectors encoded ahead of questions (:meth:`ChatService.prefill`)
-PREFILL_MAX_CHUNKS = 100_000
+#: :meth:`ChatService.prefill` encodes the sentences of collections up to this many chunks (more would hold the CPU
+#: for hours; their sentences are kept on disk as questions read them)
+PREFILL_MAX_CHUNKS = 20_000
 
 _WORD = re.compile(r"\s*\S+\s*")
 #: Characters that show nothing: zero-width spaces and joiners, word joiner, byte-order mark, soft hyphen.
@@ -319,8 +320,8 @@ class ChatService:
         pipe.encoder.encode_query("warm up")
         if pipe.has_images():
             _ = pipe.image_encoder  # loads and checks it
-        if self.config.chat.generator == "extractive":
-            self.prefill(collection)
+        if self.config.chat.generator == "extractive" and self.config.chat.collection == DEMOS:
+            self.prefill(collection)  # the demos' sentences (once: they stay on disk); other collections fill as asked
 
     def resolve(self, collection: str, has_image: bool) -> str:
         """The collection a question goes to: the demos route image questions to the scenes demo."""
