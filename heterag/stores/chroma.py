@@ -27,7 +27,7 @@ Notes on the chromadb (1.5.x) behaviour this adapter works around:
   with the one its client has seen and, if another process wrote since, closes the shared
   client (stopping chromadb's cached ``System``) and reopens it. Writers of one collection
   are serialised by :mod:`heterag.core.locking`, which makes the check-then-write sequence safe.
-* Reads by id (and by filter, as ids first) are answered from a per-process
+* Reads by id, and reads with vectors by filter (as ids first), are answered from a per-process
   :class:`~heterag.stores.record_cache.RecordCache` keyed by that same token: every write, by this
   process or another, starts it afresh. Chroma's own ``get`` (sqlite, then its Python wrappers) was
   about a quarter of the app's GIL time under 20 chat users (issue #26).
@@ -511,7 +511,7 @@ class ChromaStore:
         other reads go to Chroma."""
         # by filter, only reads with vectors go through the cache: the matching ids first, then what is not held
         # (without vectors one Chroma call is as cheap as the ids alone)
-        cached = self._cache() if ids is not None and where is None or where is not None and include_vectors else None
+        cached = self._cache() if (ids is not None and where is None) or (where is not None and include_vectors) else None
         if cached is None:
             return self._fetch(ids, where, include_vectors)
         cache, key = cached

@@ -46,13 +46,12 @@ class RecordCache:
         self.hits = 0
         self.misses = 0
 
-    def _current(self, key: Hashable) -> bool:
-        """True when ``key`` is the cache's generation; a new key empties the cache (call with the lock held)."""
+    def _switch(self, key: Hashable) -> None:
+        """Make ``key`` the cache's generation; a new key empties the cache (call with the lock held)."""
         if key != self._key:
             self._key = key
             self._text.clear()
             self._vec.clear()
-        return True
 
     def get(self, key: Hashable, ids: Sequence[str], vectors: bool) -> tuple[dict[str, Record], list[str]]:
         """``({id: Record}, missing ids)`` for ``ids`` under generation ``key``; with ``vectors`` a record
@@ -60,7 +59,7 @@ class RecordCache:
         found: dict[str, Record] = {}
         missing: list[str] = []
         with self._lock:
-            self._current(key)
+            self._switch(key)
             text, vec = self._text, self._vec
             for i in ids:
                 entry = text.get(i)
@@ -78,7 +77,7 @@ class RecordCache:
         found: dict[str, np.ndarray] = {}
         missing: list[str] = []
         with self._lock:
-            self._current(key)
+            self._switch(key)
             for i in ids:
                 v = self._vec.get(i)
                 if v is None:

@@ -266,7 +266,7 @@ class ChatService:
         self._ingest_locks: dict[str, threading.Lock] = {}
         self._busy: dict[str, Progress] = {}
         self._generators: dict[tuple, Generator] = {}
-        self._sentence_caches: dict[str, VectorCache | None] = {}
+        self._sentence_caches: dict[tuple[str, str, str, int], VectorCache | None] = {}
         self._prefills: dict[str, threading.Thread] = {}
         self._demo_thread: threading.Thread | None = None
         self.demo_error: str | None = None
@@ -457,7 +457,7 @@ class ChatService:
         """Collection ``name``'s on-disk sentence vectors (:func:`~heterag.collections.collection.sentence_vectors`),
         opened once; None (logged) when the file cannot be opened: answers are then encoded as before."""
         fp = pipe.fingerprint
-        key = f"{name}\0{fp.model}+adapter:{fp.adapter}\0{fp.dim}"  # a re-created collection gets its own
+        key = (name, fp.model, fp.adapter, fp.dim)  # a collection re-created with another encoder gets its own
         with self._lock:
             if key not in self._sentence_caches:
                 try:
@@ -500,7 +500,7 @@ class ChatService:
             log.info("collection %r has %d chunks: its sentence vectors are kept as questions read them", name, n)
             return 0
         t0 = time.perf_counter()
-        texts = [r.text for r in pipe.store.get(ids=pipe.store.ids()) if r.text]
+        texts = [r.text for r in pipe.store.get() if r.text]  # one read of everything (not through the record cache)
         done = ExtractiveGenerator(pipe.encoder, sentence_cache=cache).prefill(texts, stop=lambda: self._closing)
         if done:
             log.info("collection %r: %d sentence vectors encoded ahead of questions in %.1f s", name, done, time.perf_counter() - t0)
