@@ -16,6 +16,9 @@ Per store and size, each in a fresh folder or server:
 * **build**: every record through ``store.upsert`` in batches of 1,000 (heterag's own write path), then
   ``flush()`` (FAISS saves its index, Milvus seals its segments), and for Milvus the wait until the server
   reports every row indexed (:meth:`heterag.stores.milvus.MilvusStore.index_progress`), timed on its own;
+  pgvector loads inside :meth:`heterag.stores.pgvector.PgVectorStore.bulk_load` (``--pg-load bulk``, the
+  default: rows first, then the HNSW index built in ``--pg-maintenance-work-mem`` with ``--pg-workers``
+  parallel workers, as pgvector advises for an initial load; ``--pg-load upsert`` writes through the index);
 * **RSS**: the server's resident memory (PostgreSQL, Milvus; with children), or this process's growth (FAISS);
 * **disk**: the store's folder, the table's ``pg_total_relation_size``, or the server's data folder growth;
 * **latency**: ``store.query`` p50/p95, k=10, one thread, after 5 warm-up queries;
@@ -126,6 +129,11 @@ def main() -> None:
     ap.add_argument("--pg-shared-buffers", default="4GB")
     ap.add_argument("--pg-ef-construction", type=int, default=None,
                     help="pgvector's HNSW ef_construction (?ef_construction= in the URL; default: heterag's, 64)")
+    ap.add_argument("--pg-load", choices=("bulk", "upsert"), default="bulk",
+                    help="pgvector: bulk (rows first, the HNSW index built at the end: PgVectorStore.bulk_load) or upsert "
+                         "(every row through the index)")
+    ap.add_argument("--pg-maintenance-work-mem", default="4GB", help="pgvector bulk load: memory of the index build")
+    ap.add_argument("--pg-workers", type=int, default=1, help="pgvector bulk load: parallel workers beside the leader")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tune", type=int, default=200, help="held-out questions that choose pgvector's ef_search (0: keep the default)")
     ap.add_argument("--target", type=float, default=0.95, help="held-out recall@10 the chosen ef_search must reach")
@@ -157,6 +165,8 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="heterag-scale-"))
     pg_settings = {"shared_buffers": args.pg_shared_buffers, "max_wal_size": "4GB"}
+    bulk = ({"maintenance_work_mem": args.pg_maintenance_work_mem, "workers": args.pg_workers}
+            if args.pg_load == "bulk" else None)
     rows: list[dict] = []
     for n in sizes:
         pick = np.sort(rng.choice(sizes[-1], size=n, replace=False)) if n < sizes[-1] else np.arange(n)
@@ -168,7 +178,11 @@ def main() -> None:
             log.info("store %s at %d", kind, n)
             try:
                 row = run_backend(kind, vecs, queries, truth, workdir, texts=txt, pg_settings=pg_settings, tune=tune,
-                                  pg_params={"ef_construction": args.pg_ef_construction} if args.pg_ef_construction else None)
+                                  pg_params={"ef_construction": args.pg_ef_construction} if args.pg_ef_construction else None,
+                                  bulk=bulk)
+                if kind == "pgvector" and bulk is not None:
+                    row["load"] = (f"bulk load (index built after the rows, maintenance_work_mem {bulk['maintenance_work_mem']}, "
+                                   f"{bulk['workers']} parallel worker(s) + leader)")
             except Exception as exc:  # noqa: BLE001 - one store failing must not lose the others' figures
                 log.exception("store %s failed at %d", kind, n)
                 row = {"store": kind, "error": f"{type(exc).__name__}: {exc}"}
@@ -188,7 +202,7 @@ def report(name: str, rows: list[dict], real: int, queries: int, seed: int, shar
             md.append(f"| {r['store']} | {r['n']:,} | failed: {r['error']} | | | | | | | |")
             continue
         wait = f" ({r['index_wait_s']:.0f})" if r.get("index_wait_s") else ""
-        settings = r["settings"] + (f"; {r['settings_note']}" if r.get("settings_note") else "")
+        settings = r["settings"] + "".join(f"; {r[key]}" for key in ("settings_note", "load") if r.get(key))
         md.append(f"| {r['store']} | {r['n']:,} | {settings} | {r['ingest_s']:.0f}{wait} | {r['ingest_per_s']:,.0f} | "
                   f"{r['rss_mb']:,.0f} ({r['rss_of']}) | {r['disk_mb']:,.0f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
                   f"{r['recall_at_10']:.3f} [{r['recall_ci'][0]:.3f}, {r['recall_ci'][1]:.3f}] |")
@@ -207,7 +221,8 @@ def report(name: str, rows: list[dict], real: int, queries: int, seed: int, shar
         md += ["", "pgvector held-out recall@10 by ef_search (chooses the setting; not the reported figure):", ""]
         md += [f"- {n:,}: " + ", ".join(f"{ef}: {rec:.3f}" for ef, rec in curve.items()) for n, curve in curves]
     md += ["", f"PostgreSQL: shared_buffers={shared_buffers}, max_wal_size=4GB. Build = all upserts (batches of 1,000) + flush "
-           "(+ for Milvus the wait until every row is indexed, in brackets and included)."]
+           "(+ for Milvus the wait until every row is indexed, in brackets and included; + for a pgvector bulk load the "
+           "index build after the rows, included)."]
     path = write_report(name, {"real": real, "queries": queries, "seed": seed, "rows": rows}, "\n".join(md) + "\n")
     print("\n".join(md), flush=True)
     print(f"written to {path}", flush=True)

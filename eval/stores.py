@@ -27,6 +27,7 @@ built for 100k records and are left out.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
@@ -161,12 +162,15 @@ def wait_indexed(store, n: int, timeout: float = 3600.0) -> float:
 
 def run_backend(kind: str, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, workdir: Path,
                 texts: list[str] | None = None, pg_settings: dict[str, str] | None = None,
-                tune: Callable[[str, object], dict] | None = None, pg_params: dict[str, int] | None = None) -> dict:
+                tune: Callable[[str, object], dict] | None = None, pg_params: dict[str, int] | None = None,
+                bulk: dict | None = None) -> dict:
     """Build ``kind`` from ``vectors`` (n, d) (texts ``texts``, else "passage i"), time ``store.query`` for each
     of ``queries`` (q, d) and compare with ``truth`` (q, K) row indices; returns the row of the report.
     ``tune(kind, store)``, when given, runs between the build and the measurement (it may set the store's
     search settings from held-out queries, never from ``queries``); what it returns joins the row. ``pg_params``:
-    heterag's HNSW URL parameters for pgvector (``ef_construction``, ``ef_search``)."""
+    heterag's HNSW URL parameters for pgvector (``ef_construction``, ``ef_search``). ``bulk``: for a store with a bulk
+    path (pgvector), the upserts run inside ``store.bulk_load(**bulk)`` (rows first, the index built at its end, inside
+    the timed build)."""
     root = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-", dir=workdir))
     spec, data_dir, pids, stop = servers(kind, root, pg_settings)
     if kind == "pgvector" and pg_params:
@@ -182,9 +186,11 @@ def run_backend(kind: str, vectors: np.ndarray, queries: np.ndarray, truth: np.n
             del milvus_mod
         ids = [f"r{i}" for i in range(len(vectors))]
         t0 = time.perf_counter()
-        for s in tqdm(range(0, len(vectors), BATCH), desc=f"ingest {kind}", disable=bool(os.environ.get("HETERAG_NO_PROGRESS"))):
-            store.upsert([Record(ids[i], vectors[i], texts[i] if texts else f"passage {i}", {"i": i})
-                          for i in range(s, min(s + BATCH, len(vectors)))])
+        loader = getattr(store, "bulk_load", None) if bulk is not None else None
+        with loader(**bulk) if loader is not None else contextlib.nullcontext():
+            for s in tqdm(range(0, len(vectors), BATCH), desc=f"ingest {kind}", disable=bool(os.environ.get("HETERAG_NO_PROGRESS"))):
+                store.upsert([Record(ids[i], vectors[i], texts[i] if texts else f"passage {i}", {"i": i})
+                              for i in range(s, min(s + BATCH, len(vectors)))])
         flush = getattr(store, "flush", None)
         if flush is not None:  # FAISS saves its index, Milvus seals its segments: part of ingesting
             flush()

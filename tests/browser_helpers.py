@@ -125,20 +125,32 @@ def attach_file(page, component: str, path: Path, shown: str | None = None, trie
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     selector = f"{component} :text('{shown or path.name}')"
+
+    def state() -> str:  # what the component shows, for the failure message
+        text, tab = page.evaluate("(sel) => [document.querySelector(sel)?.innerText ?? '<no such element>', "
+                                  "document.querySelector('[role=tab][aria-selected=true]')?.textContent?.trim() ?? '<none>']",
+                                  component)
+        return (f"{component} shows {' '.join(text.split())[:300]!r} with {inputs.count()} file input(s); "
+                f"selected tab {tab!r}, page {page.url}")
+
     for attempt in range(1, tries + 1):
         inputs = page.locator(f"{component} input[type=file]")
         if attempt > 1 and inputs.count() == 0:
             # the component has replaced its file input by the chosen file: the choice took, and its name is
             # only slow to show (an upload under load), so wait for it instead of choosing again
-            page.wait_for_selector(selector, timeout=TIMEOUT_MS)
+            try:
+                page.wait_for_selector(selector, timeout=TIMEOUT_MS)
+            except PlaywrightTimeout as exc:
+                raise AssertionError(f"{path.name} never shown: {state()}") from exc
             return
         inputs.set_input_files(str(path), timeout=TIMEOUT_MS // tries)
         try:
             page.wait_for_selector(selector, timeout=TIMEOUT_MS // tries)
             return
-        except PlaywrightTimeout:
+        except PlaywrightTimeout as exc:
             if attempt == tries:
-                raise
+                raise AssertionError(f"{path.name} never shown: {state()}") from exc
+            print(f"browser_helpers.attach_file: {state()}", file=sys.stderr)
             print(f"browser_helpers.attach_file: {path.name} not shown in {component} after try {attempt}; choosing it again",
                   file=sys.stderr)
 

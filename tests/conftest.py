@@ -21,7 +21,32 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--runslow", action="store_true", default=False, help="also run tests marked slow")
 
 
+#: The test files that hold a worker longest (seconds of setup+call+teardown on 2 busy cores, as the "seconds by
+#: test file" summary prints them), longest first. Each file runs whole on one worker (``--dist loadfile``), and
+#: xdist would order files by their number of tests, which left these few-test, long files for the end, where one
+#: worker ran them while the other sat idle; started first, the many short files fill in at the end instead.
+LONG_FILES = ("test_store_conformance.py", "test_sandbox.py", "test_demo.py", "test_sandbox_app.py", "test_mrm.py",
+              "test_sandbox_browser.py", "test_ui_browser.py", "test_keyword_index.py", "test_local_generator.py",
+              "test_app.py", "test_guards.py", "test_audit_browser.py", "test_store_processes.py", "test_hybrid_retrieval.py")
+
+
+def _file(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # the order xdist hands files out in (addopts has --no-loadscope-reorder): LONG_FILES first, then the other
+    # files by their number of tests; the same on every worker (xdist checks), the tests of a file in their order
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[_file(item.nodeid)] = counts.get(_file(item.nodeid), 0) + 1
+
+    def rank(item: pytest.Item) -> tuple[int, int, str]:
+        path = _file(item.nodeid)
+        name = path.rsplit("/", 1)[-1]
+        return (LONG_FILES.index(name) if name in LONG_FILES else len(LONG_FILES), -counts[path], path)
+
+    items.sort(key=rank)
     if config.getoption("--runslow"):
         return
     skip = pytest.mark.skip(reason="slow: takes minutes; run with --runslow")
@@ -40,9 +65,22 @@ def pytest_runtest_makereport(item: pytest.Item, call):
     return report
 
 
+_FILE_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Add up each test file's time (setup, call and teardown; module fixtures count in their first test)."""
+    _FILE_SECONDS[_file(report.nodeid)] = _FILE_SECONDS.get(_file(report.nodeid), 0.0) + report.duration
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
-    """List the screenshots the browser tests saved (recorded as the ``screenshot`` property), and
-    one line per store backend with its conformance tests' outcomes (CI shows every backend ran)."""
+    """List the screenshots the browser tests saved (recorded as the ``screenshot`` property),
+    one line per store backend with its conformance tests' outcomes (CI shows every backend ran), and the
+    test files that took longest (to keep :data:`LONG_FILES` true)."""
+    if len(_FILE_SECONDS) > 5:
+        terminalreporter.section("seconds by test file (the longest)")
+        longest = sorted(_FILE_SECONDS.items(), key=lambda kv: -kv[1])[:len(LONG_FILES) + 4]
+        terminalreporter.write_line(", ".join(f"{path.rsplit('/', 1)[-1]} {sec:.0f}" for path, sec in longest))
     shots = [value for reports in terminalreporter.stats.values() for report in reports
              for key, value in getattr(report, "user_properties", ()) if key == "screenshot"]
     if shots:

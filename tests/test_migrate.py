@@ -39,20 +39,32 @@ def _snapshot(name: str, scenes) -> tuple[list, list, object, int]:
         rag.close()
 
 
-def test_migrate_resumes_after_a_crash_and_answers_as_before(pg_server: str, encoder, scenes, heterag_home: Path) -> None:  # noqa: F811
+def test_migrate_resumes_after_a_crash_and_answers_as_before(pg_server: str, encoder, scenes, heterag_home: Path,  # noqa: F811
+                                                              monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # every copy here takes pgvector's bulk path (large migrations do; small ones write through the index, as every
+    # upsert of the conformance suite does): the crash comes inside a bulk load
+    monkeypatch.setattr("heterag.collections.migrate.BULK_MIN", 1)
     rag = open_collection("moving")
     rag.ingest([Document.create(t, title=k.title(), id=k) for k, t in DOCS.items()] + [s.to_document() for s in scenes])
     rag.close()
     before = _snapshot("moving", scenes)
     assert before[1][0][0] == scenes[1].id and before[3] >= len(DOCS)
 
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    with pytest.raises(RuntimeError, match="simulated crash"), caplog.at_level("INFO", logger="heterag.stores.pgvector"):
         migrate_collection("moving", "chroma", pg_server, batch=2, _fail_after=1)
+    assert "indexes built over 2 rows" in caplog.text  # the copy so far, indexed before the crash propagated
     assert collection_info("moving").store == "chroma"  # not switched
-    report = migrate_collection("moving", "chroma", pg_server, batch=2)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="heterag.stores.pgvector"):
+        report = migrate_collection("moving", "chroma", pg_server, batch=2)
+    assert caplog.text.count("indexes built over") == 2  # text and image parts, each through a bulk load
     assert report.resumed == 2 and report.copied == before[3] + len(scenes) - 2
     assert report.records == {"text records": before[3], "image records": len(scenes)} and report.sample_queries >= 1
     assert collection_info("moving").store == pg_server
+    info = collection_info("moving")
+    for part in ("heterag", "heterag_images"):  # the bulk loads built their indexes
+        with open_store(info.store, info.store_path, part) as copy:
+            assert copy._hnsw_index() is not None and copy.index_settings().startswith("HNSW m=16")
     after = _snapshot("moving", scenes)
     assert after[0] == before[0] and after[1] == before[1] and after[2] == before[2] and after[3] == before[3]
     with open_store("chroma", heterag_home / "collections" / "moving" / "store", "heterag") as old:

@@ -221,3 +221,96 @@ def test_pgvector_hnsw_parameters_leave_the_rest_of_the_url_as_written() -> None
         with pytest.raises(InvalidInputError) as info:
             split(f"postgresql://u:secret@h/rag?{bad}")
         assert "\n" not in str(info.value) and "secret" not in str(info.value)
+
+
+def test_pgvector_bulk_load_builds_the_indexes_once_and_answers_like_the_ordinary_path(pg_server: str) -> None:  # noqa: F811
+    from psycopg import sql
+
+    from heterag.core.errors import InvalidInputError
+
+    rng = np.random.default_rng(3)
+    vecs = rng.normal(size=(240, 16)).astype(np.float32)
+    words = ["kinase", "tumour", "insulin", "cortex", "enzyme", "plasma"]
+    recs = [Record(f"r{i}", v, f"{words[i % 6]} passage {i}", {"i": i}) for i, v in enumerate(vecs)]
+    with open_store(pg_server, "unused", "bulk-plain") as plain, open_store(pg_server, "unused", "bulk-loaded") as bulk:
+        plain.upsert(recs)
+        seen: list[str] = []
+        execute = bulk._db.execute
+
+        def spy(query, *args, **kwargs):
+            seen.append(query.as_string(bulk._db) if isinstance(query, sql.Composable) else str(query))
+            return execute(query, *args, **kwargs)
+
+        bulk._conn.execute = spy  # type: ignore[method-assign]
+        with bulk.bulk_load(maintenance_work_mem="64MB", workers=1):
+            for start in range(0, len(recs), 100):
+                bulk.upsert(recs[start:start + 100])
+            assert not any("CREATE INDEX" in q for q in seen)  # rows only
+            assert bulk._hnsw_index() is None and bulk.index_settings().startswith("no HNSW index")
+            assert bulk.query(vecs[7], k=1)[0].record.id == "r7"  # exact scans meanwhile, every row visible
+            with pytest.raises(InvalidInputError, match="already running"):
+                with bulk.bulk_load():
+                    pass
+            with open_store(pg_server, "unused", "bulk-loaded") as other:  # another handle (as another process)
+                with pytest.raises(InvalidInputError, match="already running"):
+                    with other.bulk_load():
+                        pass
+                other.upsert([Record("other", vecs[2] * 2, "other plasma")])  # written, through no index
+                assert other._hnsw_index() is None
+                assert other._db.execute("SELECT to_regclass(%s)", (other.table + "_tsv",)).fetchone()[0] is None
+        build = [q for q in seen if "CREATE INDEX" in q or "SET LOCAL maintenance" in q or "max_parallel_maintenance" in q]
+        assert any("maintenance_work_mem = '64MB'" in q for q in build) and any("max_parallel_maintenance_workers = 1" in q for q in build)
+        assert any("USING hnsw" in q for q in build) and any("USING gin" in q for q in build)
+        assert bulk.index_settings().startswith("HNSW m=16, ef_construction=64") and bulk.count() == len(recs) + 1
+        bulk.delete(["other"])
+        for q in vecs[:20] + 0.1:
+            assert [h.record.id for h in bulk.query(q, k=10)] == [h.record.id for h in plain.query(q, k=10)]
+        for text in ("kinase tumour", "plasma"):
+            assert [h.record.id for h in bulk.keyword_query(text, k=10)] == [h.record.id for h in plain.keyword_query(text, k=10)]
+
+        # an error inside: the rows so far are kept and indexed before it propagates
+        with pytest.raises(InvalidInputError, match="boom"):
+            with bulk.bulk_load():  # drops the indexes the table has
+                assert bulk._hnsw_index() is None
+                bulk.upsert([Record("extra", vecs[0] * 2, "extra enzyme")])
+                raise InvalidInputError("boom")
+        assert bulk._hnsw_index() is not None and bulk.count() == len(recs) + 1
+        # a stop (Ctrl-C, a kill): no index build; the next ordinary write builds it
+        with pytest.raises(KeyboardInterrupt):
+            with bulk.bulk_load():
+                raise KeyboardInterrupt
+        assert bulk._hnsw_index() is None and bulk.query(vecs[5], k=1)[0].record.id == "r5"
+        bulk.upsert([Record("later", vecs[1] * 3, "later insulin")])
+        assert bulk._hnsw_index() is not None and bulk.keyword_query("insulin", k=50)
+        assert any("USING gin" in q for q in seen[-10:])
+        with pytest.raises(KeyboardInterrupt):  # stopped again; ensure_indexes (heterag migrate's last step) builds them
+            with bulk.bulk_load():
+                raise KeyboardInterrupt
+        assert bulk.ensure_indexes() is True and bulk._hnsw_index() is not None and bulk.ensure_indexes() is False
+        for bad in ({"maintenance_work_mem": "lots"}, {"maintenance_work_mem": "4GB; DROP TABLE x"}, {"maintenance_work_mem": "1kB"},
+                    {"maintenance_work_mem": "3TB"}, {"maintenance_work_mem": "1GB\n"}, {"workers": -1}, {"workers": True}):
+            with pytest.raises(InvalidInputError) as info:
+                with bulk.bulk_load(**bad):
+                    pass
+            assert "\n" not in str(info.value)
+        assert bulk._hnsw_index() is not None  # a refused bulk load drops nothing
+        bulk.drop()
+        plain.drop()
+        bulk.upsert(recs[:3])  # a dropped collection written again through the same handle
+        assert bulk.count() == 3 and bulk.dim == 16
+        bulk.drop()
+
+    # the index keeps the collection's own HNSW settings, whatever URL the loading handle has
+    sep = "&" if "?" in pg_server else "?"
+    with open_store(pg_server + f"{sep}ef_construction=40", "unused", "bulk-efc") as made:
+        made.upsert(recs[:50])
+    with open_store(pg_server, "unused", "bulk-efc") as plain_url:
+        with plain_url.bulk_load():
+            plain_url.upsert(recs[50:100])
+        assert "ef_construction=40" in plain_url.index_settings()
+        with pytest.raises(KeyboardInterrupt):
+            with plain_url.bulk_load():
+                raise KeyboardInterrupt
+        plain_url.upsert(recs[100:110])  # the repair after a stopped load too
+        assert "ef_construction=40" in plain_url.index_settings() and plain_url.count() == 110
+        plain_url.drop()

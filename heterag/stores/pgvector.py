@@ -27,6 +27,11 @@ and the index's ``ef_construction`` :data:`HNSW_EF_CONSTRUCTION` unless the URL 
 libpq; ``ef_construction`` applies when the collection's table is created); a large collection needs more than
 the defaults for the same recall (eval/README.md, issue #26).
 
+**Bulk loads** (:meth:`PgVectorStore.bulk_load`, used by ``heterag migrate``): pgvector's advice for an initial load,
+load the rows first and build the HNSW index once at the end, in memory (``maintenance_work_mem``) and with
+parallel workers; several times faster than writing a large collection through the index, and the only
+practical way to a high ``ef_construction`` at a million rows (eval/README.md, issue #26).
+
 Every call is one transaction; writers of one collection are serialised by a transaction-level
 advisory lock, so several processes can write and query one collection at once. Connection and
 authentication failures raise :class:`~heterag.core.errors.StoreUnavailableError` (one line, password hidden)
@@ -40,7 +45,9 @@ import logging
 import math
 import re
 import threading
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 from urllib.parse import unquote
@@ -71,6 +78,17 @@ MAX_EF_SEARCH = 1000
 _NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,253}[A-Za-z0-9])?$")
 _SETUP_LOCK = 0x68657465  # advisory lock id for creating the extension and the registry
 _BATCH = 2000
+#: ``maintenance_work_mem`` of a bulk load's index build: the HNSW graph is built in memory while it fits (1M
+#: 384-dim vectors need about 2.5 GB; past it pgvector goes on, much slower, and says so in the server log)
+BULK_MAINTENANCE_WORK_MEM = "1GB"
+_MEMORY_RE = re.compile(r"([1-9][0-9]{0,12})(kB|MB|GB|TB)")
+_MEMORY_KB = {"kB": 1, "MB": 1024, "GB": 1024**2, "TB": 1024**3}
+#: PostgreSQL's range of ``maintenance_work_mem`` in kB
+_MEMORY_RANGE_KB = (64, 2**31 - 1)
+#: first key of the session advisory lock a bulk load holds (the second: ``hashtext`` of the collection name), so
+#: every process can tell a running bulk load (its index is missing on purpose) from a stopped one
+_BULK_LOCK_CLASS = 0x68627
+_HNSW_COMMENT_RE = re.compile(r"heterag hnsw m=(\d+) ef_construction=(\d+)")
 #: tsvector limits (PostgreSQL): positions 1..16383, at most 256 positions kept per lexeme, 1 MiB in all
 _MAX_POSITION, _MAX_POSITIONS, _MAX_TSV_BYTES = 16383, 256, 900_000
 
@@ -233,6 +251,8 @@ class PgVectorStore:
         self.table = "heterag_" + hashlib.sha1(collection.encode()).hexdigest()[:20]
         self._lock = threading.RLock()
         self._fp: Fingerprint | None = None
+        #: inside :meth:`bulk_load`: rows are written without the indexes, which are built at its end
+        self._bulk = False
         #: HNSW search breadth (``hnsw.ef_search``, raised to ``k`` when smaller): recall against latency
         params = split_hnsw_params(url)[1]
         self.ef_search = params["ef_search"]
@@ -271,11 +291,60 @@ class PgVectorStore:
         self._db.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(t))
         self._db.execute(sql.SQL("CREATE TABLE {} (id text PRIMARY KEY, embedding vector({}) NOT NULL, "
                                  "text text NOT NULL, metadata jsonb NOT NULL, tsv tsvector)").format(t, sql.Literal(int(dim))))
-        self._db.execute(sql.SQL("CREATE INDEX ON {} USING hnsw (embedding vector_cosine_ops) WITH (m = {}, ef_construction = {})")
-                         .format(t, sql.Literal(HNSW_M), sql.Literal(self.ef_construction)))
         self._tsv_storage()
-        self._create_tsv_index()
-        self._db.execute(f"UPDATE {REGISTRY} SET dim = %s WHERE name = %s", (int(dim), self.collection))
+        self._set_hnsw_params(HNSW_M, self.ef_construction)
+        if not self._bulk:
+            self._create_hnsw_index()
+            self._create_tsv_index()
+        # the registry row may be gone (this handle dropped the collection and writes again)
+        self._db.execute(f"INSERT INTO {REGISTRY} (name, tbl, dim) VALUES (%s, %s, %s) ON CONFLICT (name) DO UPDATE SET dim = EXCLUDED.dim",
+                         (self.collection, self.table, int(dim)))
+
+    def _hnsw_index(self) -> str | None:
+        """Name of the data table's HNSW index (PostgreSQL's generated name for tables made before
+        :meth:`bulk_load`), or None (no table, or a bulk load running or stopped before it built the index)."""
+        row = self._db.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s AND indexdef LIKE %s",
+                               (self.table, "%USING hnsw%")).fetchone()
+        return row[0] if row else None
+
+    def _set_hnsw_params(self, m: int, ef_construction: int) -> None:
+        """Record the table's HNSW build settings (its comment), so an index dropped by a bulk load is built again
+        with them, whatever URL the handle that builds it was opened with."""
+        self._db.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(
+            sql.Identifier(self.table), sql.Literal(f"heterag hnsw m={int(m)} ef_construction={int(ef_construction)}")))
+
+    def _hnsw_params(self) -> tuple[int, int]:
+        """``(m, ef_construction)`` of the existing HNSW index, else as recorded with the table, else this
+        handle's (``?ef_construction=``)."""
+        row = self._db.execute("SELECT indexdef FROM pg_indexes WHERE tablename = %s AND indexdef LIKE %s",
+                               (self.table, "%USING hnsw%")).fetchone()
+        if row is not None:
+            found = dict(re.findall(r"(m|ef_construction)\s*=\s*'?(\d+)", row[0]))
+            return int(found.get("m", HNSW_M)), int(found.get("ef_construction", HNSW_EF_CONSTRUCTION))
+        comment = self._db.execute("SELECT obj_description(to_regclass(%s), 'pg_class')", (self.table,)).fetchone()[0]
+        match = _HNSW_COMMENT_RE.fullmatch(comment or "")
+        return (int(match[1]), int(match[2])) if match else (HNSW_M, self.ef_construction)
+
+    def _bulk_running(self) -> bool:
+        """Whether a bulk load of this collection is running in any session (its advisory lock is held),
+        checked by trying the lock for this transaction only (inside a transaction)."""
+        if self._bulk:
+            return True
+        return not self._db.execute("SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))",
+                                    (_BULK_LOCK_CLASS, self.collection)).fetchone()[0]
+
+    def _create_hnsw_index(self, maintenance_work_mem: str | None = None, workers: int | None = None) -> None:
+        """Build the HNSW index (inside a write transaction holding the collection lock; writers wait, readers
+        go on) with the table's settings (:meth:`_hnsw_params`). ``maintenance_work_mem`` and ``workers``
+        (``max_parallel_maintenance_workers``) apply to this transaction only."""
+        m, ef_construction = self._hnsw_params()
+        if maintenance_work_mem is not None:
+            self._db.execute(sql.SQL("SET LOCAL maintenance_work_mem = {}").format(sql.Literal(maintenance_work_mem)))
+        if workers is not None:
+            self._db.execute(sql.SQL("SET LOCAL max_parallel_maintenance_workers = {}").format(sql.Literal(int(workers))))
+        self._db.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING hnsw (embedding vector_cosine_ops) "
+                                 "WITH (m = {}, ef_construction = {})").format(
+            sql.Identifier(self.table + "_hnsw"), sql.Identifier(self.table), sql.Literal(m), sql.Literal(ef_construction)))
 
     def _tsv_storage(self) -> None:
         # compressed in the row, not TOASTed out of line: ranking reads tsv once per query term and row
@@ -383,6 +452,8 @@ class PgVectorStore:
                         raise DimensionMismatchError(
                             f"{self.name}: vectors have dimension {mat.shape[1]}, this store holds dimension {dim}")
                     self._create_table(mat.shape[1])
+                elif not self._bulk and self._hnsw_index() is None:
+                    self._repair_indexes()
                 if self._has_tsv():  # checked under the lock: another process may have added it since we opened
                     rows = [(*row, tsvector_literal(keyword_text(r.text, r.metadata))) for row, r in zip(rows, records, strict=True)]
                     stmt = sql.SQL("INSERT INTO {} (id, embedding, text, metadata, tsv) VALUES (%s, %s, %s, %s, %s::tsvector) "
@@ -400,13 +471,13 @@ class PgVectorStore:
     def index_settings(self) -> str:
         """The HNSW settings of this collection's index (as PostgreSQL holds them, once the table exists; a URL's
         ``ef_construction`` does not change an existing index) and the search breadth, as text (for reports)."""
-        m, efc = HNSW_M, self.ef_construction
         with self._lock:
-            row = self._db.execute("SELECT indexdef FROM pg_indexes WHERE tablename = %s AND indexdef LIKE %s",
-                                   (self.table, "%USING hnsw%")).fetchone()
-        if row is not None:
-            found = dict(re.findall(r"(m|ef_construction)\s*=\s*'?(\d+)", row[0]))
-            m, efc = int(found.get("m", m)), int(found.get("ef_construction", efc))
+            if not self._table_exists():
+                m, efc = HNSW_M, self.ef_construction
+            else:
+                if self._hnsw_index() is None and self._count():
+                    return "no HNSW index: exact scans (a bulk load is running, or stopped before building it)"
+                m, efc = self._hnsw_params()
         return f"HNSW m={m}, ef_construction={efc}, ef_search=max({self.ef_search}, k)"
 
     def query(self, vector: np.ndarray, k: int = 10, where: Mapping[str, Any] | None = None) -> list[ScoredRecord]:
@@ -469,6 +540,114 @@ class PgVectorStore:
         with self._lock:
             return self._count()
 
+    def _create_indexes(self, maintenance_work_mem: str | None = None, workers: int | None = None) -> None:
+        """Build the HNSW index and, with the keyword column, its GIN index (where missing)."""
+        self._create_hnsw_index(maintenance_work_mem, workers)
+        if self._has_tsv():
+            self._create_tsv_index()
+
+    def _drop_indexes(self) -> None:
+        """Drop the HNSW and keyword (GIN) indexes, recording the HNSW settings with the table first (inside a
+        write transaction holding the collection lock)."""
+        name = self._hnsw_index()
+        if name is not None:
+            self._set_hnsw_params(*self._hnsw_params())
+            self._db.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(name)))
+        self._db.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(self.table + "_tsv")))
+
+    def _repair_indexes(self) -> bool:
+        """Build the indexes a stopped bulk load left out (inside a write transaction holding the collection lock),
+        unless a bulk load of the collection is running in some session; returns whether they were built."""
+        if self._bulk_running():
+            return False
+        logger.warning("pgvector collection %s has no HNSW index (a bulk load stopped before building it): building "
+                       "its indexes now", self.collection)
+        self._create_indexes(BULK_MAINTENANCE_WORK_MEM)
+        return True
+
+    def ensure_indexes(self) -> bool:
+        """Build the HNSW and keyword indexes where a stopped bulk load left them out (not while a bulk load of the
+        collection runs in any process); returns whether anything was built. ``heterag migrate`` calls it after
+        its copy, so a migrate stopped during the index build and re-run with nothing left to copy still ends
+        with its indexes."""
+        with self._lock, self._db.transaction():
+            self._lock_collection()
+            if not self._table_exists() or self._bulk or self._hnsw_index() is not None:
+                return False
+            return self._repair_indexes()
+
+    @staticmethod
+    def _check_bulk_settings(maintenance_work_mem: object, workers: object) -> None:
+        match = _MEMORY_RE.fullmatch(maintenance_work_mem) if isinstance(maintenance_work_mem, str) else None
+        lo, hi = _MEMORY_RANGE_KB
+        if match is None or not lo <= int(match[1]) * _MEMORY_KB[match[2]] <= hi:
+            raise InvalidInputError(f"pgvector: maintenance_work_mem must be a size from 64kB to 2TB such as '512MB' or '4GB' "
+                                    f"(units kB, MB, GB, TB), got {maintenance_work_mem!r}")
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int | np.integer) or not 0 <= workers <= 64):
+            raise InvalidInputError(f"pgvector: workers must be an integer from 0 to 64, got {workers!r}")
+
+    @contextmanager
+    def bulk_load(self, maintenance_work_mem: str = BULK_MAINTENANCE_WORK_MEM, workers: int | None = None) -> Iterator[PgVectorStore]:
+        """Context for loading many rows: its :meth:`upsert` calls write rows without the HNSW and keyword (GIN)
+        indexes, which are built once when the context ends, with ``maintenance_work_mem`` (PostgreSQL units,
+        64kB to 2TB: ``"512MB"``, ``"4GB"``; the HNSW graph is built in memory while it fits) and ``workers``
+        parallel maintenance workers (``max_parallel_maintenance_workers``, 0..64, beside the leader; None: the
+        server's setting, 2 by default). pgvector's advice for initial loads ("Index build time", pgvector README):
+        at 1M rows on 2 cores several times faster than writing through the index (eval/README.md, issue #26).
+        The index keeps the HNSW settings the collection was created with (or its dropped index had), whatever
+        this handle's URL says.
+
+        Indexes already on the table are dropped on entry, so use it when the load is large against what the
+        collection holds. Meanwhile every row written is committed and visible, queries scan exactly (correct
+        and slower), and other writers wait while the indexes are built. A bulk load holds a session advisory
+        lock, so every process sees it running: another handle's :meth:`upsert` writes through no index then, and
+        a second bulk load of the collection, here or in another process, is refused. When the body raises an
+        ``Exception`` the indexes are built before it propagates; when the process is stopped
+        (``KeyboardInterrupt``, a kill) they are not, and the next :meth:`upsert` outside a bulk load,
+        :meth:`ensure_indexes` or the next bulk load builds them (queries are exact until then;
+        :meth:`index_settings` says so). Raises :class:`InvalidInputError` (one line, before anything is written)
+        for a malformed or out-of-range ``maintenance_work_mem`` or ``workers``, or a bulk load already running.
+        """
+        self._check_bulk_settings(maintenance_work_mem, workers)
+        with self._lock:
+            if self._bulk or not self._db.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))",
+                                                  (_BULK_LOCK_CLASS, self.collection)).fetchone()[0]:
+                raise InvalidInputError(f"pgvector collection {self.collection!r}: a bulk load of it is already running "
+                                        "(in this or another process)")
+        try:
+            with self._lock, self._db.transaction():
+                self._lock_collection()
+                if self._table_exists():
+                    self._drop_indexes()
+            self._bulk = True
+            try:
+                yield self
+            except Exception:
+                self._finish_bulk(maintenance_work_mem, workers)
+                raise
+            except BaseException:
+                self._bulk = False
+                logger.warning("pgvector collection %s: bulk load stopped; its indexes are built by the next upsert",
+                               self.collection)
+                raise
+            self._finish_bulk(maintenance_work_mem, workers)
+        finally:
+            self._bulk = False
+            if self._conn is not None and not self._conn.closed:
+                with self._lock:
+                    self._db.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (_BULK_LOCK_CLASS, self.collection))
+
+    def _finish_bulk(self, maintenance_work_mem: str, workers: int | None) -> None:
+        self._bulk = False
+        with self._lock, self._db.transaction():
+            self._lock_collection()
+            if not self._table_exists():
+                return
+            began = time.perf_counter()
+            self._create_indexes(maintenance_work_mem, workers)
+            logger.info("pgvector collection %s: indexes built over %d rows in %.1f s", self.collection, self._count(),
+                        time.perf_counter() - began)
+
     def keyword_search(self, *, create: bool = False,
                        repair: str = "heterag keywords build --collection NAME") -> PgVectorKeywordStore | None:
         """This collection with keyword search (a :class:`PgVectorKeywordStore`: ``self`` if it is one,
@@ -481,6 +660,8 @@ class PgVectorStore:
         :class:`~heterag.core.errors.KeywordIndexError` messages. Without ``create``, raises
         ``KeywordIndexError`` (one line) when rows lack keyword terms (written behind heterag's back).
         """
+        if self._bulk and not isinstance(self, PgVectorKeywordStore):
+            raise InvalidInputError(f"pgvector collection {self.collection!r}: keyword search cannot be added inside a bulk load")
         with self._lock, self._db.transaction():
             self._lock_collection()
             if self._table_exists():
@@ -494,7 +675,8 @@ class PgVectorStore:
                     n = self._fill_tsv(only_missing=True)
                     if n:
                         logger.info("pgvector collection %s: keyword terms written for %d rows", self.collection, n)
-                self._create_tsv_index()
+                if self._hnsw_index() is not None or not (self._count() or self._bulk_running()):
+                    self._create_tsv_index()  # else a bulk load runs or stopped: its end (or the repair) builds both
         out = self if isinstance(self, PgVectorKeywordStore) else PgVectorKeywordStore._adopt(self)
         out.repair = repair
         if not create:
