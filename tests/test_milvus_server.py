@@ -6,8 +6,9 @@ command line, fails with one line naming its URL; an ingest whose server is kill
 re-run with the same ids and no duplicates; a vector index is in use once written rows are sealed, with
 recall@10 >= 0.95; the ready-made M3Att scenario runs on it and leaves the index as it was.
 
-Opt-in: ``HETERAG_MILVUS_SERVER=1`` inside ``unshare --net`` (the server binds every interface), as
-``.ci/run`` runs them (with a few keyword-query families of the conformance suite left out)::
+Opt-in: ``HETERAG_MILVUS_SERVER=1`` inside ``unshare --net`` (the server binds every interface). ``.ci/run`` runs
+this file and the conformance suite's ``milvus-server`` cases side by side, each in a namespace (and with a
+server) of its own; by hand, both on one server::
 
     HETERAG_MILVUS_SERVER=1 unshare --net bash -c 'ip link set lo up && python3 -m pytest \\
         tests/test_store_conformance.py tests/test_milvus_server.py -k "milvus-server or test_milvus_server"'
