@@ -176,9 +176,22 @@ def test_server_collection_answers_like_the_embedded_default(server: str, reques
         rag.close()
 
 
-def test_pgvector_search_breadth_comes_from_the_url_and_a_bad_one_is_one_line(pg_server: str) -> None:  # noqa: F811
+def spy_sql(store) -> list[str]:
+    """The SQL a pgvector store's connection executes from now on, as text (a list that grows)."""
     from psycopg import sql
 
+    seen: list[str] = []
+    execute = store._db.execute
+
+    def spy(query, *args, **kwargs):
+        seen.append(query.as_string(store._db) if isinstance(query, sql.Composable) else str(query))
+        return execute(query, *args, **kwargs)
+
+    store._conn.execute = spy
+    return seen
+
+
+def test_pgvector_search_breadth_comes_from_the_url_and_a_bad_one_is_one_line(pg_server: str) -> None:  # noqa: F811
     from heterag.core.errors import InvalidInputError
 
     sep = "&" if "?" in pg_server else "?"
@@ -187,14 +200,7 @@ def test_pgvector_search_breadth_comes_from_the_url_and_a_bad_one_is_one_line(pg
     with open_store(pg_server + f"{sep}ef_search=640", "unused", "efs") as store:
         assert store.ef_search == 640 and "ef_search=max(640, k)" in store.index_settings()
         store.upsert([Record(f"r{i}", v, f"t{i}") for i, v in enumerate(vecs)])
-        seen: list[str] = []
-        execute = store._db.execute
-
-        def spy(query, *args, **kwargs):
-            seen.append(query.as_string(store._db) if isinstance(query, sql.Composable) else str(query))
-            return execute(query, *args, **kwargs)
-
-        store._conn.execute = spy  # type: ignore[method-assign]
+        seen = spy_sql(store)
         assert store.query(vecs[3], k=5)[0].record.id == "r3"
         assert any("hnsw.ef_search = 640" in q for q in seen), seen
     with open_store(pg_server, "unused", "efs") as plain:  # the same table without the parameter: the default
@@ -224,8 +230,6 @@ def test_pgvector_hnsw_parameters_leave_the_rest_of_the_url_as_written() -> None
 
 
 def test_pgvector_bulk_load_builds_the_indexes_once_and_answers_like_the_ordinary_path(pg_server: str) -> None:  # noqa: F811
-    from psycopg import sql
-
     from heterag.core.errors import InvalidInputError
 
     rng = np.random.default_rng(3)
@@ -234,14 +238,7 @@ def test_pgvector_bulk_load_builds_the_indexes_once_and_answers_like_the_ordinar
     recs = [Record(f"r{i}", v, f"{words[i % 6]} passage {i}", {"i": i}) for i, v in enumerate(vecs)]
     with open_store(pg_server, "unused", "bulk-plain") as plain, open_store(pg_server, "unused", "bulk-loaded") as bulk:
         plain.upsert(recs)
-        seen: list[str] = []
-        execute = bulk._db.execute
-
-        def spy(query, *args, **kwargs):
-            seen.append(query.as_string(bulk._db) if isinstance(query, sql.Composable) else str(query))
-            return execute(query, *args, **kwargs)
-
-        bulk._conn.execute = spy  # type: ignore[method-assign]
+        seen = spy_sql(bulk)
         with bulk.bulk_load(maintenance_work_mem="64MB", workers=1):
             for start in range(0, len(recs), 100):
                 bulk.upsert(recs[start:start + 100])
