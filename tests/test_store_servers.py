@@ -297,6 +297,17 @@ def test_pgvector_bulk_load_builds_the_indexes_once_and_answers_like_the_ordinar
         assert bulk.count() == 3 and bulk.dim == 16
         bulk.drop()
 
+    # a new collection: another handle's first write (which creates the table) builds no index during the load
+    with open_store(pg_server, "unused", "bulk-new") as loader, open_store(pg_server, "unused", "bulk-new") as first:
+        with loader.bulk_load():
+            first.upsert(recs[:5])
+            first.rebuild_keywords()
+            assert first._hnsw_index() is None
+            assert first._db.execute("SELECT to_regclass(%s)", (first.table + "_tsv",)).fetchone()[0] is None
+            loader.upsert(recs[5:40])
+        assert loader._hnsw_index() is not None and loader.count() == 40 and loader.keyword_query("kinase", k=3)
+        loader.drop()
+
     # the index keeps the collection's own HNSW settings, whatever URL the loading handle has
     sep = "&" if "?" in pg_server else "?"
     with open_store(pg_server + f"{sep}ef_construction=40", "unused", "bulk-efc") as made:

@@ -85,9 +85,6 @@ _MEMORY_RE = re.compile(r"([1-9][0-9]{0,12})(kB|MB|GB|TB)")
 _MEMORY_KB = {"kB": 1, "MB": 1024, "GB": 1024**2, "TB": 1024**3}
 #: PostgreSQL's range of ``maintenance_work_mem`` in kB
 _MEMORY_RANGE_KB = (64, 2**31 - 1)
-#: first key of the session advisory lock a bulk load holds (the second: ``hashtext`` of the collection name), so
-#: every process can tell a running bulk load (its index is missing on purpose) from a stopped one
-_BULK_LOCK_CLASS = 0x68627
 _HNSW_COMMENT_RE = re.compile(r"heterag hnsw m=(\d+) ef_construction=(\d+)")
 #: tsvector limits (PostgreSQL): positions 1..16383, at most 256 positions kept per lexeme, 1 MiB in all
 _MAX_POSITION, _MAX_POSITIONS, _MAX_TSV_BYTES = 16383, 256, 900_000
@@ -253,6 +250,10 @@ class PgVectorStore:
         self._fp: Fingerprint | None = None
         #: inside :meth:`bulk_load`: rows are written without the indexes, which are built at its end
         self._bulk = False
+        #: the two int4 keys of the session advisory lock a bulk load of this collection holds (64 bits of a hash of
+        #: its name), so every process can tell a running bulk load (the indexes missing on purpose) from a stopped one
+        digest = hashlib.sha1(f"heterag-bulk:{collection}".encode()).digest()
+        self._bulk_key = (int.from_bytes(digest[:4], "big", signed=True), int.from_bytes(digest[4:8], "big", signed=True))
         #: HNSW search breadth (``hnsw.ef_search``, raised to ``k`` when smaller): recall against latency
         params = split_hnsw_params(url)[1]
         self.ef_search = params["ef_search"]
@@ -293,7 +294,7 @@ class PgVectorStore:
                                  "text text NOT NULL, metadata jsonb NOT NULL, tsv tsvector)").format(t, sql.Literal(int(dim))))
         self._tsv_storage()
         self._set_hnsw_params(HNSW_M, self.ef_construction)
-        if not self._bulk:
+        if not self._bulk_running():  # a bulk load (here or in another session) builds them at its end
             self._create_hnsw_index()
             self._create_tsv_index()
         # the registry row may be gone (this handle dropped the collection and writes again)
@@ -326,12 +327,15 @@ class PgVectorStore:
         return (int(match[1]), int(match[2])) if match else (HNSW_M, self.ef_construction)
 
     def _bulk_running(self) -> bool:
-        """Whether a bulk load of this collection is running in any session (its advisory lock is held),
-        checked by trying the lock for this transaction only (inside a transaction)."""
+        """Whether a bulk load of this collection is running in this handle or any other session (its advisory
+        lock is held in this database); takes no lock itself."""
         if self._bulk:
             return True
-        return not self._db.execute("SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))",
-                                    (_BULK_LOCK_CLASS, self.collection)).fetchone()[0]
+        k1, k2 = (k & 0xFFFFFFFF for k in self._bulk_key)  # pg_locks shows the int4 keys as (unsigned) oids
+        return bool(self._db.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 "
+            "AND classid = %s::bigint::oid AND objid = %s::bigint::oid "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))", (k1, k2)).fetchone()[0])
 
     def _create_hnsw_index(self, maintenance_work_mem: str | None = None, workers: int | None = None) -> None:
         """Build the HNSW index (inside a write transaction holding the collection lock; writers wait, readers
@@ -600,8 +604,9 @@ class PgVectorStore:
         Indexes already on the table are dropped on entry, so use it when the load is large against what the
         collection holds. Meanwhile every row written is committed and visible, queries scan exactly (correct
         and slower), and other writers wait while the indexes are built. A bulk load holds a session advisory
-        lock, so every process sees it running: another handle's :meth:`upsert` writes through no index then, and
-        a second bulk load of the collection, here or in another process, is refused. When the body raises an
+        lock, so every process sees it running: another handle's writes (:meth:`upsert`, also the one that creates
+        the table, or :meth:`~PgVectorKeywordStore.rebuild_keywords`) build no index then, and a second bulk load
+        of the collection, here or in another process, is refused. When the body raises an
         ``Exception`` the indexes are built before it propagates; when the process is stopped
         (``KeyboardInterrupt``, a kill) they are not, and the next :meth:`upsert` outside a bulk load,
         :meth:`ensure_indexes` or the next bulk load builds them (queries are exact until then;
@@ -610,8 +615,7 @@ class PgVectorStore:
         """
         self._check_bulk_settings(maintenance_work_mem, workers)
         with self._lock:
-            if self._bulk or not self._db.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))",
-                                                  (_BULK_LOCK_CLASS, self.collection)).fetchone()[0]:
+            if self._bulk or not self._db.execute("SELECT pg_try_advisory_lock(%s, %s)", self._bulk_key).fetchone()[0]:
                 raise InvalidInputError(f"pgvector collection {self.collection!r}: a bulk load of it is already running "
                                         "(in this or another process)")
         try:
@@ -635,7 +639,7 @@ class PgVectorStore:
             self._bulk = False
             if self._conn is not None and not self._conn.closed:
                 with self._lock:
-                    self._db.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (_BULK_LOCK_CLASS, self.collection))
+                    self._db.execute("SELECT pg_advisory_unlock(%s, %s)", self._bulk_key)
 
     def _finish_bulk(self, maintenance_work_mem: str, workers: int | None) -> None:
         self._bulk = False
@@ -838,7 +842,8 @@ class PgVectorKeywordStore(PgVectorStore):
             if not self._table_exists():
                 return 0
             n = self._fill_tsv(only_missing=False)
-            self._create_tsv_index()
+            if not self._bulk_running():  # else the bulk load builds it at its end
+                self._create_tsv_index()
         if on_batch is not None:
             on_batch(n)
         return n
