@@ -117,14 +117,20 @@ def open_tab(page, name: str, tries: int = 3) -> None:
 
 def attach_file(page, component: str, path: Path, shown: str | None = None, tries: int = 3) -> None:
     """Choose ``path`` in the file input of the Gradio upload ``component`` (a CSS selector) and wait until the
-    component shows ``shown`` (default: the file's name). A choice made while the tab's components are still
-    being mounted can land on an input element that is then replaced, and the file is never seen (under
-    heavy load only); so it is made again, up to ``tries`` times in all, each waiting a third of
-    :data:`TIMEOUT_MS`, and a repeat is reported on stderr. When the input is gone by then, the component
-    holds the file already (its name is only slow to show): that is waited for, not chosen again."""
+    upload is done: the component lists the file (Gradio's file table labels each file's cell with its name,
+    and shows the name as stem and extension in two elements, so a text match of the whole name finds only
+    the progress display, which is there while the upload runs), or, with ``shown``, until the component's text
+    holds ``shown`` (whitespace ignored). A choice made while the tab's components are still being mounted can
+    land on an input element that is then replaced, and the file is never seen (under heavy load only); so it
+    is made again, up to ``tries`` times in all, each waiting a third of :data:`TIMEOUT_MS`, and a repeat is
+    reported on stderr. When the input is gone by then, the component holds the file already (the upload is
+    only slow): that is waited for, not chosen again. A failure says what the component shows."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-    selector = f"{component} :text('{shown or path.name}')"
+    done = ("([sel, name, text]) => { const root = document.querySelector(sel); if (!root) return false;"
+            " return text ? root.innerText.replace(/\\s+/g, '').includes(text)"
+            " : [...root.querySelectorAll('[aria-label]')].some(e => e.getAttribute('aria-label') === name); }")
+    arg = [component, path.name, "".join(shown.split()) if shown else ""]
 
     def state() -> str:  # what the component shows, for the failure message
         text, tab = page.evaluate("(sel) => [document.querySelector(sel)?.innerText ?? '<no such element>', "
@@ -136,22 +142,22 @@ def attach_file(page, component: str, path: Path, shown: str | None = None, trie
     for attempt in range(1, tries + 1):
         inputs = page.locator(f"{component} input[type=file]")
         if attempt > 1 and inputs.count() == 0:
-            # the component has replaced its file input by the chosen file: the choice took, and its name is
-            # only slow to show (an upload under load), so wait for it instead of choosing again
+            # the component has replaced its file input by the chosen file: the choice took, and the upload is
+            # only slow (under load), so wait for it instead of choosing again
             try:
-                page.wait_for_selector(selector, timeout=TIMEOUT_MS)
+                page.wait_for_function(done, arg=arg, timeout=TIMEOUT_MS)
             except PlaywrightTimeout as exc:
-                raise AssertionError(f"{path.name} never shown: {state()}") from exc
+                raise AssertionError(f"{path.name} never listed: {state()}") from exc
             return
         inputs.set_input_files(str(path), timeout=TIMEOUT_MS // tries)
         try:
-            page.wait_for_selector(selector, timeout=TIMEOUT_MS // tries)
+            page.wait_for_function(done, arg=arg, timeout=TIMEOUT_MS // tries)
             return
         except PlaywrightTimeout as exc:
             if attempt == tries:
-                raise AssertionError(f"{path.name} never shown: {state()}") from exc
+                raise AssertionError(f"{path.name} never listed: {state()}") from exc
             print(f"browser_helpers.attach_file: {state()}", file=sys.stderr)
-            print(f"browser_helpers.attach_file: {path.name} not shown in {component} after try {attempt}; choosing it again",
+            print(f"browser_helpers.attach_file: {path.name} not listed in {component} after try {attempt}; choosing it again",
                   file=sys.stderr)
 
 
