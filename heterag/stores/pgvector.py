@@ -301,12 +301,18 @@ class PgVectorStore:
         self._db.execute(f"INSERT INTO {REGISTRY} (name, tbl, dim) VALUES (%s, %s, %s) ON CONFLICT (name) DO UPDATE SET dim = EXCLUDED.dim",
                          (self.collection, self.table, int(dim)))
 
-    def _hnsw_index(self) -> str | None:
-        """Name of the data table's HNSW index (PostgreSQL's generated name for tables made before
-        :meth:`bulk_load`), or None (no table, or a bulk load running or stopped before it built the index)."""
-        row = self._db.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s AND indexdef LIKE %s",
+    def _hnsw_definition(self) -> tuple[str, str] | None:
+        """``(name, definition)`` of the data table's HNSW index as ``pg_indexes`` holds them (PostgreSQL's generated
+        name for tables made before :meth:`bulk_load`), or None (no table, or a bulk load running or stopped before
+        it built the index)."""
+        row = self._db.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s AND indexdef LIKE %s",
                                (self.table, "%USING hnsw%")).fetchone()
-        return row[0] if row else None
+        return (row[0], row[1]) if row else None
+
+    def _hnsw_index(self) -> str | None:
+        """Name of the data table's HNSW index, or None (see :meth:`_hnsw_definition`)."""
+        found = self._hnsw_definition()
+        return found[0] if found else None
 
     def _set_hnsw_params(self, m: int, ef_construction: int) -> None:
         """Record the table's HNSW build settings (its comment), so an index dropped by a bulk load is built again
@@ -314,13 +320,11 @@ class PgVectorStore:
         self._db.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(
             sql.Identifier(self.table), sql.Literal(f"heterag hnsw m={int(m)} ef_construction={int(ef_construction)}")))
 
-    def _hnsw_params(self) -> tuple[int, int]:
-        """``(m, ef_construction)`` of the existing HNSW index, else as recorded with the table, else this
-        handle's (``?ef_construction=``)."""
-        row = self._db.execute("SELECT indexdef FROM pg_indexes WHERE tablename = %s AND indexdef LIKE %s",
-                               (self.table, "%USING hnsw%")).fetchone()
-        if row is not None:
-            found = dict(re.findall(r"(m|ef_construction)\s*=\s*'?(\d+)", row[0]))
+    def _hnsw_params(self, definition: str | None = None) -> tuple[int, int]:
+        """``(m, ef_construction)`` of the HNSW index ``definition`` (as :meth:`_hnsw_definition` gives it) when
+        given, else as recorded with the table, else this handle's (``?ef_construction=``)."""
+        if definition is not None:
+            found = dict(re.findall(r"(m|ef_construction)\s*=\s*'?(\d+)", definition))
             return int(found.get("m", HNSW_M)), int(found.get("ef_construction", HNSW_EF_CONSTRUCTION))
         comment = self._db.execute("SELECT obj_description(to_regclass(%s), 'pg_class')", (self.table,)).fetchone()[0]
         match = _HNSW_COMMENT_RE.fullmatch(comment or "")
@@ -479,9 +483,10 @@ class PgVectorStore:
             if not self._table_exists():
                 m, efc = HNSW_M, self.ef_construction
             else:
-                if self._hnsw_index() is None and self._count():
+                found = self._hnsw_definition()
+                if found is None and self._count():
                     return "no HNSW index: exact scans (a bulk load is running, or stopped before building it)"
-                m, efc = self._hnsw_params()
+                m, efc = self._hnsw_params(found[1] if found else None)
         return f"HNSW m={m}, ef_construction={efc}, ef_search=max({self.ef_search}, k)"
 
     def query(self, vector: np.ndarray, k: int = 10, where: Mapping[str, Any] | None = None) -> list[ScoredRecord]:
@@ -553,10 +558,10 @@ class PgVectorStore:
     def _drop_indexes(self) -> None:
         """Drop the HNSW and keyword (GIN) indexes, recording the HNSW settings with the table first (inside a
         write transaction holding the collection lock)."""
-        name = self._hnsw_index()
-        if name is not None:
-            self._set_hnsw_params(*self._hnsw_params())
-            self._db.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(name)))
+        found = self._hnsw_definition()
+        if found is not None:
+            self._set_hnsw_params(*self._hnsw_params(found[1]))
+            self._db.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(found[0])))
         self._db.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(self.table + "_tsv")))
 
     def _repair_indexes(self) -> bool:
