@@ -195,7 +195,9 @@ HOLDER = textwrap.dedent("""
 
 def test_waiting_writer_gets_one_line_error_naming_the_holder(rag, monkeypatch, heterag_home):
     open_collection("locked").close()
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, "30"], stdout=subprocess.PIPE, text=True)
+    # the holder's command line names store URLs with a password (as `heterag migrate --to postgresql://...` does)
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, "30", "postgresql://u:s3cretPW@h/db?ef_search=400",
+                             "--to=milvus:http://u:s3cretPW@h:19530"], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "held"
         monkeypatch.setenv("HETERAG_LOCK_TIMEOUT", "0.5")
@@ -207,6 +209,9 @@ def test_waiting_writer_gets_one_line_error_naming_the_holder(rag, monkeypatch, 
         assert time.perf_counter() - t < 10
         msg = str(exc.value)
         assert "\n" not in msg and f"pid {proc.pid}" in msg and "'locked'" in msg and "0.5 s" in msg
+        assert "postgresql://u:***@h/db?ef_search=400" in msg and "--to=milvus:http://u:***@h:19530" in msg
+        assert not any("s3cretPW" in f.read_text() for f in (heterag_home / "collections" / "locked").glob("*holder*"))
+        assert "s3cretPW" not in msg
         assert content_fingerprint(pipe) == before  # nothing changed
         pipe.close()
     finally:

@@ -27,6 +27,7 @@ from filelock import FileLock
 from filelock import Timeout as _FileLockTimeout
 
 from heterag.core.errors import CollectionLockedError
+from heterag.core.redaction import redact_command
 
 #: Seconds a writer waits for another process's write batch before giving up.
 DEFAULT_TIMEOUT = 120.0
@@ -88,7 +89,8 @@ class WriteLock:
             self._mutex.release()
 
     def _write_holder(self) -> None:
-        info = {"pid": os.getpid(), "command": " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:200],
+        argv = [os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv)]
+        info = {"pid": os.getpid(), "command": redact_command(argv)[:200],  # store URLs may hold a password
                 "since": time.time()}
         tmp = self.holder_path.with_suffix(f".{os.getpid()}.tmp")
         try:

@@ -33,12 +33,12 @@ processes, use one server, so collections get the heterag collection name as a p
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from heterag.core.errors import InvalidInputError, UnknownNameError
+from heterag.core.redaction import redact
 
 #: backend kind -> the spec forms it accepts (shown when a spec is not understood)
 SYNTAX: dict[str, str] = {
@@ -74,21 +74,6 @@ class StoreURL:
     def display(self) -> str:
         """The spec with any password replaced by ``***`` (for names and messages)."""
         return redact(self.spec)
-
-
-def redact(url: str) -> str:
-    """``url`` with the password of its user-info part (and a ``password=`` parameter) hidden."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    out = url
-    if parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        out = urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
-    return re.sub(r"(password=)[^&\s]*", r"\1***", out)
 
 
 def choices_text() -> str:
