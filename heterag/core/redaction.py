@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 #: the password of a URL's user-info part (``scheme://user:PASSWORD@host``), also inside a store spec such as
 #: ``milvus:http://user:PASSWORD@host:19530``
-_USERINFO_PASSWORD = re.compile(r"(://[^/@\s:]*:)[^@\s/]*@")
+_USERINFO_PASSWORD = re.compile(r"(://[^/@\s:]*:)[^@\s/]+@")
 
 
 def redact(url: str) -> str:
